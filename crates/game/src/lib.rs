@@ -1,1 +1,98 @@
+//! The cloudplay game SDK.
+//!
+//! A game is a deterministic state machine stepped at a fixed [`TICK_RATE`]: the session
+//! loop hands it each tick's input, asks it to render into a [`Frame`] at the session's
+//! resolution whenever a video frame is due, and pulls exactly one tick of audio
+//! ([`AUDIO_FRAMES_PER_TICK`] stereo frames at 48 kHz) after every step. The same inputs
+//! from the same state always give the same state, which is what makes cloud saves
+//! ([`Game::save_state`]) and replays possible.
+//!
+//! To add a game, implement [`Game`] and list it in a [`Catalogue`].
+#![forbid(unsafe_code)]
 
+mod controls;
+mod font;
+mod frame;
+mod neon_cycles;
+mod synth;
+
+pub use cloudplay_proto::api::GameInfo;
+pub use cloudplay_proto::input::InputEvent;
+pub use controls::{Direction, PadControls};
+pub use frame::Frame;
+pub use neon_cycles::NeonCycles;
+
+/// Game ticks per second.
+pub const TICK_RATE: u32 = 60;
+/// Audio sample rate, Hz.
+pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
+/// Audio channels (interleaved left, right).
+pub const AUDIO_CHANNELS: usize = 2;
+/// Stereo frames of audio per tick.
+pub const AUDIO_FRAMES_PER_TICK: usize = (AUDIO_SAMPLE_RATE / TICK_RATE) as usize;
+/// Players a game may have at once.
+pub const MAX_PLAYERS: u8 = 4;
+
+/// One input event from one player.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayerInput {
+    /// Player slot, `0..MAX_PLAYERS`.
+    pub player: u8,
+    pub event: InputEvent,
+}
+
+/// Why a saved state could not be loaded. Loading fails without changing the game.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("saved state is from another game or version")]
+    WrongFormat,
+    #[error("saved state is truncated or corrupt")]
+    Corrupt,
+}
+
+/// A game that cloudplay can stream.
+pub trait Game: Send {
+    /// Advances the game by one tick (1 / [`TICK_RATE`] s), applying `inputs` first, in order.
+    fn step(&mut self, inputs: &[PlayerInput]);
+
+    /// Draws the current state into `frame`, at whatever size the frame has.
+    fn render(&self, frame: &mut Frame);
+
+    /// Writes the audio of the last tick: `AUDIO_FRAMES_PER_TICK * AUDIO_CHANNELS`
+    /// interleaved samples in `-1.0..=1.0`.
+    fn mix_audio(&mut self, out: &mut [f32]);
+
+    /// Serialises the game state (not the audio voices) for a cloud save.
+    fn save_state(&self) -> Vec<u8>;
+
+    /// Restores a state made by `save_state` of the same game.
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError>;
+}
+
+/// A game the platform can start: its catalogue entry and a constructor.
+pub struct CatalogueEntry {
+    pub info: GameInfo,
+    /// Creates a new game; the seed makes runs reproducible.
+    pub create: fn(seed: u64) -> Box<dyn Game>,
+}
+
+/// The games a host can run.
+pub struct Catalogue {
+    entries: Vec<CatalogueEntry>,
+}
+
+impl Catalogue {
+    /// The games built into cloudplay.
+    pub fn builtin() -> Catalogue {
+        Catalogue { entries: vec![neon_cycles::catalogue_entry()] }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&CatalogueEntry> {
+        self.entries.iter().find(|entry| entry.info.id == id)
+    }
+
+    pub fn games(&self) -> impl Iterator<Item = &GameInfo> {
+        self.entries.iter().map(|entry| &entry.info)
+    }
+}
