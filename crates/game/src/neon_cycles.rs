@@ -6,11 +6,11 @@
 //! button to boost (a meter drains while boosting and refills while not).
 
 use crate::controls::{Direction, PadControls};
-use crate::font::{LINE_HEIGHT, draw_text, draw_text_centered, text_width};
-use crate::synth::{Note, Synth, Wave, midi_hz};
+use crate::font::{draw_text, draw_text_centered, text_width, LINE_HEIGHT};
+use crate::synth::{midi_hz, Note, Synth, Wave};
 use crate::{
-    AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, CatalogueEntry, Frame, Game, GameInfo, MAX_PLAYERS, PlayerInput,
-    StateError,
+    CatalogueEntry, Frame, Game, GameInfo, PlayerInput, StateError, AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK,
+    MAX_PLAYERS,
 };
 
 /// Arena size in cells.
@@ -58,7 +58,10 @@ enum Phase {
     Countdown(u32),
     Running,
     /// The round has ended; `winner` is a player index, if anyone survived.
-    RoundOver { ticks: u32, winner: Option<u8> },
+    RoundOver {
+        ticks: u32,
+        winner: Option<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,11 +224,8 @@ impl NeonCycles {
                 continue;
             }
             cycle.move_clock -= TICKS_PER_MOVE;
-            let turn = if cycle.human {
-                self.controls[index].take_press()
-            } else {
-                Some(self.bot_direction(index))
-            };
+            let turn =
+                if cycle.human { self.controls[index].take_press() } else { Some(self.bot_direction(index)) };
             let cycle = &mut self.cycles[index];
             if let Some(direction) = turn.filter(|&d| d != cycle.direction.opposite()) {
                 if direction != cycle.direction && cycle.human {
@@ -336,8 +336,11 @@ impl NeonCycles {
         // Scores sit top-right; the top-left corner is kept for the latency probe strip.
         let mut y = text_scale * 4;
         for (index, cycle) in self.cycles.iter().enumerate() {
-            let label =
-                format!("{} {:>2}", if cycle.human { format!("P{}", index + 1) } else { "CPU".into() }, cycle.score);
+            let label = format!(
+                "{} {:>2}",
+                if cycle.human { format!("P{}", index + 1) } else { "CPU".into() },
+                cycle.score
+            );
             let x = w - text_width("CPU 00", text_scale) - text_scale * 6;
             draw_text(frame, &label, x, y, text_scale, COLOURS[index]);
             if cycle.human {
@@ -552,7 +555,7 @@ impl<'a> StateReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudplay_proto::input::{InputEvent, key};
+    use cloudplay_proto::input::{key, InputEvent};
 
     fn press(player: u8, usage: u16) -> PlayerInput {
         PlayerInput { player, event: InputEvent::Key { usage, down: true, repeat: false } }

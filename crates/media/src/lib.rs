@@ -1,1 +1,19 @@
+//! Media processing for the hot path: RGBA → I420 conversion, video encoders (a trait
+//! with a table of backends; openh264 is the software default, always present), Opus
+//! audio, and the bitrate policy that follows the congestion controller.
+//! Knows nothing of the network.
 
+mod audio;
+mod convert;
+mod decode;
+mod rate;
+mod video;
+
+pub use audio::{AudioEncoder, OpusError, OPUS_FRAME_SAMPLES};
+pub use convert::{ConvertError, I420Frame};
+pub use decode::{DecodeError, H264Decoder};
+pub use rate::{RateController, RateDecision};
+pub use video::{
+    h264_built_with_assembly, video_backends, EncodedFrame, OpenH264Encoder, VideoEncoder,
+    VideoEncoderBackend, VideoEncoderConfig, VideoError,
+};

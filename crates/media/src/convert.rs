@@ -1,0 +1,102 @@
+//! RGBA → I420 (BT.601, limited range, as H.264 decoders assume by default).
+
+use openh264::formats::YUVSource;
+use thiserror::Error;
+use yuvutils_rs::{
+    rgba_to_yuv420, BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix,
+};
+
+#[derive(Debug, Error)]
+#[error("pixel conversion failed: {0}")]
+pub struct ConvertError(String);
+
+/// A planar 4:2:0 frame, reused from frame to frame.
+#[derive(Debug, Clone)]
+pub struct I420Frame {
+    pub width: u32,
+    pub height: u32,
+    pub y: Vec<u8>,
+    pub u: Vec<u8>,
+    pub v: Vec<u8>,
+}
+
+impl I420Frame {
+    /// Allocates a frame; `width` and `height` must be even.
+    pub fn new(width: u32, height: u32) -> I420Frame {
+        debug_assert!(width % 2 == 0 && height % 2 == 0);
+        let luma = width as usize * height as usize;
+        I420Frame { width, height, y: vec![0; luma], u: vec![128; luma / 4], v: vec![128; luma / 4] }
+    }
+
+    /// Converts an RGBA image of the same size into this frame, without allocating.
+    pub fn convert_from_rgba(&mut self, rgba: &[u8], stride: usize) -> Result<(), ConvertError> {
+        let mut planar = YuvPlanarImageMut {
+            y_plane: BufferStoreMut::Borrowed(&mut self.y),
+            y_stride: self.width,
+            u_plane: BufferStoreMut::Borrowed(&mut self.u),
+            u_stride: self.width / 2,
+            v_plane: BufferStoreMut::Borrowed(&mut self.v),
+            v_stride: self.width / 2,
+            width: self.width,
+            height: self.height,
+        };
+        rgba_to_yuv420(
+            &mut planar,
+            rgba,
+            stride as u32,
+            YuvRange::Limited,
+            YuvStandardMatrix::Bt601,
+            YuvConversionMode::Balanced,
+        )
+        .map_err(|e| ConvertError(e.to_string()))
+    }
+}
+
+impl YUVSource for I420Frame {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width as usize, self.height as usize)
+    }
+
+    fn strides(&self) -> (usize, usize, usize) {
+        let chroma = self.width as usize / 2;
+        (self.width as usize, chroma, chroma)
+    }
+
+    fn y(&self) -> &[u8] {
+        &self.y
+    }
+
+    fn u(&self) -> &[u8] {
+        &self.u
+    }
+
+    fn v(&self) -> &[u8] {
+        &self.v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn white_and_black_map_to_limited_range() {
+        let (w, h) = (16u32, 4u32);
+        let mut rgba = vec![0u8; (w * h * 4) as usize];
+        for (i, px) in rgba.chunks_exact_mut(4).enumerate() {
+            let v = if i % w as usize >= 8 { 255 } else { 0 };
+            px.copy_from_slice(&[v, v, v, 255]);
+        }
+        let mut frame = I420Frame::new(w, h);
+        frame.convert_from_rgba(&rgba, w as usize * 4).unwrap();
+        assert!(frame.y[0] <= 17, "black is {}", frame.y[0]);
+        assert!(frame.y[15] >= 234, "white is {}", frame.y[15]);
+        assert!(frame.u.iter().all(|&c| (126..=130).contains(&c)), "grey has no chroma");
+    }
+
+    #[test]
+    fn a_wrong_size_is_an_error_not_a_panic() {
+        let mut frame = I420Frame::new(16, 4);
+        assert!(frame.convert_from_rgba(&[0; 10], 64).is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! Video encoders: one trait, a table of backends. The software openh264 backend is
+//! always present and always tested; hardware backends would be added to the table
+//! behind features and probed in order.
+
+use std::ffi::c_void;
+
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    RateControlMode, SpsPpsStrategy, UsageType,
+};
+use openh264::OpenH264API;
+use openh264_sys2::{SBitrateInfo, ENCODER_OPTION_BITRATE, SPATIAL_LAYER_ALL};
+use thiserror::Error;
+
+use crate::I420Frame;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum VideoError {
+    #[error("encoder could not start: {0}")]
+    Init(String),
+    #[error("encoding failed: {0}")]
+    Encode(String),
+}
+
+/// What the session asks of an encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoEncoderConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_bps: u32,
+}
+
+/// The result of encoding one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedFrame {
+    /// An IDR frame that a decoder can start from.
+    pub keyframe: bool,
+    /// Bytes of Annex B bitstream written.
+    pub len: usize,
+}
+
+/// A video encoder producing H.264 Annex B access units.
+pub trait VideoEncoder: Send {
+    /// Encodes `frame` into `out` (cleared first). The encoder may skip a frame under
+    /// rate pressure, in which case `len` is 0.
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        force_keyframe: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodedFrame, VideoError>;
+
+    /// Changes the target bitrate from the next frame on.
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), VideoError>;
+
+    fn backend_name(&self) -> &'static str;
+}
+
+/// One entry in the table of encoder backends.
+pub struct VideoEncoderBackend {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub create: fn(VideoEncoderConfig) -> Result<Box<dyn VideoEncoder>, VideoError>,
+}
+
+/// The backends compiled into this binary, in order of preference.
+pub fn video_backends() -> &'static [VideoEncoderBackend] {
+    &[VideoEncoderBackend {
+        name: "openh264",
+        description: "Cisco OpenH264, software, Constrained Baseline",
+        create: |config| Ok(Box::new(OpenH264Encoder::new(config)?)),
+    }]
+}
+
+/// Whether openh264 was compiled with its assembly (it runs several times slower without).
+pub fn h264_built_with_assembly() -> bool {
+    env!("CLOUDPLAY_H264_ASM") == "true"
+}
+
+/// The openh264 software encoder, tuned for interactive streaming: real-time screen
+/// content, no B-frames, no periodic IDR (keyframes only on request), one slice, no frame
+/// skipping (a skipped frame would be a hole in the player's picture).
+pub struct OpenH264Encoder {
+    encoder: Encoder,
+    bitrate_bps: u32,
+}
+
+impl OpenH264Encoder {
+    pub fn new(config: VideoEncoderConfig) -> Result<OpenH264Encoder, VideoError> {
+        let encoder_config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(config.bitrate_bps))
+            .max_frame_rate(FrameRate::from_hz(config.fps as f32))
+            .usage_type(UsageType::ScreenContentRealTime)
+            .rate_control_mode(RateControlMode::Bitrate)
+            .profile(Profile::Baseline)
+            .complexity(Complexity::Low)
+            .skip_frames(false)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+            .sps_pps_strategy(SpsPpsStrategy::ConstantId)
+            .num_threads(1);
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_config)
+            .map_err(|e| VideoError::Init(e.to_string()))?;
+        Ok(OpenH264Encoder { encoder, bitrate_bps: config.bitrate_bps })
+    }
+}
+
+impl VideoEncoder for OpenH264Encoder {
+    fn encode(
+        &mut self,
+        frame: &I420Frame,
+        force_keyframe: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodedFrame, VideoError> {
+        if force_keyframe {
+            self.encoder.force_intra_frame();
+        }
+        let bitstream = self.encoder.encode(frame).map_err(|e| VideoError::Encode(e.to_string()))?;
+        out.clear();
+        bitstream.write_vec(out);
+        let keyframe = matches!(bitstream.frame_type(), FrameType::IDR | FrameType::I);
+        Ok(EncodedFrame { keyframe, len: out.len() })
+    }
+
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), VideoError> {
+        if bps == self.bitrate_bps {
+            return Ok(());
+        }
+        let mut info = SBitrateInfo { iLayer: SPATIAL_LAYER_ALL, iBitrate: bps as i32 };
+        // SAFETY: ENCODER_OPTION_BITRATE takes a pointer to an SBitrateInfo, which lives
+        // for the duration of the call; the encoder is initialised (construction succeeded).
+        let status = unsafe {
+            self.encoder.raw_api().set_option(ENCODER_OPTION_BITRATE, (&raw mut info).cast::<c_void>())
+        };
+        if status != 0 {
+            return Err(VideoError::Encode(format!("openh264 refused bitrate {bps}: status {status}")));
+        }
+        self.bitrate_bps = bps;
+        Ok(())
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "openh264"
+    }
+}
