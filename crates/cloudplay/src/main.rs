@@ -1,1 +1,96 @@
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloudplay::app::Server;
+use cloudplay::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// cloudplay: open cloud game streaming. Games run here; players play in any browser.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: API, stream host and web client.
+    ///
+    /// Settings come from the built-in defaults, then --config FILE (TOML), then
+    /// CLOUDPLAY_* environment variables, then these flags. Open the printed URL to play.
+    Serve {
+        /// TOML configuration file (see docs/configuration.md).
+        #[arg(long, env = "CLOUDPLAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTP address to listen on, e.g. 0.0.0.0:8080 to accept other devices.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The IP browsers reach this machine at (LAN or public) for media.
+        #[arg(long)]
+        public_ip: Option<std::net::IpAddr>,
+        /// UDP port for WebRTC media (0 = any free port).
+        #[arg(long)]
+        media_port: Option<u16>,
+    },
+    /// Measure the streaming pipeline and print a table (see docs/benchmarks.md).
+    Bench {
+        /// Seconds to measure each resolution.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Resolutions to measure, as WIDTHxHEIGHT.
+        #[arg(long, value_delimiter = ',', default_value = "1280x720,1920x1080")]
+        sizes: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("CLOUDPLAY_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve { config, listen, public_ip, media_port } => {
+            let mut settings = match &config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            settings.apply_env(std::env::vars())?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if let Some(ip) = public_ip {
+                settings.public_ip = ip;
+            }
+            if let Some(port) = media_port {
+                settings.media_port = port;
+            }
+            runtime.block_on(async {
+                let server = Server::start(settings).await?;
+                let mut url = server.http_addr.to_string();
+                if server.http_addr.ip().is_unspecified() {
+                    url = format!("localhost:{}", server.http_addr.port());
+                }
+                println!("cloudplay is running: open http://{url}/ to play (Ctrl-C stops it)");
+                server
+                    .run(async {
+                        tokio::signal::ctrl_c().await.ok();
+                    })
+                    .await
+            })
+        }
+        Command::Bench { seconds, sizes } => {
+            let sizes = sizes
+                .iter()
+                .map(|s| cloudplay::bench::parse_size(s))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .context("--sizes")?;
+            runtime.block_on(cloudplay::bench::run(seconds, &sizes))
+        }
+    }
+}

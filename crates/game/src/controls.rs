@@ -1,7 +1,7 @@
 //! Folds a player's raw input (keyboard, gamepad, touch pad) into a simple digital pad,
 //! which is what most games want.
 
-use cloudplay_proto::input::{gamepad_button, key, GamepadState, InputEvent};
+use cloudplay_proto::input::{GamepadState, InputEvent, gamepad_button, key};
 
 use crate::StateError;
 

@@ -6,11 +6,11 @@
 //! button to boost (a meter drains while boosting and refills while not).
 
 use crate::controls::{Direction, PadControls};
-use crate::font::{draw_text, draw_text_centered, text_width, LINE_HEIGHT};
-use crate::synth::{midi_hz, Note, Synth, Wave};
+use crate::font::{LINE_HEIGHT, draw_text, draw_text_centered, text_width};
+use crate::synth::{Note, Synth, Wave, midi_hz};
 use crate::{
-    CatalogueEntry, Frame, Game, GameInfo, PlayerInput, StateError, AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK,
-    MAX_PLAYERS,
+    AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, CatalogueEntry, Frame, Game, GameInfo, MAX_PLAYERS, PlayerInput,
+    StateError,
 };
 
 /// Arena size in cells.
@@ -555,7 +555,7 @@ impl<'a> StateReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudplay_proto::input::{key, InputEvent};
+    use cloudplay_proto::input::{InputEvent, key};
 
     fn press(player: u8, usage: u16) -> PlayerInput {
         PlayerInput { player, event: InputEvent::Key { usage, down: true, repeat: false } }

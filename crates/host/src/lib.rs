@@ -1,1 +1,388 @@
+//! The cloudplay stream host: runs game sessions and streams them over WebRTC.
+//!
+//! - [`session`]: one loop per session, the hot path from game tick to encoded frame.
+//! - [`driver`]: one task owning the UDP socket and every peer, fanning media out.
+//! - [`whep`]: the WHEP endpoints through which peers join a session with a ticket.
+//!
+//! A [`Host`] ties them together and is what the binary (and the control plane's
+//! connector) talks to.
 
+pub mod driver;
+pub mod session;
+pub mod stats;
+pub mod whep;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cloudplay_game::{Catalogue, MAX_PLAYERS};
+use cloudplay_media::{h264_built_with_assembly, video_backends};
+use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::ticket::TicketVerifier;
+use ed25519_dalek::VerifyingKey;
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::driver::{DriverCommand, PeerId, run_driver};
+use crate::session::{SessionCommand, SessionSender, SessionSetup, encoder_config, spawn_session};
+use crate::stats::{HostCounters, SessionStats, Stage};
+
+/// How many commands (mostly encoded frames) may wait for the driver. Small on purpose:
+/// a frame that cannot be sent soon is better dropped than delivered late.
+const DRIVER_QUEUE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// This host's id; tickets must name it as their audience.
+    pub host_id: String,
+    /// The address browsers reach this host's media port at.
+    pub public_ip: IpAddr,
+    /// UDP port for all WebRTC traffic (0 = any free port).
+    pub media_port: u16,
+    /// Public key of the control plane that signs tickets.
+    pub ticket_key: VerifyingKey,
+    /// Sessions with nobody connected end after this long.
+    pub idle_timeout: Duration,
+    /// Most sessions this host runs at once.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostError {
+    #[error("unknown game {0:?}")]
+    UnknownGame(String),
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    #[error("this host is full ({0} sessions)")]
+    Full(usize),
+    #[error("session {0:?} already exists")]
+    Duplicate(String),
+    #[error("could not start the session: {0}")]
+    Start(String),
+}
+
+/// Player seats and viewer count of one session; freed by the driver when peers leave.
+#[derive(Debug, Default)]
+pub struct Seats {
+    players: Mutex<[Option<PeerId>; MAX_PLAYERS as usize]>,
+    viewers: AtomicU32,
+}
+
+impl Seats {
+    /// Takes the lowest free player seat.
+    pub fn take_player_seat(&self, peer: PeerId) -> Option<u8> {
+        let mut players = self.players.lock().ok()?;
+        let free = players.iter().position(Option::is_none)?;
+        players[free] = Some(peer);
+        Some(free as u8)
+    }
+
+    pub fn add_viewer(&self) {
+        self.viewers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, peer: PeerId, was_player: bool) {
+        if was_player {
+            if let Ok(mut players) = self.players.lock() {
+                for seat in players.iter_mut().filter(|s| **s == Some(peer)) {
+                    *seat = None;
+                }
+            }
+        } else {
+            let _ = self.viewers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        }
+    }
+
+    pub fn players(&self) -> u32 {
+        self.players.lock().map_or(0, |p| p.iter().flatten().count() as u32)
+    }
+
+    pub fn viewers(&self) -> u32 {
+        self.viewers.load(Ordering::Relaxed)
+    }
+}
+
+/// A running session as the host's registry sees it.
+pub struct SessionHandle {
+    pub id: Arc<str>,
+    pub game: String,
+    pub options: SessionOptions,
+    pub created_at_ms: u64,
+    pub commands: SessionSender,
+    pub stats: Arc<SessionStats>,
+    pub seats: Arc<Seats>,
+}
+
+/// What the host reports about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSessionInfo {
+    pub game: String,
+    pub options: SessionOptions,
+    pub created_at_ms: u64,
+    pub players: u32,
+    pub viewers: u32,
+    pub frames_encoded: u64,
+}
+
+struct HostInner {
+    config: HostConfig,
+    catalogue: Catalogue,
+    media_addr: SocketAddr,
+    sessions: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
+    driver: mpsc::Sender<DriverCommand>,
+    verifier: Mutex<TicketVerifier>,
+    counters: Arc<HostCounters>,
+}
+
+/// A stream host. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Host {
+    /// Binds the media port and starts the peer driver. Must run inside a Tokio runtime.
+    pub async fn start(config: HostConfig, catalogue: Catalogue) -> std::io::Result<Host> {
+        let bind_ip =
+            if config.public_ip.is_loopback() { config.public_ip } else { Ipv4Addr::UNSPECIFIED.into() };
+        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, config.media_port)).await?;
+        let media_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
+        if !h264_built_with_assembly() {
+            warn!(
+                "openh264 was built without nasm: encoding is several times slower; install nasm and rebuild"
+            );
+        }
+        let counters = Arc::new(HostCounters::default());
+        let (driver, commands) = mpsc::channel(DRIVER_QUEUE);
+        tokio::spawn(run_driver(socket, media_addr, commands, counters.clone()));
+        info!(host = %config.host_id, media = %media_addr, "stream host started");
+        let verifier = Mutex::new(TicketVerifier::new(config.ticket_key, config.host_id.clone()));
+        Ok(Host {
+            inner: Arc::new(HostInner {
+                config,
+                catalogue,
+                media_addr,
+                sessions: Mutex::new(HashMap::new()),
+                driver,
+                verifier,
+                counters,
+            }),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.config.host_id
+    }
+
+    /// Where peers send their media.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.inner.media_addr
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    pub fn counters(&self) -> &HostCounters {
+        &self.inner.counters
+    }
+
+    /// Starts a session of `game` with `options` under the id `id`.
+    pub fn start_session(
+        &self,
+        id: &str,
+        game: &str,
+        options: SessionOptions,
+        seed: u64,
+    ) -> Result<(), HostError> {
+        options.validate().map_err(HostError::InvalidOptions)?;
+        let entry = self.inner.catalogue.get(game).ok_or_else(|| HostError::UnknownGame(game.into()))?;
+        let mut sessions =
+            self.inner.sessions.lock().map_err(|_| HostError::Start("registry poisoned".into()))?;
+        if sessions.len() >= self.inner.config.max_sessions {
+            return Err(HostError::Full(sessions.len()));
+        }
+        if sessions.contains_key(id) {
+            return Err(HostError::Duplicate(id.into()));
+        }
+        let backend = video_backends().first().ok_or_else(|| HostError::Start("no video encoder".into()))?;
+        let encoder =
+            (backend.create)(encoder_config(&options)).map_err(|e| HostError::Start(e.to_string()))?;
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let id: Arc<str> = id.into();
+        let stats = Arc::new(SessionStats::default());
+        let setup = SessionSetup {
+            id: id.clone(),
+            options,
+            game: (entry.create)(seed),
+            encoder,
+            commands: receiver,
+            driver: self.inner.driver.clone(),
+            stats: stats.clone(),
+            idle_timeout: self.inner.config.idle_timeout,
+        };
+        let host = self.clone();
+        let session_id = id.clone();
+        std::thread::Builder::new()
+            .name("session-reaper".into())
+            .spawn(move || {
+                if let Ok(thread) = spawn_session(setup) {
+                    let _ = thread.join();
+                }
+                host.forget_session(&session_id);
+            })
+            .map_err(|e| HostError::Start(e.to_string()))?;
+        sessions.insert(
+            id.clone(),
+            Arc::new(SessionHandle {
+                id,
+                game: game.into(),
+                options,
+                created_at_ms: unix_ms(),
+                commands,
+                stats,
+                seats: Arc::new(Seats::default()),
+            }),
+        );
+        Ok(())
+    }
+
+    fn forget_session(&self, id: &str) {
+        if let Ok(mut sessions) = self.inner.sessions.lock() {
+            sessions.remove(id);
+        }
+    }
+
+    /// Stops a session; its peers are disconnected. Returns whether it existed.
+    pub fn stop_session(&self, id: &str) -> bool {
+        let handle = self.inner.sessions.lock().ok().and_then(|mut s| s.remove(id));
+        match handle {
+            Some(handle) => {
+                let _ = handle.commands.send(SessionCommand::Stop);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn session(&self, id: &str) -> Option<Arc<SessionHandle>> {
+        self.inner.sessions.lock().ok()?.get(id).cloned()
+    }
+
+    pub fn session_info(&self, id: &str) -> Option<HostSessionInfo> {
+        let handle = self.session(id)?;
+        Some(HostSessionInfo {
+            game: handle.game.clone(),
+            options: handle.options,
+            created_at_ms: handle.created_at_ms,
+            players: handle.seats.players(),
+            viewers: handle.seats.viewers(),
+            frames_encoded: SessionStats::count(&handle.stats.frames_encoded),
+        })
+    }
+
+    pub fn session_ids(&self) -> Vec<Arc<str>> {
+        self.inner.sessions.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Appends this host's metrics in the Prometheus text format.
+    pub fn write_metrics(&self, out: &mut String) {
+        let counters = &self.inner.counters;
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        counter(
+            out,
+            "cloudplay_input_messages_total",
+            "Input messages received.",
+            counters.input_messages.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cloudplay_input_malformed_total",
+            "Input messages dropped as malformed.",
+            counters.input_malformed.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cloudplay_udp_datagrams_total",
+            "Datagrams received on the media port.",
+            counters.udp_datagrams.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cloudplay_udp_unmatched_total",
+            "Datagrams that matched no peer or protocol.",
+            counters.udp_unmatched.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cloudplay_whep_rejected_total",
+            "WHEP requests refused.",
+            counters.whep_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            out,
+            "cloudplay_peers_connected_total",
+            "Peers that completed ICE and DTLS.",
+            counters.peers_connected.load(Ordering::Relaxed),
+        );
+
+        let sessions: Vec<Arc<SessionHandle>> =
+            self.inner.sessions.lock().map(|s| s.values().cloned().collect()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP cloudplay_sessions Sessions running.\n# TYPE cloudplay_sessions gauge\ncloudplay_sessions {}",
+            sessions.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cloudplay_frame_stage_seconds Per-frame time of each hot-path stage over the last 600 frames.\n# TYPE cloudplay_frame_stage_seconds summary"
+        );
+        for session in &sessions {
+            for stage in Stage::ALL {
+                let summary = session.stats.summary(stage);
+                for (quantile, us) in [("0.5", summary.p50_us), ("0.99", summary.p99_us)] {
+                    let _ = writeln!(
+                        out,
+                        "cloudplay_frame_stage_seconds{{session=\"{}\",stage=\"{}\",quantile=\"{quantile}\"}} {:.6}",
+                        session.id,
+                        stage.name(),
+                        us as f64 / 1e6
+                    );
+                }
+            }
+        }
+        let gauges: [(&str, &str, fn(&SessionStats) -> u64); 4] = [
+            ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
+                SessionStats::count(&s.frames_encoded)
+            }),
+            ("cloudplay_session_frames_dropped_total", "Frames dropped because sending was behind.", |s| {
+                SessionStats::count(&s.frames_dropped)
+            }),
+            ("cloudplay_session_keyframes_total", "Keyframes encoded.", |s| {
+                SessionStats::count(&s.keyframes)
+            }),
+            ("cloudplay_session_bitrate_bps", "Current video bitrate target.", |s| {
+                SessionStats::count(&s.bitrate_bps)
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            for session in &sessions {
+                let _ = writeln!(out, "{name}{{session=\"{}\"}} {}", session.id, value(&session.stats));
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use openh264::formats::YUVSource;
 use thiserror::Error;
 use yuvutils_rs::{
-    rgba_to_yuv420, BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix,
+    BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix, rgba_to_yuv420,
 };
 
 #[derive(Debug, Error)]

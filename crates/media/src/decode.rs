@@ -1,9 +1,9 @@
 //! H.264 decoding, for tests, benchmarks and tools that read frames back (for example
 //! the latency probe strip); players decode in the browser.
 
+use openh264::OpenH264API;
 use openh264::decoder::{Decoder, DecoderConfig};
 use openh264::formats::YUVSource;
-use openh264::OpenH264API;
 use thiserror::Error;
 
 #[derive(Debug, Error)]

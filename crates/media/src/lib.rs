@@ -9,11 +9,11 @@ mod decode;
 mod rate;
 mod video;
 
-pub use audio::{AudioEncoder, OpusError, OPUS_FRAME_SAMPLES};
+pub use audio::{AudioEncoder, OPUS_FRAME_SAMPLES, OpusError};
 pub use convert::{ConvertError, I420Frame};
 pub use decode::{DecodeError, H264Decoder};
 pub use rate::{RateController, RateDecision};
 pub use video::{
-    h264_built_with_assembly, video_backends, EncodedFrame, OpenH264Encoder, VideoEncoder,
-    VideoEncoderBackend, VideoEncoderConfig, VideoError,
+    EncodedFrame, OpenH264Encoder, VideoEncoder, VideoEncoderBackend, VideoEncoderConfig, VideoError,
+    h264_built_with_assembly, video_backends,
 };

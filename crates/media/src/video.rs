@@ -4,12 +4,12 @@
 
 use std::ffi::c_void;
 
+use openh264::OpenH264API;
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
     RateControlMode, SpsPpsStrategy, UsageType,
 };
-use openh264::OpenH264API;
-use openh264_sys2::{SBitrateInfo, ENCODER_OPTION_BITRATE, SPATIAL_LAYER_ALL};
+use openh264_sys2::{ENCODER_OPTION_BITRATE, SBitrateInfo, SPATIAL_LAYER_ALL};
 use thiserror::Error;
 
 use crate::I420Frame;
@@ -97,6 +97,8 @@ impl OpenH264Encoder {
             .profile(Profile::Baseline)
             .complexity(Complexity::Low)
             .skip_frames(false)
+            .adaptive_quantization(false)
+            .background_detection(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .num_threads(1);

@@ -1,0 +1,117 @@
+//! `cloudplay serve`: control plane + one stream host + web client in one process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cloudplay_control::{ApiError, ControlConfig, ControlPlane, HostSessionView, SessionHost, StartError};
+use cloudplay_game::Catalogue;
+use cloudplay_host::{Host, HostConfig, HostError};
+use cloudplay_proto::api::SessionOptions;
+use ed25519_dalek::SigningKey;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+
+/// The in-process host as the control plane sees it.
+struct LocalHost(Host);
+
+impl SessionHost for LocalHost {
+    fn host_id(&self) -> String {
+        self.0.id().to_string()
+    }
+
+    fn start_session(&self, session_id: &str, game: &str, options: SessionOptions) -> Result<(), StartError> {
+        let seed = rand::thread_rng().r#gen();
+        self.0.start_session(session_id, game, options, seed).map_err(|e| match e {
+            HostError::UnknownGame(_) => StartError::UnknownGame,
+            HostError::InvalidOptions(message) => StartError::InvalidOptions(message),
+            HostError::Full(_) => StartError::NoCapacity(e.to_string()),
+            other => StartError::Failed(other.to_string()),
+        })
+    }
+
+    fn stop_session(&self, session_id: &str) -> bool {
+        self.0.stop_session(session_id)
+    }
+
+    fn session_view(&self, session_id: &str) -> Option<HostSessionView> {
+        let info = self.0.session_info(session_id)?;
+        Some(HostSessionView {
+            players: info.players,
+            viewers: info.viewers,
+            frames_encoded: info.frames_encoded,
+        })
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub host: Host,
+    pub control: ControlPlane,
+    pub router: Router,
+    listener: TcpListener,
+}
+
+/// Everything reachable over HTTP.
+pub fn router(host: Host, control: ControlPlane) -> Router {
+    Router::new()
+        .merge(cloudplay_control::router(control))
+        .merge(cloudplay_host::whep::router(host.clone()))
+        .route("/metrics", get(metrics).with_state(host))
+        .merge(crate::web::router())
+        .fallback(|| async { ApiError::not_found("resource") })
+}
+
+async fn metrics(State(host): State<Host>) -> impl IntoResponse {
+    let mut out = String::with_capacity(4096);
+    host.write_metrics(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+impl Server {
+    /// Binds the HTTP listener and the media port, and starts the host.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        config.validate()?;
+        let signing_key = SigningKey::from_bytes(&rand::thread_rng().r#gen());
+        let catalogue = Catalogue::builtin();
+        let games = catalogue.games().cloned().collect();
+        let host_config = HostConfig {
+            host_id: config.host_id.clone(),
+            public_ip: config.public_ip,
+            media_port: config.media_port,
+            ticket_key: signing_key.verifying_key(),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            max_sessions: config.max_sessions,
+        };
+        let host = Host::start(host_config, catalogue).await.context("starting the stream host")?;
+        let control_config = ControlConfig {
+            ticket_ttl_ms: config.ticket_ttl_secs * 1000,
+            public_url: config.public_url.clone(),
+        };
+        let control =
+            ControlPlane::new(control_config, games, signing_key, Arc::new(LocalHost(host.clone())));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let http_addr = listener.local_addr()?;
+        let router = router(host.clone(), control.clone());
+        Ok(Server { http_addr, host, control, router, listener })
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        info!(http = %self.http_addr, media = %self.host.media_addr(), "cloudplay serving");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+}

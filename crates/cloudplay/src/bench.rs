@@ -1,0 +1,125 @@
+//! `cloudplay bench`: the whole server pipeline measured with a real WebRTC client on
+//! loopback, per resolution. Server stages come from the session's own per-frame
+//! timings; the client decodes every frame and reads the probe strip.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use cloudplay_host::Host;
+use cloudplay_host::stats::{Stage, StageSummary, percentiles};
+
+use crate::app::Server;
+use crate::client::{StreamClient, create_session, http_request};
+use crate::config::Config;
+
+pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
+    let (w, h) = text.split_once('x').context("expected WIDTHxHEIGHT")?;
+    Ok((w.trim().parse()?, h.trim().parse()?))
+}
+
+/// What one resolution measured.
+struct Row {
+    size: (u32, u32),
+    stages: Vec<(Stage, StageSummary)>,
+    mbps: f64,
+    fps: f64,
+    decode: StageSummary,
+    capture_to_decoded: StageSummary,
+}
+
+fn measure(http: SocketAddr, host: &Host, size: (u32, u32), seconds: u64) -> anyhow::Result<Row> {
+    let body = format!(
+        r#"{{"game":"neon-cycles","options":{{"probe":true,"width":{},"height":{},"fps":60}}}}"#,
+        size.0, size.1
+    );
+    let session = create_session(http, &body)?;
+    let mut client = StreamClient::connect(http, &session)?;
+    // Warm up: connect, first keyframe, bandwidth estimate ramp.
+    let warm_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < warm_until {
+        client.poll(Duration::from_millis(100))?;
+    }
+    let stats = host.session(&session.session_id).context("session vanished")?.stats.clone();
+    let bytes_before = cloudplay_host::stats::SessionStats::count(&stats.bytes_encoded);
+    let started = Instant::now();
+    let mut frames = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        frames.extend(client.poll(Duration::from_millis(200))?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = cloudplay_host::stats::SessionStats::count(&stats.bytes_encoded) - bytes_before;
+    if frames.is_empty() {
+        bail!("no frames decoded at {}x{}", size.0, size.1);
+    }
+    let mut decode: Vec<u32> = frames.iter().map(|f| f.decode_time.as_micros() as u32).collect();
+    let mut latency: Vec<u32> = frames
+        .iter()
+        .filter_map(|f| {
+            let probe = f.probe?;
+            // Same machine, same clock: capture time to decoded picture.
+            let now =
+                SystemTime::now().checked_sub(f.received_at.elapsed())?.duration_since(UNIX_EPOCH).ok()?;
+            let decoded_ms = (now.as_millis() as u64 & 0xFFFF_FFFF) as u32 + f.decode_time.as_millis() as u32;
+            Some(decoded_ms.wrapping_sub(probe.capture_ms).min(10_000) * 1000)
+        })
+        .collect();
+    let _ = http_request(http, "DELETE", &format!("/api/v1/sessions/{}", session.session_id), &[], b"");
+    Ok(Row {
+        size,
+        stages: Stage::ALL.iter().map(|&stage| (stage, stats.summary(stage))).collect(),
+        mbps: bytes as f64 * 8.0 / elapsed / 1e6,
+        fps: frames.len() as f64 / elapsed,
+        decode: percentiles(&mut decode),
+        capture_to_decoded: percentiles(&mut latency),
+    })
+}
+
+fn ms(us: u32) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+pub async fn run(seconds: u64, sizes: &[(u32, u32)]) -> anyhow::Result<()> {
+    let config = Config { listen: "127.0.0.1:0".parse()?, ..Config::default() };
+    let server = Server::start(config).await?;
+    let (http, host) = (server.http_addr, server.host.clone());
+    tokio::spawn(server.run(std::future::pending()));
+    let sizes = sizes.to_vec();
+    let rows = tokio::task::spawn_blocking(move || {
+        sizes.iter().map(|&size| measure(http, &host, size, seconds)).collect::<anyhow::Result<Vec<_>>>()
+    })
+    .await??;
+
+    println!(
+        "\nServer pipeline, built-in game, 60 fps, one session, {seconds} s per size (milliseconds, p50 / p99):\n"
+    );
+    println!("| size | render | convert | encode | send | total | Mbit/s | fps received |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let cells: Vec<String> =
+            row.stages.iter().map(|(_, s)| format!("{} / {}", ms(s.p50_us), ms(s.p99_us))).collect();
+        println!(
+            "| {}x{} | {} | {:.2} | {:.1} |",
+            row.size.0,
+            row.size.1,
+            cells.join(" | "),
+            row.mbps,
+            row.fps
+        );
+    }
+    println!("\nLoopback client (str0m + openh264), milliseconds p50 / p99:\n");
+    println!("| size | decode | capture to decoded |");
+    println!("|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {}x{} | {} / {} | {} / {} |",
+            row.size.0,
+            row.size.1,
+            ms(row.decode.p50_us),
+            ms(row.decode.p99_us),
+            ms(row.capture_to_decoded.p50_us),
+            ms(row.capture_to_decoded.p99_us)
+        );
+    }
+    Ok(())
+}

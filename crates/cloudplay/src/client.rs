@@ -1,0 +1,252 @@
+//! A native streaming client: WHEP over a tiny HTTP/1.1 client, str0m on the client
+//! side, openh264 to decode, and the probe strip read from decoded pixels. Used by the
+//! integration tests and `cloudplay bench`, and a reference for third-party clients.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use cloudplay_media::H264Decoder;
+use cloudplay_proto::api::SessionCreated;
+use cloudplay_proto::{InputMessage, ProbeData, ProbeStrip};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+/// A minimal HTTP/1.1 exchange: returns status, headers (lower-cased names) and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no header end"))?;
+    let head = std::str::from_utf8(&response[..split])?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).ok_or_else(|| anyhow!("bad status line"))?.parse()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Ok((status, headers, response[split + 4..].to_vec()))
+}
+
+/// Starts a session through the API and returns the answer.
+pub fn create_session(addr: SocketAddr, body: &str) -> anyhow::Result<SessionCreated> {
+    let (status, _, response) = http_request(
+        addr,
+        "POST",
+        "/api/v1/sessions",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )?;
+    if status != 201 {
+        bail!("session creation answered {status}: {}", String::from_utf8_lossy(&response));
+    }
+    Ok(serde_json::from_slice(&response)?)
+}
+
+/// One decoded video frame as the client saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedFrame {
+    pub probe: Option<ProbeData>,
+    pub width: u32,
+    pub height: u32,
+    /// Mean luma of a rectangle the caller asked to watch, if any.
+    pub watched_luma: Option<u8>,
+    pub decode_time: Duration,
+    pub received_at: Instant,
+    pub bytes: usize,
+}
+
+/// A connected WebRTC client of one session.
+pub struct StreamClient {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    video: Mid,
+    audio: Mid,
+    input: ChannelId,
+    input_open: bool,
+    decoder: H264Decoder,
+    buffer: Vec<u8>,
+    next_seq: u32,
+    /// Pixel rectangle `(x, y, w, h)` whose mean luma each frame reports.
+    pub watch: Option<(u32, u32, u32, u32)>,
+    pub audio_packets: u64,
+    pub location: String,
+}
+
+impl StreamClient {
+    /// Sends a WHEP offer (video, audio and the input channel) for `session` and applies
+    /// the answer. The connection completes while [`StreamClient::poll`] runs.
+    pub fn connect(http: SocketAddr, session: &SessionCreated) -> anyhow::Result<StreamClient> {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let local = socket.local_addr()?;
+        let mut rtc =
+            Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(Instant::now());
+        rtc.add_local_candidate(Candidate::host(local, "udp")?);
+        let mut change = rtc.sdp_api();
+        let video = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let audio = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let input = change.add_channel("input".into());
+        let (offer, pending): (_, SdpPendingOffer) =
+            change.apply().ok_or_else(|| anyhow!("nothing to offer"))?;
+
+        let path = whep_path(&session.whep_url);
+        let auth = format!("Bearer {}", session.ticket);
+        let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+        let (status, response_headers, body) =
+            http_request(http, "POST", &path, &headers, offer.to_sdp_string().as_bytes())?;
+        if status != 201 {
+            bail!("WHEP answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let location = response_headers
+            .iter()
+            .find(|(name, _)| name == "location")
+            .map(|(_, value)| value.clone())
+            .context("no Location in the WHEP answer")?;
+        let answer = SdpAnswer::from_sdp_string(std::str::from_utf8(&body)?)?;
+        rtc.sdp_api().accept_answer(pending, answer)?;
+        socket.set_read_timeout(Some(Duration::from_millis(2)))?;
+        Ok(StreamClient {
+            rtc,
+            socket,
+            local,
+            video,
+            audio,
+            input,
+            input_open: false,
+            decoder: H264Decoder::new()?,
+            buffer: vec![0; 2048],
+            next_seq: 1,
+            watch: None,
+            audio_packets: 0,
+            location,
+        })
+    }
+
+    pub fn input_open(&self) -> bool {
+        self.input_open
+    }
+
+    /// Sends one input event; returns the sequence number it carried.
+    pub fn send_input(&mut self, event: cloudplay_proto::InputEvent) -> anyhow::Result<u32> {
+        let seq = self.next_seq;
+        let bytes = InputMessage { seq, event }.encode();
+        let mut channel = self.rtc.channel(self.input).ok_or_else(|| anyhow!("input channel not open"))?;
+        channel.write(true, &bytes)?;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Sends raw bytes on the input channel (for testing malformed input).
+    pub fn send_raw_input(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        let mut channel = self.rtc.channel(self.input).ok_or_else(|| anyhow!("input channel not open"))?;
+        channel.write(true, bytes)?;
+        Ok(())
+    }
+
+    /// Runs the connection for up to `budget`, returning the frames decoded meanwhile.
+    pub fn poll(&mut self, budget: Duration) -> anyhow::Result<Vec<ReceivedFrame>> {
+        let deadline = Instant::now() + budget;
+        let mut frames = Vec::new();
+        loop {
+            let timeout = loop {
+                match self.rtc.poll_output()? {
+                    Output::Timeout(at) => break at,
+                    Output::Transmit(t) => {
+                        let _ = self.socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(event) => self.on_event(event, &mut frames)?,
+                }
+            };
+            if !self.rtc.is_alive() {
+                bail!("connection closed");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(frames);
+            }
+            let wait = timeout.min(deadline).saturating_duration_since(now).max(Duration::from_millis(1));
+            self.socket.set_read_timeout(Some(wait))?;
+            match self.socket.recv_from(&mut self.buffer) {
+                Ok((len, source)) => {
+                    if let Ok(contents) = self.buffer[..len].try_into() {
+                        let receive =
+                            Receive { proto: Protocol::Udp, source, destination: self.local, contents };
+                        self.rtc.handle_input(Input::Receive(Instant::now(), receive))?;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    self.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, frames: &mut Vec<ReceivedFrame>) -> anyhow::Result<()> {
+        match event {
+            Event::ChannelOpen(id, _) if id == self.input => self.input_open = true,
+            Event::MediaData(data) if data.mid == self.audio => self.audio_packets += 1,
+            Event::MediaData(data) if data.mid == self.video => {
+                let received_at = Instant::now();
+                let watch = self.watch;
+                let decoded = self.decoder.decode(&data.data, |picture| {
+                    let strip = ProbeStrip::for_width(picture.width);
+                    let probe = strip.read_luma(picture.luma, picture.width, picture.height, picture.stride);
+                    let watched_luma = watch.map(|(x, y, w, h)| {
+                        let mut sum = 0u64;
+                        for row in y..y + h {
+                            let start = row as usize * picture.stride + x as usize;
+                            sum += picture.luma[start..start + w as usize]
+                                .iter()
+                                .map(|&v| v as u64)
+                                .sum::<u64>();
+                        }
+                        (sum / (w as u64 * h as u64).max(1)) as u8
+                    });
+                    (probe, picture.width, picture.height, watched_luma)
+                });
+                if let Ok(Some((probe, width, height, watched_luma))) = decoded {
+                    frames.push(ReceivedFrame {
+                        probe,
+                        width,
+                        height,
+                        watched_luma,
+                        decode_time: received_at.elapsed(),
+                        received_at,
+                        bytes: data.data.len(),
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The path of a WHEP URL, which may be absolute (`http://host/whep/x`) or a path.
+fn whep_path(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
+        None => url.to_string(),
+    }
+}

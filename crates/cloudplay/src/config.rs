@@ -1,0 +1,121 @@
+//! Configuration: embedded defaults, then an optional TOML file, then `CLOUDPLAY_*`
+//! environment variables, then command-line flags (see `docs/configuration.md`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP address for the API, WHEP, metrics and the web client.
+    pub listen: SocketAddr,
+    /// The address browsers reach the media (UDP) port at; set it to the LAN or public
+    /// IP for other devices to play.
+    pub public_ip: IpAddr,
+    /// UDP port for all WebRTC media (0 = any free port).
+    pub media_port: u16,
+    /// Base URL put into `whep_url` links (default: from each request's Host header).
+    pub public_url: Option<String>,
+    /// Id of the built-in host; tickets are addressed to it.
+    pub host_id: String,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+    /// Seconds a session with nobody connected stays alive.
+    pub idle_timeout_secs: u64,
+    /// Lifetime of session tickets in seconds (at most 60).
+    pub ticket_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080),
+            public_ip: Ipv4Addr::LOCALHOST.into(),
+            media_port: 0,
+            public_url: None,
+            host_id: "local".into(),
+            max_sessions: 8,
+            idle_timeout_secs: 60,
+            ticket_ttl_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file on top of the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Applies `CLOUDPLAY_<FIELD>` variables from `vars`.
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+        for (name, value) in vars {
+            let Some(field) = name.strip_prefix("CLOUDPLAY_") else { continue };
+            let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{name}={value:?}: {e}");
+            match field {
+                "LISTEN" => self.listen = value.parse().map_err(|e| bad(&e))?,
+                "PUBLIC_IP" => self.public_ip = value.parse().map_err(|e| bad(&e))?,
+                "MEDIA_PORT" => self.media_port = value.parse().map_err(|e| bad(&e))?,
+                "PUBLIC_URL" => self.public_url = Some(value),
+                "HOST_ID" => self.host_id = value,
+                "MAX_SESSIONS" => self.max_sessions = value.parse().map_err(|e| bad(&e))?,
+                "IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = value.parse().map_err(|e| bad(&e))?,
+                "TICKET_TTL_SECS" => self.ticket_ttl_secs = value.parse().map_err(|e| bad(&e))?,
+                "CONFIG" | "LOG" => {}
+                _ => bail!("unknown environment variable {name}"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.public_ip.is_unspecified() {
+            bail!("public_ip must be an address browsers can reach, not {}", self.public_ip);
+        }
+        if !(1..=60).contains(&self.ticket_ttl_secs) {
+            bail!("ticket_ttl_secs must be between 1 and 60");
+        }
+        if self.max_sessions == 0 {
+            bail!("max_sessions must be at least 1");
+        }
+        if self.host_id.is_empty() || self.host_id.len() > 64 {
+            bail!("host_id must be 1 to 64 characters");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let mut config: Config = toml::from_str("listen = \"0.0.0.0:9000\"\nmax_sessions = 2\n").unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.idle_timeout_secs, 60, "unset fields keep their default");
+        let vars = [("CLOUDPLAY_MAX_SESSIONS".to_string(), "5".to_string()), ("HOME".into(), "/x".into())];
+        config.apply_env(vars.into_iter()).unwrap();
+        assert_eq!(config.max_sessions, 5);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_reason() {
+        assert!(toml::from_str::<Config>("listen = 5").is_err());
+        assert!(toml::from_str::<Config>("colour = \"red\"").unwrap_err().to_string().contains("colour"));
+        let mut config = Config::default();
+        let err =
+            config.apply_env([("CLOUDPLAY_MEDIA_PORT".into(), "99999".into())].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("CLOUDPLAY_MEDIA_PORT"));
+        let err = config.apply_env([("CLOUDPLAY_NOPE".into(), "1".into())].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("unknown"));
+        config.public_ip = Ipv4Addr::UNSPECIFIED.into();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! The `cloudplay` binary's composition root: wires the control plane, a stream host and
+//! the web client into one HTTP server, and provides the benchmarks.
+
+pub mod app;
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod web;

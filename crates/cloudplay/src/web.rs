@@ -1,0 +1,26 @@
+//! The browser client, compiled into the binary and served from memory.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+macro_rules! asset {
+    ($file:literal, $mime:literal) => {
+        get(|| async {
+            (
+                [(header::CONTENT_TYPE, $mime), (header::CACHE_CONTROL, "no-cache")],
+                include_str!(concat!("../../../web/", $file)),
+            )
+                .into_response()
+        })
+    };
+}
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/", asset!("index.html", "text/html; charset=utf-8"))
+        .route("/play", asset!("play.html", "text/html; charset=utf-8"))
+        .route("/web/player.js", asset!("player.js", "text/javascript; charset=utf-8"))
+        .route("/web/style.css", asset!("style.css", "text/css; charset=utf-8"))
+}

@@ -1,0 +1,163 @@
+//! Per-frame stage timings and counters, kept in fixed ring buffers (no allocation per
+//! frame) and summarised as percentiles for `/metrics`, the API and `cloudplay bench`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Frames remembered per stage for percentiles (10 s at 60 fps).
+const WINDOW: usize = 600;
+
+/// The stages of the hot path, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Game step backlog and drawing the frame, including the probe strip.
+    Render,
+    /// RGBA → I420.
+    Convert,
+    Encode,
+    /// From the encoded frame leaving the session loop to its packets handed to the socket.
+    Send,
+    /// Render start to send end.
+    Total,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [Stage::Render, Stage::Convert, Stage::Encode, Stage::Send, Stage::Total];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Render => "render",
+            Stage::Convert => "convert",
+            Stage::Encode => "encode",
+            Stage::Send => "send",
+            Stage::Total => "total",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Ring {
+    samples_us: [u32; WINDOW],
+    next: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn push(&mut self, us: u32) {
+        self.samples_us[self.next] = us;
+        self.next = (self.next + 1) % WINDOW;
+        self.len = (self.len + 1).min(WINDOW);
+    }
+}
+
+/// Percentiles of one stage over the recent window, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageSummary {
+    pub samples: usize,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+}
+
+/// Counters and stage timings of one session.
+#[derive(Debug)]
+pub struct SessionStats {
+    stages: Mutex<[Ring; 5]>,
+    pub frames_encoded: AtomicU64,
+    pub bytes_encoded: AtomicU64,
+    /// Frames dropped because the send path was behind (never queued stale).
+    pub frames_dropped: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub audio_packets: AtomicU64,
+    pub inputs_applied: AtomicU64,
+    /// Current encoder target, bit/s.
+    pub bitrate_bps: AtomicU64,
+}
+
+impl Default for SessionStats {
+    fn default() -> Self {
+        let ring = || Ring { samples_us: [0; WINDOW], next: 0, len: 0 };
+        SessionStats {
+            stages: Mutex::new([ring(), ring(), ring(), ring(), ring()]),
+            frames_encoded: AtomicU64::new(0),
+            bytes_encoded: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            audio_packets: AtomicU64::new(0),
+            inputs_applied: AtomicU64::new(0),
+            bitrate_bps: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SessionStats {
+    pub fn record(&self, stage: Stage, duration: Duration) {
+        let us = duration.as_micros().min(u32::MAX as u128) as u32;
+        if let Ok(mut stages) = self.stages.lock() {
+            stages[stage as usize].push(us);
+        }
+    }
+
+    pub fn summary(&self, stage: Stage) -> StageSummary {
+        let Ok(stages) = self.stages.lock() else { return StageSummary::default() };
+        let ring = &stages[stage as usize];
+        let mut samples: Vec<u32> = ring.samples_us[..ring.len].to_vec();
+        drop(stages);
+        percentiles(&mut samples)
+    }
+
+    pub fn count(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// p50, p99 and max of `samples` (sorted in place).
+pub fn percentiles(samples: &mut [u32]) -> StageSummary {
+    if samples.is_empty() {
+        return StageSummary::default();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    StageSummary {
+        samples: samples.len(),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        max_us: samples[samples.len() - 1],
+    }
+}
+
+/// Host-wide counters of what arrived from the network and was refused.
+#[derive(Debug, Default)]
+pub struct HostCounters {
+    pub input_messages: AtomicU64,
+    pub input_malformed: AtomicU64,
+    pub udp_datagrams: AtomicU64,
+    pub udp_unmatched: AtomicU64,
+    pub whep_rejected: AtomicU64,
+    pub peers_connected: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut samples: Vec<u32> = (1..=100).collect();
+        let summary = percentiles(&mut samples);
+        assert_eq!((summary.p50_us, summary.p99_us, summary.max_us), (51, 99, 100));
+        assert_eq!(percentiles(&mut []), StageSummary::default());
+    }
+
+    #[test]
+    fn the_window_keeps_the_most_recent_frames() {
+        let stats = SessionStats::default();
+        for i in 0..(WINDOW as u64 + 100) {
+            stats.record(Stage::Encode, Duration::from_micros(if i < 100 { 1_000_000 } else { 10 }));
+        }
+        let summary = stats.summary(Stage::Encode);
+        assert_eq!(summary.samples, WINDOW);
+        assert_eq!(summary.max_us, 10);
+    }
+}

@@ -1,0 +1,192 @@
+//! WHEP (draft-ietf-wish-whep) for every stream a client receives: `POST` an SDP offer
+//! with a ticket as bearer token, get `201 Created`, a `Location` and the SDP answer;
+//! `DELETE` the location to leave. A player's offer also carries the `input` data channel.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
+use cloudplay_proto::{Ticket, TicketRole};
+use rand::Rng;
+use str0m::change::SdpOffer;
+use str0m::rtp::Extension;
+use str0m::{Candidate, Rtc, bwe::Bitrate};
+use tracing::{debug, info};
+
+use crate::driver::{DriverCommand, NewPeer};
+use crate::{Host, unix_ms};
+
+/// SDP offers are a few kilobytes; anything much larger is not an offer.
+const MAX_OFFER_BYTES: usize = 64 * 1024;
+/// Where the bandwidth estimate starts before the first feedback.
+const INITIAL_ESTIMATE_KBPS: u64 = 3_000;
+
+/// An error answer in the API's JSON shape.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ApiErrorBody { error: ApiErrorDetail { code: code.into(), message: message.into() } };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The WHEP routes: `POST /whep/{session}` and `DELETE /whep/{session}/{peer}`.
+pub fn router(host: Host) -> Router {
+    Router::new()
+        .route("/whep/{session}", post(offer).patch(trickle_not_supported))
+        .route("/whep/{session}/{peer}", delete(leave).patch(trickle_not_supported))
+        .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
+        .with_state(host)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<Ticket> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(Ticket(token.trim().to_string()))
+}
+
+async fn offer(
+    State(host): State<Host>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = accept_offer(&host, &session_id, &headers, &body);
+    if response.status() != StatusCode::CREATED {
+        host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    response
+}
+
+fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let unauthorized = |message: &str| error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let Some(ticket) = bearer(headers) else {
+        return unauthorized("an Authorization: Bearer <ticket> header is required");
+    };
+    // Check the ticket before looking at anything else, without consuming it yet.
+    if let Err(e) = ticket.verify(&host.inner.config.ticket_key, unix_ms()) {
+        return unauthorized(&e.to_string());
+    }
+    let is_sdp = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/sdp"));
+    if !is_sdp {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the offer must be application/sdp",
+        );
+    }
+    let offer = match std::str::from_utf8(body).ok().map(SdpOffer::from_sdp_string) {
+        Some(Ok(offer)) => offer,
+        Some(Err(e)) => {
+            return error_response(StatusCode::BAD_REQUEST, "bad_offer", format!("malformed SDP offer: {e}"));
+        }
+        None => return error_response(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"),
+    };
+    let Some(session) = host.session(session_id) else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
+    };
+    let claims = match host.inner.verifier.lock().map(|mut v| v.admit(&ticket, session_id, unix_ms())) {
+        Ok(Ok(claims)) => claims,
+        Ok(Err(e)) => return unauthorized(&e.to_string()),
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "ticket registry unavailable",
+            );
+        }
+    };
+
+    let peer_id: u64 = rand::thread_rng().r#gen();
+    let slot = match claims.role {
+        TicketRole::Player => match session.seats.take_player_seat(peer_id) {
+            Some(slot) => slot,
+            None => {
+                return error_response(StatusCode::CONFLICT, "session_full", "all player seats are taken");
+            }
+        },
+        TicketRole::Viewer => {
+            session.seats.add_viewer();
+            0
+        }
+    };
+    let release = || session.seats.release(peer_id, claims.role == TicketRole::Player);
+
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+        .set_extension(12, Extension::PlayoutDelay)
+        .build(Instant::now());
+    let max_bps = session.options.max_bitrate_kbps as u64 * 1000;
+    rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
+    let candidate = match Candidate::host(host.media_addr(), "udp") {
+        Ok(candidate) => candidate,
+        Err(e) => {
+            release();
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("bad media address: {e}"),
+            );
+        }
+    };
+    rtc.add_local_candidate(candidate);
+    let answer = match rtc.sdp_api().accept_offer(offer) {
+        Ok(answer) => answer,
+        Err(e) => {
+            release();
+            return error_response(StatusCode::BAD_REQUEST, "bad_offer", format!("offer refused: {e}"));
+        }
+    };
+    let peer = NewPeer {
+        id: peer_id,
+        session: session.id.clone(),
+        role: claims.role,
+        slot,
+        rtc,
+        commands: session.commands.clone(),
+        seats: session.seats.clone(),
+    };
+    if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
+        release();
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the host is overloaded; retry shortly",
+        );
+    }
+    info!(session = %session.id, peer = peer_id, role = ?claims.role, slot, "peer admitted");
+    let location = format!("/whep/{}/{peer_id:016x}", session.id);
+    let mut response = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn leave(State(host): State<Host>, Path((session_id, peer)): Path<(String, String)>) -> Response {
+    let Ok(peer_id) = u64::from_str_radix(&peer, 16) else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "no such peer");
+    };
+    if host.session(&session_id).is_none() {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
+    }
+    debug!(session = %session_id, peer = peer_id, "peer leaving by DELETE");
+    let _ = host.inner.driver.send(DriverCommand::RemovePeer(peer_id)).await;
+    StatusCode::OK.into_response()
+}
+
+async fn trickle_not_supported() -> Response {
+    // All our candidates are in the answer (ICE lite); WHEP lets servers refuse trickle.
+    error_response(StatusCode::METHOD_NOT_ALLOWED, "trickle_not_supported", "trickle ICE is not supported")
+}
