@@ -1,0 +1,416 @@
+// cloudplay player: WHEP to receive the stream, the input protocol v1 over the "input"
+// data channel, the latency probe strip read from decoded frames, and a stats overlay.
+// Protocol details: docs/protocol.md.
+
+const params = new URLSearchParams(location.search);
+const video = document.getElementById('video');
+const overlay = document.getElementById('overlay');
+const overlayTitle = document.getElementById('overlay-title');
+const overlayText = document.getElementById('overlay-text');
+const startButton = document.getElementById('btn-start');
+
+// Exposed for tests and curious players (open the console).
+const stats = (window.cloudplayStats = {
+  state: 'connecting',
+  sessionId: null,
+  framesDecoded: 0,
+  probeFrames: 0,
+  lastProbe: null,
+  inputsSent: 0,
+  clickToPhoton: [],
+  firstFrameMs: null,
+  audioPackets: 0,
+  error: null,
+});
+
+function fail(message) {
+  stats.state = 'failed';
+  stats.error = message;
+  overlay.classList.remove('hidden');
+  overlayTitle.textContent = 'Could not play';
+  overlayText.textContent = message;
+  startButton.hidden = true;
+}
+
+// ---------------------------------------------------------------- input protocol v1
+const KIND = { key: 1, mouseMove: 2, mousePosition: 3, mouseButton: 4, wheel: 5, gamepad: 6, touch: 7 };
+let channel = null;
+let nextSeq = 1;
+const pendingClicks = []; // [seq, sentAt] awaiting their frame
+
+function send(kind, writePayload, payloadLength) {
+  if (!channel || channel.readyState !== 'open') return;
+  const buffer = new ArrayBuffer(6 + payloadLength);
+  const view = new DataView(buffer);
+  const seq = nextSeq++;
+  view.setUint8(0, 1);
+  view.setUint8(1, kind);
+  view.setUint32(2, seq, true);
+  writePayload(view, 6);
+  channel.send(buffer);
+  stats.inputsSent++;
+  return seq;
+}
+
+// KeyboardEvent.code → USB HID usage (page 0x07): physical keys, whatever the layout.
+const HID = (() => {
+  const map = {};
+  for (let i = 0; i < 26; i++) map['Key' + String.fromCharCode(65 + i)] = 0x04 + i;
+  for (let i = 1; i <= 9; i++) map['Digit' + i] = 0x1d + i;
+  map.Digit0 = 0x27;
+  for (let i = 1; i <= 12; i++) map['F' + i] = 0x39 + i;
+  Object.assign(map, {
+    Enter: 0x28, Escape: 0x29, Backspace: 0x2a, Tab: 0x2b, Space: 0x2c, Minus: 0x2d, Equal: 0x2e,
+    BracketLeft: 0x2f, BracketRight: 0x30, Backslash: 0x31, Semicolon: 0x33, Quote: 0x34, Backquote: 0x35,
+    Comma: 0x36, Period: 0x37, Slash: 0x38, CapsLock: 0x39, Insert: 0x49, Home: 0x4a, PageUp: 0x4b,
+    Delete: 0x4c, End: 0x4d, PageDown: 0x4e, ArrowRight: 0x4f, ArrowLeft: 0x50, ArrowDown: 0x51, ArrowUp: 0x52,
+    ControlLeft: 0xe0, ShiftLeft: 0xe1, AltLeft: 0xe2, MetaLeft: 0xe3,
+    ControlRight: 0xe4, ShiftRight: 0xe5, AltRight: 0xe6, MetaRight: 0xe7,
+  });
+  return map;
+})();
+
+function sendKey(event, down) {
+  const usage = HID[event.code];
+  if (usage === undefined) return;
+  if (event.code !== 'F11' && event.code !== 'F12') event.preventDefault();
+  const seq = send(KIND.key, (v, o) => {
+    v.setUint16(o, usage, true);
+    v.setUint8(o + 2, (down ? 1 : 0) | (event.repeat ? 2 : 0));
+  }, 3);
+  if (down && !event.repeat && seq) pendingClicks.push([seq, performance.now()]);
+}
+addEventListener('keydown', (e) => sendKey(e, true));
+addEventListener('keyup', (e) => sendKey(e, false));
+
+const clamp16 = (n) => Math.max(-32768, Math.min(32767, Math.round(n)));
+
+// Pointer position normalised to the picture inside the <video> (letterboxing excluded).
+function normalised(clientX, clientY) {
+  const rect = video.getBoundingClientRect();
+  const vw = video.videoWidth || 16, vh = video.videoHeight || 9;
+  const scale = Math.min(rect.width / vw, rect.height / vh);
+  const left = rect.left + (rect.width - vw * scale) / 2, top = rect.top + (rect.height - vh * scale) / 2;
+  const x = Math.max(0, Math.min(1, (clientX - left) / (vw * scale)));
+  const y = Math.max(0, Math.min(1, (clientY - top) / (vh * scale)));
+  return [Math.round(x * 65535), Math.round(y * 65535)];
+}
+
+video.addEventListener('mousemove', (e) => {
+  if (document.pointerLockElement === video) {
+    send(KIND.mouseMove, (v, o) => { v.setInt16(o, clamp16(e.movementX), true); v.setInt16(o + 2, clamp16(e.movementY), true); }, 4);
+  } else {
+    const [x, y] = normalised(e.clientX, e.clientY);
+    send(KIND.mousePosition, (v, o) => { v.setUint16(o, x, true); v.setUint16(o + 2, y, true); }, 4);
+  }
+});
+for (const [type, down] of [['mousedown', true], ['mouseup', false]]) {
+  video.addEventListener(type, (e) => {
+    const seq = send(KIND.mouseButton, (v, o) => { v.setUint8(o, e.button); v.setUint8(o + 1, down ? 1 : 0); }, 2);
+    if (down && seq) pendingClicks.push([seq, performance.now()]);
+  });
+}
+video.addEventListener('contextmenu', (e) => e.preventDefault());
+video.addEventListener('wheel', (e) => {
+  e.preventDefault();
+  const lines = e.deltaMode === 0 ? 1 / 40 : 1;
+  send(KIND.wheel, (v, o) => { v.setInt16(o, clamp16(e.deltaX * lines), true); v.setInt16(o + 2, clamp16(e.deltaY * lines), true); }, 4);
+}, { passive: false });
+
+const TOUCH_PHASE = { touchstart: 0, touchmove: 1, touchend: 2, touchcancel: 3 };
+for (const type of Object.keys(TOUCH_PHASE)) {
+  video.addEventListener(type, (e) => {
+    e.preventDefault();
+    for (const t of e.changedTouches) {
+      const [x, y] = normalised(t.clientX, t.clientY);
+      send(KIND.touch, (v, o) => {
+        v.setUint8(o, t.identifier & 0xff); v.setUint8(o + 1, TOUCH_PHASE[type]);
+        v.setUint16(o + 2, x, true); v.setUint16(o + 4, y, true);
+      }, 6);
+    }
+  }, { passive: false });
+}
+
+// Gamepads: a full snapshot whenever one changes (standard mapping).
+function sendGamepad(pad, buttons, lt, rt, axes, connected = true) {
+  const n = Math.min(axes.length, 8);
+  send(KIND.gamepad, (v, o) => {
+    v.setUint8(o, pad); v.setUint8(o + 1, connected ? 1 : 0);
+    v.setUint32(o + 2, buttons >>> 0, true);
+    v.setUint8(o + 6, lt); v.setUint8(o + 7, rt); v.setUint8(o + 8, n);
+    for (let i = 0; i < n; i++) v.setInt16(o + 9 + i * 2, clamp16(axes[i] * 32767), true);
+  }, 9 + n * 2);
+}
+const lastPads = new Map();
+function pollGamepads() {
+  for (const gp of navigator.getGamepads ? navigator.getGamepads() : []) {
+    if (!gp || gp.index > 3) continue;
+    let buttons = 0;
+    gp.buttons.forEach((b, i) => { if (b.pressed && i < 32) buttons |= 1 << i; });
+    const lt = Math.round((gp.buttons[6]?.value || 0) * 255), rt = Math.round((gp.buttons[7]?.value || 0) * 255);
+    const axes = Array.from(gp.axes, (a) => (Math.abs(a) < 0.12 ? 0 : a));
+    const key = `${buttons}|${lt}|${rt}|${axes.map((a) => a.toFixed(2)).join(',')}`;
+    if (lastPads.get(gp.index) !== key) {
+      const before = lastPads.get(gp.index)?.split('|')[0] ?? '0';
+      lastPads.set(gp.index, key);
+      sendGamepad(gp.index, buttons, lt, rt, axes);
+      if (buttons & ~Number(before)) pendingClicks.push([nextSeq - 1, performance.now()]);
+    }
+  }
+  requestAnimationFrame(pollGamepads);
+}
+requestAnimationFrame(pollGamepads);
+
+// On-screen pad for touch devices: a virtual standard gamepad, pad 0.
+const touchpad = document.getElementById('touchpad');
+if (matchMedia('(pointer: coarse)').matches || params.get('touchpad') === '1') {
+  touchpad.classList.add('on');
+  let held = 0;
+  for (const el of touchpad.querySelectorAll('.pad')) {
+    const bit = 1 << Number(el.dataset.button);
+    const set = (down) => (e) => {
+      e.preventDefault();
+      held = down ? held | bit : held & ~bit;
+      el.classList.toggle('active', down);
+      sendGamepad(0, held, 0, 0, [0, 0, 0, 0]);
+      if (down) pendingClicks.push([nextSeq - 1, performance.now()]);
+    };
+    el.addEventListener('pointerdown', set(true));
+    el.addEventListener('pointerup', set(false));
+    el.addEventListener('pointercancel', set(false));
+    el.addEventListener('pointerleave', set(false));
+  }
+}
+
+// ---------------------------------------------------------------- latency probe strip
+const COLUMNS = 40, ROWS = 3, PAYLOAD_BITS = 108;
+const probeCanvas = document.createElement('canvas');
+const probeContext = probeCanvas.getContext('2d', { willReadFrequently: true });
+
+function crc8(bytes) {
+  let crc = 0;
+  for (const byte of bytes) {
+    crc ^= byte;
+    for (let i = 0; i < 8; i++) crc = crc & 0x80 ? ((crc << 1) ^ 0x07) & 0xff : (crc << 1) & 0xff;
+  }
+  return crc;
+}
+
+function readProbe() {
+  const width = video.videoWidth;
+  if (!width) return null;
+  const cell = Math.max(8, Math.floor(width / 80));
+  const w = COLUMNS * cell, h = ROWS * cell;
+  if (probeCanvas.width !== w) { probeCanvas.width = w; probeCanvas.height = h; }
+  probeContext.drawImage(video, 0, 0, w, h, 0, 0, w, h);
+  const pixels = probeContext.getImageData(0, 0, w, h).data;
+  const bits = [];
+  for (let i = 0; i < PAYLOAD_BITS; i++) {
+    const x = (i % COLUMNS) * cell + (cell >> 1), y = Math.floor(i / COLUMNS) * cell + (cell >> 1);
+    bits.push(pixels[(y * w + x) * 4 + 1] >= 128 ? 1 : 0);
+  }
+  if (bits[0] !== 1 || bits[1] !== 0 || bits[2] !== 1 || bits[3] !== 1) return null;
+  const bytes = [];
+  for (let b = 0; b < 13; b++) {
+    let value = 0;
+    for (let i = 0; i < 8; i++) value = (value << 1) | bits[4 + b * 8 + i];
+    bytes.push(value);
+  }
+  if (crc8(bytes.slice(0, 12)) !== bytes[12]) return null;
+  const word = (at) => ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]) >>> 0;
+  return { frameSeq: word(0), inputSeq: word(4), captureMs: word(8) };
+}
+
+const graph = document.getElementById('graph').getContext('2d');
+function drawGraph() {
+  const samples = stats.clickToPhoton.slice(-115);
+  graph.clearRect(0, 0, 230, 48);
+  graph.strokeStyle = '#2a2d55';
+  graph.strokeRect(0, 0, 230, 48);
+  graph.fillStyle = '#00e6ff';
+  samples.forEach((ms, i) => {
+    const h = Math.min(46, (ms / 100) * 46);
+    graph.fillRect(i * 2, 47 - h, 1.5, h);
+  });
+}
+
+function percentile(values, q) {
+  if (!values.length) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.round((sorted.length - 1) * q))];
+}
+
+let playStarted = performance.now();
+function onVideoFrame(now, metadata) {
+  stats.framesDecoded++;
+  if (stats.firstFrameMs === null) {
+    stats.firstFrameMs = Math.round(performance.now() - playStarted);
+    document.getElementById('s-first').textContent = `${stats.firstFrameMs} ms`;
+  }
+  const probe = readProbe();
+  if (probe) {
+    stats.probeFrames++;
+    stats.lastProbe = probe;
+    const shown = metadata.expectedDisplayTime || now;
+    while (pendingClicks.length && pendingClicks[0][0] <= probe.inputSeq) {
+      const [, sentAt] = pendingClicks.shift();
+      stats.clickToPhoton.push(Math.max(0, shown - sentAt));
+      if (stats.clickToPhoton.length > 1000) stats.clickToPhoton.shift();
+      drawGraph();
+    }
+  }
+  video.requestVideoFrameCallback(onVideoFrame);
+}
+
+// ---------------------------------------------------------------- stats overlay
+const statsPanel = document.getElementById('stats');
+if (params.get('stats') === '0') statsPanel.classList.add('hidden');
+document.getElementById('btn-stats').addEventListener('click', () => statsPanel.classList.toggle('hidden'));
+let previous = null;
+async function updateStats(pc) {
+  const report = await pc.getStats();
+  let inbound = null, audio = null, pair = null;
+  report.forEach((s) => {
+    if (s.type === 'inbound-rtp' && s.kind === 'video') inbound = s;
+    if (s.type === 'inbound-rtp' && s.kind === 'audio') audio = s;
+    if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+  });
+  const set = (id, text) => (document.getElementById(id).textContent = text);
+  if (audio) stats.audioPackets = audio.packetsReceived;
+  if (inbound) {
+    set('s-res', `${inbound.frameWidth || 0}×${inbound.frameHeight || 0}`);
+    set('s-fps', `${Math.round(inbound.framesPerSecond || 0)}`);
+    if (previous) {
+      const seconds = (inbound.timestamp - previous.timestamp) / 1000;
+      set('s-bitrate', `${(((inbound.bytesReceived - previous.bytesReceived) * 8) / seconds / 1e6).toFixed(2)} Mbit/s`);
+    }
+    const lost = inbound.packetsLost || 0;
+    set('s-loss', `${((lost / Math.max(1, lost + inbound.packetsReceived)) * 100).toFixed(2)} %`);
+    if (inbound.framesDecoded) set('s-decode', `${((inbound.totalDecodeTime / inbound.framesDecoded) * 1000).toFixed(1)} ms`);
+    if (inbound.jitterBufferEmittedCount) set('s-jitter', `${((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000).toFixed(1)} ms`);
+    previous = inbound;
+  }
+  if (pair && pair.currentRoundTripTime !== undefined) set('s-rtt', `${(pair.currentRoundTripTime * 1000).toFixed(1)} ms`);
+  const c2p = stats.clickToPhoton;
+  if (c2p.length) set('s-c2p', `p50 ${percentile(c2p, 0.5).toFixed(0)} / p95 ${percentile(c2p, 0.95).toFixed(0)} ms`);
+}
+
+// ---------------------------------------------------------------- toolbar
+document.getElementById('btn-full').addEventListener('click', () => {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else document.documentElement.requestFullscreen({ navigationUI: 'hide' }).catch(() => {});
+});
+document.getElementById('btn-lock').addEventListener('click', () => video.requestPointerLock?.());
+document.getElementById('btn-share').addEventListener('click', async () => {
+  const url = `${location.origin}/play?watch=${stats.sessionId}`;
+  try { await navigator.clipboard.writeText(url); } catch { /* clipboard needs a secure context */ }
+  overlayText.textContent = '';
+  alert(`Anyone with this link can watch:\n${url}`);
+});
+
+// ---------------------------------------------------------------- WHEP
+async function api(path, body) {
+  const response = await fetch(path, {
+    method: 'POST',
+    headers: body ? { 'Content-Type': 'application/json' } : {},
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(json.error?.message || `HTTP ${response.status}`);
+  return json;
+}
+
+async function whep(session, player) {
+  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const videoTransceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  const capabilities = RTCRtpReceiver.getCapabilities?.('video');
+  if (capabilities && videoTransceiver.setCodecPreferences) {
+    const h264 = capabilities.codecs.filter((c) => c.mimeType === 'video/H264');
+    const rest = capabilities.codecs.filter((c) => c.mimeType !== 'video/H264');
+    h264.sort((a, b) => (b.sdpFmtpLine || '').includes('42e01f') - (a.sdpFmtpLine || '').includes('42e01f'));
+    if (h264.length) videoTransceiver.setCodecPreferences([...h264, ...rest]);
+  }
+  if (player) {
+    channel = pc.createDataChannel('input', { ordered: true });
+    channel.binaryType = 'arraybuffer';
+  }
+  const stream = new MediaStream();
+  pc.ontrack = (e) => {
+    // Play out as soon as a frame is decoded: no extra jitter buffering.
+    if ('jitterBufferTarget' in e.receiver) e.receiver.jitterBufferTarget = 0;
+    if ('playoutDelayHint' in e.receiver) e.receiver.playoutDelayHint = 0;
+    stream.addTrack(e.track);
+    video.srcObject = stream;
+  };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === 'failed') fail('The connection failed. Check that UDP can reach the server (see docs/deployment.md).');
+    if (pc.connectionState === 'disconnected' || pc.connectionState === 'closed') {
+      if (stats.state !== 'failed') fail('The stream ended.');
+    }
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  // The server is ICE-lite and takes no trickle: send the offer with what we have after a
+  // short wait; it learns our address from the connectivity checks anyway.
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    const timer = setTimeout(resolve, 500);
+    pc.addEventListener('icegatheringstatechange', () => {
+      if (pc.iceGatheringState === 'complete') { clearTimeout(timer); resolve(); }
+    });
+  });
+  const response = await fetch(session.whep_url, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${session.ticket}` },
+    body: pc.localDescription.sdp,
+  });
+  if (response.status !== 201) {
+    const json = await response.json().catch(() => ({}));
+    throw new Error(json.error?.message || `WHEP answered ${response.status}`);
+  }
+  const resource = new URL(response.headers.get('Location'), session.whep_url).href;
+  await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+  addEventListener('pagehide', () => fetch(resource, { method: 'DELETE', keepalive: true }));
+  return pc;
+}
+
+async function main() {
+  const watch = params.get('watch');
+  let session;
+  if (watch) {
+    session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer' });
+  } else {
+    const game = params.get('game') || 'neon-cycles';
+    const options = {
+      probe: params.get('probe') !== '0',
+      width: Number(params.get('width') || 1280),
+      height: Number(params.get('height') || 720),
+      fps: Number(params.get('fps') || 60),
+    };
+    session = await api('/api/v1/sessions', { game, options });
+  }
+  stats.sessionId = session.session_id;
+  playStarted = performance.now();
+  const pc = await whep(session, !watch);
+  video.requestVideoFrameCallback(onVideoFrame);
+  setInterval(() => updateStats(pc), 1000);
+  video.addEventListener('playing', () => {
+    stats.state = 'playing';
+    overlayTitle.textContent = watch ? 'Watching' : 'Ready';
+    overlayText.textContent = watch ? '' : 'Keyboard, mouse, gamepad or touch: press anything to join.';
+    startButton.hidden = false;
+  }, { once: true });
+}
+
+startButton.addEventListener('click', () => {
+  // Browsers only play sound after a user gesture: unmute on the first click.
+  video.muted = false;
+  video.play().catch(() => {});
+  overlay.classList.add('hidden');
+  video.focus();
+});
+addEventListener('keydown', () => {
+  if (stats.state === 'playing' && !overlay.classList.contains('hidden')) startButton.click();
+}, { once: false });
+
+main().catch((e) => fail(e.message || String(e)));
