@@ -264,7 +264,7 @@ function onVideoFrame(now, metadata) {
 
 // ---------------------------------------------------------------- stats overlay
 const statsPanel = document.getElementById('stats');
-if (params.get('stats') === '0') statsPanel.classList.add('hidden');
+if (params.get('stats') !== '1') statsPanel.classList.add('hidden');
 document.getElementById('btn-stats').addEventListener('click', () => statsPanel.classList.toggle('hidden'));
 let previous = null;
 async function updateStats(pc) {

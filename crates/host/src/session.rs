@@ -254,6 +254,9 @@ impl SessionLoop {
     }
 
     fn produce_frame(&mut self) {
+        if self.peers == 0 {
+            return; // nobody watching: the game keeps ticking, the picture is not needed
+        }
         let started = Instant::now();
         let (width, height) = (self.frame.width, self.frame.height);
         self.setup.game.render(&mut self.frame);
@@ -276,9 +279,6 @@ impl SessionLoop {
         }
         let converted = Instant::now();
 
-        if self.peers == 0 {
-            return; // nobody watching: keep the game running, skip the encoder
-        }
         let keyframe_allowed = self.last_keyframe.is_none_or(|at| at.elapsed() >= KEYFRAME_MIN_INTERVAL);
         let force_keyframe = self.keyframe_wanted && keyframe_allowed;
         let encoded = match self.setup.encoder.encode(&self.yuv, force_keyframe, &mut self.bitstream) {

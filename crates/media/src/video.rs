@@ -79,9 +79,10 @@ pub fn h264_built_with_assembly() -> bool {
     env!("CLOUDPLAY_H264_ASM") == "true"
 }
 
-/// The openh264 software encoder, tuned for interactive streaming: real-time screen
-/// content, no B-frames, no periodic IDR (keyframes only on request), one slice, no frame
-/// skipping (a skipped frame would be a hole in the player's picture).
+/// The openh264 software encoder, tuned for interactive streaming: real-time camera mode
+/// (2.4x faster than its screen-content mode on the built-in game at 720p, by `cloudplay
+/// bench`), low complexity, no B-frames, no periodic IDR (keyframes only on request), one
+/// slice, no frame skipping (a skipped frame would be a hole in the player's picture).
 pub struct OpenH264Encoder {
     encoder: Encoder,
     bitrate_bps: u32,
@@ -92,7 +93,7 @@ impl OpenH264Encoder {
         let encoder_config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(config.bitrate_bps))
             .max_frame_rate(FrameRate::from_hz(config.fps as f32))
-            .usage_type(UsageType::ScreenContentRealTime)
+            .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
             .profile(Profile::Baseline)
             .complexity(Complexity::Low)
