@@ -16,14 +16,17 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
-/// A minimal HTTP/1.1 exchange: returns status, headers (lower-cased names) and body.
+/// Status, headers (lower-cased names) and body of an HTTP response.
+pub type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// A minimal HTTP/1.1 exchange over a fresh connection.
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> anyhow::Result<(u16, Vec<(String, String)>, Vec<u8>)> {
+) -> anyhow::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");

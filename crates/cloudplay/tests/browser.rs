@@ -2,13 +2,13 @@
 //! Needs Node.js, `npm ci --prefix e2e` and Debian's `chromium`; `.ci/run` installs them.
 //! Without them the test says so and passes locally, but fails under CI (`CI` set).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cloudplay::app::Server;
 use cloudplay::config::Config;
 
-fn missing_prerequisite(e2e: &PathBuf) -> Option<String> {
+fn missing_prerequisite(e2e: &Path) -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !PathBuf::from(&chromium).exists() {
         return Some(format!("no Chromium at {chromium}"));

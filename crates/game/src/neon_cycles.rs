@@ -169,14 +169,14 @@ impl NeonCycles {
     fn bot_direction(&mut self, index: usize) -> Direction {
         let cycle = self.cycles[index];
         let ahead = self.free_run(cycle.x, cycle.y, cycle.direction, 30);
-        if ahead > 4 && self.random() % 40 != 0 {
+        if ahead > 4 && !self.random().is_multiple_of(40) {
             return cycle.direction;
         }
         let turns = match cycle.direction {
             Direction::Up | Direction::Down => [Direction::Left, Direction::Right],
             Direction::Left | Direction::Right => [Direction::Up, Direction::Down],
         };
-        let flip = self.random() % 2 == 0;
+        let flip = self.random().is_multiple_of(2);
         let (first, second) = if flip { (turns[0], turns[1]) } else { (turns[1], turns[0]) };
         [cycle.direction, first, second]
             .into_iter()
@@ -207,6 +207,7 @@ impl NeonCycles {
 
     fn advance_cycles(&mut self) {
         let mut moves: [Option<(i32, i32)>; PLAYERS] = [None; PLAYERS];
+        #[allow(clippy::needless_range_loop)] // the body borrows self mutably between uses of index
         for index in 0..PLAYERS {
             let cycle = self.cycles[index];
             if !cycle.alive {
@@ -216,7 +217,7 @@ impl NeonCycles {
             let cycle = &mut self.cycles[index];
             if boosting {
                 cycle.boost -= 1;
-            } else if self.tick % 3 == 0 {
+            } else if self.tick.is_multiple_of(3) {
                 cycle.boost = (cycle.boost + 1).min(BOOST_MAX);
             }
             cycle.move_clock += if boosting { TICKS_PER_MOVE } else { 1 };
@@ -281,7 +282,7 @@ impl NeonCycles {
 
     fn music(&mut self) {
         // An eighth note every 15 ticks: 120 beats per minute.
-        if self.tick % 15 != 0 {
+        if !self.tick.is_multiple_of(15) {
             return;
         }
         let step = (self.tick / 15) as usize;
@@ -292,7 +293,7 @@ impl NeonCycles {
             let lead = bass + [24, 27, 31, 34][step / 2 % 4];
             self.play(Note { pan: 0.3, ..Note::new(Wave::Square, midi_hz(lead), 0.03 * quiet, 0.12) });
         }
-        if step % 4 == 0 {
+        if step.is_multiple_of(4) {
             self.play(Note::new(Wave::Noise, 9_000.0, 0.05 * quiet, 0.05));
         }
     }
@@ -374,7 +375,7 @@ impl NeonCycles {
             frame.fill_rect(bx, by, bw, bh, JOIN_BANNER);
             let line = "PRESS ANY KEY OR BUTTON TO JOIN";
             let scale = (text_scale).min(bw / text_width(line, 1).max(1)).max(1);
-            if self.tick / 30 % 2 == 0 {
+            if (self.tick / 30).is_multiple_of(2) {
                 draw_text_centered(frame, line, w / 2, by + bh / 2 - 4 * scale, scale, WHITE);
             }
             let hint = "ARROWS/WASD STEER - SPACE BOOSTS";
@@ -638,7 +639,7 @@ mod tests {
         game.step(&[press(2, key::ARROW_LEFT)]);
         game.step(&[]);
         assert_eq!(game.cycles[2].direction, Direction::Left);
-        assert_eq!(game.cycles[3].human, false);
+        assert!(!game.cycles[3].human);
     }
 
     #[test]

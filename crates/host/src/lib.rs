@@ -364,7 +364,8 @@ impl Host {
                 }
             }
         }
-        let gauges: [(&str, &str, fn(&SessionStats) -> u64); 4] = [
+        type Read = fn(&SessionStats) -> u64;
+        let gauges: [(&str, &str, Read); 4] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),

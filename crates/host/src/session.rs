@@ -172,12 +172,11 @@ impl SessionLoop {
                     next_frame = Instant::now() + frame_interval;
                 }
             }
-            if let Some(since) = self.idle_since {
-                if since.elapsed() >= self.setup.idle_timeout {
+            if let Some(since) = self.idle_since
+                && since.elapsed() >= self.setup.idle_timeout {
                     info!(session = %self.setup.id, "no peers: ending idle session");
                     return;
                 }
-            }
         }
     }
 

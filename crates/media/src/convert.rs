@@ -23,7 +23,7 @@ pub struct I420Frame {
 impl I420Frame {
     /// Allocates a frame; `width` and `height` must be even.
     pub fn new(width: u32, height: u32) -> I420Frame {
-        debug_assert!(width % 2 == 0 && height % 2 == 0);
+        debug_assert!(width.is_multiple_of(2) && height.is_multiple_of(2));
         let luma = width as usize * height as usize;
         I420Frame { width, height, y: vec![0; luma], u: vec![128; luma / 4], v: vec![128; luma / 4] }
     }

@@ -43,14 +43,14 @@ impl SessionOptions {
 
     /// Checks the options, saying which one is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if !(Self::MIN_WIDTH..=Self::MAX_WIDTH).contains(&self.width) || self.width % 2 != 0 {
+        if !(Self::MIN_WIDTH..=Self::MAX_WIDTH).contains(&self.width) || !self.width.is_multiple_of(2) {
             return Err(format!(
                 "width must be even and between {} and {}",
                 Self::MIN_WIDTH,
                 Self::MAX_WIDTH
             ));
         }
-        if !(Self::MIN_HEIGHT..=Self::MAX_HEIGHT).contains(&self.height) || self.height % 2 != 0 {
+        if !(Self::MIN_HEIGHT..=Self::MAX_HEIGHT).contains(&self.height) || !self.height.is_multiple_of(2) {
             return Err(format!(
                 "height must be even and between {} and {}",
                 Self::MIN_HEIGHT,
