@@ -3,6 +3,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -53,8 +54,24 @@ pub fn router(control: ControlPlane) -> Router {
         .with_state(control)
 }
 
+/// A request body that could not be read: too large, or cut off.
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+        );
+    }
+    ApiError::bad_request(format!("unreadable body: {rejection}"))
+}
+
 /// Parses a JSON body, insisting on the content type, with errors in the API's shape.
-fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(body_error)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -66,7 +83,7 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
             "the body must be application/json".into(),
         ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Base URL for links in answers: the configured public URL, else this request's host.
@@ -111,9 +128,9 @@ fn ticket_answer(
 async fn create_session(
     State(control): State<ControlPlane>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: CreateSessionRequest = parse_json(&headers, &body)?;
+    let request: CreateSessionRequest = parse_json(&headers, body)?;
     request.options.validate().map_err(ApiError::bad_request)?;
     if !control.games().iter().any(|g| g.id == request.game) {
         return Err(ApiError::not_found("game"));
@@ -170,10 +187,10 @@ async fn create_ticket(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: TicketRequest =
-        if body.is_empty() { TicketRequest::default() } else { parse_json(&headers, &body)? };
+    let empty = body.as_ref().is_ok_and(|b| b.is_empty());
+    let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
     let record = control.record(&id).ok_or_else(|| ApiError::not_found("session"))?;
     let role = request.role.unwrap_or(TicketRole::Player);
     let created = ticket_answer(&control, &headers, &id, &record.game, role)?;

@@ -150,9 +150,10 @@ impl Peer {
                 });
             }
             Event::ChannelOpen(id, label)
-                if label == INPUT_CHANNEL_LABEL && self.setup.role == TicketRole::Player => {
-                    self.input_channel = Some(id);
-                }
+                if label == INPUT_CHANNEL_LABEL && self.setup.role == TicketRole::Player =>
+            {
+                self.input_channel = Some(id);
+            }
             Event::ChannelData(data) => {
                 if Some(data.id) != self.input_channel {
                     counters.input_malformed.fetch_add(1, Ordering::Relaxed);

@@ -173,10 +173,11 @@ impl SessionLoop {
                 }
             }
             if let Some(since) = self.idle_since
-                && since.elapsed() >= self.setup.idle_timeout {
-                    info!(session = %self.setup.id, "no peers: ending idle session");
-                    return;
-                }
+                && since.elapsed() >= self.setup.idle_timeout
+            {
+                info!(session = %self.setup.id, "no peers: ending idle session");
+                return;
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -51,9 +52,17 @@ async fn offer(
     State(host): State<Host>,
     Path(session_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = accept_offer(&host, &session_id, &headers, &body);
+    let response = match body {
+        Ok(body) => accept_offer(&host, &session_id, &headers, &body),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("an offer is at most {MAX_OFFER_BYTES} bytes"),
+        ),
+        Err(rejection) => error_response(StatusCode::BAD_REQUEST, "bad_offer", rejection.to_string()),
+    };
     if response.status() != StatusCode::CREATED {
         host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

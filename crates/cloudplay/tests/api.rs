@@ -1,0 +1,167 @@
+//! The REST API through the real router (no sockets for HTTP: `tower::ServiceExt::oneshot`),
+//! backed by a real stream host. Bad input gets a JSON error and changes nothing.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use cloudplay::app::Server;
+use cloudplay::config::Config;
+use cloudplay_host::Host;
+use serde_json::Value;
+use tower::ServiceExt;
+
+async fn app(max_sessions: usize) -> (Router, Host) {
+    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), max_sessions, ..Config::default() };
+    let server = Server::start(config).await.unwrap();
+    (server.router.clone(), server.host.clone())
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri).header(header::HOST, "play.example:8080");
+    if let Some(content_type) = content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    let response = app.clone().oneshot(request.body(body.into()).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, json)
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("JSON error body expected, got {body}"))
+}
+
+#[tokio::test]
+async fn catalogue_lists_the_built_in_game() {
+    let (app, _) = app(4).await;
+    let (status, body) = call(&app, "GET", "/api/v1/games", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["games"][0]["id"], "neon-cycles");
+    let (status, body) = call(&app, "GET", "/api/v1/games/neon-cycles", None, "").await;
+    assert_eq!((status, body["max_players"].as_u64()), (StatusCode::OK, Some(4)));
+    let (status, body) = call(&app, "GET", "/api/v1/games/pong", None, "").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn a_session_lives_from_create_to_delete() {
+    let (app, host) = app(4).await;
+    let request = r#"{"game":"neon-cycles","options":{"probe":true,"width":1280,"height":720,"fps":60}}"#;
+    let (status, created) = call(&app, "POST", "/api/v1/sessions", JSON, request).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["session_id"].as_str().unwrap().to_string();
+    assert_eq!(created["whep_url"], format!("http://play.example:8080/whep/{id}"));
+    assert!(created["ticket"].as_str().unwrap().starts_with("v4.public."));
+    assert!(created["expires_at"].as_u64().unwrap() > 0);
+    assert_eq!(host.session_ids().len(), 1);
+
+    let (status, session) = call(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (session["game"].as_str(), session["options"]["probe"].as_bool()),
+        (Some("neon-cycles"), Some(true))
+    );
+    assert_eq!(session["players"], 0);
+
+    let (status, viewer) =
+        call(&app, "POST", &format!("/api/v1/sessions/{id}/tickets"), JSON, r#"{"role":"viewer"}"#).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(viewer["ticket"], created["ticket"]);
+
+    let (status, _) = call(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = call(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, _) = call(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(host.session_ids().is_empty());
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors_and_change_nothing() {
+    let (app, host) = app(4).await;
+    let cases: [(Option<&str>, String, StatusCode, &str); 8] = [
+        (JSON, r#"{"game":"nope"}"#.into(), StatusCode::NOT_FOUND, "not_found"),
+        (JSON, "{not json".into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        (JSON, r#"{"game":"neon-cycles","extra":1}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            JSON,
+            r#"{"game":"neon-cycles","options":{"width":333}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            JSON,
+            r#"{"game":"neon-cycles","options":{"fps":1000}}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (JSON, r#"{"game":7}"#.into(), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Some("text/plain"),
+            r#"{"game":"neon-cycles"}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            JSON,
+            format!(r#"{{"game":"{}"}}"#, "x".repeat(20_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ];
+    for (content_type, body, status, expected) in cases {
+        let (got, answer) = call(&app, "POST", "/api/v1/sessions", content_type, body.clone()).await;
+        assert_eq!((got, code(&answer)), (status, expected), "for {}", &body[..body.len().min(60)]);
+    }
+    let (_, answer) =
+        call(&app, "POST", "/api/v1/sessions", JSON, r#"{"game":"neon-cycles","options":{"width":333}}"#)
+            .await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("width"));
+    assert!(host.session_ids().is_empty(), "no refused request started a session");
+
+    let (status, body) = call(&app, "GET", "/api/v1/sessions/unknown", None, "").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = call(&app, "POST", "/api/v1/sessions/unknown/tickets", None, "").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = call(&app, "GET", "/no/such/page", None, "").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn a_full_host_says_so() {
+    let (app, host) = app(1).await;
+    let request = r#"{"game":"neon-cycles"}"#;
+    assert_eq!(call(&app, "POST", "/api/v1/sessions", JSON, request).await.0, StatusCode::CREATED);
+    let (status, body) = call(&app, "POST", "/api/v1/sessions", JSON, request).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"));
+    assert_eq!(host.session_ids().len(), 1);
+}
+
+#[tokio::test]
+async fn openapi_metrics_and_pages_are_served() {
+    let (app, _) = app(4).await;
+    let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
+    assert_eq!((status, doc["openapi"].as_str()), (StatusCode::OK, Some("3.1.0")));
+    let (status, metrics) = call(&app, "GET", "/metrics", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.as_str().unwrap().contains("cloudplay_sessions 0"));
+    for page in ["/", "/play", "/web/player.js", "/web/style.css"] {
+        let (status, body) = call(&app, "GET", page, None, "").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(body.as_str().is_some_and(|text| text.len() > 500), "{page} has content");
+    }
+}
