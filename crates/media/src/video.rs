@@ -6,10 +6,13 @@ use std::ffi::c_void;
 
 use openh264::OpenH264API;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level, Profile,
     RateControlMode, SpsPpsStrategy, UsageType,
 };
-use openh264_sys2::{ENCODER_OPTION_BITRATE, SBitrateInfo, SPATIAL_LAYER_ALL};
+use openh264_sys2::{
+    ENCODER_OPTION, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, LAYER_NUM, SBitrateInfo, SPATIAL_LAYER_0,
+    SPATIAL_LAYER_ALL,
+};
 use thiserror::Error;
 
 use crate::I420Frame;
@@ -85,7 +88,12 @@ pub fn h264_built_with_assembly() -> bool {
 /// slice, no frame skipping (a skipped frame would be a hole in the player's picture).
 pub struct OpenH264Encoder {
     encoder: Encoder,
+    /// The bitrate the encoder runs at.
     bitrate_bps: u32,
+    /// A change asked for before the first frame: openh264 initialises on its first
+    /// frame and refuses options until then.
+    pending_bitrate: Option<u32>,
+    initialised: bool,
 }
 
 impl OpenH264Encoder {
@@ -96,6 +104,8 @@ impl OpenH264Encoder {
             .usage_type(UsageType::CameraVideoRealTime)
             .rate_control_mode(RateControlMode::Bitrate)
             .profile(Profile::Baseline)
+            // 4.2 admits 1080p60 and 50 Mbit/s; openh264 refuses bitrates above its level's limit.
+            .level(Level::Level_4_2)
             .complexity(Complexity::Low)
             .skip_frames(false)
             .adaptive_quantization(false)
@@ -105,7 +115,7 @@ impl OpenH264Encoder {
             .num_threads(1);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_config)
             .map_err(|e| VideoError::Init(e.to_string()))?;
-        Ok(OpenH264Encoder { encoder, bitrate_bps: config.bitrate_bps })
+        Ok(OpenH264Encoder { encoder, bitrate_bps: config.bitrate_bps, pending_bitrate: None, initialised: false })
     }
 }
 
@@ -123,21 +133,32 @@ impl VideoEncoder for OpenH264Encoder {
         out.clear();
         bitstream.write_vec(out);
         let keyframe = matches!(bitstream.frame_type(), FrameType::IDR | FrameType::I);
-        Ok(EncodedFrame { keyframe, len: out.len() })
+        let len = out.len();
+        if !self.initialised {
+            self.initialised = true;
+            if let Some(bps) = self.pending_bitrate.take() {
+                self.set_bitrate(bps)?;
+            }
+        }
+        Ok(EncodedFrame { keyframe, len })
     }
 
     fn set_bitrate(&mut self, bps: u32) -> Result<(), VideoError> {
+        if !self.initialised {
+            self.pending_bitrate = Some(bps);
+            return Ok(());
+        }
         if bps == self.bitrate_bps {
             return Ok(());
         }
-        let mut info = SBitrateInfo { iLayer: SPATIAL_LAYER_ALL, iBitrate: bps as i32 };
-        // SAFETY: ENCODER_OPTION_BITRATE takes a pointer to an SBitrateInfo, which lives
-        // for the duration of the call; the encoder is initialised (construction succeeded).
-        let status = unsafe {
-            self.encoder.raw_api().set_option(ENCODER_OPTION_BITRATE, (&raw mut info).cast::<c_void>())
-        };
-        if status != 0 {
-            return Err(VideoError::Encode(format!("openh264 refused bitrate {bps}: status {status}")));
+        // openh264 refuses a target above the maximum: raise the maximum first when going
+        // up, lower it last when going down. Target and maximum stay equal, as at start.
+        // The maximum must name the layer: for all layers openh264 sets another field.
+        let max = (ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0);
+        let target = (ENCODER_OPTION_BITRATE, SPATIAL_LAYER_ALL);
+        let order = if bps > self.bitrate_bps { [max, target] } else { [target, max] };
+        for (option, layer) in order {
+            self.set_option(option, layer, bps)?;
         }
         self.bitrate_bps = bps;
         Ok(())
@@ -145,5 +166,39 @@ impl VideoEncoder for OpenH264Encoder {
 
     fn backend_name(&self) -> &'static str {
         "openh264"
+    }
+}
+
+impl OpenH264Encoder {
+    fn set_option(&mut self, option: ENCODER_OPTION, layer: LAYER_NUM, bps: u32) -> Result<(), VideoError> {
+        let mut info = SBitrateInfo { iLayer: layer, iBitrate: bps.min(i32::MAX as u32) as i32 };
+        // SAFETY: both bitrate options take a pointer to an SBitrateInfo, which outlives
+        // the call; the encoder is initialised (it has encoded a frame).
+        let status = unsafe { self.encoder.raw_api().set_option(option, (&raw mut info).cast::<c_void>()) };
+        if status != 0 {
+            return Err(VideoError::Encode(format!("openh264 refused bitrate {bps} (option {option}): status {status}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bitrate_follows_requests_up_and_down() {
+        let config = VideoEncoderConfig { width: 320, height: 240, fps: 30, bitrate_bps: 500_000 };
+        let mut encoder = OpenH264Encoder::new(config).unwrap();
+        let frame = I420Frame::new(320, 240);
+        let mut out = Vec::new();
+        encoder.set_bitrate(400_000).unwrap(); // before the first frame: deferred
+        encoder.encode(&frame, true, &mut out).unwrap();
+        assert_eq!(encoder.bitrate_bps, 400_000);
+        for bps in [2_000_000, 8_000_000, 300_000, 1_000_000] {
+            encoder.set_bitrate(bps).unwrap();
+            encoder.encode(&frame, false, &mut out).unwrap();
+            assert_eq!(encoder.bitrate_bps, bps);
+        }
     }
 }
