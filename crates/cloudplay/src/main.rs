@@ -8,7 +8,12 @@ use tracing_subscriber::EnvFilter;
 
 /// cloudplay: open cloud game streaming. Games run here; players play in any browser.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  cloudplay serve                                   play at http://127.0.0.1:8080/\n  cloudplay serve --listen 0.0.0.0:8080 --public-ip 192.168.1.20 --media-port 8443\n                                                    let other devices on the LAN play\n  cloudplay serve --config cloudplay.toml           settings from a file (docs/configuration.md)\n  cloudplay bench --seconds 30 --sizes 1280x720     measure the streaming pipeline\n\nLogs: CLOUDPLAY_LOG=debug (a tracing filter). Docs: docs/ in the source tree."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -299,45 +299,34 @@ impl Host {
     /// Appends this host's metrics in the Prometheus text format.
     pub fn write_metrics(&self, out: &mut String) {
         let counters = &self.inner.counters;
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        let host_counters = [
+            ("cloudplay_input_messages_total", "Input messages received.", &counters.input_messages),
+            (
+                "cloudplay_input_malformed_total",
+                "Input messages dropped as malformed.",
+                &counters.input_malformed,
+            ),
+            (
+                "cloudplay_udp_datagrams_total",
+                "Datagrams received on the media port.",
+                &counters.udp_datagrams,
+            ),
+            (
+                "cloudplay_udp_unmatched_total",
+                "Datagrams that matched no peer or protocol.",
+                &counters.udp_unmatched,
+            ),
+            ("cloudplay_whep_rejected_total", "WHEP requests refused.", &counters.whep_rejected),
+            (
+                "cloudplay_peers_connected_total",
+                "Peers that completed ICE and DTLS.",
+                &counters.peers_connected,
+            ),
+        ];
+        for (name, help, value) in host_counters {
+            let value = value.load(Ordering::Relaxed);
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
-        counter(
-            out,
-            "cloudplay_input_messages_total",
-            "Input messages received.",
-            counters.input_messages.load(Ordering::Relaxed),
-        );
-        counter(
-            out,
-            "cloudplay_input_malformed_total",
-            "Input messages dropped as malformed.",
-            counters.input_malformed.load(Ordering::Relaxed),
-        );
-        counter(
-            out,
-            "cloudplay_udp_datagrams_total",
-            "Datagrams received on the media port.",
-            counters.udp_datagrams.load(Ordering::Relaxed),
-        );
-        counter(
-            out,
-            "cloudplay_udp_unmatched_total",
-            "Datagrams that matched no peer or protocol.",
-            counters.udp_unmatched.load(Ordering::Relaxed),
-        );
-        counter(
-            out,
-            "cloudplay_whep_rejected_total",
-            "WHEP requests refused.",
-            counters.whep_rejected.load(Ordering::Relaxed),
-        );
-        counter(
-            out,
-            "cloudplay_peers_connected_total",
-            "Peers that completed ICE and DTLS.",
-            counters.peers_connected.load(Ordering::Relaxed),
-        );
+        }
 
         let sessions: Vec<Arc<SessionHandle>> =
             self.inner.sessions.lock().map(|s| s.values().cloned().collect()).unwrap_or_default();

@@ -331,7 +331,7 @@ impl SessionLoop {
 /// Spawns a session loop on its own thread.
 pub fn spawn_session(setup: SessionSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("session-{}", &setup.id[..setup.id.len().min(8)]))
+        .name(format!("session-{}", setup.id.chars().take(8).collect::<String>()))
         .spawn(move || run_session(setup))
 }
 

@@ -10,8 +10,8 @@ use openh264::encoder::{
     RateControlMode, SpsPpsStrategy, UsageType,
 };
 use openh264_sys2::{
-    ENCODER_OPTION, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, LAYER_NUM, SBitrateInfo, SPATIAL_LAYER_0,
-    SPATIAL_LAYER_ALL,
+    ENCODER_OPTION, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, LAYER_NUM, SBitrateInfo,
+    SPATIAL_LAYER_0, SPATIAL_LAYER_ALL,
 };
 use thiserror::Error;
 
@@ -115,7 +115,12 @@ impl OpenH264Encoder {
             .num_threads(1);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_config)
             .map_err(|e| VideoError::Init(e.to_string()))?;
-        Ok(OpenH264Encoder { encoder, bitrate_bps: config.bitrate_bps, pending_bitrate: None, initialised: false })
+        Ok(OpenH264Encoder {
+            encoder,
+            bitrate_bps: config.bitrate_bps,
+            pending_bitrate: None,
+            initialised: false,
+        })
     }
 }
 
@@ -176,7 +181,9 @@ impl OpenH264Encoder {
         // the call; the encoder is initialised (it has encoded a frame).
         let status = unsafe { self.encoder.raw_api().set_option(option, (&raw mut info).cast::<c_void>()) };
         if status != 0 {
-            return Err(VideoError::Encode(format!("openh264 refused bitrate {bps} (option {option}): status {status}")));
+            return Err(VideoError::Encode(format!(
+                "openh264 refused bitrate {bps} (option {option}): status {status}"
+            )));
         }
         Ok(())
     }
