@@ -33,6 +33,8 @@ const MAX_CATCH_UP_TICKS: u32 = 4;
 const MIN_BITRATE_BPS: u32 = 300_000;
 const INITIAL_BITRATE_BPS: u32 = 3_000_000;
 const AUDIO_BITRATE_BPS: i32 = 96_000;
+/// Input events a session accepts per tick; a flood beyond this is dropped.
+const MAX_INPUTS_PER_TICK: usize = 256;
 
 /// What the rest of the host tells a session loop.
 #[derive(Debug)]
@@ -184,8 +186,10 @@ impl SessionLoop {
     fn handle(&mut self, command: SessionCommand) {
         match command {
             SessionCommand::Input { player, message } => {
-                self.inputs.push(PlayerInput { player, event: message.event });
-                self.last_input_seq = message.seq;
+                if self.inputs.len() < MAX_INPUTS_PER_TICK {
+                    self.inputs.push(PlayerInput { player, event: message.event });
+                    self.last_input_seq = message.seq;
+                }
             }
             SessionCommand::KeyframeRequest => self.keyframe_wanted = true,
             SessionCommand::BitrateEstimate { peer, bps } => {
