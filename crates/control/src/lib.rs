@@ -7,6 +7,8 @@
 
 mod api;
 mod openapi;
+pub mod placement;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

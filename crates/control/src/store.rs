@@ -1,0 +1,670 @@
+//! Storage of the control plane, with sqlx on SQLite (embedded, the default) or
+//! PostgreSQL (a fleet). One portable schema, numbered migrations embedded in the binary,
+//! and every query scoped by tenant: a tenant's id is part of every key a caller can name.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::{Digest, Sha256};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+use thiserror::Error;
+
+use crate::placement::HostSnapshot;
+use crate::random_id;
+
+/// Numbered migrations, embedded so the binary needs no files at run time.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "platform", include_str!("../migrations/0001_platform.sql"))];
+
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>> {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|&(version, name, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying the same request may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)))
+    }
+}
+
+fn conflict_or(e: sqlx::Error, what: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.into()),
+        _ => StoreError::Database(e),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub brand_color: String,
+    pub logo_url: String,
+    /// Players are not placed in regions slower than this.
+    pub max_rtt_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub tenant_id: String,
+    pub email: String,
+    pub display_name: String,
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub tenant_id: String,
+    /// The visible part of the key, e.g. `cpk_1a2b3c4d`.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueGame {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub art_url: String,
+    /// Runtime spec as JSON, e.g. `{"kind":"builtin","game":"neon-cycles"}`.
+    pub runtime: String,
+    /// Tier needed to play; `None` = free.
+    pub required_tier: Option<String>,
+    pub max_players: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    pub id: String,
+    pub name: String,
+    /// A higher tier includes every lower one.
+    pub rank: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRegistration {
+    pub id: String,
+    pub region: String,
+    pub endpoint: String,
+    pub capacity: u32,
+    pub runtimes: Vec<String>,
+}
+
+/// The control plane's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn hash_secret(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares without an early exit, so timing does not reveal how much matched.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    /// `sqlite://path/to/file.db`, `sqlite::memory:` or `postgres://user@host/db`.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database URL {url:?} (sqlite: or postgres:)"
+            )));
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite && !url.contains(":memory:") && !url.contains("mode=") {
+            url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+        }
+        let options = AnyConnectOptions::from_str(&url)?;
+        let in_memory = url.contains(":memory:");
+        let pool = AnyPoolOptions::new()
+            // An in-memory SQLite database lives in one connection.
+            .max_connections(if in_memory {
+                1
+            } else if backend == Backend::Sqlite {
+                4
+            } else {
+                16
+            })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A write transaction. SQLite takes its write lock up front (`BEGIN IMMEDIATE`), so
+    /// two writers never deadlock upgrading read locks.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    // ------------------------------------------------------------------ tenants
+
+    pub async fn create_tenant(&self, tenant: &Tenant, now_ms: u64) -> Result<(), StoreError> {
+        if tenant.id.is_empty()
+            || !tenant.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(StoreError::Invalid("tenant ids are lowercase letters, digits and '-'".into()));
+        }
+        sqlx::query("INSERT INTO tenants (id, name, brand_color, logo_url, max_rtt_ms, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&tenant.id)
+            .bind(&tenant.name)
+            .bind(&tenant.brand_color)
+            .bind(&tenant.logo_url)
+            .bind(tenant.max_rtt_ms as i64)
+            .bind(now_ms as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "tenant"))?;
+        Ok(())
+    }
+
+    pub async fn tenant(&self, id: &str) -> Result<Tenant, StoreError> {
+        let row =
+            sqlx::query("SELECT id, name, brand_color, logo_url, max_rtt_ms FROM tenants WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+        Ok(Tenant {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            brand_color: row.try_get("brand_color")?,
+            logo_url: row.try_get("logo_url")?,
+            max_rtt_ms: row.try_get::<i64, _>("max_rtt_ms")? as u32,
+        })
+    }
+
+    // ------------------------------------------------------------------ users
+
+    pub async fn create_user(
+        &self,
+        tenant_id: &str,
+        email: &str,
+        password: &str,
+        display_name: &str,
+        is_admin: bool,
+        now_ms: u64,
+    ) -> Result<User, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        if !email.contains('@') || email.len() > 254 {
+            return Err(StoreError::Invalid("a valid email address is required".into()));
+        }
+        if password.len() < 8 || password.len() > 1024 {
+            return Err(StoreError::Invalid("passwords are 8 to 1024 characters".into()));
+        }
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?
+            .to_string();
+        let user = User {
+            id: random_id(),
+            tenant_id: tenant_id.into(),
+            email,
+            display_name: display_name.trim().chars().take(64).collect(),
+            is_admin,
+        };
+        sqlx::query("INSERT INTO users (id, tenant_id, email, password_hash, display_name, is_admin, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&user.id)
+            .bind(tenant_id)
+            .bind(&user.email)
+            .bind(hash)
+            .bind(&user.display_name)
+            .bind(is_admin as i64)
+            .bind(now_ms as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "user"))?;
+        Ok(user)
+    }
+
+    fn user_from(row: &sqlx::any::AnyRow) -> Result<User, StoreError> {
+        Ok(User {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            email: row.try_get("email")?,
+            display_name: row.try_get("display_name")?,
+            is_admin: row.try_get::<i64, _>("is_admin")? != 0,
+        })
+    }
+
+    /// The user with this email and password in this tenant, if the password is right.
+    pub async fn verify_password(
+        &self,
+        tenant_id: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT id, tenant_id, email, display_name, is_admin, password_hash FROM users WHERE tenant_id = $1 AND email = $2")
+            .bind(tenant_id)
+            .bind(email.trim().to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: String = row.try_get("password_hash")?;
+        let parsed = PasswordHash::new(&hash).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(Self::user_from(&row)?))
+    }
+
+    pub async fn user(&self, tenant_id: &str, id: &str) -> Result<User, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, email, display_name, is_admin FROM users WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        Self::user_from(&row)
+    }
+
+    /// A page of a tenant's users, ordered by email, after `after` (exclusive).
+    pub async fn users(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT id, tenant_id, email, display_name, is_admin FROM users WHERE tenant_id = $1 AND email > $2 ORDER BY email LIMIT $3")
+            .bind(tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(limit.min(500) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::user_from).collect()
+    }
+
+    // ------------------------------------------------------------------ API keys
+
+    /// Creates an API key and returns it with its secret, which is shown only this once:
+    /// only a hash is stored.
+    pub async fn create_api_key(
+        &self,
+        tenant_id: &str,
+        scopes: &[&str],
+        now_ms: u64,
+    ) -> Result<(ApiKeyInfo, String), StoreError> {
+        let id = random_id();
+        let prefix = format!("cpk_{}", &id[..8]);
+        let secret = format!("{prefix}_{}", random_id());
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, prefix, secret_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&id)
+            .bind(tenant_id)
+            .bind(&prefix)
+            .bind(hash_secret(&secret))
+            .bind(scopes.join(","))
+            .bind(now_ms as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "api key"))?;
+        let info = ApiKeyInfo {
+            id,
+            tenant_id: tenant_id.into(),
+            prefix,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            revoked: false,
+        };
+        Ok((info, secret))
+    }
+
+    /// The key a secret belongs to, if it exists and is not revoked.
+    pub async fn authenticate_api_key(&self, secret: &str) -> Result<Option<ApiKeyInfo>, StoreError> {
+        let Some(prefix) = secret.get(..12).filter(|p| p.starts_with("cpk_")) else { return Ok(None) };
+        let row = sqlx::query(
+            "SELECT id, tenant_id, prefix, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = $1",
+        )
+        .bind(prefix)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: String = row.try_get("secret_hash")?;
+        let revoked = row.try_get::<Option<i64>, _>("revoked_at")?.is_some();
+        if revoked || !constant_time_eq(&stored, &hash_secret(secret)) {
+            return Ok(None);
+        }
+        let scopes: String = row.try_get("scopes")?;
+        Ok(Some(ApiKeyInfo {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            prefix: row.try_get("prefix")?,
+            scopes: scopes.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+            revoked: false,
+        }))
+    }
+
+    pub async fn revoke_api_key(&self, tenant_id: &str, id: &str, now_ms: u64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_ms as i64)
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    // ------------------------------------------------------------------ catalogue and entitlements
+
+    pub async fn put_game(&self, tenant_id: &str, game: &CatalogueGame) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM games WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(&game.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO games (tenant_id, id, title, description, art_url, runtime, required_tier, max_players) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(tenant_id)
+            .bind(&game.id)
+            .bind(&game.title)
+            .bind(&game.description)
+            .bind(&game.art_url)
+            .bind(&game.runtime)
+            .bind(game.required_tier.as_deref())
+            .bind(game.max_players as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn game_from(row: &sqlx::any::AnyRow) -> Result<CatalogueGame, StoreError> {
+        Ok(CatalogueGame {
+            id: row.try_get("id")?,
+            title: row.try_get("title")?,
+            description: row.try_get("description")?,
+            art_url: row.try_get("art_url")?,
+            runtime: row.try_get("runtime")?,
+            required_tier: row.try_get("required_tier")?,
+            max_players: row.try_get::<i64, _>("max_players")?.clamp(1, 255) as u8,
+        })
+    }
+
+    pub async fn games(&self, tenant_id: &str) -> Result<Vec<CatalogueGame>, StoreError> {
+        let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players FROM games WHERE tenant_id = $1 ORDER BY title, id")
+            .bind(tenant_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::game_from).collect()
+    }
+
+    pub async fn game(&self, tenant_id: &str, id: &str) -> Result<CatalogueGame, StoreError> {
+        let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players FROM games WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::game_from(&row)
+    }
+
+    pub async fn put_tier(&self, tenant_id: &str, tier: &Tier) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM tiers WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(&tier.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO tiers (tenant_id, id, name, rank) VALUES ($1, $2, $3, $4)")
+            .bind(tenant_id)
+            .bind(&tier.id)
+            .bind(&tier.name)
+            .bind(tier.rank)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Grants `user_id` the tier `tier_id` until `expires_at_ms` (or for ever).
+    pub async fn grant(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        tier_id: &str,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        // Both must exist in this tenant: a tenant cannot grant another tenant's ids.
+        self.user(tenant_id, user_id).await?;
+        let tier = sqlx::query("SELECT id FROM tiers WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(tier_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if tier.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM entitlements WHERE tenant_id = $1 AND user_id = $2 AND tier_id = $3")
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(tier_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO entitlements (tenant_id, user_id, tier_id, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(tier_id)
+        .bind(expires_at_ms.map(|t| t as i64))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `user_id` may play `game`: free games are open to all; otherwise the user
+    /// needs an unexpired entitlement to a tier ranked at least as high as the game's.
+    pub async fn entitled(
+        &self,
+        tenant_id: &str,
+        user_id: Option<&str>,
+        game: &CatalogueGame,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(required) = &game.required_tier else { return Ok(true) };
+        let Some(user_id) = user_id else { return Ok(false) };
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM entitlements e \
+             JOIN tiers held ON held.tenant_id = e.tenant_id AND held.id = e.tier_id \
+             JOIN tiers needed ON needed.tenant_id = e.tenant_id AND needed.id = $1 \
+             WHERE e.tenant_id = $2 AND e.user_id = $3 AND held.rank >= needed.rank \
+             AND (e.expires_at IS NULL OR e.expires_at > $4)",
+        )
+        .bind(required)
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(now_ms as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    // ------------------------------------------------------------------ fleet
+
+    /// Registers or re-registers a host with a fresh lease. Its `used` count is kept.
+    pub async fn register_host(
+        &self,
+        host: &HostRegistration,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        let existing = sqlx::query("SELECT used FROM hosts WHERE id = $1")
+            .bind(&host.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let used: i64 = match existing {
+            Some(row) => row.try_get("used")?,
+            None => 0,
+        };
+        sqlx::query("DELETE FROM hosts WHERE id = $1").bind(&host.id).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO hosts (id, region, endpoint, capacity, used, runtimes, lease_expires_at, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'active')")
+            .bind(&host.id)
+            .bind(&host.region)
+            .bind(&host.endpoint)
+            .bind(host.capacity as i64)
+            .bind(used)
+            .bind(host.runtimes.join(","))
+            .bind((now_ms + lease_ms) as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Extends a host's lease. `false` if the host is unknown or was drained.
+    pub async fn heartbeat(&self, host_id: &str, now_ms: u64, lease_ms: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE hosts SET lease_expires_at = $1 WHERE id = $2 AND state = 'active'")
+            .bind((now_ms + lease_ms) as i64)
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Drains hosts whose lease lapsed and marks their sessions lost; returns those sessions.
+    pub async fn expire_leases(&self, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query("SELECT s.id FROM sessions s JOIN hosts h ON h.id = s.host_id WHERE h.state = 'active' AND h.lease_expires_at <= $1 AND s.state = 'placed'")
+            .bind(now_ms as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let lost: Vec<String> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+        sqlx::query("UPDATE sessions SET state = 'lost' WHERE state = 'placed' AND host_id IN (SELECT id FROM hosts WHERE state = 'active' AND lease_expires_at <= $1)")
+            .bind(now_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE hosts SET state = 'drained', used = 0 WHERE state = 'active' AND lease_expires_at <= $1",
+        )
+        .bind(now_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    /// Every active host with a live lease, as placement sees it.
+    pub async fn fleet(&self, now_ms: u64) -> Result<Vec<HostSnapshot>, StoreError> {
+        let rows = sqlx::query("SELECT id, region, capacity, used, runtimes FROM hosts WHERE state = 'active' AND lease_expires_at > $1 ORDER BY id")
+            .bind(now_ms as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let runtimes: String = row.try_get("runtimes")?;
+                Ok(HostSnapshot {
+                    id: row.try_get("id")?,
+                    region: row.try_get("region")?,
+                    capacity: row.try_get::<i64, _>("capacity")?.max(0) as u32,
+                    used: row.try_get::<i64, _>("used")?.max(0) as u32,
+                    runtimes: runtimes.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes one slot on a host, atomically: `false` when it is full, drained or unknown.
+    /// Safe under any number of concurrent callers on either backend.
+    pub async fn claim_slot(&self, host_id: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE hosts SET used = used + 1 WHERE id = $1 AND state = 'active' AND used < capacity AND lease_expires_at > $2")
+            .bind(host_id)
+            .bind(now_ms as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_slot(&self, host_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET used = used - 1 WHERE id = $1 AND used > 0")
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,231 @@
+//! One storage test suite, run against embedded SQLite and against PostgreSQL.
+//! PostgreSQL runs when `CLOUDPLAY_TEST_POSTGRES_URL` is set (CI sets it); each test gets
+//! its own schema. Without it the PostgreSQL cases say so and pass, except under CI.
+
+use std::sync::Arc;
+
+use cloudplay_control::store::{CatalogueGame, HostRegistration, Store, StoreError, Tenant, Tier};
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        name: id.to_uppercase(),
+        brand_color: "#00e6ff".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 80,
+    }
+}
+
+async fn sqlite() -> Option<Store> {
+    Some(Store::connect("sqlite::memory:").await.expect("in-memory SQLite"))
+}
+
+/// A file database with a real connection pool, for the concurrency case.
+async fn sqlite_file() -> Option<Store> {
+    let path = std::env::temp_dir().join(format!("cloudplay-test-{}.db", cloudplay_control::random_id()));
+    Some(Store::connect(&format!("sqlite://{}", path.display())).await.expect("SQLite file"))
+}
+
+async fn postgres() -> Option<Store> {
+    let Ok(base) = std::env::var("CLOUDPLAY_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set CLOUDPLAY_TEST_POSTGRES_URL");
+        eprintln!("SKIPPED: CLOUDPLAY_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let schema = format!("t_{}", cloudplay_control::random_id());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base).await.expect("PostgreSQL reachable");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    Some(Store::connect(&url).await.expect("PostgreSQL store"))
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(store) = super::sqlite().await { super::$name(store).await }
+            })*
+        }
+        mod on_sqlite_file {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(store) = super::sqlite_file().await { super::$name(store).await }
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(store) = super::postgres().await { super::$name(store).await }
+            })*
+        }
+    };
+}
+
+suite!(
+    tenants_and_users_are_isolated,
+    api_keys_are_hashed_scoped_and_revocable,
+    catalogue_and_entitlements,
+    fleet_leases_and_slots,
+    the_last_slot_goes_to_exactly_one_of_a_hundred,
+);
+
+async fn tenants_and_users_are_isolated(store: Store) {
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    assert!(matches!(store.create_tenant(&tenant("acme"), NOW).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.create_tenant(&tenant("Bad Id"), NOW).await, Err(StoreError::Invalid(_))));
+    assert_eq!(store.tenant("acme").await.unwrap().max_rtt_ms, 80);
+
+    let alice =
+        store.create_user("acme", "Alice@Example.com", "correct horse", "Alice", false, NOW).await.unwrap();
+    assert_eq!(alice.email, "alice@example.com");
+    assert!(store.verify_password("acme", "alice@example.com", "correct horse").await.unwrap().is_some());
+    assert!(store.verify_password("acme", "alice@example.com", "wrong horse!").await.unwrap().is_none());
+    // The same address is a different account in another tenant, and passwords do not cross.
+    assert!(store.verify_password("globex", "alice@example.com", "correct horse").await.unwrap().is_none());
+    store.create_user("globex", "alice@example.com", "another pass", "Alice G", false, NOW).await.unwrap();
+    let again = store.create_user("acme", "alice@example.com", "whatever12", "A", false, NOW).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.create_user("acme", "nobody", "whatever12", "A", false, NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.create_user("acme", "b@x.io", "short", "B", false, NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Another tenant's id is indistinguishable from an id that does not exist.
+    assert!(matches!(store.user("globex", &alice.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.user("acme", "no-such-id").await, Err(StoreError::NotFound)));
+    assert_eq!(store.user("acme", &alice.id).await.unwrap(), alice);
+
+    for i in 0..5 {
+        store.create_user("acme", &format!("user{i}@acme.io"), "password123", "U", false, NOW).await.unwrap();
+    }
+    let first = store.users("acme", None, 3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    let rest = store.users("acme", Some(&first[2].email), 10).await.unwrap();
+    assert_eq!(first.len() + rest.len(), 6);
+    assert!(rest.iter().all(|u| u.tenant_id == "acme"));
+}
+
+async fn api_keys_are_hashed_scoped_and_revocable(store: Store) {
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    let (key, secret) =
+        store.create_api_key("acme", &["sessions:write", "catalogue:write"], NOW).await.unwrap();
+    assert!(secret.starts_with(&key.prefix) && key.prefix.starts_with("cpk_"));
+    let found = store.authenticate_api_key(&secret).await.unwrap().expect("valid key");
+    assert_eq!((found.tenant_id.as_str(), found.scopes.len()), ("acme", 2));
+    let mut wrong = secret.clone();
+    wrong.push('x');
+    assert!(store.authenticate_api_key(&wrong).await.unwrap().is_none());
+    assert!(store.authenticate_api_key("").await.unwrap().is_none());
+    assert!(store.authenticate_api_key("cpk_").await.unwrap().is_none());
+    assert!(matches!(store.revoke_api_key("globex", &key.id, NOW).await, Err(StoreError::NotFound)));
+    store.revoke_api_key("acme", &key.id, NOW).await.unwrap();
+    assert!(store.authenticate_api_key(&secret).await.unwrap().is_none(), "revoked keys stop working");
+}
+
+async fn catalogue_and_entitlements(store: Store) {
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    let game = |id: &str, tier: Option<&str>| CatalogueGame {
+        id: id.into(),
+        title: id.to_uppercase(),
+        description: String::new(),
+        art_url: String::new(),
+        runtime: r#"{"kind":"builtin","game":"neon-cycles"}"#.into(),
+        required_tier: tier.map(String::from),
+        max_players: 4,
+    };
+    store.put_game("acme", &game("free-game", None)).await.unwrap();
+    store.put_game("acme", &game("premium-game", Some("premium"))).await.unwrap();
+    store.put_game("globex", &game("their-game", None)).await.unwrap();
+    assert_eq!(store.games("acme").await.unwrap().len(), 2);
+    assert!(matches!(store.game("globex", "premium-game").await, Err(StoreError::NotFound)));
+
+    store.put_tier("acme", &Tier { id: "basic".into(), name: "Basic".into(), rank: 1 }).await.unwrap();
+    store.put_tier("acme", &Tier { id: "premium".into(), name: "Premium".into(), rank: 2 }).await.unwrap();
+    store.put_tier("acme", &Tier { id: "ultimate".into(), name: "Ultimate".into(), rank: 3 }).await.unwrap();
+    let bob = store.create_user("acme", "bob@acme.io", "password123", "Bob", false, NOW).await.unwrap();
+    let premium = store.game("acme", "premium-game").await.unwrap();
+    let free = store.game("acme", "free-game").await.unwrap();
+    assert!(store.entitled("acme", None, &free, NOW).await.unwrap());
+    assert!(!store.entitled("acme", None, &premium, NOW).await.unwrap());
+    assert!(!store.entitled("acme", Some(&bob.id), &premium, NOW).await.unwrap());
+    store.grant("acme", &bob.id, "basic", None).await.unwrap();
+    assert!(!store.entitled("acme", Some(&bob.id), &premium, NOW).await.unwrap(), "basic is below premium");
+    store.grant("acme", &bob.id, "ultimate", Some(NOW + 1_000)).await.unwrap();
+    assert!(
+        store.entitled("acme", Some(&bob.id), &premium, NOW).await.unwrap(),
+        "a higher tier includes lower ones"
+    );
+    assert!(
+        !store.entitled("acme", Some(&bob.id), &premium, NOW + 1_000).await.unwrap(),
+        "entitlements expire"
+    );
+    // Another tenant can neither grant to this user nor see through.
+    assert!(matches!(store.grant("globex", &bob.id, "basic", None).await, Err(StoreError::NotFound)));
+}
+
+async fn fleet_leases_and_slots(store: Store) {
+    let host = |id: &str, region: &str, capacity| HostRegistration {
+        id: id.into(),
+        region: region.into(),
+        endpoint: format!("http://{id}"),
+        capacity,
+        runtimes: vec!["builtin".into()],
+    };
+    store.register_host(&host("h1", "eu", 2), NOW, 10_000).await.unwrap();
+    store.register_host(&host("h2", "us", 1), NOW, 10_000).await.unwrap();
+    assert_eq!(store.fleet(NOW).await.unwrap().len(), 2);
+    assert!(store.claim_slot("h1", NOW).await.unwrap());
+    assert!(store.claim_slot("h1", NOW).await.unwrap());
+    assert!(!store.claim_slot("h1", NOW).await.unwrap(), "never over capacity");
+    store.release_slot("h1").await.unwrap();
+    assert!(store.claim_slot("h1", NOW).await.unwrap());
+    assert!(!store.claim_slot("nope", NOW).await.unwrap());
+
+    assert!(store.heartbeat("h1", NOW + 9_000, 10_000).await.unwrap());
+    // h2 misses its heartbeat: after its lease it is drained and leaves the fleet.
+    store.expire_leases(NOW + 12_000).await.unwrap();
+    let fleet = store.fleet(NOW + 12_000).await.unwrap();
+    assert_eq!(fleet.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["h1"]);
+    assert!(!store.heartbeat("h2", NOW + 12_000, 10_000).await.unwrap());
+    assert!(!store.claim_slot("h2", NOW + 12_000).await.unwrap());
+    // It may register again and come back.
+    store.register_host(&host("h2", "us", 1), NOW + 13_000, 10_000).await.unwrap();
+    assert!(store.claim_slot("h2", NOW + 13_000).await.unwrap());
+}
+
+async fn the_last_slot_goes_to_exactly_one_of_a_hundred(store: Store) {
+    let registration = HostRegistration {
+        id: "solo".into(),
+        region: "eu".into(),
+        endpoint: "http://solo".into(),
+        capacity: 1,
+        runtimes: vec![],
+    };
+    store.register_host(&registration, NOW, 60_000).await.unwrap();
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_slot("solo", NOW).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        won += task.await.unwrap() as usize;
+    }
+    assert_eq!(won, 1);
+    assert_eq!(store.fleet(NOW).await.unwrap()[0].used, 1);
+}
