@@ -1,6 +1,7 @@
 //! `cloudplay serve`: control plane + one stream host + web client in one process.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use cloudplay_control::store::Store;
 use cloudplay_control::{ApiError, ControlConfig, ControlPlane, HostSessionView, SessionHost, StartError};
 use cloudplay_game::Catalogue;
 use cloudplay_host::{Host, HostConfig, HostError};
@@ -84,7 +86,16 @@ impl Server {
         config.validate()?;
         let signing_key = SigningKey::from_bytes(&rand::thread_rng().r#gen());
         let catalogue = Catalogue::builtin();
-        let games = catalogue.games().cloned().collect();
+        let games: Vec<_> = catalogue.games().cloned().collect();
+        if let Some(path) = config.database_url.strip_prefix("sqlite://") {
+            let path = Path::new(path.split('?').next().unwrap_or(path));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let store = Store::connect(&config.database_url)
+            .await
+            .with_context(|| format!("opening {}", config.database_url))?;
         let host_config = HostConfig {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,
@@ -97,9 +108,24 @@ impl Server {
         let control_config = ControlConfig {
             ticket_ttl_ms: config.ticket_ttl_secs * 1000,
             public_url: config.public_url.clone(),
+            ..ControlConfig::default()
         };
-        let control =
-            ControlPlane::new(control_config, games, signing_key, Arc::new(LocalHost(host.clone())));
+        let control = ControlPlane::new(control_config, signing_key, store);
+        control.bootstrap(&games).await.context("preparing the default tenant")?;
+        control
+            .attach_local_host(Arc::new(LocalHost(host.clone())), &config.region, config.max_sessions as u32)
+            .await
+            .context("registering the built-in host")?;
+        let maintained = control.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                every.tick().await;
+                if let Err(e) = maintained.maintain().await {
+                    tracing::warn!(error = %e, "control plane maintenance failed");
+                }
+            }
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

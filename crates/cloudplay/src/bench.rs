@@ -80,7 +80,7 @@ fn ms(us: u32) -> String {
 }
 
 pub async fn run(seconds: u64, sizes: &[(u32, u32)]) -> anyhow::Result<()> {
-    let config = Config { listen: "127.0.0.1:0".parse()?, ..Config::default() };
+    let config = Config::ephemeral();
     let server = Server::start(config).await?;
     let (http, host) = (server.http_addr, server.host.clone());
     tokio::spawn(server.run(std::future::pending()));

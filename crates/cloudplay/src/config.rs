@@ -27,6 +27,11 @@ pub struct Config {
     pub idle_timeout_secs: u64,
     /// Lifetime of session tickets in seconds (at most 60).
     pub ticket_ttl_secs: u64,
+    /// Where the control plane keeps its state: `sqlite://FILE` (created if missing),
+    /// `sqlite::memory:` (nothing kept), or `postgres://USER@HOST/DB`.
+    pub database_url: String,
+    /// Region of the built-in host.
+    pub region: String,
 }
 
 impl Default for Config {
@@ -40,11 +45,22 @@ impl Default for Config {
             max_sessions: 8,
             idle_timeout_secs: 60,
             ticket_ttl_secs: 30,
+            database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
+            region: "local".into(),
         }
     }
 }
 
 impl Config {
+    /// Any free port and an in-memory database: for tests and benchmarks.
+    pub fn ephemeral() -> Config {
+        Config {
+            listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+            database_url: "sqlite::memory:".into(),
+            ..Config::default()
+        }
+    }
+
     /// Reads a TOML file on top of the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -66,6 +82,8 @@ impl Config {
                 "MAX_SESSIONS" => self.max_sessions = value.parse().map_err(|e| bad(&e))?,
                 "IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = value.parse().map_err(|e| bad(&e))?,
                 "TICKET_TTL_SECS" => self.ticket_ttl_secs = value.parse().map_err(|e| bad(&e))?,
+                "DATABASE_URL" => self.database_url = value,
+                "REGION" => self.region = value,
                 "CONFIG" | "LOG" => {}
                 _ => bail!("unknown environment variable {name}"),
             }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 async fn app(max_sessions: usize) -> (Router, Host) {
-    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), max_sessions, ..Config::default() };
+    let config = Config { max_sessions, ..Config::ephemeral() };
     let server = Server::start(config).await.unwrap();
     (server.router.clone(), server.host.clone())
 }

@@ -30,7 +30,7 @@ async fn the_player_page_plays_in_headless_chromium() {
         eprintln!("SKIPPED the browser test: {reason}");
         return;
     }
-    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let config = Config::ephemeral();
     let server = Server::start(config).await.expect("server starts");
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));

@@ -16,7 +16,7 @@ const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 
 async fn start_server() -> (SocketAddr, cloudplay_host::Host) {
-    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let config = Config::ephemeral();
     let server = Server::start(config).await.expect("server starts");
     let addr = server.http_addr;
     let host = server.host.clone();

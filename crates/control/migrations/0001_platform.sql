@@ -48,6 +48,7 @@ CREATE TABLE games (
     runtime       TEXT NOT NULL,
     required_tier TEXT,
     max_players   BIGINT NOT NULL,
+    controls      TEXT NOT NULL,
     PRIMARY KEY (tenant_id, id)
 );
 

@@ -17,7 +17,13 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::info;
 
-use crate::{ControlPlane, SessionRecord, StartError, random_id, unix_ms};
+use std::sync::Arc;
+
+use cloudplay_proto::api::GameInfo;
+
+use crate::placement::{Placement, PlacementRequest, place};
+use crate::store::{CatalogueGame, SessionRecord, StoreError};
+use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
 
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
@@ -98,72 +104,305 @@ fn base_url(control: &ControlPlane, headers: &HeaderMap) -> String {
     if well_formed { format!("http://{host}") } else { String::new() }
 }
 
-async fn list_games(State(control): State<ControlPlane>) -> Json<serde_json::Value> {
-    Json(json!({ "games": control.games() }))
+/// Who is calling: a tenant's API key, or a guest of the default tenant.
+struct Principal {
+    tenant: String,
+    scopes: Vec<String>,
+    guest: bool,
 }
 
-async fn get_game(State(control): State<ControlPlane>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let game = control.games().iter().find(|g| g.id == id).ok_or_else(|| ApiError::not_found("game"))?;
-    Ok(Json(game).into_response())
+impl Principal {
+    fn allows(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == "admin")
+    }
+}
+
+async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(Principal {
+            tenant: control.inner.config.default_tenant.clone(),
+            scopes: vec![],
+            guest: true,
+        });
+    };
+    let unauthorized =
+        || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or revoked credentials".into());
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(unauthorized)?;
+    let key = control
+        .inner
+        .store
+        .authenticate_api_key(token.trim())
+        .await
+        .map_err(internal)?
+        .ok_or_else(unauthorized)?;
+    Ok(Principal { tenant: key.tenant_id, scopes: key.scopes, guest: false })
+}
+
+fn internal(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("resource"),
+        StoreError::Invalid(message) => ApiError::bad_request(message),
+        StoreError::Conflict(what) => {
+            ApiError(StatusCode::CONFLICT, "conflict", format!("{what} already exists"))
+        }
+        other if other.retryable() => {
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is busy; retry shortly".into())
+        }
+        other => {
+            tracing::error!(error = %other, "storage failure");
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
+        }
+    }
+}
+
+/// Maps "not found" to a 404 about `what`; other store errors as usual.
+fn missing(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => internal(other),
+    }
+}
+
+fn game_info(game: CatalogueGame) -> GameInfo {
+    GameInfo {
+        id: game.id,
+        title: game.title,
+        description: game.description,
+        max_players: game.max_players,
+        controls: game.controls,
+    }
+}
+
+async fn list_games(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    let games: Vec<GameInfo> =
+        control.inner.store.games(&who.tenant).await.map_err(internal)?.into_iter().map(game_info).collect();
+    Ok(Json(json!({ "games": games })).into_response())
+}
+
+async fn get_game(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    let game = control.inner.store.game(&who.tenant, &id).await.map_err(missing("game"))?;
+    Ok(Json(game_info(game)).into_response())
 }
 
 fn ticket_answer(
     control: &ControlPlane,
     headers: &HeaderMap,
-    session_id: &str,
-    game: &str,
+    session: &SessionRecord,
     role: TicketRole,
 ) -> Result<SessionCreated, ApiError> {
+    let host_id = session.host_id.as_deref().ok_or_else(|| ApiError::not_found("session"))?;
     let (ticket, expires_at) = control
-        .issue_ticket(session_id, game, role)
+        .issue_ticket(host_id, &session.id, &session.game_id, role)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     Ok(SessionCreated {
-        session_id: session_id.into(),
-        whep_url: format!("{}/whep/{session_id}", base_url(control, headers)),
+        session_id: session.id.clone(),
+        whep_url: format!("{}/whep/{}", base_url(control, headers), session.id),
         ticket: ticket.0,
         expires_at,
     })
 }
+
+/// The builtin game a catalogue entry runs (other runtimes come with their hosts).
+fn builtin_game(game: &CatalogueGame) -> Result<String, ApiError> {
+    let spec: serde_json::Value = serde_json::from_str(&game.runtime).unwrap_or_default();
+    match (spec["kind"].as_str(), spec["game"].as_str()) {
+        (Some("builtin"), Some(id)) => Ok(id.to_string()),
+        _ => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            "no host runs this game's runtime".into(),
+        )),
+    }
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Attempts at claiming a slot when concurrent requests race for the same host.
+const PLACEMENT_ATTEMPTS: usize = 5;
 
 async fn create_session(
     State(control): State<ControlPlane>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
     let request: CreateSessionRequest = parse_json(&headers, body)?;
     request.options.validate().map_err(ApiError::bad_request)?;
-    if !control.games().iter().any(|g| g.id == request.game) {
-        return Err(ApiError::not_found("game"));
+    if !who.guest && !who.allows("sessions:write") {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this key lacks the sessions:write scope".into(),
+        ));
     }
-    let session_id = random_id();
-    control.inner.host.start_session(&session_id, &request.game, request.options).map_err(|e| match e {
-        StartError::UnknownGame => ApiError::not_found("game"),
-        StartError::InvalidOptions(message) => ApiError::bad_request(message),
-        StartError::NoCapacity(message) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
-        StartError::Failed(message) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message),
-    })?;
-    let record =
-        SessionRecord { game: request.game.clone(), options: request.options, created_at_ms: unix_ms() };
-    if let Ok(mut sessions) = control.inner.sessions.lock() {
-        sessions.insert(session_id.clone(), record);
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) if !key.is_empty() && key.len() <= 128 => Some(key.to_string()),
+        Some(_) => return Err(ApiError::bad_request("Idempotency-Key must be 1 to 128 visible characters")),
+    };
+    let store = &control.inner.store;
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = store.session_by_idempotency_key(&who.tenant, key).await.map_err(internal)? {
+            if existing.state == "placed" {
+                let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
+                return Ok((StatusCode::CREATED, Json(created)).into_response());
+            }
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the session for this Idempotency-Key has ended".into(),
+            ));
+        }
     }
-    info!(session = %session_id, game = %request.game, "session created");
-    let created = ticket_answer(&control, &headers, &session_id, &request.game, TicketRole::Player)?;
-    let location = format!("/api/v1/sessions/{session_id}");
+    let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
+    if request.user_id.is_some() && who.guest {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only a tenant's API key may act for a user".into(),
+        ));
+    }
+    if let Some(user_id) = &request.user_id {
+        store.user(&who.tenant, user_id).await.map_err(missing("user"))?;
+    }
+    if !store.entitled(&who.tenant, request.user_id.as_deref(), &game, unix_ms()).await.map_err(internal)? {
+        let tier = game.required_tier.clone().unwrap_or_default();
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "not_entitled",
+            format!("this game needs the {tier} subscription"),
+        ));
+    }
+    let builtin = builtin_game(&game)?;
+    let tenant = store.tenant(&who.tenant).await.map_err(internal)?;
+
+    // Place: pick a host from a fresh snapshot and claim a slot atomically; a lost race
+    // tries again with the next snapshot.
+    let mut placed = None;
+    for _ in 0..PLACEMENT_ATTEMPTS {
+        let fleet = store.fleet(unix_ms()).await.map_err(internal)?;
+        let rtt_ms: Vec<(String, u32)> = if request.rtt_ms.is_empty() {
+            fleet.iter().map(|h| (h.region.clone(), 0)).collect()
+        } else {
+            request.rtt_ms.iter().map(|(r, t)| (r.clone(), *t)).collect()
+        };
+        let ask = PlacementRequest { rtt_ms, max_rtt_ms: tenant.max_rtt_ms, runtime: "builtin".into() };
+        match place(&ask, &fleet) {
+            Placement::Host { host_id, .. } => {
+                if store.claim_slot(&host_id, unix_ms()).await.map_err(internal)? {
+                    placed = Some(host_id);
+                    break;
+                }
+            }
+            Placement::Queue => break,
+            Placement::Unplaceable => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_region",
+                    format!("no region within {} ms runs this game", tenant.max_rtt_ms),
+                ));
+            }
+        }
+    }
+    let Some(host_id) = placed else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            "every host is full; retry shortly".into(),
+        ));
+    };
+    let release = || async { store.release_slot(&host_id).await.map_err(internal) };
+    let Some(host) = control.host(&host_id) else {
+        release().await?;
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            "the chosen host is not reachable".into(),
+        ));
+    };
+    let session = SessionRecord {
+        id: random_id(),
+        tenant_id: who.tenant.clone(),
+        user_id: request.user_id.clone(),
+        game_id: request.game.clone(),
+        host_id: Some(host_id.clone()),
+        state: "placed".into(),
+        options: serde_json::to_string(&request.options).unwrap_or_default(),
+        idempotency_key,
+        created_at_ms: unix_ms(),
+    };
+    if let Err(e) = store.insert_session(&session).await {
+        release().await?;
+        return Err(match e {
+            StoreError::Conflict(_) => ApiError(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a request with this Idempotency-Key is in progress".into(),
+            ),
+            other => internal(other),
+        });
+    }
+    if let Err(e) = host.start_session(&session.id, &builtin, request.options) {
+        control.finish(&session, "ended").await.map_err(internal)?;
+        return Err(match e {
+            StartError::UnknownGame => ApiError::not_found("game"),
+            StartError::InvalidOptions(message) => ApiError::bad_request(message),
+            StartError::NoCapacity(message) => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
+            }
+            StartError::Failed(message) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message)
+            }
+        });
+    }
+    info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
+    let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
+    let location = format!("/api/v1/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+/// A live session of the caller's tenant, or 404 (also for other tenants' sessions).
+async fn live_session(
+    control: &ControlPlane,
+    who: &Principal,
+    id: &str,
+) -> Result<(SessionRecord, Arc<dyn SessionHost>, HostSessionView), ApiError> {
+    let session = control.inner.store.session(&who.tenant, id).await.map_err(missing("session"))?;
+    if session.state != "placed" {
+        return Err(ApiError::not_found("session"));
+    }
+    let host = session
+        .host_id
+        .as_deref()
+        .and_then(|h| control.host(h))
+        .ok_or_else(|| ApiError::not_found("session"))?;
+    match host.session_view(id) {
+        Some(view) => Ok((session, host, view)),
+        None => {
+            // Ended on the host (idle, stopped): settle it here too.
+            control.finish(&session, "ended").await.map_err(internal)?;
+            Err(ApiError::not_found("session"))
+        }
+    }
 }
 
 async fn get_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let record = control.record(&id).ok_or_else(|| ApiError::not_found("session"))?;
-    let view = control.inner.host.session_view(&id).ok_or_else(|| ApiError::not_found("session"))?;
+    let who = principal(&control, &headers).await?;
+    let (session, _, view) = live_session(&control, &who, &id).await?;
     Ok(Json(SessionInfo {
-        session_id: id,
-        game: record.game,
-        options: record.options,
-        created_at: record.created_at_ms,
+        session_id: session.id,
+        game: session.game_id,
+        options: serde_json::from_str(&session.options).unwrap_or_default(),
+        created_at: session.created_at_ms,
         players: view.players,
         viewers: view.viewers,
         frames_encoded: view.frames_encoded,
@@ -174,10 +413,12 @@ async fn get_session(
 async fn delete_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    control.record(&id).ok_or_else(|| ApiError::not_found("session"))?;
-    control.inner.host.stop_session(&id);
-    control.forget(&id);
+    let who = principal(&control, &headers).await?;
+    let (session, host, _) = live_session(&control, &who, &id).await?;
+    host.stop_session(&id);
+    control.finish(&session, "ended").await.map_err(internal)?;
     info!(session = %id, "session deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -189,11 +430,12 @@ async fn create_ticket(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
-    let record = control.record(&id).ok_or_else(|| ApiError::not_found("session"))?;
+    let (session, _, _) = live_session(&control, &who, &id).await?;
     let role = request.role.unwrap_or(TicketRole::Player);
-    let created = ticket_answer(&control, &headers, &id, &record.game, role)?;
+    let created = ticket_answer(&control, &headers, &session, role)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 

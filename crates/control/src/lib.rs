@@ -1,8 +1,9 @@
-//! The control plane: the game catalogue, play sessions and the tickets that admit
-//! peers to them, behind the REST API under `/api/v1`.
+//! The control plane: tenants, catalogue, play sessions, placement on the fleet, and the
+//! tickets that admit peers to sessions, behind the REST API under `/api/v1`.
 //!
-//! It talks to stream hosts through [`SessionHost`]; in `cloudplay serve` that is the
-//! in-process host. Tickets are signed here and verified by hosts offline.
+//! State lives in [`store::Store`] (SQLite or PostgreSQL). Hosts are reached through
+//! [`SessionHost`]; in `cloudplay serve` that is the in-process host. Tickets are signed
+//! here and verified by hosts offline.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -11,15 +12,17 @@ pub mod placement;
 pub mod store;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cloudplay_proto::api::{GameInfo, SessionOptions};
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use ed25519_dalek::SigningKey;
 use rand::Rng;
+use tracing::{info, warn};
 
 pub use api::{ApiError, router};
+use store::{CatalogueGame, HostRegistration, Store, StoreError, Tenant};
 
 /// Why a host could not start a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +50,6 @@ pub trait SessionHost: Send + Sync {
     fn session_view(&self, session_id: &str) -> Option<HostSessionView>;
 }
 
-#[derive(Debug, Clone)]
-struct SessionRecord {
-    game: String,
-    options: SessionOptions,
-    created_at_ms: u64,
-}
-
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -62,20 +58,28 @@ pub struct ControlConfig {
     /// Base URL clients use to reach hosts' WHEP endpoints; when unset, it is derived
     /// from the `Host` header of the request.
     pub public_url: Option<String>,
+    /// The tenant of requests that carry no credentials (guests of `cloudplay serve`).
+    pub default_tenant: String,
+    /// How long a host's registration lasts without a heartbeat.
+    pub host_lease_ms: u64,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { ticket_ttl_ms: 30_000, public_url: None }
+        ControlConfig {
+            ticket_ttl_ms: 30_000,
+            public_url: None,
+            default_tenant: "local".into(),
+            host_lease_ms: 15_000,
+        }
     }
 }
 
 struct Inner {
     config: ControlConfig,
-    games: Vec<GameInfo>,
     signing_key: SigningKey,
-    host: Arc<dyn SessionHost>,
-    sessions: Mutex<HashMap<String, SessionRecord>>,
+    store: Store,
+    hosts: RwLock<HashMap<String, Arc<dyn SessionHost>>>,
 }
 
 /// The control plane. Cheap to clone.
@@ -95,27 +99,125 @@ pub fn random_id() -> String {
 }
 
 impl ControlPlane {
-    pub fn new(
-        config: ControlConfig,
-        games: Vec<GameInfo>,
-        signing_key: SigningKey,
-        host: Arc<dyn SessionHost>,
-    ) -> Self {
-        let inner = Inner { config, games, signing_key, host, sessions: Mutex::new(HashMap::new()) };
+    pub fn new(config: ControlConfig, signing_key: SigningKey, store: Store) -> Self {
+        let inner = Inner { config, signing_key, store, hosts: RwLock::new(HashMap::new()) };
         ControlPlane { inner: Arc::new(inner) }
     }
 
-    pub fn games(&self) -> &[GameInfo] {
-        &self.inner.games
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
-    /// Signs a ticket for `session_id` on this control plane's host.
-    fn issue_ticket(&self, session_id: &str, game: &str, role: TicketRole) -> Result<(Ticket, u64), String> {
+    /// Makes sure the default tenant exists and offers `games` (built-in runtime).
+    pub async fn bootstrap(&self, games: &[GameInfo]) -> Result<(), StoreError> {
+        let tenant_id = self.inner.config.default_tenant.clone();
+        if let Err(StoreError::NotFound) = self.inner.store.tenant(&tenant_id).await {
+            let tenant = Tenant {
+                id: tenant_id.clone(),
+                name: "cloudplay".into(),
+                brand_color: "#00e6ff".into(),
+                logo_url: String::new(),
+                max_rtt_ms: 150,
+            };
+            self.inner.store.create_tenant(&tenant, unix_ms()).await?;
+            info!(tenant = %tenant_id, "created the default tenant");
+        }
+        for game in games {
+            if let Err(StoreError::NotFound) = self.inner.store.game(&tenant_id, &game.id).await {
+                let entry = CatalogueGame {
+                    id: game.id.clone(),
+                    title: game.title.clone(),
+                    description: game.description.clone(),
+                    art_url: String::new(),
+                    runtime: serde_json::json!({ "kind": "builtin", "game": game.id }).to_string(),
+                    required_tier: None,
+                    max_players: game.max_players,
+                    controls: game.controls.clone(),
+                };
+                self.inner.store.put_game(&tenant_id, &entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a host that runs in this process and keeps its lease alive.
+    pub async fn attach_local_host(
+        &self,
+        host: Arc<dyn SessionHost>,
+        region: &str,
+        capacity: u32,
+    ) -> Result<(), StoreError> {
+        let id = host.host_id();
+        let registration = HostRegistration {
+            id: id.clone(),
+            region: region.into(),
+            endpoint: String::new(),
+            capacity,
+            runtimes: vec!["builtin".into()],
+        };
+        // A restarted process lost its sessions.
+        self.inner.store.register_host(&registration, unix_ms(), self.inner.config.host_lease_ms).await?;
+        self.inner.store.host_restarted(&id).await?;
+        if let Ok(mut hosts) = self.inner.hosts.write() {
+            hosts.insert(id, host);
+        }
+        Ok(())
+    }
+
+    fn host(&self, id: &str) -> Option<Arc<dyn SessionHost>> {
+        self.inner.hosts.read().ok()?.get(id).cloned()
+    }
+
+    /// Renews the leases of attached hosts and reconciles sessions with them: a session
+    /// its host no longer runs (idle, stopped, crashed) ends and frees its slot. Call
+    /// periodically, well within the lease.
+    pub async fn maintain(&self) -> Result<(), StoreError> {
+        let now = unix_ms();
+        let hosts: Vec<(String, Arc<dyn SessionHost>)> = self
+            .inner
+            .hosts
+            .read()
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (id, _) in &hosts {
+            self.inner.store.heartbeat(id, now, self.inner.config.host_lease_ms).await?;
+        }
+        for lost in self.inner.store.expire_leases(now).await? {
+            warn!(session = %lost, "session lost with its host");
+        }
+        for (host_id, host) in hosts {
+            for session in self.inner.store.placed_sessions_on(&host_id).await? {
+                if host.session_view(&session.id).is_none() {
+                    self.finish(&session, "ended").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a placed session finished and frees its slot (once).
+    async fn finish(&self, session: &store::SessionRecord, state: &str) -> Result<(), StoreError> {
+        if self.inner.store.set_session_state(&session.tenant_id, &session.id, "placed", state).await? {
+            if let Some(host_id) = &session.host_id {
+                self.inner.store.release_slot(host_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs a ticket for `session_id` on `host_id`.
+    fn issue_ticket(
+        &self,
+        host_id: &str,
+        session_id: &str,
+        game: &str,
+        role: TicketRole,
+    ) -> Result<(Ticket, u64), String> {
         let now = unix_ms();
         let expires_at =
             now + self.inner.config.ticket_ttl_ms.min(cloudplay_proto::ticket::MAX_TICKET_LIFETIME_MS);
         let claims = TicketClaims {
-            aud: self.inner.host.host_id(),
+            aud: host_id.into(),
             sid: session_id.into(),
             game: game.into(),
             role,
@@ -125,21 +227,5 @@ impl ControlPlane {
         };
         let ticket = Ticket::sign(&claims, &self.inner.signing_key).map_err(|e| e.to_string())?;
         Ok((ticket, expires_at))
-    }
-
-    fn record(&self, session_id: &str) -> Option<SessionRecord> {
-        let record = self.inner.sessions.lock().ok()?.get(session_id).cloned()?;
-        if self.inner.host.session_view(session_id).is_none() {
-            // Ended on the host (idle, stopped): forget it here too.
-            self.forget(session_id);
-            return None;
-        }
-        Some(record)
-    }
-
-    fn forget(&self, session_id: &str) {
-        if let Ok(mut sessions) = self.inner.sessions.lock() {
-            sessions.remove(session_id);
-        }
     }
 }

@@ -120,6 +120,8 @@ pub struct CatalogueGame {
     /// Tier needed to play; `None` = free.
     pub required_tier: Option<String>,
     pub max_players: u8,
+    /// How to play, one line per control.
+    pub controls: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +130,22 @@ pub struct Tier {
     pub name: String,
     /// A higher tier includes every lower one.
     pub rank: i64,
+}
+
+/// A play session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: Option<String>,
+    pub game_id: String,
+    pub host_id: Option<String>,
+    /// `queued`, `placed`, `ended` or `lost`.
+    pub state: String,
+    /// The session options as JSON.
+    pub options: String,
+    pub idempotency_key: Option<String>,
+    pub created_at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,7 +454,7 @@ impl Store {
             .bind(&game.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO games (tenant_id, id, title, description, art_url, runtime, required_tier, max_players) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        sqlx::query("INSERT INTO games (tenant_id, id, title, description, art_url, runtime, required_tier, max_players, controls) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(tenant_id)
             .bind(&game.id)
             .bind(&game.title)
@@ -445,6 +463,7 @@ impl Store {
             .bind(&game.runtime)
             .bind(game.required_tier.as_deref())
             .bind(game.max_players as i64)
+            .bind(game.controls.join("\n"))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -460,11 +479,12 @@ impl Store {
             runtime: row.try_get("runtime")?,
             required_tier: row.try_get("required_tier")?,
             max_players: row.try_get::<i64, _>("max_players")?.clamp(1, 255) as u8,
+            controls: row.try_get::<String, _>("controls")?.lines().map(String::from).collect(),
         })
     }
 
     pub async fn games(&self, tenant_id: &str) -> Result<Vec<CatalogueGame>, StoreError> {
-        let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players FROM games WHERE tenant_id = $1 ORDER BY title, id")
+        let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 ORDER BY title, id")
             .bind(tenant_id)
             .fetch_all(&self.pool)
             .await?;
@@ -472,7 +492,7 @@ impl Store {
     }
 
     pub async fn game(&self, tenant_id: &str, id: &str) -> Result<CatalogueGame, StoreError> {
-        let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players FROM games WHERE tenant_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -666,5 +686,126 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// After a host restarts, its sessions are gone: mark them lost and free its slots.
+    pub async fn host_restarted(&self, host_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE sessions SET state = 'lost' WHERE host_id = $1 AND state = 'placed'")
+            .bind(host_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE hosts SET used = 0 WHERE id = $1").bind(host_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ sessions
+
+    /// Stores a new session. A session with the same tenant and idempotency key is a
+    /// conflict: the caller returns the existing one instead.
+    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(&session.id)
+            .bind(&session.tenant_id)
+            .bind(session.user_id.as_deref())
+            .bind(&session.game_id)
+            .bind(session.host_id.as_deref())
+            .bind(&session.state)
+            .bind(&session.options)
+            .bind(session.idempotency_key.as_deref())
+            .bind(session.created_at_ms as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, "session"))?;
+        Ok(())
+    }
+
+    fn session_from(row: &sqlx::any::AnyRow) -> Result<SessionRecord, StoreError> {
+        Ok(SessionRecord {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            user_id: row.try_get("user_id")?,
+            game_id: row.try_get("game_id")?,
+            host_id: row.try_get("host_id")?,
+            state: row.try_get("state")?,
+            options: row.try_get("options")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            created_at_ms: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+        })
+    }
+
+    const SESSION_COLUMNS: &str =
+        "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at";
+
+    pub async fn session(&self, tenant_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
+        let sql = format!("SELECT {} FROM sessions WHERE tenant_id = $1 AND id = $2", Self::SESSION_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::session_from(&row)
+    }
+
+    pub async fn session_by_idempotency_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND idempotency_key = $2",
+            Self::SESSION_COLUMNS
+        );
+        let row = sqlx::query(&sql).bind(tenant_id).bind(key).fetch_optional(&self.pool).await?;
+        row.as_ref().map(Self::session_from).transpose()
+    }
+
+    /// A tenant's sessions in `state`, oldest first.
+    pub async fn sessions(
+        &self,
+        tenant_id: &str,
+        state: &str,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND state = $2 ORDER BY created_at, id LIMIT $3",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(state)
+            .bind(limit.min(1000) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// Moves a session from `from` to `to`; `false` if it was not in `from`.
+    pub async fn set_session_state(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE sessions SET state = $1 WHERE tenant_id = $2 AND id = $3 AND state = $4")
+                .bind(to)
+                .bind(tenant_id)
+                .bind(id)
+                .bind(from)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sessions placed on a host, for reconciliation with what the host runs.
+    pub async fn placed_sessions_on(&self, host_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql =
+            format!("SELECT {} FROM sessions WHERE host_id = $1 AND state = 'placed'", Self::SESSION_COLUMNS);
+        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::session_from).collect()
     }
 }

@@ -145,6 +145,7 @@ async fn catalogue_and_entitlements(store: Store) {
         runtime: r#"{"kind":"builtin","game":"neon-cycles"}"#.into(),
         required_tier: tier.map(String::from),
         max_players: 4,
+        controls: vec!["Steer: arrows".into()],
     };
     store.put_game("acme", &game("free-game", None)).await.unwrap();
     store.put_game("acme", &game("premium-game", Some("premium"))).await.unwrap();

@@ -78,6 +78,13 @@ pub struct CreateSessionRequest {
     pub game: String,
     #[serde(default)]
     pub options: SessionOptions,
+    /// Round-trip times the client measured to regions, in milliseconds; placement picks
+    /// the nearest region with room. Without measurements every region is acceptable.
+    #[serde(default)]
+    pub rtt_ms: std::collections::BTreeMap<String, u32>,
+    /// With a tenant API key: the tenant's user the session is for (entitlements apply).
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// Answer to `POST /api/v1/sessions` and to `POST /api/v1/sessions/{id}/tickets`.
