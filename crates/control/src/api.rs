@@ -246,18 +246,17 @@ async fn create_session(
         Some(_) => return Err(ApiError::bad_request("Idempotency-Key must be 1 to 128 visible characters")),
     };
     let store = &control.inner.store;
-    if let Some(key) = &idempotency_key {
-        if let Some(existing) = store.session_by_idempotency_key(&who.tenant, key).await.map_err(internal)? {
-            if existing.state == "placed" {
-                let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
-                return Ok((StatusCode::CREATED, Json(created)).into_response());
-            }
-            return Err(ApiError(
-                StatusCode::CONFLICT,
-                "conflict",
-                "the session for this Idempotency-Key has ended".into(),
-            ));
+    let earlier = match &idempotency_key {
+        Some(key) => store.session_by_idempotency_key(&who.tenant, key).await.map_err(internal)?,
+        None => None,
+    };
+    if let Some(existing) = earlier {
+        if existing.state != "placed" {
+            let message = "the session for this Idempotency-Key has ended".to_string();
+            return Err(ApiError(StatusCode::CONFLICT, "conflict", message));
         }
+        let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
+        return Ok((StatusCode::CREATED, Json(created)).into_response());
     }
     let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
     if request.user_id.is_some() && who.guest {

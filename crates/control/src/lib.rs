@@ -197,10 +197,10 @@ impl ControlPlane {
 
     /// Marks a placed session finished and frees its slot (once).
     async fn finish(&self, session: &store::SessionRecord, state: &str) -> Result<(), StoreError> {
-        if self.inner.store.set_session_state(&session.tenant_id, &session.id, "placed", state).await? {
-            if let Some(host_id) = &session.host_id {
-                self.inner.store.release_slot(host_id).await?;
-            }
+        let changed =
+            self.inner.store.set_session_state(&session.tenant_id, &session.id, "placed", state).await?;
+        if let (true, Some(host_id)) = (changed, &session.host_id) {
+            self.inner.store.release_slot(host_id).await?;
         }
         Ok(())
     }
