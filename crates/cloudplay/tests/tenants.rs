@@ -1,0 +1,218 @@
+//! Tenants through the API: isolation (another tenant's ids answer exactly like ids that
+//! do not exist), API-key scopes, entitlements, idempotency, and the last free slot.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use cloudplay::app::Server;
+use cloudplay::config::Config;
+use cloudplay_control::store::{CatalogueGame, Store, Tenant, Tier};
+use cloudplay_control::unix_ms;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct World {
+    app: Router,
+    store: Store,
+    acme_key: String,
+    globex_key: String,
+}
+
+async fn world(max_sessions: usize) -> World {
+    let server = Server::start(Config { max_sessions, ..Config::ephemeral() }).await.unwrap();
+    let store = server.control.store().clone();
+    let now = unix_ms();
+    let mut keys = Vec::new();
+    for id in ["acme", "globex"] {
+        let tenant = Tenant {
+            id: id.into(),
+            name: id.into(),
+            brand_color: "#fff".into(),
+            logo_url: String::new(),
+            max_rtt_ms: 100,
+        };
+        store.create_tenant(&tenant, now).await.unwrap();
+        let game = |game_id: &str, tier: Option<&str>| CatalogueGame {
+            id: game_id.into(),
+            title: format!("{id} {game_id}"),
+            description: String::new(),
+            art_url: String::new(),
+            runtime: json!({"kind": "builtin", "game": "neon-cycles"}).to_string(),
+            required_tier: tier.map(String::from),
+            max_players: 4,
+            controls: vec![],
+        };
+        store.put_game(id, &game(&format!("{id}-free"), None)).await.unwrap();
+        store.put_game(id, &game(&format!("{id}-premium"), Some("premium"))).await.unwrap();
+        store.put_tier(id, &Tier { id: "premium".into(), name: "Premium".into(), rank: 1 }).await.unwrap();
+        keys.push(store.create_api_key(id, &["sessions:write"], now).await.unwrap().1);
+    }
+    let globex_key = keys.pop().unwrap();
+    let acme_key = keys.pop().unwrap();
+    World { app: server.router.clone(), store, acme_key, globex_key }
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri).header(header::HOST, "play.test");
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let body = match body {
+        Some(json) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Body::from(json.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn small(game: &str) -> Value {
+    json!({"game": game, "options": {"width": 320, "height": 240, "fps": 30}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_ids_look_like_ids_that_do_not_exist() {
+    let w = world(8).await;
+    let (status, created) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(small("acme-free"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["session_id"].as_str().unwrap();
+    assert_eq!(
+        call(&w.app, "GET", &format!("/api/v1/sessions/{id}"), Some(&w.acme_key), &[], None).await.0,
+        StatusCode::OK
+    );
+
+    let checks: [(&str, String, Option<Value>); 5] = [
+        ("GET", format!("/api/v1/sessions/{id}"), None),
+        ("POST", format!("/api/v1/sessions/{id}/tickets"), None),
+        ("DELETE", format!("/api/v1/sessions/{id}"), None),
+        ("GET", "/api/v1/games/acme-free".into(), None),
+        ("POST", "/api/v1/sessions".into(), Some(small("acme-free"))),
+    ];
+    for (method, uri, body) in checks {
+        let unknown_uri =
+            uri.replace(id, "00000000000000000000000000000000").replace("acme-free", "no-such-game");
+        let unknown_body = body.clone().map(|_| small("no-such-game"));
+        for key in [Some(w.globex_key.as_str()), None] {
+            let theirs = call(&w.app, method, &uri, key, &[], body.clone()).await;
+            let unknown = call(&w.app, method, &unknown_uri, key, &[], unknown_body.clone()).await;
+            assert_eq!(theirs.0, StatusCode::NOT_FOUND, "{method} {uri} as {key:?}");
+            assert_eq!(theirs, unknown, "{method} {uri}: indistinguishable from a missing id");
+        }
+    }
+    // The session is untouched by all of that.
+    assert_eq!(
+        call(&w.app, "GET", &format!("/api/v1/sessions/{id}"), Some(&w.acme_key), &[], None).await.0,
+        StatusCode::OK
+    );
+    let (_, games) = call(&w.app, "GET", "/api/v1/games", Some(&w.globex_key), &[], None).await;
+    let ids: Vec<&str> =
+        games["games"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["globex-free", "globex-premium"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_scopes_and_entitlements_are_enforced() {
+    let w = world(8).await;
+    let (status, body) = call(&w.app, "GET", "/api/v1/games", Some("cpk_00000000_forged"), &[], None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (_, read_only) = w.store.create_api_key("acme", &["catalogue:read"], unix_ms()).await.unwrap();
+    let (status, body) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&read_only), &[], Some(small("acme-free"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+
+    let carol =
+        w.store.create_user("acme", "carol@acme.io", "password123", "Carol", false, unix_ms()).await.unwrap();
+    let dave = w
+        .store
+        .create_user("globex", "dave@globex.io", "password123", "Dave", false, unix_ms())
+        .await
+        .unwrap();
+    let premium_for = |user: &str| json!({"game": "acme-premium", "user_id": user, "options": {"width": 320, "height": 240}});
+    let (status, body) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(premium_for(&carol.id))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("not_entitled")));
+    let (status, _) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(premium_for(&dave.id))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's user");
+    let (status, _) = call(
+        &w.app,
+        "POST",
+        "/api/v1/sessions",
+        None,
+        &[],
+        Some(json!({"game": "neon-cycles", "user_id": carol.id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "guests cannot act for users");
+
+    w.store.grant("acme", &carol.id, "premium", None).await.unwrap();
+    let (status, body) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(premium_for(&carol.id))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_retries_safe() {
+    let w = world(8).await;
+    let retry = [("Idempotency-Key", "order-42")];
+    let (s1, first) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &retry, Some(small("acme-free"))).await;
+    let (s2, second) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &retry, Some(small("acme-free"))).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first["session_id"], second["session_id"]);
+    assert_ne!(first["ticket"], second["ticket"], "each answer carries a fresh single-use ticket");
+    let (_, theirs) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.globex_key), &retry, Some(small("globex-free")))
+            .await;
+    assert_ne!(theirs["session_id"], first["session_id"], "keys are per tenant");
+    let (status, _) = call(
+        &w.app,
+        "POST",
+        "/api/v1/sessions",
+        Some(&w.acme_key),
+        &[("Idempotency-Key", "")],
+        Some(small("acme-free")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_for_the_last_slot_place_exactly_one() {
+    let w = world(1).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let (app, key) = (w.app.clone(), w.acme_key.clone());
+            tokio::spawn(async move {
+                call(&app, "POST", "/api/v1/sessions", Some(&key), &[], Some(small("acme-free"))).await
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::CREATED => placed += 1,
+            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(body["error"]["code"], "no_capacity"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(placed, 1);
+    assert_eq!(w.store.fleet(unix_ms()).await.unwrap()[0].used, 1);
+}
