@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         media_port: Option<u16>,
     },
+    /// Manage tenants: the game platforms served by this deployment.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Measure the streaming pipeline and print a table (see docs/benchmarks.md).
     Bench {
         /// Seconds to measure each resolution.
@@ -48,6 +53,58 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1280x720,1920x1080")]
         sizes: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first admin API key (shown only once).
+    Create {
+        /// Tenant id: lowercase letters, digits and '-' (e.g. acme).
+        id: String,
+        /// Display name on the tenant's portal.
+        #[arg(long)]
+        name: String,
+        /// Players are not placed in regions slower than this.
+        #[arg(long, default_value_t = 80)]
+        max_rtt_ms: u32,
+        /// Brand colour of the portal, as CSS.
+        #[arg(long, default_value = "#00e6ff")]
+        color: String,
+        /// TOML configuration file (for database_url).
+        #[arg(long, env = "CLOUDPLAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn settings(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let mut settings = match config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    settings.apply_env(std::env::vars())?;
+    Ok(settings)
+}
+
+async fn create_tenant(
+    settings: Config,
+    id: String,
+    name: String,
+    max_rtt_ms: u32,
+    color: String,
+) -> anyhow::Result<()> {
+    use cloudplay_control::store::{Store, Tenant};
+    if let Some(path) = settings.database_url.strip_prefix("sqlite://") {
+        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let store = Store::connect(&settings.database_url).await?;
+    let now = cloudplay_control::unix_ms();
+    let tenant = Tenant { id: id.clone(), name, brand_color: color, logo_url: String::new(), max_rtt_ms };
+    store.create_tenant(&tenant, now).await.with_context(|| format!("creating tenant {id}"))?;
+    let (_, key) = store.create_api_key(&id, &["admin", "sessions:write"], now).await?;
+    println!("tenant {id} created; its admin API key (shown once, keep it safe):\n{key}");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,11 +118,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve { config, listen, public_ip, media_port } => {
-            let mut settings = match &config {
-                Some(path) => Config::from_file(path)?,
-                None => Config::default(),
-            };
-            settings.apply_env(std::env::vars())?;
+            let mut settings = settings(config.as_ref())?;
             if let Some(listen) = listen {
                 settings.listen = listen;
             }
@@ -88,6 +141,9 @@ fn main() -> anyhow::Result<()> {
                     })
                     .await
             })
+        }
+        Command::Tenant { command: TenantCommand::Create { id, name, max_rtt_ms, color, config } } => {
+            runtime.block_on(create_tenant(settings(config.as_ref())?, id, name, max_rtt_ms, color))
         }
         Command::Bench { seconds, sizes } => {
             let sizes = sizes

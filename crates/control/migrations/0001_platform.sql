@@ -21,6 +21,13 @@ CREATE TABLE users (
     UNIQUE (tenant_id, email)
 );
 
+CREATE TABLE user_tokens (
+    token_hash TEXT PRIMARY KEY,
+    tenant_id  TEXT NOT NULL REFERENCES tenants (id),
+    user_id    TEXT NOT NULL REFERENCES users (id),
+    expires_at BIGINT NOT NULL
+);
+
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
     tenant_id   TEXT NOT NULL REFERENCES tenants (id),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use cloudplay_proto::api::GameInfo;
 
+use crate::auth::{Principal, principal};
 use crate::placement::{Placement, PlacementRequest, place};
 use crate::store::{CatalogueGame, SessionRecord, StoreError};
 use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
@@ -28,13 +29,13 @@ use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, u
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// An API error: status, stable code, human message.
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl ApiError {
     pub fn not_found(what: &str) -> ApiError {
         ApiError(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError(StatusCode::BAD_REQUEST, "invalid_request", message.into())
     }
 }
@@ -56,6 +57,8 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .merge(crate::accounts::routes())
+        .merge(crate::admin::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
 }
@@ -73,7 +76,7 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 }
 
 /// Parses a JSON body, insisting on the content type, with errors in the API's shape.
-fn parse_json<T: DeserializeOwned>(
+pub(crate) fn parse_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -93,7 +96,7 @@ fn parse_json<T: DeserializeOwned>(
 }
 
 /// Base URL for links in answers: the configured public URL, else this request's host.
-fn base_url(control: &ControlPlane, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(control: &ControlPlane, headers: &HeaderMap) -> String {
     if let Some(url) = &control.inner.config.public_url {
         return url.trim_end_matches('/').to_string();
     }
@@ -104,41 +107,7 @@ fn base_url(control: &ControlPlane, headers: &HeaderMap) -> String {
     if well_formed { format!("http://{host}") } else { String::new() }
 }
 
-/// Who is calling: a tenant's API key, or a guest of the default tenant.
-struct Principal {
-    tenant: String,
-    scopes: Vec<String>,
-    guest: bool,
-}
-
-impl Principal {
-    fn allows(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope || s == "admin")
-    }
-}
-
-async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(Principal {
-            tenant: control.inner.config.default_tenant.clone(),
-            scopes: vec![],
-            guest: true,
-        });
-    };
-    let unauthorized =
-        || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "invalid or revoked credentials".into());
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(unauthorized)?;
-    let key = control
-        .inner
-        .store
-        .authenticate_api_key(token.trim())
-        .await
-        .map_err(internal)?
-        .ok_or_else(unauthorized)?;
-    Ok(Principal { tenant: key.tenant_id, scopes: key.scopes, guest: false })
-}
-
-fn internal(e: StoreError) -> ApiError {
+pub(crate) fn internal(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::not_found("resource"),
         StoreError::Invalid(message) => ApiError::bad_request(message),
@@ -156,7 +125,7 @@ fn internal(e: StoreError) -> ApiError {
 }
 
 /// Maps "not found" to a 404 about `what`; other store errors as usual.
-fn missing(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+pub(crate) fn missing(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |e| match e {
         StoreError::NotFound => ApiError::not_found(what),
         other => internal(other),
@@ -231,9 +200,10 @@ async fn create_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
     let request: CreateSessionRequest = parse_json(&headers, body)?;
     request.options.validate().map_err(ApiError::bad_request)?;
-    if !who.guest && !who.allows("sessions:write") {
+    if !who.guest() && !who.allows("sessions:write") {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -259,12 +229,13 @@ async fn create_session(
         return Ok((StatusCode::CREATED, Json(created)).into_response());
     }
     let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
-    if request.user_id.is_some() && who.guest {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only a tenant's API key may act for a user".into(),
-        ));
+    if request.user_id.is_some() && !who.is_api_key() {
+        let message = "only a tenant's API key may act for a user".to_string();
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message));
+    }
+    let mut request = request;
+    if let Some(user) = &who.user {
+        request.user_id = Some(user.id.clone()); // a signed-in player plays as themselves
     }
     if let Some(user_id) = &request.user_id {
         store.user(&who.tenant, user_id).await.map_err(missing("user"))?;
@@ -415,6 +386,7 @@ async fn delete_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
     let (session, host, _) = live_session(&control, &who, &id).await?;
     host.stop_session(&id);
     control.finish(&session, "ended").await.map_err(internal)?;
@@ -430,6 +402,7 @@ async fn create_ticket(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
     let (session, _, _) = live_session(&control, &who, &id).await?;

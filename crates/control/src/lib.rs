@@ -6,7 +6,10 @@
 //! here and verified by hosts offline.
 #![forbid(unsafe_code)]
 
+mod accounts;
+mod admin;
 mod api;
+mod auth;
 mod openapi;
 pub mod placement;
 pub mod store;

@@ -375,6 +375,47 @@ impl Store {
         rows.iter().map(Self::user_from).collect()
     }
 
+    /// Issues a login token for a user (`cpu_…`), valid until `expires_at_ms`. Only its
+    /// hash is stored.
+    pub async fn create_user_token(&self, user: &User, expires_at_ms: u64) -> Result<String, StoreError> {
+        let token = format!("cpu_{}{}", random_id(), random_id());
+        sqlx::query(
+            "INSERT INTO user_tokens (token_hash, tenant_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash_secret(&token))
+        .bind(&user.tenant_id)
+        .bind(&user.id)
+        .bind(expires_at_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// The user a login token belongs to, if it is valid at `now_ms`.
+    pub async fn user_by_token(&self, token: &str, now_ms: u64) -> Result<Option<User>, StoreError> {
+        if !token.starts_with("cpu_") {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT u.id, u.tenant_id, u.email, u.display_name, u.is_admin FROM user_tokens t \
+             JOIN users u ON u.id = t.user_id AND u.tenant_id = t.tenant_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2",
+        )
+        .bind(hash_secret(token))
+        .bind(now_ms as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::user_from).transpose()
+    }
+
+    pub async fn revoke_user_token(&self, token: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM user_tokens WHERE token_hash = $1")
+            .bind(hash_secret(token))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ------------------------------------------------------------------ API keys
 
     /// Creates an API key and returns it with its secret, which is shown only this once:
@@ -431,6 +472,25 @@ impl Store {
             scopes: scopes.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
             revoked: false,
         }))
+    }
+
+    pub async fn api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let rows = sqlx::query("SELECT id, tenant_id, prefix, scopes, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id")
+            .bind(tenant_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let scopes: String = row.try_get("scopes")?;
+                Ok(ApiKeyInfo {
+                    id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    prefix: row.try_get("prefix")?,
+                    scopes: scopes.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                    revoked: row.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+                })
+            })
+            .collect()
     }
 
     pub async fn revoke_api_key(&self, tenant_id: &str, id: &str, now_ms: u64) -> Result<(), StoreError> {

@@ -1,0 +1,216 @@
+//! Player accounts (sign-up, log-in, cookie and bearer sessions, the Origin check) and
+//! tenant administration, each confined to its own tenant.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use cloudplay::app::Server;
+use cloudplay::config::Config;
+use cloudplay_control::store::{Store, Tenant};
+use cloudplay_control::unix_ms;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const HOST: &str = "play.test";
+
+async fn setup() -> (Router, Store, String, String) {
+    let server = Server::start(Config::ephemeral()).await.unwrap();
+    let store = server.control.store().clone();
+    let mut keys = vec![];
+    for id in ["acme", "globex"] {
+        let tenant = Tenant {
+            id: id.into(),
+            name: id.into(),
+            brand_color: "#f0f".into(),
+            logo_url: String::new(),
+            max_rtt_ms: 100,
+        };
+        store.create_tenant(&tenant, unix_ms()).await.unwrap();
+        keys.push(store.create_api_key(id, &["admin"], unix_ms()).await.unwrap().1);
+    }
+    let globex = keys.pop().unwrap();
+    (server.router.clone(), store, keys.pop().unwrap(), globex)
+}
+
+struct Call<'a> {
+    method: &'a str,
+    uri: &'a str,
+    bearer: Option<&'a str>,
+    cookie: Option<&'a str>,
+    origin: Option<&'a str>,
+    body: Option<Value>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: &'a str, uri: &'a str) -> Self {
+        Call { method, uri, bearer: None, cookie: None, origin: None, body: None }
+    }
+    fn bearer(mut self, token: &'a str) -> Self {
+        self.bearer = Some(token);
+        self
+    }
+    fn cookie(mut self, cookie: &'a str) -> Self {
+        self.cookie = Some(cookie);
+        self
+    }
+    fn origin(mut self, origin: &'a str) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+    fn json(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+    async fn send(self, app: &Router) -> (StatusCode, Value, Option<String>) {
+        let mut request = Request::builder().method(self.method).uri(self.uri).header(header::HOST, HOST);
+        if let Some(token) = self.bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(cookie) = self.cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        if let Some(origin) = self.origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        let body = match self.body {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+        let status = response.status();
+        let cookie = response.headers().get(header::SET_COOKIE).map(|v| v.to_str().unwrap().to_string());
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), cookie)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_sign_up_log_in_and_play_as_themselves() {
+    let (app, _, _, _) = setup().await;
+    let credentials =
+        json!({"email": "Pat@Example.com", "password": "hunter2hunter2", "display_name": "Pat"});
+    let (status, body, cookie) =
+        Call::new("POST", "/api/v1/tenants/acme/signup").json(credentials.clone()).send(&app).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert_eq!(
+        Call::new("POST", "/api/v1/tenants/acme/signup").json(credentials.clone()).send(&app).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        Call::new("POST", "/api/v1/tenants/nope/signup").json(credentials).send(&app).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let wrong = json!({"email": "pat@example.com", "password": "wrong-password"});
+    let (status, body, _) = Call::new("POST", "/api/v1/tenants/acme/login").json(wrong).send(&app).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_credentials"))
+    );
+    let right = json!({"email": "pat@example.com", "password": "hunter2hunter2"});
+    let (_, _, none) = Call::new("POST", "/api/v1/tenants/globex/login").json(right.clone()).send(&app).await;
+    assert!(none.is_none(), "an account exists only in its own tenant");
+    let (status, body, _) = Call::new("POST", "/api/v1/tenants/acme/login").json(right).send(&app).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = body["token"].as_str().unwrap().to_string();
+    let (status, me, _) = Call::new("GET", "/api/v1/me").bearer(&token).send(&app).await;
+    assert_eq!(
+        (status, me["email"].as_str(), me["tenant"].as_str()),
+        (StatusCode::OK, Some("pat@example.com"), Some("acme"))
+    );
+
+    // With the cookie, a state change must come from our own origin.
+    let session_cookie = cookie.split(';').next().unwrap().to_string();
+    let play = json!({"game": "nothing-here"});
+    let (status, body, _) =
+        Call::new("POST", "/api/v1/sessions").cookie(&session_cookie).json(play.clone()).send(&app).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("bad_origin")));
+    let evil = Call::new("POST", "/api/v1/sessions")
+        .cookie(&session_cookie)
+        .origin("http://evil.example")
+        .json(play.clone());
+    assert_eq!(evil.send(&app).await.0, StatusCode::FORBIDDEN);
+    let ours =
+        Call::new("POST", "/api/v1/sessions").cookie(&session_cookie).origin("http://play.test").json(play);
+    assert_eq!(
+        ours.send(&app).await.0,
+        StatusCode::NOT_FOUND,
+        "past the origin check: acme has no such game"
+    );
+
+    let (status, _, cleared) = Call::new("POST", "/api/v1/logout").bearer(&token).send(&app).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(cleared.unwrap().contains("Max-Age=0"));
+    assert_eq!(Call::new("GET", "/api/v1/me").bearer(&token).send(&app).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_admins_manage_only_their_own_tenant() {
+    let (app, store, acme, globex) = setup().await;
+    let new_user = json!({"email": "eve@acme.io", "password": "password123", "display_name": "Eve"});
+    let (status, eve, _) =
+        Call::new("POST", "/api/v1/admin/users").bearer(&acme).json(new_user).send(&app).await;
+    assert_eq!(status, StatusCode::CREATED, "{eve}");
+    let eve_id = eve["id"].as_str().unwrap();
+
+    let game = json!({"title": "Cycles Deluxe", "runtime": {"kind": "builtin", "game": "neon-cycles"}, "required_tier": "gold"});
+    assert_eq!(
+        Call::new("PUT", "/api/v1/admin/games/deluxe").bearer(&acme).json(game).send(&app).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let tier = json!({"name": "Gold", "rank": 2});
+    assert_eq!(
+        Call::new("PUT", "/api/v1/admin/tiers/gold").bearer(&acme).json(tier).send(&app).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let grant = json!({"tier": "gold"});
+    let uri = format!("/api/v1/admin/users/{eve_id}/entitlements");
+    assert_eq!(
+        Call::new("POST", &uri).bearer(&globex).json(grant.clone()).send(&app).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(Call::new("POST", &uri).bearer(&acme).json(grant).send(&app).await.0, StatusCode::NO_CONTENT);
+    let deluxe = store.game("acme", "deluxe").await.unwrap();
+    assert!(store.entitled("acme", Some(eve_id), &deluxe, unix_ms()).await.unwrap());
+
+    let (_, users, _) = Call::new("GET", "/api/v1/admin/users").bearer(&globex).send(&app).await;
+    assert_eq!(users["users"], json!([]), "globex sees none of acme's users");
+    let (_, users, _) = Call::new("GET", "/api/v1/admin/users?limit=10").bearer(&acme).send(&app).await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+
+    let (status, key, _) = Call::new("POST", "/api/v1/admin/api-keys")
+        .bearer(&acme)
+        .json(json!({"scopes": ["sessions:write"]}))
+        .send(&app)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let key_id = key["id"].as_str().unwrap();
+    let revoke = format!("/api/v1/admin/api-keys/{key_id}");
+    assert_eq!(Call::new("DELETE", &revoke).bearer(&globex).send(&app).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(Call::new("DELETE", &revoke).bearer(&acme).send(&app).await.0, StatusCode::NO_CONTENT);
+    let bad_scope = json!({"scopes": ["root"]});
+    assert_eq!(
+        Call::new("POST", "/api/v1/admin/api-keys").bearer(&acme).json(bad_scope).send(&app).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Players are not admins; the fleet view shows load only.
+    let player_key = key["key"].as_str().unwrap();
+    assert_eq!(
+        Call::new("GET", "/api/v1/admin/users").bearer(player_key).send(&app).await.0,
+        StatusCode::UNAUTHORIZED,
+        "revoked"
+    );
+    let (_, fresh) = store.create_api_key("acme", &["sessions:write"], unix_ms()).await.unwrap();
+    assert_eq!(
+        Call::new("GET", "/api/v1/admin/users").bearer(&fresh).send(&app).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, hosts, _) = Call::new("GET", "/api/v1/admin/hosts").bearer(&acme).send(&app).await;
+    assert_eq!(hosts["hosts"][0]["region"], "local");
+}

@@ -1,0 +1,136 @@
+//! Sign-up, log-in and log-out of a tenant's players, and the tenant's public branding.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{ApiError, internal, missing, parse_json};
+use crate::auth::{LOGIN_TTL_MS, SESSION_COOKIE, cookie_token, principal};
+use crate::store::{StoreError, User};
+use crate::{ControlPlane, unix_ms};
+
+pub fn routes() -> Router<ControlPlane> {
+    Router::new()
+        .route("/api/v1/tenants/{tenant}", get(branding))
+        .route("/api/v1/tenants/{tenant}/signup", post(signup))
+        .route("/api/v1/tenants/{tenant}/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/me", get(me))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+fn user_json(user: &User) -> serde_json::Value {
+    json!({ "id": user.id, "tenant": user.tenant_id, "email": user.email, "display_name": user.display_name, "is_admin": user.is_admin })
+}
+
+/// Answer with a new login: the token for API clients, and the cookie for browsers.
+async fn logged_in(control: &ControlPlane, user: User, status: StatusCode) -> Result<Response, ApiError> {
+    let token = control.store().create_user_token(&user, unix_ms() + LOGIN_TTL_MS).await.map_err(internal)?;
+    let secure = if control.inner.config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        LOGIN_TTL_MS / 1000
+    );
+    let mut response = (status, Json(json!({ "user": user_json(&user), "token": token }))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+async fn branding(
+    State(control): State<ControlPlane>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = control.store().tenant(&tenant).await.map_err(missing("tenant"))?;
+    Ok(Json(json!({ "id": tenant.id, "name": tenant.name, "brand_color": tenant.brand_color, "logo_url": tenant.logo_url })).into_response())
+}
+
+async fn signup(
+    State(control): State<ControlPlane>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: Credentials = parse_json(&headers, body)?;
+    control.store().tenant(&tenant).await.map_err(missing("tenant"))?;
+    let name = if request.display_name.trim().is_empty() {
+        request.email.clone()
+    } else {
+        request.display_name.clone()
+    };
+    let user = control
+        .store()
+        .create_user(&tenant, &request.email, &request.password, &name, false, unix_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                ApiError(StatusCode::CONFLICT, "email_taken", "an account with this email exists".into())
+            }
+            other => internal(other),
+        })?;
+    logged_in(&control, user, StatusCode::CREATED).await
+}
+
+async fn login(
+    State(control): State<ControlPlane>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: Credentials = parse_json(&headers, body)?;
+    let user = control
+        .store()
+        .verify_password(&tenant, &request.email, &request.password)
+        .await
+        .map_err(internal)?;
+    let Some(user) = user else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "wrong email or password".into(),
+        ));
+    };
+    logged_in(&control, user, StatusCode::OK).await
+}
+
+async fn logout(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = bearer.map(String::from).or_else(|| cookie_token(&headers)) {
+        control.store().revoke_user_token(token.trim()).await.map_err(internal)?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+async fn me(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    let user = who
+        .user
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "not signed in".into()))?;
+    Ok(Json(user_json(user)).into_response())
+}

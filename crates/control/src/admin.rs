@@ -1,0 +1,277 @@
+//! Tenant administration under `/api/v1/admin`: users, catalogue, tiers, entitlements,
+//! API keys, live sessions, and the fleet's load. Admin API keys (scope `admin`) and
+//! admin users may call it, each only for its own tenant.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{ApiError, internal, missing, parse_json};
+use crate::auth::{Principal, principal};
+use crate::store::{CatalogueGame, StoreError, Tier};
+use crate::{ControlPlane, unix_ms};
+
+pub fn routes() -> Router<ControlPlane> {
+    Router::new()
+        .route("/api/v1/admin/users", get(list_users).post(create_user))
+        .route("/api/v1/admin/users/{id}/entitlements", post(grant))
+        .route("/api/v1/admin/games/{id}", put(put_game))
+        .route("/api/v1/admin/tiers/{id}", put(put_tier))
+        .route("/api/v1/admin/api-keys", get(list_keys).post(create_key))
+        .route("/api/v1/admin/api-keys/{id}", delete(revoke_key))
+        .route("/api/v1/admin/sessions", get(list_sessions))
+        .route("/api/v1/admin/hosts", get(list_hosts))
+}
+
+async fn admin(
+    control: &ControlPlane,
+    headers: &HeaderMap,
+    changes_state: bool,
+) -> Result<Principal, ApiError> {
+    let who = principal(control, headers).await?;
+    who.require_admin()?;
+    who.check_origin(control, headers, changes_state)?;
+    Ok(who)
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_users(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, false).await?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    let users = control.store().users(&who.tenant, page.after.as_deref(), limit).await.map_err(internal)?;
+    let next = (users.len() == limit as usize).then(|| users.last().map(|u| u.email.clone())).flatten();
+    let users: Vec<_> = users
+        .iter()
+        .map(|u| json!({ "id": u.id, "email": u.email, "display_name": u.display_name, "is_admin": u.is_admin }))
+        .collect();
+    Ok(Json(json!({ "users": users, "next": next })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    email: String,
+    password: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    is_admin: bool,
+}
+
+async fn create_user(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    let request: NewUser = parse_json(&headers, body)?;
+    let user = control
+        .store()
+        .create_user(
+            &who.tenant,
+            &request.email,
+            &request.password,
+            &request.display_name,
+            request.is_admin,
+            unix_ms(),
+        )
+        .await
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": user.id, "email": user.email, "is_admin": user.is_admin })))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Grant {
+    tier: String,
+    expires_at: Option<u64>,
+}
+
+async fn grant(
+    State(control): State<ControlPlane>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    let request: Grant = parse_json(&headers, body)?;
+    control
+        .store()
+        .grant(&who.tenant, &user_id, &request.tier, request.expires_at)
+        .await
+        .map_err(missing("user or tier"))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GameBody {
+    title: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    art_url: String,
+    /// Runtime spec, e.g. `{"kind": "builtin", "game": "neon-cycles"}`.
+    runtime: serde_json::Value,
+    #[serde(default)]
+    required_tier: Option<String>,
+    #[serde(default = "four")]
+    max_players: u8,
+    #[serde(default)]
+    controls: Vec<String>,
+}
+
+fn four() -> u8 {
+    4
+}
+
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(ApiError::bad_request("ids are 1 to 64 letters, digits, '-' or '_'")) }
+}
+
+async fn put_game(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    valid_id(&id)?;
+    let request: GameBody = parse_json(&headers, body)?;
+    if request.runtime["kind"].as_str().is_none() {
+        return Err(ApiError::bad_request("runtime.kind is required (e.g. \"builtin\")"));
+    }
+    if request.max_players == 0 || request.title.trim().is_empty() {
+        return Err(ApiError::bad_request("a title and at least one player are required"));
+    }
+    let game = CatalogueGame {
+        id,
+        title: request.title,
+        description: request.description,
+        art_url: request.art_url,
+        runtime: request.runtime.to_string(),
+        required_tier: request.required_tier,
+        max_players: request.max_players,
+        controls: request.controls,
+    };
+    control.store().put_game(&who.tenant, &game).await.map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierBody {
+    name: String,
+    rank: i64,
+}
+
+async fn put_tier(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    valid_id(&id)?;
+    let request: TierBody = parse_json(&headers, body)?;
+    control
+        .store()
+        .put_tier(&who.tenant, &Tier { id, name: request.name, rank: request.rank })
+        .await
+        .map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_keys(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, false).await?;
+    let keys = control.store().api_keys(&who.tenant).await.map_err(internal)?;
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|k| json!({ "id": k.id, "prefix": k.prefix, "scopes": k.scopes, "revoked": k.revoked }))
+        .collect();
+    Ok(Json(json!({ "api_keys": keys })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    scopes: Vec<String>,
+}
+
+const SCOPES: [&str; 3] = ["admin", "sessions:write", "catalogue:read"];
+
+async fn create_key(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    let request: NewKey = parse_json(&headers, body)?;
+    if let Some(unknown) = request.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown scope {unknown:?}; known: {}",
+            SCOPES.join(", ")
+        )));
+    }
+    let scopes: Vec<&str> = request.scopes.iter().map(String::as_str).collect();
+    let (key, secret) =
+        control.store().create_api_key(&who.tenant, &scopes, unix_ms()).await.map_err(internal)?;
+    let body = json!({ "id": key.id, "prefix": key.prefix, "scopes": key.scopes, "key": secret });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn revoke_key(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    control.store().revoke_api_key(&who.tenant, &id, unix_ms()).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::not_found("api key"),
+        other => internal(other),
+    })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_sessions(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, false).await?;
+    let sessions = control.store().sessions(&who.tenant, "placed", 500).await.map_err(internal)?;
+    let sessions: Vec<_> = sessions
+        .iter()
+        .map(|s| json!({ "id": s.id, "game": s.game_id, "user_id": s.user_id, "host_id": s.host_id, "created_at": s.created_at_ms }))
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+/// The shared fleet's regions and load (no other tenant's data: counts only).
+async fn list_hosts(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    admin(&control, &headers, false).await?;
+    let fleet = control.store().fleet(unix_ms()).await.map_err(internal)?;
+    let hosts: Vec<_> = fleet
+        .iter()
+        .map(|h| json!({ "id": h.id, "region": h.region, "capacity": h.capacity, "used": h.used, "runtimes": h.runtimes }))
+        .collect();
+    Ok(Json(json!({ "hosts": hosts })).into_response())
+}
