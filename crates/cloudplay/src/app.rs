@@ -55,6 +55,16 @@ impl SessionHost for LocalHost {
     }
 }
 
+/// Opens the control plane's database, creating a SQLite file's directory if needed.
+pub async fn open_store(database_url: &str) -> anyhow::Result<Store> {
+    let sqlite_file =
+        database_url.strip_prefix("sqlite://").map(|p| Path::new(p.split('?').next().unwrap_or(p)));
+    if let Some(dir) = sqlite_file.and_then(Path::parent).filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Store::connect(database_url).await.with_context(|| format!("opening {database_url}"))
+}
+
 /// A running server.
 pub struct Server {
     pub http_addr: SocketAddr,
@@ -87,15 +97,7 @@ impl Server {
         let signing_key = SigningKey::from_bytes(&rand::thread_rng().r#gen());
         let catalogue = Catalogue::builtin();
         let games: Vec<_> = catalogue.games().cloned().collect();
-        if let Some(path) = config.database_url.strip_prefix("sqlite://") {
-            let path = Path::new(path.split('?').next().unwrap_or(path));
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-        }
-        let store = Store::connect(&config.database_url)
-            .await
-            .with_context(|| format!("opening {}", config.database_url))?;
+        let store = open_store(&config.database_url).await?;
         let host_config = HostConfig {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,

@@ -92,13 +92,8 @@ async fn create_tenant(
     max_rtt_ms: u32,
     color: String,
 ) -> anyhow::Result<()> {
-    use cloudplay_control::store::{Store, Tenant};
-    if let Some(path) = settings.database_url.strip_prefix("sqlite://") {
-        if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-    }
-    let store = Store::connect(&settings.database_url).await?;
+    use cloudplay_control::store::Tenant;
+    let store = cloudplay::app::open_store(&settings.database_url).await?;
     let now = cloudplay_control::unix_ms();
     let tenant = Tenant { id: id.clone(), name, brand_color: color, logo_url: String::new(), max_rtt_ms };
     store.create_tenant(&tenant, now).await.with_context(|| format!("creating tenant {id}"))?;
