@@ -309,15 +309,34 @@ document.getElementById('btn-share').addEventListener('click', async () => {
 });
 
 // ---------------------------------------------------------------- WHEP
-async function api(path, body) {
+async function api(path, body, method = 'POST') {
   const response = await fetch(path, {
-    method: 'POST',
+    method,
     headers: body ? { 'Content-Type': 'application/json' } : {},
     body: body ? JSON.stringify(body) : undefined,
   });
   const json = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(json.error?.message || `HTTP ${response.status}`);
+  json.httpStatus = response.status;
   return json;
+}
+
+// Every host is full: wait in the tenant's queue, showing the place in line.
+async function waitInQueue(queued) {
+  stats.state = 'queued';
+  const leave = () => fetch(`/api/v1/sessions/${queued.session_id}`, { method: 'DELETE', keepalive: true });
+  addEventListener('pagehide', leave);
+  let info = queued;
+  while (info.state === 'queued') {
+    overlayTitle.textContent = `You are #${info.queue_position} in line`;
+    overlayText.textContent = `About ${Math.max(1, Math.round(info.estimated_wait_secs / 60))} min. Keep this page open.`;
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    info = await api(`/api/v1/sessions/${queued.session_id}`, undefined, 'GET');
+  }
+  removeEventListener('pagehide', leave);
+  overlayTitle.textContent = 'Your turn! Connecting…';
+  overlayText.textContent = '';
+  return api(`/api/v1/sessions/${queued.session_id}/tickets`, { role: 'player' });
 }
 
 async function whep(session, player) {
@@ -388,6 +407,7 @@ async function main() {
       fps: Number(params.get('fps') || 60),
     };
     session = await api('/api/v1/sessions', { game, options });
+    if (session.httpStatus === 202) session = await waitInQueue(session);
   }
   stats.sessionId = session.session_id;
   playStarted = performance.now();

@@ -142,12 +142,14 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn a_full_host_says_so() {
+async fn a_full_host_queues_the_next_player() {
     let (app, host) = app(1).await;
     let request = r#"{"game":"neon-cycles"}"#;
     assert_eq!(call(&app, "POST", "/api/v1/sessions", JSON, request).await.0, StatusCode::CREATED);
     let (status, body) = call(&app, "POST", "/api/v1/sessions", JSON, request).await;
-    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"));
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!((body["state"].as_str(), body["queue_position"].as_u64()), (Some("queued"), Some(1)));
+    assert!(body["estimated_wait_secs"].as_u64().is_some());
     assert_eq!(host.session_ids().len(), 1);
 }
 

@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 struct World {
     app: Router,
+    control: cloudplay_control::ControlPlane,
     store: Store,
     acme_key: String,
     globex_key: String,
@@ -49,7 +50,7 @@ async fn world(max_sessions: usize) -> World {
     }
     let globex_key = keys.pop().unwrap();
     let acme_key = keys.pop().unwrap();
-    World { app: server.router.clone(), store, acme_key, globex_key }
+    World { app: server.router.clone(), control: server.control.clone(), store, acme_key, globex_key }
 }
 
 async fn call(
@@ -194,7 +195,7 @@ async fn an_idempotency_key_makes_retries_safe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_requests_for_the_last_slot_place_exactly_one() {
+async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order() {
     let w = world(1).await;
     let tasks: Vec<_> = (0..30)
         .map(|_| {
@@ -204,15 +205,56 @@ async fn many_requests_for_the_last_slot_place_exactly_one() {
             })
         })
         .collect();
-    let mut placed = 0;
+    let (mut placed, mut queued) = (vec![], vec![]);
     for task in tasks {
         let (status, body) = task.await.unwrap();
         match status {
-            StatusCode::CREATED => placed += 1,
-            StatusCode::SERVICE_UNAVAILABLE => assert_eq!(body["error"]["code"], "no_capacity"),
+            StatusCode::CREATED => placed.push(body["session_id"].as_str().unwrap().to_string()),
+            StatusCode::ACCEPTED => queued.push(body["session_id"].as_str().unwrap().to_string()),
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert_eq!(placed, 1);
+    assert_eq!((placed.len(), queued.len()), (1, 29), "exactly one placed, nothing lost");
     assert_eq!(w.store.fleet(unix_ms()).await.unwrap()[0].used, 1);
+
+    // Positions are a permutation of 1..=29: a strict FIFO order.
+    let mut by_position = vec![String::new(); 29];
+    for id in &queued {
+        let (status, info) =
+            call(&w.app, "GET", &format!("/api/v1/sessions/{id}"), Some(&w.acme_key), &[], None).await;
+        assert_eq!((status, info["state"].as_str()), (StatusCode::OK, Some("queued")));
+        let position = info["queue_position"].as_u64().unwrap() as usize;
+        assert!(by_position[position - 1].is_empty(), "position {position} given twice");
+        by_position[position - 1] = id.clone();
+        let (status, _) =
+            call(&w.app, "POST", &format!("/api/v1/sessions/{id}/tickets"), Some(&w.acme_key), &[], None)
+                .await;
+        assert_eq!(status, StatusCode::CONFLICT, "no ticket while queued");
+    }
+    // Another tenant's queue is its own.
+    let (status, theirs) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.globex_key), &[], Some(small("globex-free"))).await;
+    assert_eq!((status, theirs["queue_position"].as_u64()), (StatusCode::ACCEPTED, Some(1)));
+
+    // The head leaves the queue; then the slot frees and the next in line is placed.
+    let (status, _) =
+        call(&w.app, "DELETE", &format!("/api/v1/sessions/{}", by_position[0]), Some(&w.acme_key), &[], None)
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) =
+        call(&w.app, "DELETE", &format!("/api/v1/sessions/{}", placed[0]), Some(&w.acme_key), &[], None)
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    w.control.maintain().await.unwrap();
+    let next = &by_position[1];
+    let (_, info) =
+        call(&w.app, "GET", &format!("/api/v1/sessions/{next}"), Some(&w.acme_key), &[], None).await;
+    assert_eq!(info["state"], "placed", "{info}");
+    let (status, ticket) =
+        call(&w.app, "POST", &format!("/api/v1/sessions/{next}/tickets"), Some(&w.acme_key), &[], None).await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let (_, info) =
+        call(&w.app, "GET", &format!("/api/v1/sessions/{}", by_position[2]), Some(&w.acme_key), &[], None)
+            .await;
+    assert_eq!(info["queue_position"], 1);
 }

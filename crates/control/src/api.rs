@@ -11,7 +11,8 @@ use axum::routing::get;
 use axum::{Json, routing::post};
 use cloudplay_proto::TicketRole;
 use cloudplay_proto::api::{
-    ApiErrorBody, ApiErrorDetail, CreateSessionRequest, SessionCreated, SessionInfo, TicketRequest,
+    ApiErrorBody, ApiErrorDetail, CreateSessionRequest, SessionCreated, SessionInfo, SessionQueued,
+    TicketRequest,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use cloudplay_proto::api::GameInfo;
 
 use crate::auth::{Principal, principal};
-use crate::placement::{Placement, PlacementRequest, place};
+use crate::sessions::{Claim, StoredRequest, builtin_game};
 use crate::store::{CatalogueGame, SessionRecord, StoreError};
 use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
 
@@ -177,22 +178,7 @@ fn ticket_answer(
     })
 }
 
-/// The builtin game a catalogue entry runs (other runtimes come with their hosts).
-fn builtin_game(game: &CatalogueGame) -> Result<String, ApiError> {
-    let spec: serde_json::Value = serde_json::from_str(&game.runtime).unwrap_or_default();
-    match (spec["kind"].as_str(), spec["game"].as_str()) {
-        (Some("builtin"), Some(id)) => Ok(id.to_string()),
-        _ => Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_capacity",
-            "no host runs this game's runtime".into(),
-        )),
-    }
-}
-
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Attempts at claiming a slot when concurrent requests race for the same host.
-const PLACEMENT_ATTEMPTS: usize = 5;
 
 async fn create_session(
     State(control): State<ControlPlane>,
@@ -221,12 +207,26 @@ async fn create_session(
         None => None,
     };
     if let Some(existing) = earlier {
-        if existing.state != "placed" {
-            let message = "the session for this Idempotency-Key has ended".to_string();
-            return Err(ApiError(StatusCode::CONFLICT, "conflict", message));
-        }
-        let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
-        return Ok((StatusCode::CREATED, Json(created)).into_response());
+        return match existing.state.as_str() {
+            "placed" => {
+                let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
+                Ok((StatusCode::CREATED, Json(created)).into_response())
+            }
+            "queued" => {
+                let position = store.queue_position(&existing).await.map_err(internal)?;
+                let queued = SessionQueued {
+                    session_id: existing.id.clone(),
+                    state: "queued".into(),
+                    queue_position: position,
+                    estimated_wait_secs: control.estimated_wait_secs(position).await.map_err(internal)?,
+                };
+                Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
+            }
+            _ => {
+                let message = "the session for this Idempotency-Key has ended".to_string();
+                Err(ApiError(StatusCode::CONFLICT, "conflict", message))
+            }
+        };
     }
     let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
     if request.user_id.is_some() && !who.is_api_key() {
@@ -248,103 +248,79 @@ async fn create_session(
             format!("this game needs the {tier} subscription"),
         ));
     }
-    let builtin = builtin_game(&game)?;
+    let builtin = builtin_game(&game).ok_or_else(|| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host runs this game's runtime".into())
+    })?;
     let tenant = store.tenant(&who.tenant).await.map_err(internal)?;
-
-    // Place: pick a host from a fresh snapshot and claim a slot atomically; a lost race
-    // tries again with the next snapshot.
-    let mut placed = None;
-    for _ in 0..PLACEMENT_ATTEMPTS {
-        let fleet = store.fleet(unix_ms()).await.map_err(internal)?;
-        let rtt_ms: Vec<(String, u32)> = if request.rtt_ms.is_empty() {
-            fleet.iter().map(|h| (h.region.clone(), 0)).collect()
-        } else {
-            request.rtt_ms.iter().map(|(r, t)| (r.clone(), *t)).collect()
-        };
-        let ask = PlacementRequest { rtt_ms, max_rtt_ms: tenant.max_rtt_ms, runtime: "builtin".into() };
-        match place(&ask, &fleet) {
-            Placement::Host { host_id, .. } => {
-                if store.claim_slot(&host_id, unix_ms()).await.map_err(internal)? {
-                    placed = Some(host_id);
-                    break;
-                }
-            }
-            Placement::Queue => break,
-            Placement::Unplaceable => {
-                return Err(ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_region",
-                    format!("no region within {} ms runs this game", tenant.max_rtt_ms),
-                ));
-            }
+    let stored = StoredRequest { options: request.options, rtt_ms: request.rtt_ms.clone() };
+    let host_id = match control.claim_host(&tenant, &request.rtt_ms).await.map_err(internal)? {
+        Claim::Host(host_id) => Some(host_id),
+        Claim::Queue => None,
+        Claim::Unplaceable => {
+            let message = format!("no region within {} ms runs this game", tenant.max_rtt_ms);
+            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_region", message));
         }
-    }
-    let Some(host_id) = placed else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_capacity",
-            "every host is full; retry shortly".into(),
-        ));
-    };
-    let release = || async { store.release_slot(&host_id).await.map_err(internal) };
-    let Some(host) = control.host(&host_id) else {
-        release().await?;
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_capacity",
-            "the chosen host is not reachable".into(),
-        ));
     };
     let session = SessionRecord {
         id: random_id(),
         tenant_id: who.tenant.clone(),
         user_id: request.user_id.clone(),
         game_id: request.game.clone(),
-        host_id: Some(host_id.clone()),
-        state: "placed".into(),
-        options: serde_json::to_string(&request.options).unwrap_or_default(),
+        host_id: host_id.clone(),
+        state: if host_id.is_some() { "placed" } else { "queued" }.into(),
+        options: serde_json::to_string(&stored).unwrap_or_default(),
         idempotency_key,
         created_at_ms: unix_ms(),
     };
     if let Err(e) = store.insert_session(&session).await {
-        release().await?;
+        if let Some(host_id) = &host_id {
+            store.release_slot(host_id).await.map_err(internal)?;
+        }
         return Err(match e {
-            StoreError::Conflict(_) => ApiError(
-                StatusCode::CONFLICT,
-                "conflict",
-                "a request with this Idempotency-Key is in progress".into(),
-            ),
+            StoreError::Conflict(_) => {
+                let message = "a request with this Idempotency-Key is in progress".to_string();
+                ApiError(StatusCode::CONFLICT, "conflict", message)
+            }
             other => internal(other),
         });
     }
-    if let Err(e) = host.start_session(&session.id, &builtin, request.options) {
-        control.finish(&session, "ended").await.map_err(internal)?;
-        return Err(match e {
-            StartError::UnknownGame => ApiError::not_found("game"),
-            StartError::InvalidOptions(message) => ApiError::bad_request(message),
-            StartError::NoCapacity(message) => {
-                ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message)
-            }
-            StartError::Failed(message) => {
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message)
-            }
-        });
-    }
+    let location = format!("/api/v1/sessions/{}", session.id);
+    let Some(host_id) = host_id else {
+        let position = store.queue_position(&session).await.map_err(internal)?;
+        let queued = SessionQueued {
+            session_id: session.id.clone(),
+            state: "queued".into(),
+            queue_position: position,
+            estimated_wait_secs: control.estimated_wait_secs(position).await.map_err(internal)?,
+        };
+        info!(session = %session.id, tenant = %who.tenant, position, "session queued");
+        return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
+    };
+    control.start_placed(&session, &builtin).await.map_err(|e| match e {
+        StartError::UnknownGame => ApiError::not_found("game"),
+        StartError::InvalidOptions(message) => ApiError::bad_request(message),
+        StartError::NoCapacity(message) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
+        StartError::Failed(message) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message),
+    })?;
     info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
     let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
-    let location = format!("/api/v1/sessions/{}", session.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
 }
 
-/// A live session of the caller's tenant, or 404 (also for other tenants' sessions).
-async fn live_session(
-    control: &ControlPlane,
-    who: &Principal,
-    id: &str,
-) -> Result<(SessionRecord, Arc<dyn SessionHost>, HostSessionView), ApiError> {
+/// A session of the caller's tenant as it stands now.
+enum Standing {
+    Running(SessionRecord, Arc<dyn SessionHost>, HostSessionView),
+    Queued(SessionRecord),
+}
+
+/// A running or queued session of the caller's tenant, or 404 (also for other tenants'
+/// sessions and for ended ones).
+async fn standing(control: &ControlPlane, who: &Principal, id: &str) -> Result<Standing, ApiError> {
     let session = control.inner.store.session(&who.tenant, id).await.map_err(missing("session"))?;
-    if session.state != "placed" {
-        return Err(ApiError::not_found("session"));
+    match session.state.as_str() {
+        "queued" => return Ok(Standing::Queued(session)),
+        "placed" => {}
+        _ => return Err(ApiError::not_found("session")),
     }
     let host = session
         .host_id
@@ -352,7 +328,7 @@ async fn live_session(
         .and_then(|h| control.host(h))
         .ok_or_else(|| ApiError::not_found("session"))?;
     match host.session_view(id) {
-        Some(view) => Ok((session, host, view)),
+        Some(view) => Ok(Standing::Running(session, host, view)),
         None => {
             // Ended on the host (idle, stopped): settle it here too.
             control.finish(&session, "ended").await.map_err(internal)?;
@@ -367,19 +343,39 @@ async fn get_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
-    let (session, _, view) = live_session(&control, &who, &id).await?;
-    Ok(Json(SessionInfo {
-        session_id: session.id,
-        game: session.game_id,
-        options: serde_json::from_str(&session.options).unwrap_or_default(),
-        created_at: session.created_at_ms,
-        players: view.players,
-        viewers: view.viewers,
-        frames_encoded: view.frames_encoded,
-    })
-    .into_response())
+    let info = match standing(&control, &who, &id).await? {
+        Standing::Running(session, _, view) => SessionInfo {
+            options: StoredRequest::of(&session).options,
+            session_id: session.id,
+            game: session.game_id,
+            created_at: session.created_at_ms,
+            state: "placed".into(),
+            queue_position: None,
+            estimated_wait_secs: None,
+            players: view.players,
+            viewers: view.viewers,
+            frames_encoded: view.frames_encoded,
+        },
+        Standing::Queued(session) => {
+            let position = control.inner.store.queue_position(&session).await.map_err(internal)?;
+            SessionInfo {
+                options: StoredRequest::of(&session).options,
+                session_id: session.id,
+                game: session.game_id,
+                created_at: session.created_at_ms,
+                state: "queued".into(),
+                queue_position: Some(position),
+                estimated_wait_secs: Some(control.estimated_wait_secs(position).await.map_err(internal)?),
+                players: 0,
+                viewers: 0,
+                frames_encoded: 0,
+            }
+        }
+    };
+    Ok(Json(info).into_response())
 }
 
+/// Ends a running session, or leaves the queue.
 async fn delete_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
@@ -387,9 +383,20 @@ async fn delete_session(
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
     who.check_origin(&control, &headers, true)?;
-    let (session, host, _) = live_session(&control, &who, &id).await?;
-    host.stop_session(&id);
-    control.finish(&session, "ended").await.map_err(internal)?;
+    match standing(&control, &who, &id).await? {
+        Standing::Running(session, host, _) => {
+            host.stop_session(&id);
+            control.finish(&session, "ended").await.map_err(internal)?;
+        }
+        Standing::Queued(session) => {
+            control
+                .inner
+                .store
+                .set_session_state(&session.tenant_id, &id, "queued", "ended")
+                .await
+                .map_err(internal)?;
+        }
+    }
     info!(session = %id, "session deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -405,7 +412,12 @@ async fn create_ticket(
     who.check_origin(&control, &headers, true)?;
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
-    let (session, _, _) = live_session(&control, &who, &id).await?;
+    let session = match standing(&control, &who, &id).await? {
+        Standing::Running(session, _, _) => session,
+        Standing::Queued(_) => {
+            return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
+        }
+    };
     let role = request.role.unwrap_or(TicketRole::Player);
     let created = ticket_answer(&control, &headers, &session, role)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())

@@ -12,6 +12,7 @@ mod api;
 mod auth;
 mod openapi;
 pub mod placement;
+mod sessions;
 pub mod store;
 
 use std::collections::HashMap;
@@ -195,11 +196,12 @@ impl ControlPlane {
                 }
             }
         }
+        self.serve_queue().await?;
         Ok(())
     }
 
     /// Marks a placed session finished and frees its slot (once).
-    async fn finish(&self, session: &store::SessionRecord, state: &str) -> Result<(), StoreError> {
+    pub(crate) async fn finish(&self, session: &store::SessionRecord, state: &str) -> Result<(), StoreError> {
         let changed =
             self.inner.store.set_session_state(&session.tenant_id, &session.id, "placed", state).await?;
         if let (true, Some(host_id)) = (changed, &session.host_id) {

@@ -868,4 +868,44 @@ impl Store {
         let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.pool).await?;
         rows.iter().map(Self::session_from).collect()
     }
+
+    /// Where a queued session stands in its tenant's queue (1 = next), first in, first out.
+    pub async fn queue_position(&self, session: &SessionRecord) -> Result<u32, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS ahead FROM sessions WHERE tenant_id = $1 AND state = 'queued' \
+             AND (created_at < $2 OR (created_at = $2 AND id < $3))",
+        )
+        .bind(&session.tenant_id)
+        .bind(session.created_at_ms as i64)
+        .bind(&session.id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("ahead")?.max(0) as u32 + 1)
+    }
+
+    /// The oldest queued sessions across tenants, at most `per_tenant` of each tenant.
+    pub async fn queue_heads(&self, per_tenant: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT tenant_id FROM sessions WHERE state = 'queued' ORDER BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut heads = Vec::new();
+        for row in rows {
+            let tenant: String = row.try_get("tenant_id")?;
+            heads.extend(self.sessions(&tenant, "queued", per_tenant).await?);
+        }
+        Ok(heads)
+    }
+
+    /// Places a queued session on a host (whose slot the caller claimed). `false` if it
+    /// was no longer queued.
+    pub async fn assign_session(&self, tenant_id: &str, id: &str, host_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET state = 'placed', host_id = $1 WHERE tenant_id = $2 AND id = $3 AND state = 'queued'")
+            .bind(host_id)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }

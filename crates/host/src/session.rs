@@ -84,6 +84,9 @@ struct SessionLoop {
     peers: usize,
     idle_since: Option<Instant>,
     inputs: Vec<PlayerInput>,
+    /// Sequence number of the newest input waiting for the next tick.
+    pending_input_seq: u32,
+    /// Sequence number of the last input the game has applied: what the probe reports.
     last_input_seq: u32,
     frame_seq: u32,
     keyframe_wanted: bool,
@@ -116,6 +119,7 @@ pub fn run_session(setup: SessionSetup) {
         peers: 0,
         idle_since: Some(Instant::now()),
         inputs: Vec::with_capacity(64),
+        pending_input_seq: 0,
         last_input_seq: 0,
         frame_seq: 0,
         keyframe_wanted: true,
@@ -164,14 +168,18 @@ impl SessionLoop {
                 ticks += 1;
             }
             if now >= next_tick {
-                next_tick = now + tick; // too far behind: let the game slow down rather than spiral
+                // Too far behind: let the game slow down rather than spiral, and keep frames
+                // right behind ticks so each shows the newest state.
+                next_tick = now + tick;
+                next_frame = next_frame.min(next_tick);
             }
             if now >= next_frame {
                 self.produce_frame();
                 next_frame += frame_interval;
                 if next_frame <= Instant::now() {
-                    // Late: skip the missed frames instead of rendering behind schedule.
-                    next_frame = Instant::now() + frame_interval;
+                    // Late: skip the missed frames instead of rendering behind schedule,
+                    // and pick up again with the next tick.
+                    next_frame = next_tick.max(Instant::now());
                 }
             }
             if let Some(since) = self.idle_since
@@ -188,7 +196,7 @@ impl SessionLoop {
             SessionCommand::Input { player, message } => {
                 if self.inputs.len() < MAX_INPUTS_PER_TICK {
                     self.inputs.push(PlayerInput { player, event: message.event });
-                    self.last_input_seq = message.seq;
+                    self.pending_input_seq = message.seq;
                 }
             }
             SessionCommand::KeyframeRequest => self.keyframe_wanted = true,
@@ -230,6 +238,9 @@ impl SessionLoop {
         let applied = self.inputs.len() as u64;
         self.setup.game.step(&self.inputs);
         self.inputs.clear();
+        if applied > 0 {
+            self.last_input_seq = self.pending_input_seq;
+        }
         self.setup.stats.inputs_applied.fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
         self.setup.game.mix_audio(&mut self.tick_audio);
         self.audio_pending.extend_from_slice(&self.tick_audio);

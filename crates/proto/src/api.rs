@@ -107,9 +107,26 @@ pub struct SessionInfo {
     pub options: SessionOptions,
     /// Unix ms.
     pub created_at: u64,
+    /// `placed` (running on a host: ask for a ticket and connect) or `queued`.
+    pub state: String,
+    /// While queued: 1 = next in line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// While queued: a rough estimate of the wait, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_wait_secs: Option<u32>,
     pub players: u32,
     pub viewers: u32,
     pub frames_encoded: u64,
+}
+
+/// Answer to `POST /api/v1/sessions` when every acceptable host is full (`202`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionQueued {
+    pub session_id: String,
+    pub state: String,
+    pub queue_position: u32,
+    pub estimated_wait_secs: u32,
 }
 
 /// Body of a ticket request for an existing session.

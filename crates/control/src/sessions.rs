@@ -1,0 +1,144 @@
+//! Session lifecycle on the fleet: placement with an atomic slot claim, the per-tenant
+//! FIFO queue when every acceptable host is full, and starting sessions on hosts.
+
+use std::collections::BTreeMap;
+
+use cloudplay_proto::api::SessionOptions;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::placement::{Placement, PlacementRequest, place};
+use crate::store::{CatalogueGame, SessionRecord, StoreError, Tenant};
+use crate::{ControlPlane, StartError, unix_ms};
+
+/// Attempts at claiming a slot when concurrent requests race for the same host.
+const PLACEMENT_ATTEMPTS: usize = 5;
+/// Queued sessions of each tenant tried per queue pass.
+const QUEUE_HEADS_PER_TENANT: u32 = 8;
+/// Rough length of a play session, for wait estimates.
+const TYPICAL_SESSION_SECS: u32 = 20 * 60;
+
+/// What a session asked for, kept with it so a queued session can be placed later.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub options: SessionOptions,
+    #[serde(default)]
+    pub rtt_ms: BTreeMap<String, u32>,
+}
+
+impl StoredRequest {
+    pub fn of(session: &SessionRecord) -> StoredRequest {
+        serde_json::from_str(&session.options).unwrap_or_default()
+    }
+}
+
+/// Result of looking for a host.
+pub enum Claim {
+    /// A slot on this host is now held for the caller.
+    Host(String),
+    /// Every acceptable host is full.
+    Queue,
+    /// No acceptable region runs the game at all.
+    Unplaceable,
+}
+
+/// The built-in game a catalogue entry runs, if its runtime is the built-in one.
+pub fn builtin_game(game: &CatalogueGame) -> Option<String> {
+    let spec: serde_json::Value = serde_json::from_str(&game.runtime).ok()?;
+    match (spec["kind"].as_str(), spec["game"].as_str()) {
+        (Some("builtin"), Some(id)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+impl ControlPlane {
+    /// Places from a fresh fleet snapshot and claims the slot; a lost race retries.
+    pub(crate) async fn claim_host(
+        &self,
+        tenant: &Tenant,
+        rtt_ms: &BTreeMap<String, u32>,
+    ) -> Result<Claim, StoreError> {
+        let store = &self.inner.store;
+        for _ in 0..PLACEMENT_ATTEMPTS {
+            let fleet = store.fleet(unix_ms()).await?;
+            let measured: Vec<(String, u32)> = if rtt_ms.is_empty() {
+                fleet.iter().map(|h| (h.region.clone(), 0)).collect()
+            } else {
+                rtt_ms.iter().map(|(region, ms)| (region.clone(), *ms)).collect()
+            };
+            let ask = PlacementRequest {
+                rtt_ms: measured,
+                max_rtt_ms: tenant.max_rtt_ms,
+                runtime: "builtin".into(),
+            };
+            match place(&ask, &fleet) {
+                Placement::Host { host_id, .. } => {
+                    if store.claim_slot(&host_id, unix_ms()).await? {
+                        return Ok(Claim::Host(host_id));
+                    }
+                }
+                Placement::Queue => return Ok(Claim::Queue),
+                Placement::Unplaceable => return Ok(Claim::Unplaceable),
+            }
+        }
+        Ok(Claim::Queue)
+    }
+
+    /// Starts a placed session on its host; on failure the session ends and its slot is freed.
+    pub(crate) async fn start_placed(
+        &self,
+        session: &SessionRecord,
+        builtin: &str,
+    ) -> Result<(), StartError> {
+        let host = session.host_id.as_deref().and_then(|id| self.host(id));
+        let result = match host {
+            Some(host) => host.start_session(&session.id, builtin, StoredRequest::of(session).options),
+            None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
+        };
+        if result.is_err() {
+            if let Err(e) = self.finish(session, "ended").await {
+                warn!(session = %session.id, error = %e, "could not settle a failed start");
+            }
+        }
+        result
+    }
+
+    /// Rough wait for position `position` in the queue, from the fleet's capacity.
+    pub(crate) async fn estimated_wait_secs(&self, position: u32) -> Result<u32, StoreError> {
+        let capacity: u32 = self.inner.store.fleet(unix_ms()).await?.iter().map(|h| h.capacity).sum();
+        Ok(position.saturating_mul(TYPICAL_SESSION_SECS) / capacity.max(1))
+    }
+
+    /// Serves the queues: the oldest queued sessions of each tenant get slots as they free.
+    pub async fn serve_queue(&self) -> Result<usize, StoreError> {
+        let store = &self.inner.store;
+        let mut placed = 0;
+        for session in store.queue_heads(QUEUE_HEADS_PER_TENANT).await? {
+            let tenant = store.tenant(&session.tenant_id).await?;
+            let game = match store.game(&session.tenant_id, &session.game_id).await {
+                Ok(game) => game,
+                Err(StoreError::NotFound) => {
+                    store.set_session_state(&session.tenant_id, &session.id, "queued", "ended").await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(builtin) = builtin_game(&game) else { continue };
+            let Claim::Host(host_id) = self.claim_host(&tenant, &StoredRequest::of(&session).rtt_ms).await?
+            else {
+                // FIFO: nobody behind the head of this tenant's queue goes first.
+                continue;
+            };
+            if !store.assign_session(&session.tenant_id, &session.id, &host_id).await? {
+                store.release_slot(&host_id).await?; // cancelled meanwhile
+                continue;
+            }
+            let running = SessionRecord { host_id: Some(host_id.clone()), state: "placed".into(), ..session };
+            if self.start_placed(&running, &builtin).await.is_ok() {
+                info!(session = %running.id, host = %host_id, "queued session placed");
+                placed += 1;
+            }
+        }
+        Ok(placed)
+    }
+}
