@@ -95,10 +95,10 @@ impl ControlPlane {
             Some(host) => host.start_session(&session.id, builtin, StoredRequest::of(session).options),
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
         };
-        if result.is_err() {
-            if let Err(e) = self.finish(session, "ended").await {
-                warn!(session = %session.id, error = %e, "could not settle a failed start");
-            }
+        if result.is_err()
+            && let Err(e) = self.finish(session, "ended").await
+        {
+            warn!(session = %session.id, error = %e, "could not settle a failed start");
         }
         result
     }
