@@ -123,3 +123,130 @@ pub async fn run(seconds: u64, sizes: &[(u32, u32)]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `cloudplay bench --placement`: session allocations against the control plane's
+/// storage. One allocation is what `POST /api/v1/sessions` does in the database: a fleet
+/// snapshot, the placement decision, the atomic slot claim and the session insert. Each
+/// worker then ends its session (freeing the slot) and allocates again.
+pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -> anyhow::Result<()> {
+    use cloudplay_control::sessions::Claim;
+    use cloudplay_control::store::{HostRegistration, SessionRecord, Tenant};
+    use cloudplay_control::{ControlConfig, ControlPlane, random_id, unix_ms};
+    use ed25519_dalek::SigningKey;
+
+    println!(
+        "\nSession allocation (snapshot + place + claim + insert), {workers} concurrent workers, {seconds} s:\n"
+    );
+    println!("| database | allocations/s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    for url in database_urls {
+        let (store, scratch) = bench_store(url).await?;
+        let now = unix_ms();
+        let tenant = Tenant {
+            id: "bench".into(),
+            name: "bench".into(),
+            brand_color: String::new(),
+            logo_url: String::new(),
+            max_rtt_ms: 200,
+        };
+        store.create_tenant(&tenant, now).await?;
+        for i in 0..20 {
+            let host = HostRegistration {
+                id: format!("host-{i}"),
+                region: format!("region-{}", i % 4),
+                endpoint: String::new(),
+                capacity: 50,
+                runtimes: vec!["builtin".into()],
+            };
+            store.register_host(&host, now, 3_600_000).await?;
+        }
+        let control =
+            ControlPlane::new(ControlConfig::default(), SigningKey::from_bytes(&[1; 32]), store.clone());
+        let rtt: std::collections::BTreeMap<String, u32> =
+            (0..4).map(|r| (format!("region-{r}"), 10 + r * 15)).collect();
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let (control, store, tenant, rtt) =
+                    (control.clone(), store.clone(), tenant.clone(), rtt.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        let Claim::Host(host_id) = control.claim_host(&tenant, &rtt).await? else {
+                            anyhow::bail!("the bench fleet filled up");
+                        };
+                        let session = SessionRecord {
+                            id: random_id(),
+                            tenant_id: tenant.id.clone(),
+                            user_id: None,
+                            game_id: "neon-cycles".into(),
+                            host_id: Some(host_id.clone()),
+                            state: "placed".into(),
+                            options: "{}".into(),
+                            idempotency_key: None,
+                            created_at_ms: unix_ms(),
+                        };
+                        store.insert_session(&session).await?;
+                        latencies.push(started.elapsed().as_micros() as u32);
+                        store.set_session_state(&tenant.id, &session.id, "placed", "ended").await?;
+                        store.release_slot(&host_id).await?;
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await??);
+        }
+        let count = all.len();
+        let summary = percentiles(&mut all);
+        let scheme = url.split(':').next().unwrap_or(url);
+        println!(
+            "| {scheme} | {:.0} | {} | {} | {} |",
+            count as f64 / seconds as f64,
+            ms(summary.p50_us),
+            ms(summary.p99_us),
+            ms(summary.max_us)
+        );
+        scratch.remove().await;
+    }
+    Ok(())
+}
+
+/// Where a benchmark's scratch database lives, to remove it afterwards.
+enum Scratch {
+    File(std::path::PathBuf),
+    Schema { url: String, schema: String },
+}
+
+impl Scratch {
+    async fn remove(self) {
+        match self {
+            Scratch::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Scratch::Schema { url, schema } => {
+                let _ = cloudplay_control::store::Store::drop_postgres_schema(&url, &schema).await;
+            }
+        }
+    }
+}
+
+/// A fresh database for one run: a temporary SQLite file, or a new PostgreSQL schema.
+async fn bench_store(url: &str) -> anyhow::Result<(cloudplay_control::store::Store, Scratch)> {
+    use cloudplay_control::store::Store;
+    let id = cloudplay_control::random_id();
+    if url.starts_with("sqlite") {
+        let path = std::env::temp_dir().join(format!("cloudplay-bench-{id}.db"));
+        let store = Store::connect(&format!("sqlite://{}", path.display())).await?;
+        return Ok((store, Scratch::File(path)));
+    }
+    let schema = format!("bench_{id}");
+    let scoped = Store::postgres_schema_url(url, &schema).await?;
+    let store = Store::connect(&scoped).await?;
+    Ok((store, Scratch::Schema { url: url.to_string(), schema }))
+}

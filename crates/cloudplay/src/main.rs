@@ -52,6 +52,13 @@ enum Command {
         /// Resolutions to measure, as WIDTHxHEIGHT.
         #[arg(long, value_delimiter = ',', default_value = "1280x720,1920x1080")]
         sizes: Vec<String>,
+        /// Measure session allocations in the control plane's storage instead, on each of
+        /// these database URLs (sqlite: uses a temporary file; postgres: a temporary schema).
+        #[arg(long, value_delimiter = ',')]
+        placement: Vec<String>,
+        /// Concurrent workers for --placement.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
     },
 }
 
@@ -140,7 +147,10 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant { command: TenantCommand::Create { id, name, max_rtt_ms, color, config } } => {
             runtime.block_on(create_tenant(settings(config.as_ref())?, id, name, max_rtt_ms, color))
         }
-        Command::Bench { seconds, sizes } => {
+        Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
+            runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))
+        }
+        Command::Bench { seconds, sizes, .. } => {
             let sizes = sizes
                 .iter()
                 .map(|s| cloudplay::bench::parse_size(s))

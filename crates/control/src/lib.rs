@@ -12,7 +12,7 @@ mod api;
 mod auth;
 mod openapi;
 pub mod placement;
-mod sessions;
+pub mod sessions;
 pub mod store;
 
 use std::collections::HashMap;

@@ -53,7 +53,7 @@ pub fn builtin_game(game: &CatalogueGame) -> Option<String> {
 
 impl ControlPlane {
     /// Places from a fresh fleet snapshot and claims the slot; a lost race retries.
-    pub(crate) async fn claim_host(
+    pub async fn claim_host(
         &self,
         tenant: &Tenant,
         rtt_ms: &BTreeMap<String, u32>,

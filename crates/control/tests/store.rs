@@ -35,12 +35,7 @@ async fn postgres() -> Option<Store> {
         return None;
     };
     let schema = format!("t_{}", cloudplay_control::random_id());
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::AnyPool::connect(&base).await.expect("PostgreSQL reachable");
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let url = Store::postgres_schema_url(&base, &schema).await.expect("PostgreSQL reachable");
     Some(Store::connect(&url).await.expect("PostgreSQL store"))
 }
 
