@@ -72,6 +72,7 @@ pub struct Server {
     pub control: ControlPlane,
     pub router: Router,
     listener: TcpListener,
+    header_read_timeout: Duration,
 }
 
 /// Everything reachable over HTTP.
@@ -133,13 +134,39 @@ impl Server {
             .with_context(|| format!("listening on {}", config.listen))?;
         let http_addr = listener.local_addr()?;
         let router = router(host.clone(), control.clone());
-        Ok(Server { http_addr, host, control, router, listener })
+        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+        Ok(Server { http_addr, host, control, router, listener, header_read_timeout })
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes. Unlike `axum::serve`, every connection must
+    /// finish sending its request headers within `header_read_timeout`, so slow or idle
+    /// clients cannot pin connections.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, media = %self.host.media_addr(), "cloudplay serving");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
-        Ok(())
+        let header_read_timeout = self.header_read_timeout;
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return Ok(()),
+            };
+            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+            tokio::spawn(async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+                let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub database_url: String,
     /// Region of the built-in host.
     pub region: String,
+    /// Seconds a client has to send its request headers before the connection is closed.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             ticket_ttl_secs: 30,
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -84,6 +87,9 @@ impl Config {
                 "TICKET_TTL_SECS" => self.ticket_ttl_secs = value.parse().map_err(|e| bad(&e))?,
                 "DATABASE_URL" => self.database_url = value,
                 "REGION" => self.region = value,
+                "HEADER_READ_TIMEOUT_SECS" => {
+                    self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
+                }
                 "CONFIG" | "LOG" => {}
                 _ => bail!("unknown environment variable {name}"),
             }
@@ -97,6 +103,9 @@ impl Config {
         }
         if !(1..=60).contains(&self.ticket_ttl_secs) {
             bail!("ticket_ttl_secs must be between 1 and 60");
+        }
+        if !(1..=300).contains(&self.header_read_timeout_secs) {
+            bail!("header_read_timeout_secs must be between 1 and 300");
         }
         if self.max_sessions == 0 {
             bail!("max_sessions must be at least 1");

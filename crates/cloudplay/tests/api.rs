@@ -167,3 +167,33 @@ async fn openapi_metrics_and_pages_are_served() {
         assert!(body.as_str().is_some_and(|text| text.len() > 500), "{page} has content");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_pin_connections() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let server = Server::start(Config { header_read_timeout_secs: 1, ..Config::ephemeral() }).await.unwrap();
+    let addr = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n").unwrap(); // never finishes
+        let started = Instant::now();
+        let mut buffer = [0u8; 512];
+        // The server answers (408) or hangs up; a read timeout would mean it kept waiting.
+        let result = slow.read(&mut buffer);
+        let waited = started.elapsed();
+        assert!(result.is_ok(), "the server kept the connection open: {result:?}");
+        assert!(waited < Duration::from_secs(4), "the server hung up only after {waited:?}");
+        let after_close = slow.read(&mut buffer);
+        assert!(matches!(after_close, Ok(0)) || result.as_ref().is_ok_and(|n| *n == 0), "connection closed");
+        // Meanwhile a well-behaved client is served.
+        let (status, _, body) =
+            cloudplay::client::http_request(addr, "GET", "/api/v1/health", &[], b"").unwrap();
+        assert_eq!((status, body.as_slice()), (200, &br#"{"status":"ok"}"#[..]));
+    })
+    .await
+    .unwrap();
+}
