@@ -395,9 +395,12 @@ async function whep(session, player) {
 
 async function main() {
   const watch = params.get('watch');
+  const resume = params.get('resume');
   let session;
   if (watch) {
     session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer' });
+  } else if (resume) {
+    session = await api(`/api/v1/sessions/${encodeURIComponent(resume)}/tickets`, { role: 'player' });
   } else {
     const game = params.get('game') || 'neon-cycles';
     const options = {

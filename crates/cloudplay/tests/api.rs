@@ -161,7 +161,7 @@ async fn openapi_metrics_and_pages_are_served() {
     let (status, metrics) = call(&app, "GET", "/metrics", None, "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(metrics.as_str().unwrap().contains("cloudplay_sessions 0"));
-    for page in ["/", "/play", "/web/player.js", "/web/style.css"] {
+    for page in ["/", "/play", "/t/local", "/web/player.js", "/web/style.css"] {
         let (status, body) = call(&app, "GET", page, None, "").await;
         assert_eq!(status, StatusCode::OK, "{page}");
         assert!(body.as_str().is_some_and(|text| text.len() > 500), "{page} has content");

@@ -53,7 +53,7 @@ pub fn router(control: ControlPlane) -> Router {
     Router::new()
         .route("/api/v1/games", get(list_games))
         .route("/api/v1/games/{id}", get(get_game))
-        .route("/api/v1/sessions", post(create_session))
+        .route("/api/v1/sessions", post(create_session).get(my_sessions))
         .route("/api/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
         .route("/api/v1/openapi.json", get(openapi))
@@ -305,6 +305,23 @@ async fn create_session(
     info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
     let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+/// The signed-in player's own live and queued sessions, to resume one.
+async fn my_sessions(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    let Some(user) = &who.user else {
+        return Ok(Json(json!({ "sessions": [] })).into_response());
+    };
+    let mut mine = Vec::new();
+    for state in ["placed", "queued"] {
+        for session in control.inner.store.sessions(&who.tenant, state, 1000).await.map_err(internal)? {
+            if session.user_id.as_deref() == Some(user.id.as_str()) {
+                mine.push(json!({ "session_id": session.id, "game": session.game_id, "state": session.state, "created_at": session.created_at_ms }));
+            }
+        }
+    }
+    Ok(Json(json!({ "sessions": mine })).into_response())
 }
 
 /// A session of the caller's tenant as it stands now.
