@@ -197,3 +197,23 @@ async fn slow_clients_cannot_pin_connections() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn whep_is_open_to_players_on_other_origins() {
+    let (app, _) = app(4).await;
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/whep/some-session")
+        .header(header::ORIGIN, "https://player.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(preflight).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    assert!(response.headers()["access-control-allow-headers"].to_str().unwrap().contains("Authorization"));
+    let post = Request::builder().method("POST").uri("/whep/some-session").body(Body::empty()).unwrap();
+    let response = app.oneshot(post).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["access-control-expose-headers"], "Location");
+}

@@ -166,9 +166,8 @@ fn ticket_answer(
     session: &SessionRecord,
     role: TicketRole,
 ) -> Result<SessionCreated, ApiError> {
-    let host_id = session.host_id.as_deref().ok_or_else(|| ApiError::not_found("session"))?;
     let (ticket, expires_at) = control
-        .issue_ticket(host_id, &session.id, &session.game_id, role)
+        .issue_ticket(session, role)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     Ok(SessionCreated {
         session_id: session.id.clone(),

@@ -210,25 +210,26 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Signs a ticket for `session_id` on `host_id`.
+    /// Signs a ticket for a session on its host.
     fn issue_ticket(
         &self,
-        host_id: &str,
-        session_id: &str,
-        game: &str,
+        session: &store::SessionRecord,
         role: TicketRole,
     ) -> Result<(Ticket, u64), String> {
+        let host_id = session.host_id.as_deref().ok_or("the session is not placed")?;
         let now = unix_ms();
         let expires_at =
             now + self.inner.config.ticket_ttl_ms.min(cloudplay_proto::ticket::MAX_TICKET_LIFETIME_MS);
         let claims = TicketClaims {
             aud: host_id.into(),
-            sid: session_id.into(),
-            game: game.into(),
+            sid: session.id.clone(),
+            game: session.game_id.clone(),
             role,
             jti: random_id(),
             nbf_ms: now,
             exp_ms: expires_at,
+            ten: session.tenant_id.clone(),
+            sub: session.user_id.clone(),
         };
         let ticket = Ticket::sign(&claims, &self.inner.signing_key).map_err(|e| e.to_string())?;
         Ok((ticket, expires_at))

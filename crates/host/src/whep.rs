@@ -34,12 +34,31 @@ pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>
 }
 
 /// The WHEP routes: `POST /whep/{session}` and `DELETE /whep/{session}/{peer}`.
+/// Open to any origin (CORS), so WHEP players on other sites can watch; the ticket, not
+/// a cookie, is the credential.
 pub fn router(host: Host) -> Router {
     Router::new()
-        .route("/whep/{session}", post(offer).patch(trickle_not_supported))
-        .route("/whep/{session}/{peer}", delete(leave).patch(trickle_not_supported))
+        .route("/whep/{session}", post(offer).patch(trickle_not_supported).options(preflight))
+        .route("/whep/{session}/{peer}", delete(leave).patch(trickle_not_supported).options(preflight))
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
+        .layer(axum::middleware::map_response(allow_any_origin))
         .with_state(host)
+}
+
+async fn allow_any_origin(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location"));
+    response
+}
+
+async fn preflight() -> Response {
+    let headers = [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, "POST, DELETE, PATCH, OPTIONS"),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "Authorization, Content-Type"),
+        (header::ACCESS_CONTROL_MAX_AGE, "600"),
+    ];
+    (StatusCode::NO_CONTENT, headers).into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<Ticket> {

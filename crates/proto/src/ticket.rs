@@ -46,6 +46,12 @@ pub struct TicketClaims {
     pub nbf_ms: u64,
     /// Not valid at or after this time (Unix ms).
     pub exp_ms: u64,
+    /// Tenant the session belongs to.
+    #[serde(default)]
+    pub ten: String,
+    /// The tenant's user, when the session is a signed-in player's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }
 
 /// A signed ticket in its textual form.
@@ -181,6 +187,8 @@ mod tests {
             jti: "t1".into(),
             nbf_ms: now_ms,
             exp_ms: now_ms + 30_000,
+            ten: "acme".into(),
+            sub: Some("user-1".into()),
         }
     }
 
