@@ -321,6 +321,25 @@ async function api(path, body, method = 'POST') {
   return json;
 }
 
+// Round trip to each region, best of three small requests: placement picks the nearest
+// region with room.
+async function measureRegions() {
+  const rtt = {};
+  try {
+    const { regions } = await api('/api/v1/regions', undefined, 'GET');
+    await Promise.all(regions.map(async ({ region, echo_url }) => {
+      let best = Infinity;
+      for (let i = 0; i < 3; i++) {
+        const started = performance.now();
+        await fetch(echo_url, { cache: 'no-store' });
+        best = Math.min(best, performance.now() - started);
+      }
+      if (Number.isFinite(best)) rtt[region] = Math.max(1, Math.round(best));
+    }));
+  } catch { /* without measurements every region is acceptable */ }
+  return rtt;
+}
+
 // Every host is full: wait in the tenant's queue, showing the place in line.
 async function waitInQueue(queued) {
   stats.state = 'queued';
@@ -409,7 +428,8 @@ async function main() {
       height: Number(params.get('height') || 720),
       fps: Number(params.get('fps') || 60),
     };
-    session = await api('/api/v1/sessions', { game, options });
+    const rtt_ms = await measureRegions();
+    session = await api('/api/v1/sessions', { game, options, rtt_ms });
     if (session.httpStatus === 202) session = await waitInQueue(session);
   }
   stats.sessionId = session.session_id;

@@ -158,6 +158,10 @@ async fn openapi_metrics_and_pages_are_served() {
     let (app, _) = app(4).await;
     let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
     assert_eq!((status, doc["openapi"].as_str()), (StatusCode::OK, Some("3.1.0")));
+    let (status, regions) = call(&app, "GET", "/api/v1/regions", None, "").await;
+    assert_eq!((status, regions["regions"][0]["region"].as_str()), (StatusCode::OK, Some("local")));
+    assert_eq!(regions["regions"][0]["echo_url"], "/echo");
+    assert_eq!(call(&app, "GET", "/echo", None, "").await.0, StatusCode::NO_CONTENT);
     let (status, metrics) = call(&app, "GET", "/metrics", None, "").await;
     assert_eq!(status, StatusCode::OK);
     assert!(metrics.as_str().unwrap().contains("cloudplay_sessions 0"));

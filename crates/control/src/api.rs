@@ -57,6 +57,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/regions", get(regions))
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(crate::accounts::routes())
         .merge(crate::admin::routes())
@@ -437,6 +438,16 @@ async fn create_ticket(
     let role = request.role.unwrap_or(TicketRole::Player);
     let created = ticket_answer(&control, &headers, &session, role)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Regions with capacity and where to time a round trip to each (`GET {echo_url}`).
+async fn regions(State(control): State<ControlPlane>) -> Result<Response, ApiError> {
+    let regions = control.inner.store.regions(unix_ms()).await.map_err(internal)?;
+    let regions: Vec<_> = regions
+        .into_iter()
+        .map(|(region, endpoint)| json!({ "region": region, "echo_url": format!("{}/echo", endpoint.trim_end_matches('/')) }))
+        .collect();
+    Ok(Json(json!({ "regions": regions })).into_response())
 }
 
 async fn openapi() -> Response {

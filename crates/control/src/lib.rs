@@ -121,7 +121,7 @@ impl ControlPlane {
                 name: "cloudplay".into(),
                 brand_color: "#00e6ff".into(),
                 logo_url: String::new(),
-                max_rtt_ms: 150,
+                max_rtt_ms: 500,
             };
             self.inner.store.create_tenant(&tenant, unix_ms()).await?;
             info!(tenant = %tenant_id, "created the default tenant");

@@ -930,4 +930,13 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+
+    /// Each region with live hosts and one host endpoint in it (for RTT probes).
+    pub async fn regions(&self, now_ms: u64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT region, MIN(endpoint) AS endpoint FROM hosts WHERE state = 'active' AND lease_expires_at > $1 GROUP BY region ORDER BY region")
+            .bind(now_ms as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("region")?, row.try_get("endpoint")?))).collect()
+    }
 }

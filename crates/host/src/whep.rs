@@ -40,6 +40,11 @@ pub fn router(host: Host) -> Router {
     Router::new()
         .route("/whep/{session}", post(offer).patch(trickle_not_supported).options(preflight))
         .route("/whep/{session}/{peer}", delete(leave).patch(trickle_not_supported).options(preflight))
+        // Clients time a few requests here to measure their round trip to this host's region.
+        .route(
+            "/echo",
+            axum::routing::get(|| async { (StatusCode::NO_CONTENT, [(header::CACHE_CONTROL, "no-store")]) }),
+        )
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .layer(axum::middleware::map_response(allow_any_origin))
         .with_state(host)
