@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cloudplay_control::store::Store;
-use cloudplay_control::{ApiError, ControlConfig, ControlPlane, HostSessionView, SessionHost, StartError};
+use cloudplay_control::{ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, SessionHost, StartError};
 use cloudplay_game::Catalogue;
 use cloudplay_host::{Host, HostConfig, HostError};
 use cloudplay_proto::api::SessionOptions;
@@ -31,26 +31,31 @@ impl SessionHost for LocalHost {
         self.0.id().to_string()
     }
 
-    fn start_session(&self, session_id: &str, game: &str, options: SessionOptions) -> Result<(), StartError> {
-        let seed = rand::thread_rng().r#gen();
-        self.0.start_session(session_id, game, options, seed).map_err(|e| match e {
-            HostError::UnknownGame(_) => StartError::UnknownGame,
-            HostError::InvalidOptions(message) => StartError::InvalidOptions(message),
-            HostError::Full(_) => StartError::NoCapacity(e.to_string()),
-            other => StartError::Failed(other.to_string()),
+    fn start_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        game: &'a str,
+        options: SessionOptions,
+    ) -> HostFuture<'a, Result<(), StartError>> {
+        Box::pin(async move {
+            let seed = rand::thread_rng().r#gen();
+            self.0.start_session(session_id, game, options, seed).map_err(|e| match e {
+                HostError::UnknownGame(_) => StartError::UnknownGame,
+                HostError::InvalidOptions(message) => StartError::InvalidOptions(message),
+                HostError::Full(_) => StartError::NoCapacity(e.to_string()),
+                other => StartError::Failed(other.to_string()),
+            })
         })
     }
 
-    fn stop_session(&self, session_id: &str) -> bool {
-        self.0.stop_session(session_id)
+    fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool> {
+        Box::pin(async move { self.0.stop_session(session_id) })
     }
 
-    fn session_view(&self, session_id: &str) -> Option<HostSessionView> {
-        let info = self.0.session_info(session_id)?;
-        Some(HostSessionView {
-            players: info.players,
-            viewers: info.viewers,
-            frames_encoded: info.frames_encoded,
+    fn session_view<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Option<HostSessionView>> {
+        Box::pin(async move {
+            let info = self.0.session_info(session_id)?;
+            Some(HostSessionView { players: info.players, viewers: info.viewers, frames_encoded: info.frames_encoded })
         })
     }
 }

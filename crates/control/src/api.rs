@@ -172,10 +172,19 @@ fn ticket_answer(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     Ok(SessionCreated {
         session_id: session.id.clone(),
-        whep_url: format!("{}/whep/{}", base_url(control, headers), session.id),
+        whep_url: format!("{}/whep/{}", whep_base(control, headers, session), session.id),
         ticket: ticket.0,
         expires_at,
     })
+}
+
+/// Where clients reach the session's host: its own endpoint, or this server.
+fn whep_base(control: &ControlPlane, headers: &HeaderMap, session: &SessionRecord) -> String {
+    let endpoint = session.host_id.as_deref().and_then(|id| control.host(id)).and_then(|host| host.endpoint());
+    match endpoint {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => base_url(control, headers),
+    }
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -344,7 +353,7 @@ async fn standing(control: &ControlPlane, who: &Principal, id: &str) -> Result<S
         .as_deref()
         .and_then(|h| control.host(h))
         .ok_or_else(|| ApiError::not_found("session"))?;
-    match host.session_view(id) {
+    match host.session_view(id).await {
         Some(view) => Ok(Standing::Running(session, host, view)),
         None => {
             // Ended on the host (idle, stopped): settle it here too.
@@ -402,7 +411,7 @@ async fn delete_session(
     who.check_origin(&control, &headers, true)?;
     match standing(&control, &who, &id).await? {
         Standing::Running(session, host, _) => {
-            host.stop_session(&id);
+            host.stop_session(&id).await;
             control.finish(&session, "ended").await.map_err(internal)?;
         }
         Standing::Queued(session) => {

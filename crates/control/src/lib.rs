@@ -45,13 +45,20 @@ pub struct HostSessionView {
     pub frames_encoded: u64,
 }
 
+/// A boxed future, so hosts in this process and hosts across the network share one trait.
+pub type HostFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// The control plane's view of a stream host.
 pub trait SessionHost: Send + Sync {
     fn host_id(&self) -> String;
-    fn start_session(&self, session_id: &str, game: &str, options: SessionOptions) -> Result<(), StartError>;
-    fn stop_session(&self, session_id: &str) -> bool;
-    /// `None` once the session has ended on the host.
-    fn session_view(&self, session_id: &str) -> Option<HostSessionView>;
+    /// Base URL of the host's WHEP endpoints; `None` when it is this server itself.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+    fn start_session<'a>(&'a self, session_id: &'a str, game: &'a str, options: SessionOptions) -> HostFuture<'a, Result<(), StartError>>;
+    fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool>;
+    /// `None` once the session has ended on the host (or the host cannot be reached).
+    fn session_view<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Option<HostSessionView>>;
 }
 
 /// Settings of the control plane.
@@ -191,7 +198,7 @@ impl ControlPlane {
         }
         for (host_id, host) in hosts {
             for session in self.inner.store.placed_sessions_on(&host_id).await? {
-                if host.session_view(&session.id).is_none() {
+                if host.session_view(&session.id).await.is_none() {
                     self.finish(&session, "ended").await?;
                 }
             }

@@ -92,7 +92,7 @@ impl ControlPlane {
     ) -> Result<(), StartError> {
         let host = session.host_id.as_deref().and_then(|id| self.host(id));
         let result = match host {
-            Some(host) => host.start_session(&session.id, builtin, StoredRequest::of(session).options),
+            Some(host) => host.start_session(&session.id, builtin, StoredRequest::of(session).options).await,
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
         };
         if result.is_err()
