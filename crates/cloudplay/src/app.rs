@@ -12,7 +12,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cloudplay_control::store::Store;
-use cloudplay_control::{ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, SessionHost, StartError};
+use cloudplay_control::{
+    ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable, SessionHost,
+    StartError,
+};
 use cloudplay_game::Catalogue;
 use cloudplay_host::{Host, HostConfig, HostError};
 use cloudplay_proto::api::SessionOptions;
@@ -52,10 +55,16 @@ impl SessionHost for LocalHost {
         Box::pin(async move { self.0.stop_session(session_id) })
     }
 
-    fn session_view<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Option<HostSessionView>> {
+    fn session_view<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> HostFuture<'a, Result<Option<HostSessionView>, HostUnreachable>> {
         Box::pin(async move {
-            let info = self.0.session_info(session_id)?;
-            Some(HostSessionView { players: info.players, viewers: info.viewers, frames_encoded: info.frames_encoded })
+            Ok(self.0.session_info(session_id).map(|info| HostSessionView {
+                players: info.players,
+                viewers: info.viewers,
+                frames_encoded: info.frames_encoded,
+            }))
         })
     }
 }
@@ -90,7 +99,7 @@ pub fn router(host: Host, control: ControlPlane) -> Router {
         .fallback(|| async { ApiError::not_found("resource") })
 }
 
-async fn metrics(State(host): State<Host>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(host): State<Host>) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     host.write_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
@@ -100,10 +109,9 @@ impl Server {
     /// Binds the HTTP listener and the media port, and starts the host.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
-        let signing_key = SigningKey::from_bytes(&rand::thread_rng().r#gen());
+        let signing_key = signing_key(&config)?;
         let catalogue = Catalogue::builtin();
         let games: Vec<_> = catalogue.games().cloned().collect();
-        let store = open_store(&config.database_url).await?;
         let host_config = HostConfig {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,
@@ -113,27 +121,13 @@ impl Server {
             max_sessions: config.max_sessions,
         };
         let host = Host::start(host_config, catalogue).await.context("starting the stream host")?;
-        let control_config = ControlConfig {
-            ticket_ttl_ms: config.ticket_ttl_secs * 1000,
-            public_url: config.public_url.clone(),
-            ..ControlConfig::default()
-        };
-        let control = ControlPlane::new(control_config, signing_key, store);
-        control.bootstrap(&games).await.context("preparing the default tenant")?;
+        let ticket_key = signing_key.verifying_key();
+        debug_assert_eq!(ticket_key, host.ticket_key());
+        let control = control_plane(&config, signing_key, &games).await?;
         control
             .attach_local_host(Arc::new(LocalHost(host.clone())), &config.region, config.max_sessions as u32)
             .await
             .context("registering the built-in host")?;
-        let maintained = control.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(3));
-            loop {
-                every.tick().await;
-                if let Err(e) = maintained.maintain().await {
-                    tracing::warn!(error = %e, "control plane maintenance failed");
-                }
-            }
-        });
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -143,35 +137,92 @@ impl Server {
         Ok(Server { http_addr, host, control, router, listener, header_read_timeout })
     }
 
-    /// Serves until `shutdown` completes. Unlike `axum::serve`, every connection must
-    /// finish sending its request headers within `header_read_timeout`, so slow or idle
-    /// clients cannot pin connections.
+    /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, media = %self.host.media_addr(), "cloudplay serving");
-        let header_read_timeout = self.header_read_timeout;
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(connection) => connection,
-                    Err(e) => {
-                        // Out of descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => return Ok(()),
-            };
-            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
-            tokio::spawn(async move {
-                let mut http = hyper::server::conn::http1::Builder::new();
-                http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
-                let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        }
+        serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await
     }
+}
+
+/// Serves `router` until `shutdown` completes. Unlike `axum::serve`, every connection must
+/// finish sending its request headers within `header_read_timeout`, so slow or idle
+/// clients cannot pin connections.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The control plane's signing key: from `ticket_key` (base64 of 32 bytes, so several
+/// control planes and restarts share it) or fresh.
+pub fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
+    use base64::Engine;
+    match &config.ticket_key {
+        Some(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .context("ticket_key is not base64")?;
+            let seed: [u8; 32] =
+                bytes.try_into().map_err(|_| anyhow::anyhow!("ticket_key must be 32 bytes"))?;
+            Ok(SigningKey::from_bytes(&seed))
+        }
+        None => Ok(SigningKey::from_bytes(&rand::thread_rng().r#gen())),
+    }
+}
+
+/// The control plane of `config`: storage opened, default tenant ready, maintenance running.
+pub async fn control_plane(
+    config: &Config,
+    signing_key: SigningKey,
+    games: &[cloudplay_proto::api::GameInfo],
+) -> anyhow::Result<ControlPlane> {
+    let store = open_store(&config.database_url).await?;
+    let control_config = ControlConfig {
+        ticket_ttl_ms: config.ticket_ttl_secs * 1000,
+        public_url: config.public_url.clone(),
+        host_lease_ms: config.host_lease_secs * 1000,
+        fleet_token: config.fleet_token.clone(),
+        ..ControlConfig::default()
+    };
+    let control = ControlPlane::new(control_config, signing_key, store);
+    control.bootstrap(games).await.context("preparing the default tenant")?;
+    let maintained = control.clone();
+    // Well within a lease, and at least every 3 s so freed slots reach the queue quickly.
+    let period = Duration::from_millis((config.host_lease_secs * 1000 / 3).clamp(500, 3_000));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        loop {
+            every.tick().await;
+            if let Err(e) = maintained.maintain().await {
+                tracing::warn!(error = %e, "control plane maintenance failed");
+            }
+        }
+    });
+    Ok(control)
 }

@@ -34,6 +34,15 @@ pub struct Config {
     pub region: String,
     /// Seconds a client has to send its request headers before the connection is closed.
     pub header_read_timeout_secs: u64,
+    /// Shared secret between a control plane and its remote hosts (fleet mode).
+    pub fleet_token: Option<String>,
+    /// A host that misses heartbeats this long is drained and its sessions reported lost.
+    pub host_lease_secs: u64,
+    /// The control plane's Ed25519 signing key as base64 of 32 bytes (default: fresh at
+    /// start; set it to share tickets across control plane instances and restarts).
+    pub ticket_key: Option<String>,
+    /// `cloudplay host`: the control plane to register with.
+    pub control_url: Option<String>,
 }
 
 impl Default for Config {
@@ -50,6 +59,10 @@ impl Default for Config {
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
             header_read_timeout_secs: 10,
+            fleet_token: None,
+            host_lease_secs: 15,
+            ticket_key: None,
+            control_url: None,
         }
     }
 }
@@ -72,7 +85,10 @@ impl Config {
     }
 
     /// Applies `CLOUDPLAY_<FIELD>` variables from `vars`.
-    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    /// Returns the `CLOUDPLAY_*` names it does not know (other tools share the prefix,
+    /// so they are reported, not refused); a known name with a bad value is an error.
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Vec<String>> {
+        let mut unknown = Vec::new();
         for (name, value) in vars {
             let Some(field) = name.strip_prefix("CLOUDPLAY_") else { continue };
             let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{name}={value:?}: {e}");
@@ -90,11 +106,15 @@ impl Config {
                 "HEADER_READ_TIMEOUT_SECS" => {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
+                "FLEET_TOKEN" => self.fleet_token = Some(value),
+                "HOST_LEASE_SECS" => self.host_lease_secs = value.parse().map_err(|e| bad(&e))?,
+                "TICKET_KEY" => self.ticket_key = Some(value),
+                "CONTROL_URL" => self.control_url = Some(value),
                 "CONFIG" | "LOG" => {}
-                _ => bail!("unknown environment variable {name}"),
+                _ => unknown.push(name),
             }
         }
-        Ok(())
+        Ok(unknown)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -106,6 +126,12 @@ impl Config {
         }
         if !(1..=300).contains(&self.header_read_timeout_secs) {
             bail!("header_read_timeout_secs must be between 1 and 300");
+        }
+        if !(2..=600).contains(&self.host_lease_secs) {
+            bail!("host_lease_secs must be between 2 and 600");
+        }
+        if self.fleet_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("fleet_token must be at least 16 characters");
         }
         if self.max_sessions == 0 {
             bail!("max_sessions must be at least 1");
@@ -140,8 +166,8 @@ mod tests {
         let err =
             config.apply_env([("CLOUDPLAY_MEDIA_PORT".into(), "99999".into())].into_iter()).unwrap_err();
         assert!(err.to_string().contains("CLOUDPLAY_MEDIA_PORT"));
-        let err = config.apply_env([("CLOUDPLAY_NOPE".into(), "1".into())].into_iter()).unwrap_err();
-        assert!(err.to_string().contains("unknown"));
+        let unknown = config.apply_env([("CLOUDPLAY_NOPE".into(), "1".into())].into_iter()).unwrap();
+        assert_eq!(unknown, ["CLOUDPLAY_NOPE"], "reported, not applied");
         config.public_ip = Ipv4Addr::UNSPECIFIED.into();
         assert!(config.validate().is_err());
     }

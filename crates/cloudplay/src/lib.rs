@@ -5,4 +5,5 @@ pub mod app;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod fleet;
 pub mod web;

@@ -39,6 +39,38 @@ enum Command {
         #[arg(long)]
         media_port: Option<u16>,
     },
+    /// Run the control plane alone (a fleet): API, portal and placement; hosts join it.
+    /// Needs fleet_token (CLOUDPLAY_FLEET_TOKEN) and, for several instances, a shared
+    /// database_url and ticket_key.
+    Control {
+        #[arg(long, env = "CLOUDPLAY_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run one stream host that joins a control plane's fleet in a region.
+    Host {
+        #[arg(long, env = "CLOUDPLAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The control plane's URL, e.g. http://10.0.0.2:8080.
+        #[arg(long)]
+        control: Option<String>,
+        /// Region this host serves (placement picks the region nearest each player).
+        #[arg(long)]
+        region: Option<String>,
+        /// Sessions this host runs at once.
+        #[arg(long)]
+        capacity: Option<usize>,
+        /// Unique host id (default: REGION-random).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        public_ip: Option<std::net::IpAddr>,
+        #[arg(long)]
+        media_port: Option<u16>,
+    },
     /// Manage tenants: the game platforms served by this deployment.
     Tenant {
         #[command(subcommand)]
@@ -88,7 +120,9 @@ fn settings(config: Option<&PathBuf>) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    settings.apply_env(std::env::vars())?;
+    for name in settings.apply_env(std::env::vars())? {
+        eprintln!("warning: ignoring {name}: not a cloudplay setting (docs/configuration.md lists them)");
+    }
     Ok(settings)
 }
 
@@ -137,6 +171,55 @@ fn main() -> anyhow::Result<()> {
                     url = format!("localhost:{}", server.http_addr.port());
                 }
                 println!("cloudplay is running: open http://{url}/ to play (Ctrl-C stops it)");
+                server
+                    .run(async {
+                        tokio::signal::ctrl_c().await.ok();
+                    })
+                    .await
+            })
+        }
+        Command::Control { config, listen } => {
+            let mut settings = settings(config.as_ref())?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            runtime.block_on(async {
+                let server = cloudplay::fleet::ControlServer::start(settings).await?;
+                println!(
+                    "cloudplay control plane is running: http://{}/ (Ctrl-C stops it)",
+                    server.http_addr
+                );
+                server
+                    .run(async {
+                        tokio::signal::ctrl_c().await.ok();
+                    })
+                    .await
+            })
+        }
+        Command::Host { config, control, region, capacity, id, listen, public_ip, media_port } => {
+            let mut settings = settings(config.as_ref())?;
+            settings.control_url = control.or(settings.control_url);
+            if let Some(region) = region {
+                settings.region = region;
+            }
+            if let Some(capacity) = capacity {
+                settings.max_sessions = capacity;
+            }
+            if let Some(id) = id {
+                settings.host_id = id;
+            }
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if let Some(ip) = public_ip {
+                settings.public_ip = ip;
+            }
+            if let Some(port) = media_port {
+                settings.media_port = port;
+            }
+            runtime.block_on(async {
+                let server = cloudplay::fleet::HostServer::start(settings).await?;
+                println!("cloudplay host is running: http://{} (Ctrl-C stops it)", server.http_addr);
                 server
                     .run(async {
                         tokio::signal::ctrl_c().await.ok();

@@ -61,6 +61,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(crate::accounts::routes())
         .merge(crate::admin::routes())
+        .merge(crate::fleet::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
 }
@@ -180,7 +181,8 @@ fn ticket_answer(
 
 /// Where clients reach the session's host: its own endpoint, or this server.
 fn whep_base(control: &ControlPlane, headers: &HeaderMap, session: &SessionRecord) -> String {
-    let endpoint = session.host_id.as_deref().and_then(|id| control.host(id)).and_then(|host| host.endpoint());
+    let endpoint =
+        session.host_id.as_deref().and_then(|id| control.host(id)).and_then(|host| host.endpoint());
     match endpoint {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => base_url(control, headers),
@@ -305,15 +307,22 @@ async fn create_session(
         info!(session = %session.id, tenant = %who.tenant, position, "session queued");
         return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
     };
-    control.start_placed(&session, &builtin).await.map_err(|e| match e {
+    if let Err(e) = control.start_placed(&session, &builtin).await {
+        control.finish(&session, "ended").await.map_err(internal)?;
+        return Err(start_error(e));
+    }
+    info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
+    let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+fn start_error(e: StartError) -> ApiError {
+    match e {
         StartError::UnknownGame => ApiError::not_found("game"),
         StartError::InvalidOptions(message) => ApiError::bad_request(message),
         StartError::NoCapacity(message) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
         StartError::Failed(message) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message),
-    })?;
-    info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
-    let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+    }
 }
 
 /// The signed-in player's own live and queued sessions, to resume one.
@@ -354,8 +363,14 @@ async fn standing(control: &ControlPlane, who: &Principal, id: &str) -> Result<S
         .and_then(|h| control.host(h))
         .ok_or_else(|| ApiError::not_found("session"))?;
     match host.session_view(id).await {
-        Some(view) => Ok(Standing::Running(session, host, view)),
-        None => {
+        Ok(Some(view)) => Ok(Standing::Running(session, host, view)),
+        // Unreachable for now: still placed; the host's lease decides if it is gone.
+        Err(_) => Ok(Standing::Running(
+            session,
+            host,
+            HostSessionView { players: 0, viewers: 0, frames_encoded: 0 },
+        )),
+        Ok(None) => {
             // Ended on the host (idle, stopped): settle it here too.
             control.finish(&session, "ended").await.map_err(internal)?;
             Err(ApiError::not_found("session"))

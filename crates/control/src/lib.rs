@@ -10,8 +10,10 @@ mod accounts;
 mod admin;
 mod api;
 mod auth;
+mod fleet;
 mod openapi;
 pub mod placement;
+pub mod remote;
 pub mod sessions;
 pub mod store;
 
@@ -48,6 +50,10 @@ pub struct HostSessionView {
 /// A boxed future, so hosts in this process and hosts across the network share one trait.
 pub type HostFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// A host did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostUnreachable(pub String);
+
 /// The control plane's view of a stream host.
 pub trait SessionHost: Send + Sync {
     fn host_id(&self) -> String;
@@ -55,10 +61,19 @@ pub trait SessionHost: Send + Sync {
     fn endpoint(&self) -> Option<String> {
         None
     }
-    fn start_session<'a>(&'a self, session_id: &'a str, game: &'a str, options: SessionOptions) -> HostFuture<'a, Result<(), StartError>>;
+    fn start_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        game: &'a str,
+        options: SessionOptions,
+    ) -> HostFuture<'a, Result<(), StartError>>;
     fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool>;
-    /// `None` once the session has ended on the host (or the host cannot be reached).
-    fn session_view<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Option<HostSessionView>>;
+    /// `Ok(None)` once the session has ended on the host; `Err` when the host cannot be
+    /// asked right now (the lease decides whether it is gone).
+    fn session_view<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> HostFuture<'a, Result<Option<HostSessionView>, HostUnreachable>>;
 }
 
 /// Settings of the control plane.
@@ -73,6 +88,9 @@ pub struct ControlConfig {
     pub default_tenant: String,
     /// How long a host's registration lasts without a heartbeat.
     pub host_lease_ms: u64,
+    /// Shared secret of the fleet: remote hosts register with it, and the control plane
+    /// presents it to them. `None` disables remote hosts.
+    pub fleet_token: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -82,6 +100,7 @@ impl Default for ControlConfig {
             public_url: None,
             default_tenant: "local".into(),
             host_lease_ms: 15_000,
+            fleet_token: None,
         }
     }
 }
@@ -190,15 +209,24 @@ impl ControlPlane {
             .read()
             .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        for (id, _) in &hosts {
-            self.inner.store.heartbeat(id, now, self.inner.config.host_lease_ms).await?;
+        for (id, host) in &hosts {
+            if host.endpoint().is_none() {
+                self.inner.store.heartbeat(id, now, self.inner.config.host_lease_ms).await?;
+            }
         }
         for lost in self.inner.store.expire_leases(now).await? {
             warn!(session = %lost, "session lost with its host");
         }
+        let live: std::collections::HashSet<String> =
+            self.inner.store.fleet(now).await?.into_iter().map(|h| h.id).collect();
+        let hosts: Vec<(String, Arc<dyn SessionHost>)> =
+            hosts.into_iter().filter(|(id, _)| live.contains(id)).collect();
+        if let Ok(mut attached) = self.inner.hosts.write() {
+            attached.retain(|id, _| live.contains(id));
+        }
         for (host_id, host) in hosts {
             for session in self.inner.store.placed_sessions_on(&host_id).await? {
-                if host.session_view(&session.id).await.is_none() {
+                if let Ok(None) = host.session_view(&session.id).await {
                     self.finish(&session, "ended").await?;
                 }
             }

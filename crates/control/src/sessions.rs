@@ -134,9 +134,18 @@ impl ControlPlane {
                 continue;
             }
             let running = SessionRecord { host_id: Some(host_id.clone()), state: "placed".into(), ..session };
-            if self.start_placed(&running, &builtin).await.is_ok() {
-                info!(session = %running.id, host = %host_id, "queued session placed");
-                placed += 1;
+            match self.start_placed(&running, &builtin).await {
+                Ok(()) => {
+                    info!(session = %running.id, host = %host_id, "queued session placed");
+                    placed += 1;
+                }
+                Err(e) => {
+                    // The host failed (perhaps it died and its lease has not run out yet):
+                    // the player keeps their place in line.
+                    warn!(session = %running.id, host = %host_id, error = ?e, "start failed; back to the queue");
+                    store.requeue_session(&running.tenant_id, &running.id).await?;
+                    store.release_slot(&host_id).await?;
+                }
             }
         }
         Ok(placed)

@@ -939,4 +939,15 @@ impl Store {
             .await?;
         rows.iter().map(|row| Ok((row.try_get("region")?, row.try_get("endpoint")?))).collect()
     }
+
+    /// Puts a placed session back in its queue (its host failed to start it); its place
+    /// in line is kept, since the queue orders by creation time.
+    pub async fn requeue_session(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET state = 'queued', host_id = NULL WHERE tenant_id = $1 AND id = $2 AND state = 'placed'")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }

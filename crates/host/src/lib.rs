@@ -8,6 +8,7 @@
 //! connector) talks to.
 
 pub mod driver;
+pub mod internal;
 pub mod session;
 pub mod stats;
 pub mod whep;
@@ -183,6 +184,19 @@ impl Host {
 
     pub fn id(&self) -> &str {
         &self.inner.config.host_id
+    }
+
+    /// Replaces the control plane's public key (after the control plane restarted with
+    /// another one). Tickets already used stay used.
+    pub fn set_ticket_key(&self, key: VerifyingKey) {
+        if let Ok(mut verifier) = self.inner.verifier.lock() {
+            verifier.set_key(key);
+        }
+    }
+
+    /// The control plane's current public key.
+    pub fn ticket_key(&self) -> VerifyingKey {
+        self.inner.verifier.lock().map(|v| v.key()).unwrap_or(self.inner.config.ticket_key)
     }
 
     /// Where peers send their media.

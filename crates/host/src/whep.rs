@@ -99,7 +99,7 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         return unauthorized("an Authorization: Bearer <ticket> header is required");
     };
     // Check the ticket before looking at anything else, without consuming it yet.
-    if let Err(e) = ticket.verify(&host.inner.config.ticket_key, unix_ms()) {
+    if let Err(e) = ticket.verify(&host.ticket_key(), unix_ms()) {
         return unauthorized(&e.to_string());
     }
     let is_sdp = headers

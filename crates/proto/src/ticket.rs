@@ -147,6 +147,14 @@ impl TicketVerifier {
         TicketVerifier { key, host_id: host_id.into(), used: HashMap::new() }
     }
 
+    pub fn key(&self) -> VerifyingKey {
+        self.key
+    }
+
+    pub fn set_key(&mut self, key: VerifyingKey) {
+        self.key = key;
+    }
+
     /// Verifies `ticket` for `session_id` and marks it used. On error nothing is recorded.
     pub fn admit(
         &mut self,

@@ -1,0 +1,172 @@
+//! A fleet on one machine, as separate processes: one control plane and hosts in two
+//! regions. Players go to the nearest region with room, spill over, queue when all are
+//! full, and are served from the queue when a slot frees; a host killed with SIGKILL is
+//! drained within its lease. Media flows from the host's own port with a ticket the
+//! host verifies with the key it fetched at registration.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cloudplay::client::{StreamClient, http_request};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "fleet-secret-for-tests";
+
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cloudplay ARGS` and waits (at most 30 s) for the line with its URL.
+fn spawn(args: &[&str]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudplay"))
+        .args(args)
+        .env("CLOUDPLAY_LOG", "warn")
+        .env("CLOUDPLAY_FLEET_TOKEN", TOKEN)
+        .env("CLOUDPLAY_HOST_LEASE_SECS", "3")
+        .env("CLOUDPLAY_DATABASE_URL", "sqlite::memory:")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cloudplay starts");
+    let stdout = child.stdout.take().unwrap();
+    let (found, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.split("http://").nth(1) {
+                let addr =
+                    url.split(|c: char| c == '/' || c.is_whitespace()).next().unwrap_or_default().to_string();
+                let _ = found.send(addr);
+            }
+        }
+    });
+    let addr = lines.recv_timeout(Duration::from_secs(30)).expect("the process printed its URL");
+    Process { child, addr: addr.parse().unwrap() }
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    let (status, _, bytes) = http_request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, bytes) = http_request(addr, "GET", path, &[], b"").unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Polls `check` every 200 ms for at most `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
+    let control = spawn(&["control", "--listen", "127.0.0.1:0"]);
+    let control_url = format!("http://{}", control.addr);
+    let host_args = |region: &'static str| {
+        [
+            "host",
+            "--control",
+            control_url.as_str(),
+            "--region",
+            region,
+            "--capacity",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ]
+    };
+    let near = spawn(&host_args("near"));
+    let far = spawn(&host_args("far"));
+    assert!(
+        eventually(Duration::from_secs(10), || get(control.addr, "/api/v1/regions").1["regions"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)),
+        "both regions registered"
+    );
+
+    let request = json!({"game": "neon-cycles", "rtt_ms": {"near": 10, "far": 40},
+        "options": {"probe": true, "width": 320, "height": 240, "fps": 30}});
+    let (status, first) = post(control.addr, "/api/v1/sessions", request.clone());
+    assert_eq!(status, 201, "{first}");
+    assert!(
+        first["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", near.addr)),
+        "nearest: {first}"
+    );
+
+    // The host verifies the ticket with the key it fetched when it registered.
+    let session: cloudplay_proto::api::SessionCreated = serde_json::from_value(first.clone()).unwrap();
+    let mut client = StreamClient::connect(near.addr, &session).expect("WHEP on the near host");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut probed = false;
+    while !probed && Instant::now() < deadline {
+        probed = client.poll(Duration::from_millis(100)).unwrap().iter().any(|f| f.probe.is_some());
+    }
+    assert!(probed, "frames from the near host decode");
+
+    let (status, second) = post(control.addr, "/api/v1/sessions", request.clone());
+    assert_eq!(status, 201);
+    assert!(
+        second["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)),
+        "spilled to far: {second}"
+    );
+    let (status, third) = post(control.addr, "/api/v1/sessions", request.clone());
+    assert_eq!((status, third["queue_position"].as_u64()), (202, Some(1)), "all full: queued {third}");
+    let queued_id = third["session_id"].as_str().unwrap().to_string();
+
+    // SIGKILL the near host: within its 3 s lease it is drained and its session is lost.
+    drop(client);
+    let killed_at = Instant::now();
+    drop(near);
+    let first_id = first["session_id"].as_str().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || get(control.addr, &format!("/api/v1/sessions/{first_id}")).0
+            == 404),
+        "the lost host's session is gone"
+    );
+    let one_region =
+        || get(control.addr, "/api/v1/regions").1["regions"].as_array().is_some_and(|r| r.len() == 1);
+    assert!(eventually(Duration::from_secs(10), one_region), "the near host leaves the fleet");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(6),
+        "drained within one 3 s lease (+ one maintenance pass)"
+    );
+
+    // A slot frees on far: the queued player is placed there.
+    let second_id = second["session_id"].as_str().unwrap();
+    let (status, _, _) =
+        http_request(control.addr, "DELETE", &format!("/api/v1/sessions/{second_id}"), &[], b"").unwrap();
+    assert_eq!(status, 204);
+    assert!(
+        eventually(Duration::from_secs(10), || get(control.addr, &format!("/api/v1/sessions/{queued_id}")).1
+            ["state"]
+            == "placed"),
+        "served from the queue"
+    );
+    let (status, ticket) = post(control.addr, &format!("/api/v1/sessions/{queued_id}/tickets"), json!({}));
+    assert_eq!(status, 201);
+    assert!(ticket["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)));
+}

@@ -1,0 +1,142 @@
+//! Hosts on other machines, reached over their internal HTTP API with the fleet token.
+//! A deliberately small HTTP/1.1 client: plain `http://` on the fleet's own network,
+//! one request per connection, bounded in time.
+
+use std::time::Duration;
+
+use cloudplay_proto::api::SessionOptions;
+use rand::Rng;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{HostFuture, HostSessionView, HostUnreachable, SessionHost, StartError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_RESPONSE: usize = 64 * 1024;
+
+pub struct RemoteHost {
+    pub id: String,
+    /// `http://host:port`, as the host registered it.
+    pub endpoint: String,
+    pub fleet_token: String,
+}
+
+impl RemoteHost {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, Vec<u8>), String> {
+        fleet_request(&self.endpoint, &self.fleet_token, method, path, body).await
+    }
+}
+
+/// One request between fleet members (`http://` only), with the fleet token; returns the
+/// status and body.
+pub async fn fleet_request(
+    endpoint: &str,
+    fleet_token: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<(u16, Vec<u8>), String> {
+    {
+        let authority = endpoint.strip_prefix("http://").ok_or("fleet members are reached over http://")?;
+        let authority = authority.trim_end_matches('/');
+        let exchange = async {
+            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            let body = body.unwrap_or_default();
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                fleet_token,
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut response = Vec::new();
+            stream.take(MAX_RESPONSE as u64).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+            let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed response")?;
+            let status = std::str::from_utf8(&response[..head_end])
+                .ok()
+                .and_then(|head| head.split(' ').nth(1))
+                .and_then(|code| code.parse().ok())
+                .ok_or("malformed status line")?;
+            Ok((status, response[head_end + 4..].to_vec()))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "request timed out".to_string())?
+    }
+}
+
+impl SessionHost for RemoteHost {
+    fn host_id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(self.endpoint.clone())
+    }
+
+    fn start_session<'a>(
+        &'a self,
+        session_id: &'a str,
+        game: &'a str,
+        options: SessionOptions,
+    ) -> HostFuture<'a, Result<(), StartError>> {
+        Box::pin(async move {
+            let seed: u64 = rand::thread_rng().r#gen();
+            let body = json!({ "session_id": session_id, "game": game, "options": options, "seed": seed })
+                .to_string();
+            let (status, answer) = self
+                .request("POST", "/internal/v1/sessions", Some(body))
+                .await
+                .map_err(StartError::Failed)?;
+            let message = || String::from_utf8_lossy(&answer).into_owned();
+            match status {
+                201 => Ok(()),
+                404 => Err(StartError::UnknownGame),
+                400 => Err(StartError::InvalidOptions(message())),
+                503 => Err(StartError::NoCapacity(message())),
+                _ => Err(StartError::Failed(format!("host answered {status}: {}", message()))),
+            }
+        })
+    }
+
+    fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool> {
+        Box::pin(async move {
+            matches!(
+                self.request("DELETE", &format!("/internal/v1/sessions/{session_id}"), None).await,
+                Ok((204, _))
+            )
+        })
+    }
+
+    fn session_view<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> HostFuture<'a, Result<Option<HostSessionView>, HostUnreachable>> {
+        Box::pin(async move {
+            let (status, body) = self
+                .request("GET", &format!("/internal/v1/sessions/{session_id}"), None)
+                .await
+                .map_err(HostUnreachable)?;
+            match status {
+                200 => {}
+                404 => return Ok(None),
+                other => return Err(HostUnreachable(format!("host answered {other}"))),
+            }
+            let view: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| HostUnreachable(format!("bad answer: {e}")))?;
+            let number = |field: &str| view[field].as_u64().unwrap_or(0);
+            Ok(Some(HostSessionView {
+                players: number("players") as u32,
+                viewers: number("viewers") as u32,
+                frames_encoded: number("frames_encoded"),
+            }))
+        })
+    }
+}
