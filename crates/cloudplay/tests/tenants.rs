@@ -19,8 +19,32 @@ struct World {
     globex_key: String,
 }
 
-async fn world(max_sessions: usize) -> World {
-    let server = Server::start(Config { max_sessions, ..Config::ephemeral() }).await.unwrap();
+/// The database under test: in-memory SQLite, or a fresh PostgreSQL schema when
+/// `CLOUDPLAY_TEST_POSTGRES_URL` is set (CI sets it).
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+async fn database_url(db: Db) -> Option<String> {
+    match db {
+        Db::Sqlite => Some("sqlite::memory:".into()),
+        Db::Postgres => {
+            let Ok(base) = std::env::var("CLOUDPLAY_TEST_POSTGRES_URL") else {
+                assert!(std::env::var_os("CI").is_none(), "CI must set CLOUDPLAY_TEST_POSTGRES_URL");
+                eprintln!("SKIPPED: CLOUDPLAY_TEST_POSTGRES_URL is not set");
+                return None;
+            };
+            let schema = format!("t_{}", cloudplay_control::random_id());
+            Some(Store::postgres_schema_url(&base, &schema).await.expect("PostgreSQL reachable"))
+        }
+    }
+}
+
+async fn world(max_sessions: usize, db: Db) -> Option<World> {
+    let database_url = database_url(db).await?;
+    let server = Server::start(Config { max_sessions, database_url, ..Config::ephemeral() }).await.unwrap();
     let store = server.control.store().clone();
     let now = unix_ms();
     let mut keys = Vec::new();
@@ -50,7 +74,7 @@ async fn world(max_sessions: usize) -> World {
     }
     let globex_key = keys.pop().unwrap();
     let acme_key = keys.pop().unwrap();
-    World { app: server.router.clone(), control: server.control.clone(), store, acme_key, globex_key }
+    Some(World { app: server.router.clone(), control: server.control.clone(), store, acme_key, globex_key })
 }
 
 async fn call(
@@ -85,9 +109,8 @@ fn small(game: &str) -> Value {
     json!({"game": game, "options": {"width": 320, "height": 240, "fps": 30}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_tenants_ids_look_like_ids_that_do_not_exist() {
-    let w = world(8).await;
+async fn another_tenants_ids_look_like_ids_that_do_not_exist(db: Db) {
+    let Some(w) = world(8, db).await else { return };
     let (status, created) =
         call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(small("acme-free"))).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -126,9 +149,8 @@ async fn another_tenants_ids_look_like_ids_that_do_not_exist() {
     assert_eq!(ids, ["globex-free", "globex-premium"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_scopes_and_entitlements_are_enforced() {
-    let w = world(8).await;
+async fn credentials_scopes_and_entitlements_are_enforced(db: Db) {
+    let Some(w) = world(8, db).await else { return };
     let (status, body) = call(&w.app, "GET", "/api/v1/games", Some("cpk_00000000_forged"), &[], None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
     let (_, read_only) = w.store.create_api_key("acme", &["catalogue:read"], unix_ms()).await.unwrap();
@@ -167,9 +189,8 @@ async fn credentials_scopes_and_entitlements_are_enforced() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_makes_retries_safe() {
-    let w = world(8).await;
+async fn an_idempotency_key_makes_retries_safe(db: Db) {
+    let Some(w) = world(8, db).await else { return };
     let retry = [("Idempotency-Key", "order-42")];
     let (s1, first) =
         call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &retry, Some(small("acme-free"))).await;
@@ -194,10 +215,9 @@ async fn an_idempotency_key_makes_retries_safe() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order() {
-    let w = world(1).await;
-    let tasks: Vec<_> = (0..30)
+async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order(db: Db) {
+    let Some(w) = world(1, db).await else { return };
+    let tasks: Vec<_> = (0..100)
         .map(|_| {
             let (app, key) = (w.app.clone(), w.acme_key.clone());
             tokio::spawn(async move {
@@ -214,11 +234,11 @@ async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert_eq!((placed.len(), queued.len()), (1, 29), "exactly one placed, nothing lost");
+    assert_eq!((placed.len(), queued.len()), (1, 99), "exactly one placed, nothing lost");
     assert_eq!(w.store.fleet(unix_ms()).await.unwrap()[0].used, 1);
 
-    // Positions are a permutation of 1..=29: a strict FIFO order.
-    let mut by_position = vec![String::new(); 29];
+    // Positions are a permutation of 1..=99: a strict FIFO order.
+    let mut by_position = vec![String::new(); 99];
     for id in &queued {
         let (status, info) =
             call(&w.app, "GET", &format!("/api/v1/sessions/{id}"), Some(&w.acme_key), &[], None).await;
@@ -258,3 +278,23 @@ async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order() {
             .await;
     assert_eq!(info["queue_position"], 1);
 }
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Sqlite).await })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_databases!(
+    another_tenants_ids_look_like_ids_that_do_not_exist,
+    credentials_scopes_and_entitlements_are_enforced,
+    an_idempotency_key_makes_retries_safe,
+    the_last_slot_goes_to_one_and_the_rest_queue_in_order,
+);
