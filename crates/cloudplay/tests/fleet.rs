@@ -150,9 +150,12 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
     let one_region =
         || get(control.addr, "/api/v1/regions").1["regions"].as_array().is_some_and(|r| r.len() == 1);
     assert!(eventually(Duration::from_secs(10), one_region), "the near host leaves the fleet");
+    // Lease 3 s, heartbeats and maintenance every second; slack for a loaded CI machine.
+    let drained_after = killed_at.elapsed();
+    println!("near host drained {drained_after:?} after SIGKILL");
     assert!(
-        killed_at.elapsed() < Duration::from_secs(6),
-        "drained within one 3 s lease (+ one maintenance pass)"
+        drained_after < Duration::from_secs(7),
+        "drained within one lease (+ maintenance), took {drained_after:?}"
     );
 
     // A slot frees on far: the queued player is placed there.
