@@ -2,6 +2,7 @@
 //! and the lease) and heartbeats, authenticated by the fleet token. Disabled (404)
 //! unless the control plane has a fleet token.
 
+use cloudplay_proto::constant_time_eq;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -25,10 +26,6 @@ pub fn routes() -> Router<ControlPlane> {
     Router::new()
         .route("/internal/v1/hosts", post(register))
         .route("/internal/v1/hosts/{id}/heartbeat", post(heartbeat))
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn fleet_token(control: &ControlPlane, headers: &HeaderMap) -> Result<String, ApiError> {

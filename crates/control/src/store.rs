@@ -2,6 +2,7 @@
 //! PostgreSQL (a fleet). One portable schema, numbered migrations embedded in the binary,
 //! and every query scoped by tenant: a tenant's id is part of every key a caller can name.
 
+use cloudplay_proto::constant_time_eq;
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
@@ -166,11 +167,6 @@ pub struct Store {
 
 fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares without an early exit, so timing does not reveal how much matched.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Store {

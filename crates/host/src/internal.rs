@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::constant_time_eq;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -17,11 +18,6 @@ use crate::{Host, HostError};
 struct Internal {
     host: Host,
     token: String,
-}
-
-/// Compares without an early exit, so timing does not reveal how much matched.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn authorised(headers: &HeaderMap, token: &str) -> bool {

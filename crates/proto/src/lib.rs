@@ -10,5 +10,11 @@ pub mod probe;
 pub mod ticket;
 
 pub use input::{InputDecodeError, InputEvent, InputMessage};
+
+/// Compares two secrets without an early exit, so timing does not reveal how much of a
+/// guess matched.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 pub use probe::{ProbeData, ProbeStrip};
 pub use ticket::{Ticket, TicketClaims, TicketError, TicketRole};
