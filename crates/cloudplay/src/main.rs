@@ -26,32 +26,24 @@ enum Command {
     /// Settings come from the built-in defaults, then --config FILE (TOML), then
     /// CLOUDPLAY_* environment variables, then these flags. Open the printed URL to play.
     Serve {
-        /// TOML configuration file (see docs/configuration.md).
-        #[arg(long, env = "CLOUDPLAY_CONFIG")]
-        config: Option<PathBuf>,
-        /// HTTP address to listen on, e.g. 0.0.0.0:8080 to accept other devices.
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// The IP browsers reach this machine at (LAN or public) for media.
-        #[arg(long)]
-        public_ip: Option<std::net::IpAddr>,
-        /// UDP port for WebRTC media (0 = any free port).
-        #[arg(long)]
-        media_port: Option<u16>,
+        #[command(flatten)]
+        server: ServerFlags,
+        #[command(flatten)]
+        media: MediaFlags,
     },
     /// Run the control plane alone (a fleet): API, portal and placement; hosts join it.
     /// Needs fleet_token (CLOUDPLAY_FLEET_TOKEN) and, for several instances, a shared
     /// database_url and ticket_key.
     Control {
-        #[arg(long, env = "CLOUDPLAY_CONFIG")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        server: ServerFlags,
     },
     /// Run one stream host that joins a control plane's fleet in a region.
     Host {
-        #[arg(long, env = "CLOUDPLAY_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerFlags,
+        #[command(flatten)]
+        media: MediaFlags,
         /// The control plane's URL, e.g. http://10.0.0.2:8080.
         #[arg(long)]
         control: Option<String>,
@@ -64,12 +56,6 @@ enum Command {
         /// Unique host id (default: REGION-random).
         #[arg(long)]
         id: Option<String>,
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        public_ip: Option<std::net::IpAddr>,
-        #[arg(long)]
-        media_port: Option<u16>,
     },
     /// Manage tenants: the game platforms served by this deployment.
     Tenant {
@@ -92,6 +78,55 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         workers: usize,
     },
+}
+
+/// Flags of every command that serves HTTP.
+#[derive(clap::Args)]
+struct ServerFlags {
+    /// TOML configuration file (see docs/configuration.md).
+    #[arg(long, env = "CLOUDPLAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP address to listen on, e.g. 0.0.0.0:8080 to accept other devices.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+impl ServerFlags {
+    /// Defaults, then the file, then the environment, then these flags.
+    fn settings(&self) -> anyhow::Result<Config> {
+        let mut settings = settings(self.config.as_ref())?;
+        if let Some(listen) = self.listen {
+            settings.listen = listen;
+        }
+        Ok(settings)
+    }
+}
+
+/// Flags of every command that streams media.
+#[derive(clap::Args)]
+struct MediaFlags {
+    /// The IP browsers reach this machine at (LAN or public) for media.
+    #[arg(long)]
+    public_ip: Option<std::net::IpAddr>,
+    /// UDP port for WebRTC media (0 = any free port).
+    #[arg(long)]
+    media_port: Option<u16>,
+}
+
+impl MediaFlags {
+    fn apply(&self, settings: &mut Config) {
+        if let Some(ip) = self.public_ip {
+            settings.public_ip = ip;
+        }
+        if let Some(port) = self.media_port {
+            settings.media_port = port;
+        }
+    }
+}
+
+/// Serves until Ctrl-C.
+async fn until_interrupted() {
+    tokio::signal::ctrl_c().await.ok();
 }
 
 #[derive(Subcommand)]
@@ -153,17 +188,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve { config, listen, public_ip, media_port } => {
-            let mut settings = settings(config.as_ref())?;
-            if let Some(listen) = listen {
-                settings.listen = listen;
-            }
-            if let Some(ip) = public_ip {
-                settings.public_ip = ip;
-            }
-            if let Some(port) = media_port {
-                settings.media_port = port;
-            }
+        Command::Serve { server, media } => {
+            let mut settings = server.settings()?;
+            media.apply(&mut settings);
             runtime.block_on(async {
                 let server = Server::start(settings).await?;
                 let mut url = server.http_addr.to_string();
@@ -171,60 +198,31 @@ fn main() -> anyhow::Result<()> {
                     url = format!("localhost:{}", server.http_addr.port());
                 }
                 println!("cloudplay is running: open http://{url}/ to play (Ctrl-C stops it)");
-                server
-                    .run(async {
-                        tokio::signal::ctrl_c().await.ok();
-                    })
-                    .await
+                server.run(until_interrupted()).await
             })
         }
-        Command::Control { config, listen } => {
-            let mut settings = settings(config.as_ref())?;
-            if let Some(listen) = listen {
-                settings.listen = listen;
-            }
+        Command::Control { server } => {
+            let settings = server.settings()?;
             runtime.block_on(async {
                 let server = cloudplay::fleet::ControlServer::start(settings).await?;
                 println!(
                     "cloudplay control plane is running: http://{}/ (Ctrl-C stops it)",
                     server.http_addr
                 );
-                server
-                    .run(async {
-                        tokio::signal::ctrl_c().await.ok();
-                    })
-                    .await
+                server.run(until_interrupted()).await
             })
         }
-        Command::Host { config, control, region, capacity, id, listen, public_ip, media_port } => {
-            let mut settings = settings(config.as_ref())?;
+        Command::Host { server, media, control, region, capacity, id } => {
+            let mut settings = server.settings()?;
+            media.apply(&mut settings);
             settings.control_url = control.or(settings.control_url);
-            if let Some(region) = region {
-                settings.region = region;
-            }
-            if let Some(capacity) = capacity {
-                settings.max_sessions = capacity;
-            }
-            if let Some(id) = id {
-                settings.host_id = id;
-            }
-            if let Some(listen) = listen {
-                settings.listen = listen;
-            }
-            if let Some(ip) = public_ip {
-                settings.public_ip = ip;
-            }
-            if let Some(port) = media_port {
-                settings.media_port = port;
-            }
+            settings.region = region.unwrap_or(settings.region);
+            settings.max_sessions = capacity.unwrap_or(settings.max_sessions);
+            settings.host_id = id.unwrap_or(settings.host_id);
             runtime.block_on(async {
                 let server = cloudplay::fleet::HostServer::start(settings).await?;
                 println!("cloudplay host is running: http://{} (Ctrl-C stops it)", server.http_addr);
-                server
-                    .run(async {
-                        tokio::signal::ctrl_c().await.ok();
-                    })
-                    .await
+                server.run(until_interrupted()).await
             })
         }
         Command::Tenant { command: TenantCommand::Create { id, name, max_rtt_ms, color, config } } => {
