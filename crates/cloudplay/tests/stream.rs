@@ -124,6 +124,7 @@ async fn udp_garbage_does_not_disturb_a_live_stream() {
         let mut client = StreamClient::connect(addr, &session).unwrap();
         poll_until(&mut client, Duration::from_secs(15), |f| f.probe.is_some()).expect("streaming");
 
+        let unmatched_before = metric(addr, "cloudplay_udp_unmatched_total");
         let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for i in 0..3_000usize {
@@ -137,13 +138,19 @@ async fn udp_garbage_does_not_disturb_a_live_stream() {
                 *first = [0x00, 0x01, 0x16, 0x80, 0x90, 0xFF][i % 6];
             }
             let _ = attacker.send_to(&datagram, media);
+            if i % 50 == 49 {
+                // Paced, so the kernel's socket buffer does not decide what the test sees.
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
         let before = poll_until(&mut client, Duration::from_secs(2), |f| f.probe.is_some()).unwrap();
         let after = poll_until(&mut client, Duration::from_secs(5), |f| {
             f.probe.is_some_and(|p| p.frame_seq > before.probe.unwrap().frame_seq + 60)
         });
         assert!(after.is_some(), "the stream kept going");
-        assert!(metric(addr, "cloudplay_udp_unmatched_total") > 1_000);
+        // UDP may drop some under load; most must have reached the host and been refused.
+        let refused = metric(addr, "cloudplay_udp_unmatched_total") - unmatched_before;
+        assert!(refused >= 1_500, "{refused} of 3000 garbage datagrams counted as refused");
     })
     .await
     .unwrap();
