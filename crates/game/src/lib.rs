@@ -68,6 +68,28 @@ pub trait Game: Send {
 
     /// Restores a state made by `save_state` of the same game.
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError>;
+
+    /// Whether the game still runs; the session loop ends the session on anything else and
+    /// tells the players why. Built-in games never stop by themselves.
+    fn status(&mut self) -> GameStatus {
+        GameStatus::Running
+    }
+}
+
+/// Whether a game is still running, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GameStatus {
+    #[error("running")]
+    Running,
+    /// The game ended by itself (a quit menu, a program that exited with status 0).
+    #[error("the game ended: {0}")]
+    Exited(String),
+    /// The game failed: it crashed, was killed by a signal, or exited with an error.
+    #[error("the game crashed: {0}")]
+    Crashed(String),
+    /// The game stopped answering in time.
+    #[error("the game stopped responding: {0}")]
+    TimedOut(String),
 }
 
 /// A game the platform can start: its catalogue entry and a constructor.

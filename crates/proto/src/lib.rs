@@ -7,6 +7,7 @@
 pub mod api;
 pub mod input;
 pub mod probe;
+pub mod runtime;
 pub mod ticket;
 
 pub use input::{InputDecodeError, InputEvent, InputMessage};
@@ -17,4 +18,5 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 pub use probe::{ProbeData, ProbeStrip};
+pub use runtime::RuntimeSpec;
 pub use ticket::{Ticket, TicketClaims, TicketError, TicketRole};

@@ -1,0 +1,187 @@
+//! Runtime specs: how a catalogue entry is run. The control plane stores one per game (as
+//! JSON) and hands it to the host that runs the session; hosts advertise which kinds they
+//! can run, and placement only picks hosts that advertise the kind a game needs.
+//!
+//! A spec names things the host resolves in its own directories (a core by name, content
+//! by a path relative to the host's content directory), so a spec can never reach outside
+//! what the host's operator installed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Most arguments a native command may have.
+pub const MAX_NATIVE_ARGS: usize = 32;
+const MAX_TEXT: usize = 1024;
+const MAX_OPTIONS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuntimeSpec {
+    /// A game compiled into cloudplay (`cloudplay_game::Catalogue`).
+    Builtin { game: String },
+    /// A libretro core (`{core}_libretro.so` in the host's cores directory) running
+    /// `content` (a path relative to the host's content directory).
+    Libretro {
+        core: String,
+        content: String,
+        /// Core options (`nestopia_palette = "cxa2025as"`); unset ones take the core's default.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        options: BTreeMap<String, String>,
+    },
+    /// A native Linux program, started in its own virtual display.
+    Native {
+        /// Program and arguments; the program is looked up on the host's `PATH`.
+        command: Vec<String>,
+    },
+}
+
+impl RuntimeSpec {
+    /// The runtime kind a host must advertise to run this spec.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeSpec::Builtin { .. } => "builtin",
+            RuntimeSpec::Libretro { .. } => "libretro",
+            RuntimeSpec::Native { .. } => "native",
+        }
+    }
+
+    /// Parses and validates a stored spec.
+    pub fn from_json(json: &str) -> Result<RuntimeSpec, String> {
+        let spec: RuntimeSpec = serde_json::from_str(json).map_err(|e| format!("runtime spec: {e}"))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the spec's shape; the host checks that what it names exists.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            RuntimeSpec::Builtin { game } => check_name("game", game),
+            RuntimeSpec::Libretro { core, content, options } => {
+                check_name("core", core)?;
+                check_relative_path(content)?;
+                if options.len() > MAX_OPTIONS {
+                    return Err(format!("at most {MAX_OPTIONS} core options"));
+                }
+                for (key, value) in options {
+                    check_text("option name", key)?;
+                    check_text("option value", value)?;
+                }
+                Ok(())
+            }
+            RuntimeSpec::Native { command } => {
+                if command.is_empty() || command.len() > MAX_NATIVE_ARGS {
+                    return Err(format!("command: 1 to {MAX_NATIVE_ARGS} words"));
+                }
+                command.iter().try_for_each(|word| check_text("command", word))?;
+                if command[0].is_empty() {
+                    return Err("command: the program name is empty".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What a host needs to start a session's game: the catalogue id (for display and
+/// metrics), how to run it, and whose saves it reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GameLaunch {
+    pub game: String,
+    pub runtime: RuntimeSpec,
+    /// `tenant/user` for a signed-in player: in-game saves (SRAM) persist under it.
+    /// `None` (guests): saves last as long as the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_profile: Option<String>,
+}
+
+impl GameLaunch {
+    /// A built-in game, without persistent saves.
+    pub fn builtin(game: &str) -> GameLaunch {
+        GameLaunch {
+            game: game.into(),
+            runtime: RuntimeSpec::Builtin { game: game.into() },
+            save_profile: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        check_name("game", &self.game)?;
+        self.runtime.validate()?;
+        if let Some(profile) = &self.save_profile {
+            let parts: Vec<&str> = profile.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|part| check_name("save profile", part).is_err()) {
+                return Err("save profile: tenant/user".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT || text.contains('\0') {
+        return Err(format!("{what}: at most {MAX_TEXT} bytes, no NUL"));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok { Ok(()) } else { Err(format!("{what}: 1 to 64 of a-z, A-Z, 0-9, '_', '-'")) }
+}
+
+/// A relative path that stays below the directory it is joined to.
+fn check_relative_path(path: &str) -> Result<(), String> {
+    check_text("content", path)?;
+    let escapes = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    if escapes {
+        return Err("content: a relative path inside the content directory (no '..', no leading '/')".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip_and_name_their_kind() {
+        for json in [
+            r#"{"kind":"builtin","game":"neon-cycles"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"nes/colour-pad.nes","options":{"nestopia_palette":"raw"}}"#,
+            r#"{"kind":"native","command":["xterm","-geometry","80x24"]}"#,
+        ] {
+            let spec = RuntimeSpec::from_json(json).unwrap();
+            assert_eq!(spec.to_json(), json);
+            assert!(json.contains(spec.kind()));
+        }
+    }
+
+    #[test]
+    fn specs_that_reach_outside_the_host_directories_are_refused() {
+        for json in [
+            r#"{"kind":"libretro","core":"../../bin/sh","content":"a.nes"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"../secret"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"/etc/passwd"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"nes//a.nes"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":""}"#,
+            r#"{"kind":"native","command":[]}"#,
+            r#"{"kind":"native","command":[""]}"#,
+            r#"{"kind":"builtin","game":"neon-cycles","extra":1}"#,
+            r#"{"kind":"flash","swf":"x"}"#,
+            r#"not json"#,
+        ] {
+            assert!(RuntimeSpec::from_json(json).is_err(), "{json} must be refused");
+        }
+    }
+}

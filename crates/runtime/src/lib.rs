@@ -1,0 +1,188 @@
+//! Game runtimes: what turns a catalogue entry's [`RuntimeSpec`] into a running
+//! [`Game`]. Backends are data (a table of kinds, like Sunshine's encoder list): the
+//! built-in games, libretro cores ([`libretro`]) and native Linux programs on a virtual X
+//! display ([`native`]). A host advertises the kinds it can run ([`Runtimes::kinds`]);
+//! every failure to start is a [`RuntimeError`] meant to be shown to player and operator.
+
+pub mod homebrew;
+pub mod libretro;
+pub mod native;
+pub mod resample;
+pub mod retropad;
+pub mod scale;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cloudplay_game::{Catalogue, Game};
+use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::{GameLaunch, RuntimeSpec};
+use thiserror::Error;
+
+pub use libretro::LibretroGame;
+pub use native::NativeGame;
+
+/// Why a game could not start. The messages are written for the player and operator.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("this host does not run {0} games")]
+    Unsupported(&'static str),
+    #[error("unknown built-in game {0:?}")]
+    UnknownGame(String),
+    #[error("the emulator core {0:?} is not installed on this host")]
+    CoreMissing(String),
+    #[error("the emulator core is not a usable libretro core: {0}")]
+    CoreInvalid(String),
+    #[error("the game's content {0:?} is not on this host")]
+    ContentMissing(String),
+    #[error("the emulator refused the game's content: {0}")]
+    ContentRejected(String),
+    #[error("the game could not start: {0}")]
+    ProgramFailed(String),
+    #[error("the game did not start in time: {0}")]
+    TimedOut(String),
+    #[error("the host could not prepare the game: {0}")]
+    Io(String),
+    #[error("invalid runtime spec: {0}")]
+    InvalidSpec(String),
+}
+
+/// Where a host keeps what its runtimes need. Paths are the operator's; specs only name
+/// things inside them.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// libretro cores, `{core}_libretro.so` (Debian installs them in
+    /// `/usr/lib/x86_64-linux-gnu/libretro`).
+    pub cores_dir: PathBuf,
+    /// Game content (ROMs); specs name files relative to it.
+    pub content_dir: PathBuf,
+    /// BIOS and other files cores look for in their "system directory".
+    pub system_dir: PathBuf,
+    /// In-game saves of signed-in players, `{saves_dir}/{tenant}/{user}/{core}/`.
+    pub saves_dir: PathBuf,
+    /// Run native programs (needs `Xvfb`).
+    pub native: bool,
+    /// The virtual X server binary.
+    pub xvfb: String,
+    /// How long a native program has to open its window.
+    pub native_startup_timeout: Duration,
+    /// Address space limit of a native program, bytes (0 = none).
+    pub native_memory_limit: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            cores_dir: PathBuf::from("/usr/lib/x86_64-linux-gnu/libretro"),
+            content_dir: PathBuf::from("cloudplay-data/content"),
+            system_dir: PathBuf::from("cloudplay-data/system"),
+            saves_dir: PathBuf::from("cloudplay-data/saves"),
+            native: true,
+            xvfb: "Xvfb".into(),
+            native_startup_timeout: Duration::from_secs(10),
+            native_memory_limit: 4 << 30,
+        }
+    }
+}
+
+/// The runtimes of one host.
+pub struct Runtimes {
+    config: RuntimeConfig,
+    builtin: Catalogue,
+}
+
+/// Whether `program` is an executable file on `PATH` (or a path to one).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| executable(p))
+}
+
+impl Runtimes {
+    pub fn new(config: RuntimeConfig) -> Runtimes {
+        Runtimes { config, builtin: Catalogue::builtin() }
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub fn builtin_games(&self) -> &Catalogue {
+        &self.builtin
+    }
+
+    /// The runtime kinds this host can run, for placement.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds = vec!["builtin"];
+        if self.config.cores_dir.is_dir() {
+            kinds.push("libretro");
+        }
+        if self.config.native && find_program(&self.config.xvfb).is_some() {
+            kinds.push("native");
+        }
+        kinds
+    }
+
+    /// Starts the game `launch` names, at the session's resolution. Blocking: native
+    /// programs take up to the startup timeout to open their window.
+    pub fn start(
+        &self,
+        launch: &GameLaunch,
+        options: &SessionOptions,
+        seed: u64,
+    ) -> Result<Box<dyn Game>, RuntimeError> {
+        launch.validate().map_err(RuntimeError::InvalidSpec)?;
+        if !self.kinds().contains(&launch.runtime.kind()) {
+            return Err(RuntimeError::Unsupported(launch.runtime.kind()));
+        }
+        match &launch.runtime {
+            RuntimeSpec::Builtin { game } => {
+                let entry = self.builtin.get(game).ok_or_else(|| RuntimeError::UnknownGame(game.clone()))?;
+                Ok((entry.create)(seed))
+            }
+            RuntimeSpec::Libretro { core, content, options } => {
+                let core_path = self.config.cores_dir.join(format!("{core}_libretro.so"));
+                if !core_path.is_file() {
+                    return Err(RuntimeError::CoreMissing(core.clone()));
+                }
+                let content_path = self.config.content_dir.join(content);
+                if !content_path.is_file() {
+                    return Err(RuntimeError::ContentMissing(content.clone()));
+                }
+                let save_dir = launch
+                    .save_profile
+                    .as_ref()
+                    .map(|profile| self.config.saves_dir.join(profile).join(core));
+                let game = LibretroGame::load(libretro::LibretroSetup {
+                    core_path: &core_path,
+                    content_path: &content_path,
+                    options,
+                    system_dir: &self.config.system_dir,
+                    save_dir,
+                })?;
+                Ok(Box::new(game))
+            }
+            RuntimeSpec::Native { command } => {
+                let game = NativeGame::start(native::NativeSetup {
+                    command,
+                    width: options.width,
+                    height: options.height,
+                    xvfb: &self.config.xvfb,
+                    startup_timeout: self.config.native_startup_timeout,
+                    memory_limit: self.config.native_memory_limit,
+                })?;
+                Ok(Box::new(game))
+            }
+        }
+    }
+}

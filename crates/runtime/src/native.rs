@@ -1,0 +1,616 @@
+//! Native Linux programs, each on its own virtual X display.
+//!
+//! Per session: an `Xvfb` at the session's resolution that picks a free display number
+//! itself (`-displayfd`) and admits only clients holding this session's random
+//! MIT-MAGIC-COOKIE-1, so one session's program cannot watch or type into another's; the
+//! program in its own process group with resource limits, killed with the whole group and
+//! reaped when the session ends; frames captured from the root window through MIT-SHM
+//! (x11rb), and keyboard and mouse injected with XTest.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloudplay_game::{Frame, Game, GameStatus, PlayerInput, StateError};
+use cloudplay_proto::input::InputEvent;
+use tracing::{debug, info, warn};
+use x11rb::connection::{Connection, RequestConnection};
+use x11rb::protocol::shm::ConnectionExt as _;
+use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat, MapState, Window};
+use x11rb::protocol::xtest::ConnectionExt as _;
+use x11rb::rust_connection::{DefaultStream, RustConnection};
+
+use crate::RuntimeError;
+
+/// Where a native game comes from and how it is run.
+pub struct NativeSetup<'a> {
+    pub command: &'a [String],
+    pub width: u32,
+    pub height: u32,
+    pub xvfb: &'a str,
+    pub startup_timeout: Duration,
+    /// Address-space limit in bytes (0 = none).
+    pub memory_limit: u64,
+}
+
+/// Bytes of the program's error output kept to explain a failure.
+const STDERR_TAIL: usize = 2048;
+/// How long the program gets to exit after SIGTERM before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_millis(500);
+
+const KEY_PRESS: u8 = 2;
+const KEY_RELEASE: u8 = 3;
+const BUTTON_PRESS: u8 = 4;
+const BUTTON_RELEASE: u8 = 5;
+const MOTION_NOTIFY: u8 = 6;
+
+/// A process group that is terminated and reaped when dropped.
+struct Supervised {
+    child: Child,
+    name: String,
+    /// Reaped and signalled: the group id may belong to someone else now.
+    finished: bool,
+}
+
+impl Supervised {
+    fn new(child: Child, name: &str) -> Supervised {
+        Supervised { child, name: name.into(), finished: false }
+    }
+
+    fn kill_group(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY (all killpg calls): signalling the process group our child leads
+        // (process_group(0)), before or right after reaping its leader.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            // The leader is gone; members of its group may remain.
+            unsafe { libc::killpg(pid, libc::SIGKILL) };
+            return;
+        }
+        unsafe { libc::killpg(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + TERMINATE_GRACE;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe { libc::killpg(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+        debug!(program = %self.name, pid, "process group ended");
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// A System V shared memory segment attached here and by the X server.
+struct SharedImage {
+    address: *mut u8,
+    size: usize,
+    segment: u32,
+}
+
+impl Drop for SharedImage {
+    fn drop(&mut self) {
+        // SAFETY: `address` came from shmat and is detached exactly once.
+        unsafe { libc::shmdt(self.address.cast()) };
+    }
+}
+
+/// A native program on its own virtual display.
+pub struct NativeGame {
+    connection: RustConnection,
+    root: Window,
+    width: u16,
+    height: u16,
+    shared: Option<SharedImage>,
+    keycodes: HashMap<u32, u8>,
+    status: GameStatus,
+    capture_failed: std::cell::Cell<bool>,
+    stderr: Arc<Mutex<VecDeque<u8>>>,
+    // Dropped last: the program first, then its display.
+    program: Supervised,
+    display: Supervised,
+    auth_file: PathBuf,
+}
+
+// SAFETY: the raw pointer is the shared image, only touched by the thread that owns the game.
+unsafe impl Send for NativeGame {}
+
+fn random_cookie() -> Result<[u8; 16], RuntimeError> {
+    let mut cookie = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut cookie))
+        .map_err(|e| RuntimeError::Io(format!("random cookie: {e}")))?;
+    Ok(cookie)
+}
+
+/// An Xauthority file with one wildcard entry, for Xvfb's `-auth` and the program's
+/// `XAUTHORITY`.
+fn write_auth_file(path: &PathBuf, cookie: &[u8; 16]) -> std::io::Result<()> {
+    let mut entry = Vec::new();
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    entry.extend_from_slice(&0xFFFFu16.to_be_bytes()); // FamilyWild: any address
+    field(&mut entry, b"");
+    field(&mut entry, b"");
+    field(&mut entry, b"MIT-MAGIC-COOKIE-1");
+    field(&mut entry, cookie);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(path)?;
+    file.write_all(&entry)
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "ended".into(),
+    }
+}
+
+/// Starts the virtual display and returns it with its display number.
+fn start_display(setup: &NativeSetup<'_>, auth_file: &PathBuf) -> Result<(Supervised, u32), RuntimeError> {
+    let (reader, writer) = std::io::pipe().map_err(|e| RuntimeError::Io(e.to_string()))?;
+    let writer_fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
+    let mut command = Command::new(setup.xvfb);
+    command
+        .args(["-displayfd", "3", "-nolisten", "tcp", "-noreset", "-auth"])
+        .arg(auth_file)
+        .args(["-screen", "0", &format!("{}x{}x24", setup.width, setup.height)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(writer_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| RuntimeError::Io(format!("starting {}: {e}", setup.xvfb)))?;
+    drop(writer);
+    let display = Supervised::new(child, setup.xvfb);
+    // Xvfb writes the display number it chose once it accepts connections.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut reader = reader;
+        let mut byte = [0u8; 1];
+        while reader.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' && line.len() < 16 {
+            line.push(byte[0] as char);
+        }
+        let _ = sender.send(line);
+    });
+    let line = receiver
+        .recv_timeout(setup.startup_timeout)
+        .map_err(|_| RuntimeError::TimedOut("the virtual display did not start".into()))?;
+    let number =
+        line.trim().parse().map_err(|_| RuntimeError::Io("the virtual display failed to start".into()))?;
+    Ok((display, number))
+}
+
+/// Shared error output of a program: the last [`STDERR_TAIL`] bytes.
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<VecDeque<u8>>> {
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    if let Some(mut stderr) = child.stderr.take() {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 1024];
+            while let Ok(n) = stderr.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut tail) = tail.lock() {
+                    tail.extend(&buffer[..n]);
+                    let excess = tail.len().saturating_sub(STDERR_TAIL);
+                    tail.drain(..excess);
+                }
+            }
+        });
+    }
+    tail
+}
+
+fn stderr_text(tail: &Mutex<VecDeque<u8>>) -> String {
+    let bytes: Vec<u8> = tail.lock().map(|t| t.iter().copied().collect()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let last_lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    last_lines[last_lines.len().saturating_sub(3)..].join(" / ")
+}
+
+/// HID usage → X keysym, for the keys a browser sends.
+fn keysym_for(usage: u16) -> Option<u32> {
+    Some(match usage {
+        0x04..=0x1D => b'a' as u32 + (usage - 0x04) as u32,
+        0x1E..=0x26 => b'1' as u32 + (usage - 0x1E) as u32,
+        0x27 => b'0' as u32,
+        0x28 => 0xFF0D, // Return
+        0x29 => 0xFF1B, // Escape
+        0x2A => 0xFF08, // BackSpace
+        0x2B => 0xFF09, // Tab
+        0x2C => b' ' as u32,
+        0x2D => b'-' as u32,
+        0x2E => b'=' as u32,
+        0x2F => b'[' as u32,
+        0x30 => b']' as u32,
+        0x31 => b'\\' as u32,
+        0x33 => b';' as u32,
+        0x34 => b'\'' as u32,
+        0x35 => b'`' as u32,
+        0x36 => b',' as u32,
+        0x37 => b'.' as u32,
+        0x38 => b'/' as u32,
+        0x39 => 0xFFE5,                                // Caps_Lock
+        0x3A..=0x45 => 0xFFBE + (usage - 0x3A) as u32, // F1…F12
+        0x49 => 0xFF63,                                // Insert
+        0x4A => 0xFF50,                                // Home
+        0x4B => 0xFF55,                                // Prior
+        0x4C => 0xFFFF,                                // Delete
+        0x4D => 0xFF57,                                // End
+        0x4E => 0xFF56,                                // Next
+        0x4F => 0xFF53,                                // Right
+        0x50 => 0xFF51,                                // Left
+        0x51 => 0xFF54,                                // Down
+        0x52 => 0xFF52,                                // Up
+        0xE0 => 0xFFE3,                                // Control_L
+        0xE1 => 0xFFE1,                                // Shift_L
+        0xE2 => 0xFFE9,                                // Alt_L
+        0xE3 => 0xFFEB,                                // Super_L
+        0xE4 => 0xFFE4,                                // Control_R
+        0xE5 => 0xFFE2,                                // Shift_R
+        0xE6 => 0xFFEA,                                // Alt_R
+        _ => return None,
+    })
+}
+
+fn x_error(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Io(format!("virtual display: {e}"))
+}
+
+impl NativeGame {
+    pub fn start(setup: NativeSetup<'_>) -> Result<NativeGame, RuntimeError> {
+        let program_name = setup.command.first().cloned().unwrap_or_default();
+        if crate::find_program(&program_name).is_none() {
+            return Err(RuntimeError::ProgramFailed(format!(
+                "{program_name:?} is not installed on this host"
+            )));
+        }
+        if setup.width > u16::MAX as u32 || setup.height > u16::MAX as u32 {
+            return Err(RuntimeError::InvalidSpec("resolution too large".into()));
+        }
+        let cookie = random_cookie()?;
+        let auth_file = std::env::temp_dir().join(format!(
+            "cloudplay-xauth-{}-{:08x}",
+            std::process::id(),
+            u32::from_le_bytes([cookie[0], cookie[1], cookie[2], cookie[3]])
+        ));
+        write_auth_file(&auth_file, &cookie).map_err(|e| RuntimeError::Io(format!("auth file: {e}")))?;
+        let started = Instant::now();
+        let result = Self::start_with_auth(&setup, &auth_file, &cookie);
+        match &result {
+            Ok(_) => {
+                info!(program = %program_name, ms = started.elapsed().as_millis() as u64, "native game started")
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&auth_file);
+            }
+        }
+        result
+    }
+
+    fn start_with_auth(
+        setup: &NativeSetup<'_>,
+        auth_file: &PathBuf,
+        cookie: &[u8; 16],
+    ) -> Result<NativeGame, RuntimeError> {
+        let deadline = Instant::now() + setup.startup_timeout;
+        let (display, number) = start_display(setup, auth_file)?;
+        let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{number}")).map_err(x_error)?;
+        let (stream, _) = DefaultStream::from_unix_stream(stream).map_err(x_error)?;
+        let connection = RustConnection::connect_to_stream_with_auth_info(
+            stream,
+            0,
+            b"MIT-MAGIC-COOKIE-1".to_vec(),
+            cookie.to_vec(),
+        )
+        .map_err(x_error)?;
+        let screen = &connection.setup().roots[0];
+        let (root, width, height) = (screen.root, screen.width_in_pixels, screen.height_in_pixels);
+        let keycodes = keyboard_map(&connection).map_err(x_error)?;
+        connection
+            .extension_information(x11rb::protocol::xtest::X11_EXTENSION_NAME)
+            .map_err(x_error)?
+            .ok_or_else(|| RuntimeError::Io("the virtual display has no XTEST extension".into()))?;
+        let shared = attach_shared_image(&connection, width, height);
+        if shared.is_none() {
+            warn!("MIT-SHM unavailable: capturing through the X socket (slower)");
+        }
+
+        let memory_limit = setup.memory_limit;
+        let mut command = Command::new(&setup.command[0]);
+        command
+            .args(&setup.command[1..])
+            .env("DISPLAY", format!(":{number}"))
+            .env("XAUTHORITY", auth_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Dies with the session thread that started it, even if the host is killed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                if memory_limit > 0 {
+                    let limit = libc::rlimit { rlim_cur: memory_limit, rlim_max: memory_limit };
+                    libc::setrlimit(libc::RLIMIT_AS, &limit);
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            RuntimeError::ProgramFailed(format!("{:?} could not be started: {e}", setup.command[0]))
+        })?;
+        let stderr = collect_stderr(&mut child);
+        let mut program = Supervised::new(child, &setup.command[0]);
+
+        // Wait for the program's first window; it may instead exit or hang.
+        loop {
+            if let Ok(Some(status)) = program.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // let the error output arrive
+                let output = stderr_text(&stderr);
+                let mut message = format!("{:?} {} at start", setup.command[0], describe_exit(status));
+                if !output.is_empty() {
+                    message = format!("{message}: {output}");
+                }
+                return Err(RuntimeError::ProgramFailed(message));
+            }
+            if has_visible_window(&connection, root).map_err(x_error)? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::TimedOut(format!(
+                    "{:?} opened no window within {} s",
+                    setup.command[0],
+                    setup.startup_timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(NativeGame {
+            connection,
+            root,
+            width,
+            height,
+            shared,
+            keycodes,
+            status: GameStatus::Running,
+            capture_failed: std::cell::Cell::new(false),
+            stderr,
+            program,
+            display,
+            auth_file: auth_file.clone(),
+        })
+    }
+
+    fn fake(&self, kind: u8, detail: u8, x: i16, y: i16) {
+        let _ = self.connection.xtest_fake_input(kind, detail, 0, self.root, x, y, 0);
+    }
+
+    fn apply(&mut self, event: &InputEvent) {
+        match *event {
+            InputEvent::Key { usage, down, repeat: _ } => {
+                let Some(keycode) = keysym_for(usage).and_then(|sym| self.keycodes.get(&sym)) else { return };
+                self.fake(if down { KEY_PRESS } else { KEY_RELEASE }, *keycode, 0, 0);
+            }
+            InputEvent::MousePosition { x, y } => {
+                let x = (x as u32 * self.width as u32 / 65536) as i16;
+                let y = (y as u32 * self.height as u32 / 65536) as i16;
+                self.fake(MOTION_NOTIFY, 0, x, y);
+            }
+            InputEvent::MouseMove { dx, dy } => self.fake(MOTION_NOTIFY, 1, dx, dy),
+            InputEvent::MouseButton { button, down } => {
+                // DOM: 0 main, 1 middle, 2 secondary, 3 back, 4 forward → X buttons 1, 2, 3, 8, 9.
+                let x_button = match button {
+                    0 => 1,
+                    1 => 2,
+                    2 => 3,
+                    3 => 8,
+                    4 => 9,
+                    _ => return,
+                };
+                self.fake(if down { BUTTON_PRESS } else { BUTTON_RELEASE }, x_button, 0, 0);
+            }
+            InputEvent::MouseWheel { dx, dy } => {
+                // X reports wheels as buttons 4/5 (vertical) and 6/7 (horizontal), one click each.
+                for (delta, negative, positive) in [(dy, 4, 5), (dx, 6, 7)] {
+                    let button = if delta < 0 { negative } else { positive };
+                    for _ in 0..delta.unsigned_abs().min(10) {
+                        self.fake(BUTTON_PRESS, button, 0, 0);
+                        self.fake(BUTTON_RELEASE, button, 0, 0);
+                    }
+                }
+            }
+            // Gamepads and touch reach native programs only as what they emulate in the
+            // browser (the on-screen pad sends keys); a virtual gamepad needs uinput.
+            _ => {}
+        }
+    }
+
+    /// Copies the root window into `frame` (BGRX → RGBA).
+    fn capture(&self, frame: &mut Frame) -> Result<(), String> {
+        let (w, h) = (self.width.min(frame.width as u16), self.height.min(frame.height as u16));
+        let z_pixmap = u8::from(ImageFormat::Z_PIXMAP);
+        let pixels: std::borrow::Cow<'_, [u8]> = match &self.shared {
+            Some(shared) => {
+                self.connection
+                    .shm_get_image(self.root, 0, 0, w, h, !0, z_pixmap, shared.segment, 0)
+                    .map_err(|e| e.to_string())?
+                    .reply()
+                    .map_err(|e| e.to_string())?;
+                // SAFETY: the X server has finished writing the image (its reply arrived);
+                // the segment holds `size` bytes and stays attached while `self` lives.
+                std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(shared.address, shared.size) })
+            }
+            None => std::borrow::Cow::Owned(
+                self.connection
+                    .get_image(ImageFormat::Z_PIXMAP, self.root, 0, 0, w, h, !0)
+                    .map_err(|e| e.to_string())?
+                    .reply()
+                    .map_err(|e| e.to_string())?
+                    .data,
+            ),
+        };
+        let row_bytes = w as usize * 4;
+        for y in 0..h as usize {
+            let source = &pixels[y * row_bytes..(y + 1) * row_bytes];
+            let target = &mut frame.pixels[y * frame.stride..y * frame.stride + row_bytes];
+            for (out, pixel) in target.chunks_exact_mut(4).zip(source.chunks_exact(4)) {
+                out.copy_from_slice(&[pixel[2], pixel[1], pixel[0], 255]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The program's process id (its process group id too).
+    pub fn pid(&self) -> u32 {
+        self.program.child.id()
+    }
+}
+
+fn keyboard_map(connection: &RustConnection) -> Result<HashMap<u32, u8>, Box<dyn std::error::Error>> {
+    let setup = connection.setup();
+    let (min, max) = (setup.min_keycode, setup.max_keycode);
+    let reply = connection.get_keyboard_mapping(min, max - min + 1)?.reply()?;
+    let per = reply.keysyms_per_keycode.max(1) as usize;
+    let mut map = HashMap::new();
+    for (index, syms) in reply.keysyms.chunks(per).enumerate() {
+        for &sym in syms.iter().filter(|&&s| s != 0) {
+            map.entry(sym).or_insert(min + index as u8);
+        }
+    }
+    Ok(map)
+}
+
+fn has_visible_window(connection: &RustConnection, root: Window) -> Result<bool, Box<dyn std::error::Error>> {
+    let tree = connection.query_tree(root)?.reply()?;
+    for child in tree.children {
+        if connection.get_window_attributes(child)?.reply()?.map_state == MapState::VIEWABLE {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn attach_shared_image(connection: &RustConnection, width: u16, height: u16) -> Option<SharedImage> {
+    connection.extension_information(x11rb::protocol::shm::X11_EXTENSION_NAME).ok()??;
+    let size = width as usize * height as usize * 4;
+    // SAFETY: a private segment of `size` bytes, attached here; marked for removal at once
+    // so it disappears when both sides detach, even if this process dies.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, size, libc::IPC_CREAT | 0o600);
+        if id < 0 {
+            return None;
+        }
+        let address = libc::shmat(id, std::ptr::null(), 0);
+        if address as isize == -1 {
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+            return None;
+        }
+        let shared = SharedImage { address: address.cast(), size, segment: connection.generate_id().ok()? };
+        let attached =
+            connection.shm_attach(shared.segment, id as u32, false).ok().and_then(|c| c.check().ok());
+        libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        attached.map(|_| shared)
+    }
+}
+
+impl Game for NativeGame {
+    fn step(&mut self, inputs: &[PlayerInput]) {
+        for input in inputs {
+            self.apply(&input.event);
+        }
+        if !inputs.is_empty() {
+            let _ = self.connection.flush();
+        }
+    }
+
+    fn render(&self, frame: &mut Frame) {
+        if let Err(e) = self.capture(frame)
+            && !self.capture_failed.replace(true)
+        {
+            warn!(error = %e, "capturing the virtual display failed");
+        }
+    }
+
+    fn mix_audio(&mut self, out: &mut [f32]) {
+        // No audio capture for native programs yet (a per-session PulseAudio null sink).
+        out.fill(0.0);
+    }
+
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new() // a native program keeps its own saves
+    }
+
+    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), StateError> {
+        Err(StateError::WrongFormat)
+    }
+
+    fn status(&mut self) -> GameStatus {
+        if self.status != GameStatus::Running {
+            return self.status.clone();
+        }
+        if let Ok(Some(status)) = self.program.child.try_wait() {
+            let output = stderr_text(&self.stderr);
+            let name = &self.program.name;
+            self.status = if status.success() {
+                GameStatus::Exited(format!("{name} exited"))
+            } else if output.is_empty() {
+                GameStatus::Crashed(format!("{name} {}", describe_exit(status)))
+            } else {
+                GameStatus::Crashed(format!("{name} {}: {output}", describe_exit(status)))
+            };
+        } else if matches!(self.display.child.try_wait(), Ok(Some(_))) || self.capture_failed.get() {
+            self.status = GameStatus::Crashed("the virtual display stopped".into());
+        }
+        self.status.clone()
+    }
+}
+
+impl Drop for NativeGame {
+    fn drop(&mut self) {
+        self.program.kill_group();
+        let _ = std::fs::remove_file(&self.auth_file);
+    }
+}
