@@ -503,6 +503,11 @@ impl NativeGame {
         Ok(())
     }
 
+    /// Whether frames come through MIT-SHM (else through the X socket, slower).
+    pub fn captures_through_shared_memory(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// The program's process id (its process group id too).
     pub fn pid(&self) -> u32 {
         self.program.child.id()

@@ -1,0 +1,129 @@
+//! The native runtime with real programs from Debian: xterm on its own Xvfb, typed into
+//! through XTest and captured through MIT-SHM; and programs that fail, hang or exit.
+
+use std::time::{Duration, Instant};
+
+use cloudplay_game::{Frame, Game, GameStatus, PlayerInput};
+use cloudplay_proto::input::InputEvent;
+use cloudplay_runtime::native::{NativeGame, NativeSetup};
+use cloudplay_runtime::{RuntimeError, find_program};
+
+fn available() -> bool {
+    if find_program("Xvfb").is_some() && find_program("xterm").is_some() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must install xvfb and xterm (see .ci/run)");
+    eprintln!("skipped: Xvfb or xterm is not installed");
+    false
+}
+
+fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError> {
+    let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+    NativeGame::start(NativeSetup {
+        command: &command,
+        width: 640,
+        height: 480,
+        xvfb: "Xvfb",
+        startup_timeout: timeout,
+        memory_limit: 4 << 30,
+    })
+}
+
+fn key(usage: u16, down: bool) -> PlayerInput {
+    PlayerInput { player: 0, event: InputEvent::Key { usage, down, repeat: false } }
+}
+
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn typing_into_xterm_changes_the_captured_picture() {
+    if !available() {
+        return;
+    }
+    let mut game =
+        start(&["xterm", "-geometry", "60x20+0+0", "-bg", "black", "-fg", "white"], Duration::from_secs(10))
+            .unwrap();
+    let pid = game.pid();
+    assert!(game.captures_through_shared_memory(), "MIT-SHM capture works on Xvfb");
+    let mut before = Frame::new(640, 480);
+    std::thread::sleep(Duration::from_millis(300)); // let the shell draw its prompt
+    game.render(&mut before);
+    assert!(before.pixels.chunks_exact(4).any(|p| p[..3] != [0, 0, 0]), "the prompt is visible");
+
+    // Type "xxxxxxxxxx": ten key presses through XTest.
+    for _ in 0..10 {
+        game.step(&[key(0x1B, true), key(0x1B, false)]);
+    }
+    let mut after = Frame::new(640, 480);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut changed = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        game.render(&mut after);
+        changed =
+            before.pixels.chunks_exact(4).zip(after.pixels.chunks_exact(4)).filter(|(a, b)| a != b).count();
+        if changed > 100 {
+            break;
+        }
+    }
+    eprintln!("{changed} pixels changed after typing");
+    assert!(changed > 100, "typed characters appear on screen ({changed} pixels changed)");
+    assert_eq!(game.status(), GameStatus::Running);
+
+    drop(game);
+    assert!(!process_exists(pid), "the program is killed and reaped with the session");
+}
+
+#[test]
+fn a_program_that_exits_at_once_is_reported_with_its_status() {
+    if !available() {
+        return;
+    }
+    let error = start(&["sh", "-c", "echo 'no save data found' >&2; exit 3"], Duration::from_secs(5))
+        .map(|_| ())
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, RuntimeError::ProgramFailed(_)), "{message}");
+    assert!(message.contains("status 3") && message.contains("no save data found"), "{message}");
+
+    let error = start(&["no-such-game-binary"], Duration::from_secs(5)).map(|_| ()).unwrap_err();
+    assert!(error.to_string().contains("not installed"), "{error}");
+}
+
+#[test]
+fn a_program_that_never_opens_a_window_times_out_and_is_killed() {
+    if !available() {
+        return;
+    }
+    // Both the shell and its sleep carry this in their command lines.
+    let marker = "41.517";
+    let started = Instant::now();
+    let error = start(&["sh", "-c", &format!("sleep {marker}; true")], Duration::from_millis(1500))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(error, RuntimeError::TimedOut(_)), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Nothing of it is left running.
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(marker))
+        .count();
+    assert_eq!(left, 0, "the hung program was killed");
+}
+
+#[test]
+fn a_program_that_quits_mid_session_ends_it_with_a_reason() {
+    if !available() {
+        return;
+    }
+    let mut game = start(&["xterm", "-e", "sleep 0.5"], Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while game.status() == GameStatus::Running && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(matches!(game.status(), GameStatus::Exited(_)), "{:?}", game.status());
+}
