@@ -16,9 +16,10 @@ use cloudplay_control::{
     ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable, SessionHost,
     StartError,
 };
-use cloudplay_game::Catalogue;
 use cloudplay_host::{Host, HostConfig, HostError};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::GameLaunch;
+use cloudplay_runtime::Runtimes;
 use ed25519_dalek::SigningKey;
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -37,15 +38,16 @@ impl SessionHost for LocalHost {
     fn start_session<'a>(
         &'a self,
         session_id: &'a str,
-        game: &'a str,
+        launch: &'a GameLaunch,
         options: SessionOptions,
     ) -> HostFuture<'a, Result<(), StartError>> {
         Box::pin(async move {
             let seed = rand::thread_rng().r#gen();
-            self.0.start_session(session_id, game, options, seed).map_err(|e| match e {
+            self.0.start_session(session_id, launch.clone(), options, seed).await.map_err(|e| match e {
                 HostError::UnknownGame(_) => StartError::UnknownGame,
                 HostError::InvalidOptions(message) => StartError::InvalidOptions(message),
                 HostError::Full(_) => StartError::NoCapacity(e.to_string()),
+                HostError::Game(e) => StartError::GameFailed(e.to_string()),
                 other => StartError::Failed(other.to_string()),
             })
         })
@@ -110,8 +112,10 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         let signing_key = signing_key(&config)?;
-        let catalogue = Catalogue::builtin();
-        let games: Vec<_> = catalogue.games().cloned().collect();
+        let games = crate::catalogue::load(config.catalogue.as_deref())?;
+        let runtimes = Runtimes::new(config.runtimes());
+        let kinds: Vec<String> = runtimes.kinds().iter().map(|k| k.to_string()).collect();
+        crate::catalogue::check_runnable(&games, runtimes.config(), &runtimes.kinds());
         let host_config = HostConfig {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,
@@ -120,12 +124,17 @@ impl Server {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
         };
-        let host = Host::start(host_config, catalogue).await.context("starting the stream host")?;
+        let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let ticket_key = signing_key.verifying_key();
         debug_assert_eq!(ticket_key, host.ticket_key());
         let control = control_plane(&config, signing_key, &games).await?;
         control
-            .attach_local_host(Arc::new(LocalHost(host.clone())), &config.region, config.max_sessions as u32)
+            .attach_local_host(
+                Arc::new(LocalHost(host.clone())),
+                &config.region,
+                config.max_sessions as u32,
+                kinds,
+            )
             .await
             .context("registering the built-in host")?;
         let listener = TcpListener::bind(config.listen)
@@ -200,7 +209,7 @@ pub fn signing_key(config: &Config) -> anyhow::Result<SigningKey> {
 pub async fn control_plane(
     config: &Config,
     signing_key: SigningKey,
-    games: &[cloudplay_proto::api::GameInfo],
+    games: &[cloudplay_control::store::CatalogueGame],
 ) -> anyhow::Result<ControlPlane> {
     let store = open_store(&config.database_url).await?;
     let control_config = ControlConfig {

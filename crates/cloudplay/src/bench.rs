@@ -173,7 +173,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                     let mut latencies = Vec::new();
                     while Instant::now() < deadline {
                         let started = Instant::now();
-                        let Claim::Host(host_id) = control.claim_host(&tenant, &rtt).await? else {
+                        let Claim::Host(host_id) = control.claim_host(&tenant, &rtt, "builtin").await? else {
                             anyhow::bail!("the bench fleet filled up");
                         };
                         let session = SessionRecord {

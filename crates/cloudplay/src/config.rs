@@ -2,7 +2,7 @@
 //! environment variables, then command-line flags (see `docs/configuration.md`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -43,6 +43,23 @@ pub struct Config {
     pub ticket_key: Option<String>,
     /// `cloudplay host`: the control plane to register with.
     pub control_url: Option<String>,
+    /// A TOML catalogue of games (libretro, native, built-in) offered by the default
+    /// tenant; see `docs/games.md`.
+    pub catalogue: Option<PathBuf>,
+    /// Where this host finds libretro cores (`{core}_libretro.so`).
+    pub cores_dir: PathBuf,
+    /// Game content (ROMs); catalogue entries name files relative to it.
+    pub content_dir: PathBuf,
+    /// BIOS and other files libretro cores look for.
+    pub system_dir: PathBuf,
+    /// In-game saves of signed-in players.
+    pub saves_dir: PathBuf,
+    /// Run native games (needs `Xvfb`).
+    pub native_games: bool,
+    /// Seconds a native game has to open its window.
+    pub native_startup_timeout_secs: u64,
+    /// Address-space limit of a native game in MiB (0 = none).
+    pub native_memory_limit_mb: u64,
 }
 
 impl Default for Config {
@@ -63,11 +80,33 @@ impl Default for Config {
             host_lease_secs: 15,
             ticket_key: None,
             control_url: None,
+            catalogue: None,
+            cores_dir: "/usr/lib/x86_64-linux-gnu/libretro".into(),
+            content_dir: "cloudplay-data/content".into(),
+            system_dir: "cloudplay-data/system".into(),
+            saves_dir: "cloudplay-data/saves".into(),
+            native_games: true,
+            native_startup_timeout_secs: 10,
+            native_memory_limit_mb: 4096,
         }
     }
 }
 
 impl Config {
+    /// What this host's game runtimes use.
+    pub fn runtimes(&self) -> cloudplay_runtime::RuntimeConfig {
+        cloudplay_runtime::RuntimeConfig {
+            cores_dir: self.cores_dir.clone(),
+            content_dir: self.content_dir.clone(),
+            system_dir: self.system_dir.clone(),
+            saves_dir: self.saves_dir.clone(),
+            native: self.native_games,
+            xvfb: "Xvfb".into(),
+            native_startup_timeout: std::time::Duration::from_secs(self.native_startup_timeout_secs),
+            native_memory_limit: self.native_memory_limit_mb << 20,
+        }
+    }
+
     /// Any free port and an in-memory database: for tests and benchmarks.
     pub fn ephemeral() -> Config {
         Config {
@@ -110,6 +149,18 @@ impl Config {
                 "HOST_LEASE_SECS" => self.host_lease_secs = value.parse().map_err(|e| bad(&e))?,
                 "TICKET_KEY" => self.ticket_key = Some(value),
                 "CONTROL_URL" => self.control_url = Some(value),
+                "CATALOGUE" => self.catalogue = Some(value.into()),
+                "CORES_DIR" => self.cores_dir = value.into(),
+                "CONTENT_DIR" => self.content_dir = value.into(),
+                "SYSTEM_DIR" => self.system_dir = value.into(),
+                "SAVES_DIR" => self.saves_dir = value.into(),
+                "NATIVE_GAMES" => self.native_games = value.parse().map_err(|e| bad(&e))?,
+                "NATIVE_STARTUP_TIMEOUT_SECS" => {
+                    self.native_startup_timeout_secs = value.parse().map_err(|e| bad(&e))?
+                }
+                "NATIVE_MEMORY_LIMIT_MB" => {
+                    self.native_memory_limit_mb = value.parse().map_err(|e| bad(&e))?
+                }
                 "CONFIG" | "LOG" => {}
                 _ => unknown.push(name),
             }
@@ -135,6 +186,9 @@ impl Config {
         }
         if self.max_sessions == 0 {
             bail!("max_sessions must be at least 1");
+        }
+        if !(1..=120).contains(&self.native_startup_timeout_secs) {
+            bail!("native_startup_timeout_secs must be between 1 and 120");
         }
         if self.host_id.is_empty() || self.host_id.len() > 64 {
             bail!("host_id must be 1 to 64 characters");

@@ -10,8 +10,8 @@ use axum::Router;
 use base64::Engine;
 use cloudplay_control::remote::fleet_request;
 use cloudplay_control::{ApiError, ControlPlane};
-use cloudplay_game::Catalogue;
 use cloudplay_host::{Host, HostConfig};
+use cloudplay_runtime::Runtimes;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::Rng;
 use serde_json::json;
@@ -36,7 +36,7 @@ impl ControlServer {
         if config.fleet_token.is_none() {
             bail!("set fleet_token (CLOUDPLAY_FLEET_TOKEN) so hosts can register");
         }
-        let games: Vec<_> = Catalogue::builtin().games().cloned().collect();
+        let games = crate::catalogue::load(config.catalogue.as_deref())?;
         let control = control_plane(&config, signing_key(&config)?, &games).await?;
         let router = Router::new()
             .merge(cloudplay_control::router(control.clone()))
@@ -127,8 +127,9 @@ impl HostServer {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
         };
-        let host =
-            Host::start(host_config, Catalogue::builtin()).await.context("starting the stream host")?;
+        let runtimes = Runtimes::new(config.runtimes());
+        let kinds = runtimes.kinds();
+        let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -145,7 +146,7 @@ impl HostServer {
                 "region": config.region,
                 "endpoint": endpoint,
                 "capacity": config.max_sessions,
-                "runtimes": ["builtin"],
+                "runtimes": kinds,
             }),
         };
         let (key, lease) = membership.register().await.context("registering with the control plane")?;

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod catalogue;
 pub mod client;
 pub mod config;
 pub mod fleet;

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use cloudplay_proto::runtime::RuntimeSpec;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -157,8 +158,11 @@ async fn put_game(
     let who = admin(&control, &headers, true).await?;
     valid_id(&id)?;
     let request: GameBody = parse_json(&headers, body)?;
-    if request.runtime["kind"].as_str().is_none() {
-        return Err(ApiError::bad_request("runtime.kind is required (e.g. \"builtin\")"));
+    let runtime = RuntimeSpec::from_json(&request.runtime.to_string()).map_err(ApiError::bad_request)?;
+    if let RuntimeSpec::Native { .. } = runtime {
+        // A native spec names a program the hosts run: that is the operator's call.
+        let message = "native games run programs on the hosts; the operator adds them in the catalogue file";
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message.into()));
     }
     if request.max_players == 0 || request.title.trim().is_empty() {
         return Err(ApiError::bad_request("a title and at least one player are required"));
@@ -168,7 +172,7 @@ async fn put_game(
         title: request.title,
         description: request.description,
         art_url: request.art_url,
-        runtime: request.runtime.to_string(),
+        runtime: runtime.to_json(),
         required_tier: request.required_tier,
         max_players: request.max_players,
         controls: request.controls,

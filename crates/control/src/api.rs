@@ -16,14 +16,14 @@ use cloudplay_proto::api::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use std::sync::Arc;
 
 use cloudplay_proto::api::GameInfo;
 
 use crate::auth::{Principal, principal};
-use crate::sessions::{Claim, StoredRequest, builtin_game};
+use crate::sessions::{Claim, StoredRequest, launch_for};
 use crate::store::{CatalogueGame, SessionRecord, StoreError};
 use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
 
@@ -259,12 +259,15 @@ async fn create_session(
             format!("this game needs the {tier} subscription"),
         ));
     }
-    let builtin = builtin_game(&game).ok_or_else(|| {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host runs this game's runtime".into())
+    let launch = launch_for(&game, &who.tenant, request.user_id.as_deref()).map_err(|e| {
+        warn!(tenant = %who.tenant, game = %game.id, error = %e, "catalogue entry cannot run");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "game_unavailable", "this game cannot be started".into())
     })?;
     let tenant = store.tenant(&who.tenant).await.map_err(internal)?;
     let stored = StoredRequest { options: request.options, rtt_ms: request.rtt_ms.clone() };
-    let host_id = match control.claim_host(&tenant, &request.rtt_ms).await.map_err(internal)? {
+    let claim =
+        control.claim_host(&tenant, &request.rtt_ms, launch.runtime.kind()).await.map_err(internal)?;
+    let host_id = match claim {
         Claim::Host(host_id) => Some(host_id),
         Claim::Queue => None,
         Claim::Unplaceable => {
@@ -307,7 +310,7 @@ async fn create_session(
         info!(session = %session.id, tenant = %who.tenant, position, "session queued");
         return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
     };
-    if let Err(e) = control.start_placed(&session, &builtin).await {
+    if let Err(e) = control.start_placed(&session, &launch).await {
         control.finish(&session, "ended").await.map_err(internal)?;
         return Err(start_error(e));
     }
@@ -321,6 +324,7 @@ fn start_error(e: StartError) -> ApiError {
         StartError::UnknownGame => ApiError::not_found("game"),
         StartError::InvalidOptions(message) => ApiError::bad_request(message),
         StartError::NoCapacity(message) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", message),
+        StartError::GameFailed(message) => ApiError(StatusCode::BAD_GATEWAY, "game_failed", message),
         StartError::Failed(message) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", message),
     }
 }

@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cloudplay_proto::api::{GameInfo, SessionOptions};
+use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use ed25519_dalek::SigningKey;
 use rand::Rng;
@@ -36,6 +37,8 @@ pub enum StartError {
     UnknownGame,
     InvalidOptions(String),
     NoCapacity(String),
+    /// The game itself could not start (core, content or program); for the player.
+    GameFailed(String),
     Failed(String),
 }
 
@@ -64,7 +67,7 @@ pub trait SessionHost: Send + Sync {
     fn start_session<'a>(
         &'a self,
         session_id: &'a str,
-        game: &'a str,
+        launch: &'a GameLaunch,
         options: SessionOptions,
     ) -> HostFuture<'a, Result<(), StartError>>;
     fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool>;
@@ -138,8 +141,9 @@ impl ControlPlane {
         &self.inner.store
     }
 
-    /// Makes sure the default tenant exists and offers `games` (built-in runtime).
-    pub async fn bootstrap(&self, games: &[GameInfo]) -> Result<(), StoreError> {
+    /// Makes sure the default tenant exists and offers `games` (the built-in games and the
+    /// operator's catalogue file, which is authoritative for the ids it names).
+    pub async fn bootstrap(&self, games: &[CatalogueGame]) -> Result<(), StoreError> {
         let tenant_id = self.inner.config.default_tenant.clone();
         if let Err(StoreError::NotFound) = self.inner.store.tenant(&tenant_id).await {
             let tenant = Tenant {
@@ -153,18 +157,13 @@ impl ControlPlane {
             info!(tenant = %tenant_id, "created the default tenant");
         }
         for game in games {
-            if let Err(StoreError::NotFound) = self.inner.store.game(&tenant_id, &game.id).await {
-                let entry = CatalogueGame {
-                    id: game.id.clone(),
-                    title: game.title.clone(),
-                    description: game.description.clone(),
-                    art_url: String::new(),
-                    runtime: serde_json::json!({ "kind": "builtin", "game": game.id }).to_string(),
-                    required_tier: None,
-                    max_players: game.max_players,
-                    controls: game.controls.clone(),
-                };
-                self.inner.store.put_game(&tenant_id, &entry).await?;
+            let current = match self.inner.store.game(&tenant_id, &game.id).await {
+                Ok(current) => Some(current),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            if current.as_ref() != Some(game) {
+                self.inner.store.put_game(&tenant_id, game).await?;
             }
         }
         Ok(())
@@ -176,6 +175,7 @@ impl ControlPlane {
         host: Arc<dyn SessionHost>,
         region: &str,
         capacity: u32,
+        runtimes: Vec<String>,
     ) -> Result<(), StoreError> {
         let id = host.host_id();
         let registration = HostRegistration {
@@ -183,7 +183,7 @@ impl ControlPlane {
             region: region.into(),
             endpoint: String::new(),
             capacity,
-            runtimes: vec!["builtin".into()],
+            runtimes,
         };
         // A restarted process lost its sessions.
         self.inner.store.register_host(&registration, unix_ms(), self.inner.config.host_lease_ms).await?;

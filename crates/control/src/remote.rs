@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,13 +85,14 @@ impl SessionHost for RemoteHost {
     fn start_session<'a>(
         &'a self,
         session_id: &'a str,
-        game: &'a str,
+        launch: &'a GameLaunch,
         options: SessionOptions,
     ) -> HostFuture<'a, Result<(), StartError>> {
         Box::pin(async move {
             let seed: u64 = rand::thread_rng().r#gen();
-            let body = json!({ "session_id": session_id, "game": game, "options": options, "seed": seed })
-                .to_string();
+            let body =
+                json!({ "session_id": session_id, "launch": launch, "options": options, "seed": seed })
+                    .to_string();
             let (status, answer) = self
                 .request("POST", "/internal/v1/sessions", Some(body))
                 .await
@@ -101,6 +103,13 @@ impl SessionHost for RemoteHost {
                 404 => Err(StartError::UnknownGame),
                 400 => Err(StartError::InvalidOptions(message())),
                 503 => Err(StartError::NoCapacity(message())),
+                502 => {
+                    // The host's JSON error carries the reason meant for the player.
+                    let body: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+                    let reason =
+                        body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(message);
+                    Err(StartError::GameFailed(reason))
+                }
                 _ => Err(StartError::Failed(format!("host answered {status}: {}", message()))),
             }
         })

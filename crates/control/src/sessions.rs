@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::{GameLaunch, RuntimeSpec};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -42,13 +43,19 @@ pub enum Claim {
     Unplaceable,
 }
 
-/// The built-in game a catalogue entry runs, if its runtime is the built-in one.
-pub fn builtin_game(game: &CatalogueGame) -> Option<String> {
-    let spec: serde_json::Value = serde_json::from_str(&game.runtime).ok()?;
-    match (spec["kind"].as_str(), spec["game"].as_str()) {
-        (Some("builtin"), Some(id)) => Some(id.to_string()),
-        _ => None,
+/// What a host needs to start `game` for `user` of `tenant` (whose in-game saves it keeps),
+/// or why the catalogue entry cannot be run.
+pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Result<GameLaunch, String> {
+    let runtime = RuntimeSpec::from_json(&game.runtime)?;
+    let mut launch = GameLaunch { game: game.id.clone(), runtime, save_profile: None };
+    if let Some(user) = user {
+        launch.save_profile = Some(format!("{tenant}/{user}"));
+        if launch.validate().is_err() {
+            launch.save_profile = None; // ids the save directory cannot hold: no persistent saves
+        }
     }
+    launch.validate()?;
+    Ok(launch)
 }
 
 impl ControlPlane {
@@ -57,6 +64,7 @@ impl ControlPlane {
         &self,
         tenant: &Tenant,
         rtt_ms: &BTreeMap<String, u32>,
+        runtime: &str,
     ) -> Result<Claim, StoreError> {
         let store = &self.inner.store;
         for _ in 0..PLACEMENT_ATTEMPTS {
@@ -66,11 +74,8 @@ impl ControlPlane {
             } else {
                 rtt_ms.iter().map(|(region, ms)| (region.clone(), *ms)).collect()
             };
-            let ask = PlacementRequest {
-                rtt_ms: measured,
-                max_rtt_ms: tenant.max_rtt_ms,
-                runtime: "builtin".into(),
-            };
+            let ask =
+                PlacementRequest { rtt_ms: measured, max_rtt_ms: tenant.max_rtt_ms, runtime: runtime.into() };
             match place(&ask, &fleet) {
                 Placement::Host { host_id, .. } => {
                     if store.claim_slot(&host_id, unix_ms()).await? {
@@ -88,11 +93,11 @@ impl ControlPlane {
     pub(crate) async fn start_placed(
         &self,
         session: &SessionRecord,
-        builtin: &str,
+        launch: &GameLaunch,
     ) -> Result<(), StartError> {
         let host = session.host_id.as_deref().and_then(|id| self.host(id));
         let result = match host {
-            Some(host) => host.start_session(&session.id, builtin, StoredRequest::of(session).options).await,
+            Some(host) => host.start_session(&session.id, launch, StoredRequest::of(session).options).await,
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
         };
         if result.is_err()
@@ -123,9 +128,11 @@ impl ControlPlane {
                 }
                 Err(e) => return Err(e),
             };
-            let Some(builtin) = builtin_game(&game) else { continue };
-            let Claim::Host(host_id) = self.claim_host(&tenant, &StoredRequest::of(&session).rtt_ms).await?
-            else {
+            let Ok(launch) = launch_for(&game, &session.tenant_id, session.user_id.as_deref()) else {
+                continue;
+            };
+            let rtt_ms = StoredRequest::of(&session).rtt_ms;
+            let Claim::Host(host_id) = self.claim_host(&tenant, &rtt_ms, launch.runtime.kind()).await? else {
                 // FIFO: nobody behind the head of this tenant's queue goes first.
                 continue;
             };
@@ -134,10 +141,15 @@ impl ControlPlane {
                 continue;
             }
             let running = SessionRecord { host_id: Some(host_id.clone()), state: "placed".into(), ..session };
-            match self.start_placed(&running, &builtin).await {
+            match self.start_placed(&running, &launch).await {
                 Ok(()) => {
                     info!(session = %running.id, host = %host_id, "queued session placed");
                     placed += 1;
+                }
+                Err(StartError::GameFailed(reason)) => {
+                    // The game cannot start (missing core or content, a broken program):
+                    // waiting longer will not help, so the session ends.
+                    warn!(session = %running.id, host = %host_id, %reason, "queued session's game failed to start");
                 }
                 Err(e) => {
                     // The host failed (perhaps it died and its lease has not run out yet):

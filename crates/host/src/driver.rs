@@ -29,6 +29,8 @@ pub const INPUT_CHANNEL_LABEL: &str = "input";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Largest datagram we read; WebRTC stays under the path MTU.
 const MAX_DATAGRAM: usize = 2048;
+/// How long a player has to receive "the game ended because …" before the disconnect.
+const END_MESSAGE_GRACE: Duration = Duration::from_millis(300);
 
 pub type PeerId = u64;
 
@@ -69,9 +71,20 @@ pub struct NewPeer {
 pub enum DriverCommand {
     AddPeer(Box<NewPeer>),
     RemovePeer(PeerId),
-    Video { session: Arc<str>, video: VideoPacket },
-    Audio { session: Arc<str>, audio: AudioPacket },
-    EndSession(Arc<str>),
+    Video {
+        session: Arc<str>,
+        video: VideoPacket,
+    },
+    Audio {
+        session: Arc<str>,
+        audio: AudioPacket,
+    },
+    /// The session ended; `reason` (the game stopped by itself) is sent to its players
+    /// on the input channel before they are disconnected.
+    EndSession {
+        session: Arc<str>,
+        reason: Option<Arc<str>>,
+    },
 }
 
 struct Peer {
@@ -83,11 +96,29 @@ struct Peer {
     input_channel: Option<ChannelId>,
     /// Until a keyframe is sent, P-frames would only show garbage.
     needs_keyframe: bool,
+    /// Disconnect at this time: the session ended and the peer was told why.
+    close_at: Option<Instant>,
 }
 
 impl Peer {
     fn rtc(&mut self) -> &mut Rtc {
         &mut self.setup.rtc
+    }
+
+    /// Ends the peer's part in a session: with a reason, the player hears it on the input
+    /// channel and is disconnected a moment later (so the message is delivered).
+    fn end(&mut self, reason: Option<&str>) {
+        let channel = self.input_channel;
+        if let (Some(reason), Some(channel)) = (reason, channel)
+            && let Some(mut channel) = self.setup.rtc.channel(channel)
+        {
+            let message = serde_json::json!({ "type": "ended", "reason": reason }).to_string();
+            if channel.write(false, message.as_bytes()).is_ok() {
+                self.close_at = Some(Instant::now() + END_MESSAGE_GRACE);
+                return;
+            }
+        }
+        self.rtc().disconnect();
     }
 
     fn tell_session(&self, command: SessionCommand) {
@@ -244,11 +275,18 @@ pub async fn run_driver(
         let mut next_timeout = Instant::now() + Duration::from_millis(100);
         for peer in &mut peers {
             next_timeout = next_timeout.min(peer.drive(&socket, &counters));
+            if let Some(at) = peer.close_at {
+                next_timeout = next_timeout.min(at);
+            }
         }
         let drained = Instant::now();
         for (captured, encoded, stats) in sent_frames.drain(..) {
             stats.record(Stage::Send, drained - encoded);
             stats.record(Stage::Total, drained - captured);
+        }
+        for peer in peers.iter_mut().filter(|p| p.close_at.is_some_and(|at| at <= Instant::now())) {
+            peer.close_at = None;
+            peer.rtc().disconnect();
         }
         peers.retain(|peer| {
             let timed_out = !peer.connected && peer.created.elapsed() > CONNECT_TIMEOUT;
@@ -275,6 +313,7 @@ pub async fn run_driver(
                             audio: None,
                             input_channel: None,
                             needs_keyframe: true,
+                            close_at: None,
                         });
                     }
                     DriverCommand::RemovePeer(id) => {
@@ -293,9 +332,9 @@ pub async fn run_driver(
                             peer.write_audio(&audio);
                         }
                     }
-                    DriverCommand::EndSession(session) => {
+                    DriverCommand::EndSession { session, reason } => {
                         for peer in peers.iter_mut().filter(|p| p.setup.session == session) {
-                            peer.rtc().disconnect();
+                            peer.end(reason.as_deref());
                         }
                     }
                 }

@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::constant_time_eq;
+use cloudplay_proto::runtime::GameLaunch;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -39,7 +40,7 @@ pub fn router(host: Host, fleet_token: String) -> Router {
 #[serde(deny_unknown_fields)]
 struct StartRequest {
     session_id: String,
-    game: String,
+    launch: GameLaunch,
     options: SessionOptions,
     seed: u64,
 }
@@ -62,8 +63,13 @@ async fn start(State(internal): State<Internal>, headers: HeaderMap, body: axum:
     if !valid_id {
         return error_response(StatusCode::BAD_REQUEST, "invalid_request", "bad session id");
     }
-    match internal.host.start_session(&request.session_id, &request.game, request.options, request.seed) {
+    match internal
+        .host
+        .start_session(&request.session_id, request.launch, request.options, request.seed)
+        .await
+    {
         Ok(()) => StatusCode::CREATED.into_response(),
+        Err(HostError::Game(e)) => error_response(StatusCode::BAD_GATEWAY, "game_failed", e.to_string()),
         Err(e @ HostError::UnknownGame(_)) => {
             error_response(StatusCode::NOT_FOUND, "unknown_game", e.to_string())
         }

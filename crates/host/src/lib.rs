@@ -20,10 +20,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cloudplay_game::{Catalogue, MAX_PLAYERS};
+use cloudplay_game::MAX_PLAYERS;
 use cloudplay_media::{h264_built_with_assembly, video_backends};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::ticket::TicketVerifier;
+use cloudplay_runtime::{RuntimeError, Runtimes};
 use ed25519_dalek::VerifyingKey;
 use thiserror::Error;
 use tokio::net::UdpSocket;
@@ -31,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::driver::{DriverCommand, PeerId, run_driver};
-use crate::session::{SessionCommand, SessionSender, SessionSetup, encoder_config, spawn_session};
+use crate::session::{SessionCommand, SessionSender, SessionSetup, encoder_config, run_session};
 use crate::stats::{HostCounters, SessionStats, Stage};
 
 /// How many commands (mostly encoded frames) may wait for the driver. Small on purpose:
@@ -67,7 +69,14 @@ pub enum HostError {
     Duplicate(String),
     #[error("could not start the session: {0}")]
     Start(String),
+    /// The game itself failed to start (missing core or content, a program that exits or
+    /// hangs); the message is for the player.
+    #[error("{0}")]
+    Game(RuntimeError),
 }
+
+/// Extra time a session start may take beyond the runtime's own startup limit.
+const START_SLACK: Duration = Duration::from_secs(5);
 
 /// Player seats and viewer count of one session; freed by the driver when peers leave.
 #[derive(Debug, Default)]
@@ -134,7 +143,7 @@ pub struct HostSessionInfo {
 
 struct HostInner {
     config: HostConfig,
-    catalogue: Catalogue,
+    runtimes: Arc<Runtimes>,
     media_addr: SocketAddr,
     sessions: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
     driver: mpsc::Sender<DriverCommand>,
@@ -154,7 +163,7 @@ pub fn unix_ms() -> u64 {
 
 impl Host {
     /// Binds the media port and starts the peer driver. Must run inside a Tokio runtime.
-    pub async fn start(config: HostConfig, catalogue: Catalogue) -> std::io::Result<Host> {
+    pub async fn start(config: HostConfig, runtimes: Runtimes) -> std::io::Result<Host> {
         let bind_ip =
             if config.public_ip.is_loopback() { config.public_ip } else { Ipv4Addr::UNSPECIFIED.into() };
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, config.media_port)).await?;
@@ -167,12 +176,12 @@ impl Host {
         let counters = Arc::new(HostCounters::default());
         let (driver, commands) = mpsc::channel(DRIVER_QUEUE);
         tokio::spawn(run_driver(socket, media_addr, commands, counters.clone()));
-        info!(host = %config.host_id, media = %media_addr, "stream host started");
+        info!(host = %config.host_id, media = %media_addr, runtimes = ?runtimes.kinds(), "stream host started");
         let verifier = Mutex::new(TicketVerifier::new(config.ticket_key, config.host_id.clone()));
         Ok(Host {
             inner: Arc::new(HostInner {
                 config,
-                catalogue,
+                runtimes: Arc::new(runtimes),
                 media_addr,
                 sessions: Mutex::new(HashMap::new()),
                 driver,
@@ -204,31 +213,29 @@ impl Host {
         self.inner.media_addr
     }
 
-    pub fn catalogue(&self) -> &Catalogue {
-        &self.inner.catalogue
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.inner.runtimes
     }
 
     pub fn counters(&self) -> &HostCounters {
         &self.inner.counters
     }
 
-    /// Starts a session of `game` with `options` under the id `id`.
-    pub fn start_session(
+    /// Starts a session of the game `launch` describes, with `options`, under the id `id`.
+    /// Returns once the game runs (a native program has opened its window), or with the
+    /// reason it could not start; the slot is free again in that case.
+    pub async fn start_session(
         &self,
         id: &str,
-        game: &str,
+        launch: GameLaunch,
         options: SessionOptions,
         seed: u64,
     ) -> Result<(), HostError> {
         options.validate().map_err(HostError::InvalidOptions)?;
-        let entry = self.inner.catalogue.get(game).ok_or_else(|| HostError::UnknownGame(game.into()))?;
-        let mut sessions =
-            self.inner.sessions.lock().map_err(|_| HostError::Start("registry poisoned".into()))?;
-        if sessions.len() >= self.inner.config.max_sessions {
-            return Err(HostError::Full(sessions.len()));
-        }
-        if sessions.contains_key(id) {
-            return Err(HostError::Duplicate(id.into()));
+        launch.validate().map_err(|e| HostError::Game(RuntimeError::InvalidSpec(e)))?;
+        let kind = launch.runtime.kind();
+        if !self.inner.runtimes.kinds().contains(&kind) {
+            return Err(HostError::Game(RuntimeError::Unsupported(kind)));
         }
         let backend = video_backends().first().ok_or_else(|| HostError::Start("no video encoder".into()))?;
         let encoder =
@@ -236,40 +243,78 @@ impl Host {
         let (commands, receiver) = std::sync::mpsc::channel();
         let id: Arc<str> = id.into();
         let stats = Arc::new(SessionStats::default());
-        let setup = SessionSetup {
-            id: id.clone(),
-            options,
-            game: (entry.create)(seed),
-            encoder,
-            commands: receiver,
-            driver: self.inner.driver.clone(),
-            stats: stats.clone(),
-            idle_timeout: self.inner.config.idle_timeout,
-        };
+        {
+            let mut sessions =
+                self.inner.sessions.lock().map_err(|_| HostError::Start("registry poisoned".into()))?;
+            if sessions.len() >= self.inner.config.max_sessions {
+                return Err(HostError::Full(sessions.len()));
+            }
+            if sessions.contains_key(&id) {
+                return Err(HostError::Duplicate(id.to_string()));
+            }
+            // Holds the slot while the game starts.
+            sessions.insert(
+                id.clone(),
+                Arc::new(SessionHandle {
+                    id: id.clone(),
+                    game: launch.game.clone(),
+                    options,
+                    created_at_ms: unix_ms(),
+                    commands,
+                    stats: stats.clone(),
+                    seats: Arc::new(Seats::default()),
+                }),
+            );
+        }
+        let (started, start_result) = tokio::sync::oneshot::channel();
         let host = self.clone();
+        let driver = self.inner.driver.clone();
+        let idle_timeout = self.inner.config.idle_timeout;
         let session_id = id.clone();
-        std::thread::Builder::new()
-            .name("session-reaper".into())
+        // The game is made on the session's own thread: a native program is tied to the
+        // thread that started it, and starting may block for its startup timeout.
+        let thread = std::thread::Builder::new()
+            .name(format!("session-{}", id.chars().take(8).collect::<String>()))
             .spawn(move || {
-                if let Ok(thread) = spawn_session(setup) {
-                    let _ = thread.join();
-                }
+                let game = match host.inner.runtimes.start(&launch, &options, seed) {
+                    Ok(game) => {
+                        let _ = started.send(Ok(()));
+                        game
+                    }
+                    Err(e) => {
+                        warn!(session = %session_id, game = %launch.game, error = %e, "game failed to start");
+                        host.forget_session(&session_id);
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                run_session(SessionSetup {
+                    id: session_id.clone(),
+                    options,
+                    game,
+                    encoder,
+                    commands: receiver,
+                    driver,
+                    stats,
+                    idle_timeout,
+                });
                 host.forget_session(&session_id);
-            })
-            .map_err(|e| HostError::Start(e.to_string()))?;
-        sessions.insert(
-            id.clone(),
-            Arc::new(SessionHandle {
-                id,
-                game: game.into(),
-                options,
-                created_at_ms: unix_ms(),
-                commands,
-                stats,
-                seats: Arc::new(Seats::default()),
-            }),
-        );
-        Ok(())
+            });
+        if let Err(e) = thread {
+            self.forget_session(&id);
+            return Err(HostError::Start(e.to_string()));
+        }
+        let limit = self.inner.runtimes.config().native_startup_timeout + START_SLACK;
+        match tokio::time::timeout(limit, start_result).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(RuntimeError::UnknownGame(game)))) => Err(HostError::UnknownGame(game)),
+            Ok(Ok(Err(e))) => Err(HostError::Game(e)),
+            Ok(Err(_)) => Err(HostError::Start("the session thread ended while starting".into())),
+            Err(_) => {
+                self.stop_session(&id);
+                Err(HostError::Game(RuntimeError::TimedOut("the game did not start".into())))
+            }
+        }
     }
 
     fn forget_session(&self, id: &str) {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cloudplay_game::{AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, PlayerInput, TICK_RATE};
+use cloudplay_game::{
+    AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, GameStatus, PlayerInput, TICK_RATE,
+};
 use cloudplay_media::{
     AudioEncoder, I420Frame, OPUS_FRAME_SAMPLES, RateController, RateDecision, VideoEncoder,
     VideoEncoderConfig,
@@ -93,6 +95,8 @@ struct SessionLoop {
     last_keyframe: Option<Instant>,
     started: Instant,
     stopped: bool,
+    /// Why the game ended by itself, told to the players.
+    end_reason: Option<Arc<str>>,
 }
 
 /// Runs a session until it is stopped, its driver goes away, or it idles out.
@@ -126,6 +130,7 @@ pub fn run_session(setup: SessionSetup) {
         last_keyframe: None,
         started: Instant::now(),
         stopped: false,
+        end_reason: None,
         setup,
     };
     session
@@ -135,7 +140,10 @@ pub fn run_session(setup: SessionSetup) {
         .store(session.rate.current_bps() as u64, std::sync::atomic::Ordering::Relaxed);
     info!(session = %session.setup.id, width = options.width, height = options.height, fps = options.fps, "session started");
     session.run();
-    let _ = session.setup.driver.try_send(DriverCommand::EndSession(session.setup.id.clone()));
+    let end =
+        DriverCommand::EndSession { session: session.setup.id.clone(), reason: session.end_reason.clone() };
+    // The end must reach the driver (peers are told why); wait briefly if it is busy.
+    let _ = session.setup.driver.blocking_send(end);
     info!(session = %session.setup.id, frames = session.frame_seq, "session ended");
 }
 
@@ -242,6 +250,13 @@ impl SessionLoop {
             self.last_input_seq = self.pending_input_seq;
         }
         self.setup.stats.inputs_applied.fetch_add(applied, std::sync::atomic::Ordering::Relaxed);
+        let status = self.setup.game.status();
+        if status != GameStatus::Running {
+            warn!(session = %self.setup.id, %status, "the game stopped");
+            self.end_reason = Some(status.to_string().into());
+            self.stopped = true;
+            return;
+        }
         self.setup.game.mix_audio(&mut self.tick_audio);
         self.audio_pending.extend_from_slice(&self.tick_audio);
         let frame_len = OPUS_FRAME_SAMPLES * AUDIO_CHANNELS;
@@ -341,13 +356,6 @@ impl SessionLoop {
             Err(TrySendError::Closed(_)) => self.stopped = true,
         }
     }
-}
-
-/// Spawns a session loop on its own thread.
-pub fn spawn_session(setup: SessionSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("session-{}", setup.id.chars().take(8).collect::<String>()))
-        .spawn(move || run_session(setup))
 }
 
 /// A sender for session commands that never blocks the caller.
