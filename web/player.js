@@ -23,11 +23,11 @@ const stats = (window.cloudplayStats = {
   error: null,
 });
 
-function fail(message) {
+function fail(message, title = 'Could not play') {
   stats.state = 'failed';
   stats.error = message;
   overlay.classList.remove('hidden');
-  overlayTitle.textContent = 'Could not play';
+  overlayTitle.textContent = title;
   overlayText.textContent = message;
   startButton.hidden = true;
 }
@@ -372,6 +372,14 @@ async function whep(session, player) {
   if (player) {
     channel = pc.createDataChannel('input', { ordered: true });
     channel.binaryType = 'arraybuffer';
+    // The server speaks on this channel only to say why the game ended (it quit or crashed).
+    channel.onmessage = (e) => {
+      if (typeof e.data !== 'string') return;
+      try {
+        const message = JSON.parse(e.data);
+        if (message.type === 'ended') stats.endedReason = String(message.reason);
+      } catch { /* not ours */ }
+    };
   }
   const stream = new MediaStream();
   pc.ontrack = (e) => {
@@ -384,7 +392,10 @@ async function whep(session, player) {
   pc.onconnectionstatechange = () => {
     if (pc.connectionState === 'failed') fail('The connection failed. Check that UDP can reach the server (see docs/deployment.md).');
     if (pc.connectionState === 'disconnected' || pc.connectionState === 'closed') {
-      if (stats.state !== 'failed') fail('The stream ended.');
+      if (stats.state !== 'failed') {
+        if (stats.endedReason) fail(stats.endedReason, 'The game ended');
+        else fail('The stream ended.');
+      }
     }
   };
   await pc.setLocalDescription(await pc.createOffer());

@@ -94,6 +94,8 @@ pub struct StreamClient {
     pub watch: Option<(u32, u32, u32, u32)>,
     pub audio_packets: u64,
     pub location: String,
+    /// Why the game ended, when the server said so on the input channel.
+    pub ended_reason: Option<String>,
 }
 
 impl StreamClient {
@@ -142,6 +144,7 @@ impl StreamClient {
             watch: None,
             audio_packets: 0,
             location,
+            ended_reason: None,
         })
     }
 
@@ -208,6 +211,12 @@ impl StreamClient {
     fn on_event(&mut self, event: Event, frames: &mut Vec<ReceivedFrame>) -> anyhow::Result<()> {
         match event {
             Event::ChannelOpen(id, _) if id == self.input => self.input_open = true,
+            Event::ChannelData(data) if data.id == self.input && !data.binary => {
+                let message: serde_json::Value = serde_json::from_slice(&data.data).unwrap_or_default();
+                if message["type"] == "ended" {
+                    self.ended_reason = message["reason"].as_str().map(str::to_string);
+                }
+            }
             Event::MediaData(data) if data.mid == self.audio => self.audio_packets += 1,
             Event::MediaData(data) if data.mid == self.video => {
                 let received_at = Instant::now();

@@ -1,0 +1,193 @@
+//! The runtimes through the whole stack: a catalogue file read by `serve`, sessions created
+//! through the API, streamed over WebRTC to the native client, input sent back. A libretro
+//! core (Debian's nestopia, fetched by `.ci/run`) runs our own NES program; native games run
+//! on Xvfb. Games that cannot start or that stop are reported to the player.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cloudplay::app::Server;
+use cloudplay::client::{StreamClient, create_session, http_request};
+use cloudplay::config::Config;
+use cloudplay_proto::InputEvent;
+use cloudplay_runtime::homebrew::colour_pad_rom;
+
+const CATALOGUE: &str = r#"
+[[game]]
+id = "colour-pad"
+title = "Colour Pad"
+description = "Our own NES program: the buttons you hold pick the colour."
+runtime = { kind = "libretro", core = "nestopia", content = "nes/colour-pad.nes" }
+
+[[game]]
+id = "missing-core"
+title = "Needs a core this host lacks"
+runtime = { kind = "libretro", core = "nosuchcore", content = "nes/colour-pad.nes" }
+
+[[game]]
+id = "crasher"
+title = "Exits at once"
+runtime = { kind = "native", command = ["sh", "-c", "echo 'cannot open level.dat' >&2; exit 4"] }
+
+[[game]]
+id = "quitter"
+title = "Quits after a moment"
+runtime = { kind = "native", command = ["xterm", "-e", "sleep 3"] }
+"#;
+
+fn cores_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(
+        std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into()),
+    );
+    let ready =
+        dir.join("nestopia_libretro.so").is_file() && cloudplay_runtime::find_program("Xvfb").is_some();
+    if ready {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI must provide nestopia and Xvfb (see .ci/run)");
+    eprintln!("skipped: needs nestopia_libretro.so (CLOUDPLAY_CORES_DIR) and Xvfb");
+    None
+}
+
+struct Running {
+    addr: SocketAddr,
+    root: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+async fn start(name: &str, max_sessions: usize) -> Option<Running> {
+    let cores = cores_dir()?;
+    let root = std::env::temp_dir().join(format!("cloudplay-runtimes-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("content/nes")).unwrap();
+    std::fs::write(root.join("content/nes/colour-pad.nes"), colour_pad_rom()).unwrap();
+    std::fs::write(root.join("catalogue.toml"), CATALOGUE).unwrap();
+    let config = Config {
+        catalogue: Some(root.join("catalogue.toml")),
+        cores_dir: cores,
+        content_dir: root.join("content"),
+        saves_dir: root.join("saves"),
+        system_dir: root.join("system"),
+        max_sessions,
+        ..Config::ephemeral()
+    };
+    let server = Server::start(config).await.expect("server starts");
+    let addr = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    Some(Running { addr, root })
+}
+
+fn body(game: &str) -> String {
+    format!(r#"{{"game":"{game}","options":{{"width":640,"height":360,"fps":60}}}}"#)
+}
+
+fn post_session(addr: SocketAddr, game: &str) -> (u16, serde_json::Value) {
+    let (status, _, response) = http_request(
+        addr,
+        "POST",
+        "/api/v1/sessions",
+        &[("Content-Type", "application/json")],
+        body(game).as_bytes(),
+    )
+    .unwrap();
+    (status, serde_json::from_slice(&response).unwrap_or_default())
+}
+
+/// Mean luma of the middle of the picture, once frames arrive.
+fn centre_luma(client: &mut StreamClient, limit: Duration, done: impl Fn(u8) -> bool) -> Option<u8> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for frame in client.poll(Duration::from_millis(50)).expect("connection stays up") {
+            if let Some(luma) = frame.watched_luma.filter(|&l| done(l)) {
+                return Some(luma);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulated_game_streams_and_answers_the_pad() {
+    let Some(running) = start("stream", 4).await else { return };
+    let addr = running.addr;
+    tokio::task::spawn_blocking(move || {
+        let (_, _, games) = http_request(addr, "GET", "/api/v1/games", &[], b"").unwrap();
+        let games = String::from_utf8(games).unwrap();
+        assert!(games.contains("Colour Pad") && games.contains("Arrows: D-pad"), "{games}");
+
+        let session = create_session(addr, &body("colour-pad")).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        let idle = centre_luma(&mut client, Duration::from_secs(15), |_| true).expect("frames arrive");
+        while !client.input_open() {
+            client.poll(Duration::from_millis(20)).unwrap();
+        }
+        client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap(); // X = A
+        let held = centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20)
+            .expect("holding A changes the picture");
+        client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+        let back = centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) <= 4)
+            .expect("releasing A brings the idle colour back");
+        eprintln!("centre luma idle {idle}, A held {held}, released {back}");
+        assert!(client.audio_packets > 0, "audio flows");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn games_that_cannot_start_are_explained_and_free_their_slot() {
+    let Some(running) = start("fail", 1).await else { return };
+    let addr = running.addr;
+    tokio::task::spawn_blocking(move || {
+        let (status, error) = post_session(addr, "missing-core");
+        assert_eq!(status, 502, "{error}");
+        assert_eq!(error["error"]["code"], "game_failed");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("\"nosuchcore\" is not installed"), "{message}");
+
+        let (status, error) = post_session(addr, "crasher");
+        assert_eq!(status, 502, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("status 4") && message.contains("cannot open level.dat"), "{message}");
+
+        // The one slot is free again: a good game starts.
+        let (status, created) = post_session(addr, "colour-pad");
+        assert_eq!(status, 201, "{created}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_game_that_quits_ends_the_session_with_its_reason() {
+    let Some(running) = start("quit", 2).await else { return };
+    let addr = running.addr;
+    tokio::task::spawn_blocking(move || {
+        let session = create_session(addr, &body("quitter")).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut frames = 0;
+        while Instant::now() < deadline && client.ended_reason.is_none() {
+            match client.poll(Duration::from_millis(50)) {
+                Ok(received) => frames += received.len(),
+                Err(_) => break, // the server closed the connection
+            }
+        }
+        assert!(frames > 0, "the terminal was streamed while it ran");
+        let reason = client.ended_reason.clone().expect("the server said why the game ended");
+        assert!(reason.contains("xterm exited"), "{reason}");
+        std::thread::sleep(Duration::from_millis(500)); // the host forgets the session
+        let (status, _, _) =
+            http_request(addr, "GET", &format!("/api/v1/sessions/{}", session.session_id), &[], b"").unwrap();
+        assert_eq!(status, 404, "the session is over");
+    })
+    .await
+    .unwrap();
+}
