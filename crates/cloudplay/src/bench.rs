@@ -250,3 +250,141 @@ async fn bench_store(url: &str) -> anyhow::Result<(cloudplay_control::store::Sto
     let store = Store::connect(&scoped).await?;
     Ok((store, Scratch::Schema { url: url.to_string(), schema }))
 }
+
+/// One runtime's hot path, measured in-process at 60 frames per second.
+struct RuntimeRow {
+    name: String,
+    size: (u32, u32),
+    step: StageSummary,
+    render: StageSummary,
+    convert: StageSummary,
+    encode: StageSummary,
+    /// From the moment the frame existed (the core handed it over, or the capture or
+    /// drawing began) to the moment the encoder got it.
+    to_encoder: StageSummary,
+    frames: usize,
+}
+
+/// `cloudplay bench --runtimes`: per runtime, the time from a frame being produced to it
+/// entering the encoder, and the stages around it (no network: the runtime is the subject).
+pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32)) -> anyhow::Result<()> {
+    use cloudplay_game::Frame;
+    use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
+    use cloudplay_proto::api::SessionOptions;
+    use cloudplay_proto::runtime::{GameLaunch, RuntimeSpec};
+    use cloudplay_runtime::Runtimes;
+
+    let scratch = std::env::temp_dir().join(format!("cloudplay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(scratch.join("nes"))?;
+    std::fs::write(scratch.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())?;
+    let mut runtime_config = config.runtimes();
+    runtime_config.content_dir = scratch.clone();
+    let runtimes = Runtimes::new(runtime_config);
+    let kinds = runtimes.kinds();
+    let ticker = "while :; do date +%T.%N; sleep 0.01; done";
+    let cases: Vec<(&str, RuntimeSpec)> = vec![
+        ("built-in (Neon Cycles)", RuntimeSpec::Builtin { game: "neon-cycles".into() }),
+        (
+            "libretro (nestopia, NES 256x240 scaled)",
+            RuntimeSpec::Libretro {
+                core: "nestopia".into(),
+                content: "nes/colour-pad.nes".into(),
+                options: Default::default(),
+            },
+        ),
+        (
+            "native (xterm on Xvfb, XShm capture)",
+            RuntimeSpec::Native {
+                command: ["xterm", "-maximized", "-e", "sh", "-c", ticker].map(String::from).to_vec(),
+            },
+        ),
+    ];
+    let options = SessionOptions { width: size.0, height: size.1, ..SessionOptions::default() };
+    let mut rows = Vec::new();
+    for (name, spec) in cases {
+        if !kinds.contains(&spec.kind()) {
+            println!("skipped {name}: this host cannot run {} games", spec.kind());
+            continue;
+        }
+        let launch = GameLaunch { game: "bench".into(), runtime: spec, save_profile: None };
+        let mut game = match runtimes.start(&launch, &options, 1) {
+            Ok(game) => game,
+            Err(e) => {
+                println!("skipped {name}: {e}");
+                continue;
+            }
+        };
+        let mut encoder = OpenH264Encoder::new(VideoEncoderConfig {
+            width: size.0,
+            height: size.1,
+            fps: 60,
+            bitrate_bps: 3_000_000,
+        })?;
+        let mut frame = Frame::new(size.0, size.1);
+        let mut yuv = I420Frame::new(size.0, size.1);
+        let mut bitstream = Vec::with_capacity(1 << 20);
+        let mut samples: [Vec<u32>; 5] = Default::default();
+        let tick = Duration::from_secs(1) / 60;
+        let mut next = Instant::now();
+        let started = Instant::now();
+        let mut ticks = 0u64;
+        while started.elapsed() < Duration::from_secs(seconds) {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            next += tick;
+            // Press and release A every half second, so emulated pictures change.
+            let event =
+                cloudplay_proto::InputEvent::Key { usage: 0x1B, down: ticks % 60 < 30, repeat: false };
+            let inputs = [cloudplay_game::PlayerInput { player: 0, event }];
+            let t0 = Instant::now();
+            game.step(if ticks % 30 == 0 { &inputs } else { &[] });
+            let t1 = Instant::now();
+            game.render(&mut frame);
+            let t2 = Instant::now();
+            yuv.convert_from_rgba(&frame.pixels, frame.stride)?;
+            let t3 = Instant::now();
+            encoder.encode(&yuv, false, &mut bitstream)?;
+            let t4 = Instant::now();
+            let produced = game.frame_produced_at().unwrap_or(t1);
+            let us = |d: Duration| d.as_micros() as u32;
+            for (bucket, value) in samples.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3 - produced])
+            {
+                bucket.push(us(value));
+            }
+            ticks += 1;
+        }
+        let [step, render, convert, encode, to_encoder] = samples.map(|mut s| percentiles(&mut s));
+        rows.push(RuntimeRow {
+            name: name.into(),
+            size,
+            step,
+            render,
+            convert,
+            encode,
+            to_encoder,
+            frames: ticks as usize,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let cell = |s: &StageSummary| format!("{} / {}", ms(s.p50_us), ms(s.p99_us));
+    println!("\nRuntimes, one session each, 60 frames/s for {seconds} s (milliseconds, p50 / p99):\n");
+    println!(
+        "| runtime | size | step | render or capture | convert | encode | frame produced → encoder | frames |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {}x{} | {} | {} | {} | {} | {} | {} |",
+            row.name,
+            row.size.0,
+            row.size.1,
+            cell(&row.step),
+            cell(&row.render),
+            cell(&row.convert),
+            cell(&row.encode),
+            cell(&row.to_encoder),
+            row.frames
+        );
+    }
+    Ok(())
+}

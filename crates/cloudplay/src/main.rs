@@ -77,6 +77,13 @@ enum Command {
         /// Concurrent workers for --placement.
         #[arg(long, default_value_t = 16)]
         workers: usize,
+        /// Measure each game runtime instead (built-in, libretro, native) at the first
+        /// of --sizes: frame production to encoder, per stage.
+        #[arg(long)]
+        runtimes: bool,
+        /// Settings file (for cores_dir and the other runtime settings).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -230,6 +237,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
             runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))
+        }
+        Command::Bench { seconds, sizes, runtimes: true, config, .. } => {
+            let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
+            cloudplay::bench::runtimes(&settings(config.as_ref())?, seconds, size)
         }
         Command::Bench { seconds, sizes, .. } => {
             let sizes = sizes

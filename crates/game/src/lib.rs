@@ -69,6 +69,13 @@ pub trait Game: Send {
     /// Restores a state made by `save_state` of the same game.
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError>;
 
+    /// When the picture `render` would show was produced, if before `render` (an emulator
+    /// hands over its frame inside `step`); `None` when `render` itself makes or captures it.
+    /// Used to measure how old a frame is when it reaches the encoder.
+    fn frame_produced_at(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Whether the game still runs; the session loop ends the session on anything else and
     /// tells the players why. Built-in games never stop by themselves.
     fn status(&mut self) -> GameStatus {

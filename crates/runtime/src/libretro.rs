@@ -686,11 +686,6 @@ impl LibretroGame {
         self.frontend.frames_produced
     }
 
-    /// When the core handed over its newest frame.
-    pub fn frame_produced_at(&self) -> Option<Instant> {
-        self.frontend.produced_at
-    }
-
     /// The core's newest picture: RGBA, width, height.
     pub fn picture(&self) -> (&[u8], u32, u32) {
         (&self.frontend.picture, self.frontend.width, self.frontend.height)
@@ -776,6 +771,10 @@ impl Game for LibretroGame {
         }
         let ok = self.call(|api| unsafe { (api.unserialize)(bytes[8..].as_ptr().cast(), size) });
         if ok { Ok(()) } else { Err(StateError::Corrupt) }
+    }
+
+    fn frame_produced_at(&self) -> Option<Instant> {
+        self.frontend.produced_at
     }
 
     fn status(&mut self) -> GameStatus {
