@@ -336,7 +336,7 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32)) -> anyhow::Resu
                 cloudplay_proto::InputEvent::Key { usage: 0x1B, down: ticks % 60 < 30, repeat: false };
             let inputs = [cloudplay_game::PlayerInput { player: 0, event }];
             let t0 = Instant::now();
-            game.step(if ticks % 30 == 0 { &inputs } else { &[] });
+            game.step(if ticks.is_multiple_of(30) { &inputs } else { &[] });
             let t1 = Instant::now();
             game.render(&mut frame);
             let t2 = Instant::now();
