@@ -57,6 +57,12 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Write "Colour Pad", cloudplay's own tiny NES program (MIT/Apache), to a file: content
+    /// for trying the libretro runtime without a third-party ROM (see docs/games.md).
+    Homebrew {
+        /// Where to write the .nes file, e.g. cloudplay-data/content/nes/colour-pad.nes.
+        path: PathBuf,
+    },
     /// Manage tenants: the game platforms served by this deployment.
     Tenant {
         #[command(subcommand)]
@@ -237,6 +243,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
             runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))
+        }
+        Command::Homebrew { path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, cloudplay_runtime::homebrew::colour_pad_rom())
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(())
         }
         Command::Bench { seconds, sizes, runtimes: true, config, .. } => {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
