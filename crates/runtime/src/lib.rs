@@ -59,7 +59,8 @@ pub struct RuntimeConfig {
     pub content_dir: PathBuf,
     /// BIOS and other files cores look for in their "system directory".
     pub system_dir: PathBuf,
-    /// In-game saves of signed-in players, `{saves_dir}/{tenant}/{user}/{core}/`.
+    /// Saves of signed-in players: `{saves_dir}/{tenant}/{user}/{core}/` for libretro
+    /// SRAM, `{saves_dir}/{tenant}/{user}/native/{game}/` as a native program's `HOME`.
     pub saves_dir: PathBuf,
     /// Run native programs (needs `Xvfb`).
     pub native: bool,
@@ -173,7 +174,14 @@ impl Runtimes {
                 Ok(Box::new(game))
             }
             RuntimeSpec::Native { command } => {
+                let home = match &launch.save_profile {
+                    Some(profile) => native::NativeHome::Persistent(
+                        self.config.saves_dir.join(profile).join("native").join(&launch.game),
+                    ),
+                    None => native::NativeHome::Scratch,
+                };
                 let game = NativeGame::start(native::NativeSetup {
+                    home,
                     command,
                     width: options.width,
                     height: options.height,

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,18 @@ pub struct NativeSetup<'a> {
     pub startup_timeout: Duration,
     /// Address-space limit in bytes (0 = none).
     pub memory_limit: u64,
+    /// The program's `HOME`, where it keeps its settings and saves: per player, or a
+    /// scratch directory for guests (removed at the end).
+    pub home: NativeHome,
+}
+
+/// Where a native program's `HOME` is.
+#[derive(Debug, Clone)]
+pub enum NativeHome {
+    /// Kept across sessions (a signed-in player's).
+    Persistent(PathBuf),
+    /// Made for this session and removed with it.
+    Scratch,
 }
 
 /// Bytes of the program's error output kept to explain a failure.
@@ -120,6 +132,8 @@ pub struct NativeGame {
     status: GameStatus,
     capture_failed: std::cell::Cell<bool>,
     stderr: Arc<Mutex<VecDeque<u8>>>,
+    /// A scratch `HOME` to remove at the end.
+    scratch_home: Option<PathBuf>,
     // Dropped last: the program first, then its display.
     program: Supervised,
     display: Supervised,
@@ -314,23 +328,38 @@ impl NativeGame {
             u32::from_le_bytes([cookie[0], cookie[1], cookie[2], cookie[3]])
         ));
         write_auth_file(&auth_file, &cookie).map_err(|e| RuntimeError::Io(format!("auth file: {e}")))?;
-        let started = Instant::now();
-        let result = Self::start_with_auth(&setup, &auth_file, &cookie);
-        match &result {
-            Ok(_) => {
-                info!(program = %program_name, ms = started.elapsed().as_millis() as u64, "native game started")
+        let (home, scratch_home) = match &setup.home {
+            NativeHome::Persistent(dir) => (dir.clone(), None),
+            NativeHome::Scratch => {
+                let dir = auth_file.with_extension("home");
+                (dir.clone(), Some(dir))
             }
-            Err(_) => {
+        };
+        let started = Instant::now();
+        let result = std::fs::create_dir_all(&home)
+            .map_err(|e| RuntimeError::Io(format!("home directory: {e}")))
+            .and_then(|()| Self::start_with_auth(&setup, &auth_file, &cookie, &home));
+        match result {
+            Ok(mut game) => {
+                info!(program = %program_name, ms = started.elapsed().as_millis() as u64, "native game started");
+                game.scratch_home = scratch_home;
+                Ok(game)
+            }
+            Err(e) => {
                 let _ = std::fs::remove_file(&auth_file);
+                if let Some(dir) = scratch_home {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Err(e)
             }
         }
-        result
     }
 
     fn start_with_auth(
         setup: &NativeSetup<'_>,
         auth_file: &PathBuf,
         cookie: &[u8; 16],
+        home: &Path,
     ) -> Result<NativeGame, RuntimeError> {
         let deadline = Instant::now() + setup.startup_timeout;
         let (display, number) = start_display(setup, auth_file)?;
@@ -357,8 +386,13 @@ impl NativeGame {
 
         let memory_limit = setup.memory_limit;
         let mut command = Command::new(&setup.command[0]);
+        // A clean environment: the host's own (fleet token, database URL…) is not the game's.
         command
             .args(&setup.command[1..])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env("HOME", home)
+            .env("LANG", "C.UTF-8")
             .env("DISPLAY", format!(":{number}"))
             .env("XAUTHORITY", auth_file)
             .stdin(Stdio::null())
@@ -418,6 +452,7 @@ impl NativeGame {
             status: GameStatus::Running,
             capture_failed: std::cell::Cell::new(false),
             stderr,
+            scratch_home: None,
             program,
             display,
             auth_file: auth_file.clone(),
@@ -617,5 +652,8 @@ impl Drop for NativeGame {
     fn drop(&mut self) {
         self.program.kill_group();
         let _ = std::fs::remove_file(&self.auth_file);
+        if let Some(dir) = &self.scratch_home {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

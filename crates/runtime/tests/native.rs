@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use cloudplay_game::{Frame, Game, GameStatus, PlayerInput};
 use cloudplay_proto::input::InputEvent;
-use cloudplay_runtime::native::{NativeGame, NativeSetup};
+use cloudplay_runtime::native::{NativeGame, NativeHome, NativeSetup};
 use cloudplay_runtime::{RuntimeError, find_program};
 
 fn available() -> bool {
@@ -26,6 +26,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         xvfb: "Xvfb",
         startup_timeout: timeout,
         memory_limit: 4 << 30,
+        home: NativeHome::Scratch,
     })
 }
 
@@ -126,4 +127,33 @@ fn a_program_that_quits_mid_session_ends_it_with_a_reason() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(matches!(game.status(), GameStatus::Exited(_)), "{:?}", game.status());
+}
+
+#[test]
+fn a_program_gets_a_clean_environment_and_its_players_home() {
+    if !available() {
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("cloudplay-native-home-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let command: Vec<String> =
+        ["sh", "-c", "env > \"$HOME/env.txt\"; exec xterm"].iter().map(|s| s.to_string()).collect();
+    let game = NativeGame::start(NativeSetup {
+        command: &command,
+        width: 320,
+        height: 240,
+        xvfb: "Xvfb",
+        startup_timeout: Duration::from_secs(10),
+        memory_limit: 4 << 30,
+        home: NativeHome::Persistent(home.clone()),
+    })
+    .unwrap();
+    drop(game);
+    let env = std::fs::read_to_string(home.join("env.txt")).unwrap();
+    assert!(env.lines().any(|l| l == format!("HOME={}", home.display())), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("DISPLAY=:")), "{env}");
+    // The test process has CARGO_* variables; the host's environment must not leak into games.
+    assert!(!env.lines().any(|l| l.starts_with("CARGO")), "{env}");
+    assert!(home.exists(), "a player's home is kept");
+    let _ = std::fs::remove_dir_all(&home);
 }
