@@ -49,3 +49,39 @@ test('a player plays Neon Cycles in Chromium', { timeout: 90_000 }, async () => 
     await context.close();
   }
 });
+
+const runtimes = process.env.CLOUDPLAY_RUNTIMES === '1';
+
+test('an emulated NES game answers the keyboard in Chromium', { timeout: 60_000, skip: !runtimes && 'no libretro core' }, async () => {
+  const context = await launch();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${base}/play?game=colour-pad&width=${W}&height=${H}&probe=1`);
+    await waitForStats(page, () => window.cloudplayStats.probeFrames > 10, 30_000, 'decoded frames of the emulator');
+    const centre = [W / 2 - 20, H / 2 - 20, 40, 40];
+    const idle = await lumaOf(page, centre);
+    await page.keyboard.down('x'); // RetroPad A
+    await waitForStats(page, () => window.cloudplayStats.lastProbe.inputSeq >= 1, 5_000, 'the key press to be applied');
+    await page.waitForTimeout(200);
+    const held = await lumaOf(page, centre);
+    await page.keyboard.up('x');
+    assert.ok(Math.abs(held - idle) > 20, `holding A changes the colour (luma ${idle.toFixed(1)} → ${held.toFixed(1)})`);
+  } finally {
+    await context.close();
+  }
+});
+
+test('a game that quits tells the player why', { timeout: 60_000, skip: !runtimes && 'no Xvfb' }, async () => {
+  const context = await launch();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${base}/play?game=quitter&width=${W}&height=${H}&probe=0`);
+    await waitForStats(page, () => window.cloudplayStats.framesDecoded > 5, 30_000, 'frames of the native game');
+    await waitForStats(page, () => window.cloudplayStats.state === 'failed', 20_000, 'the game to end');
+    const stats = await page.evaluate(() => window.cloudplayStats);
+    assert.match(stats.error, /xterm exited/, 'the reason reaches the page');
+    assert.equal(await page.textContent('#overlay-title'), 'The game ended');
+  } finally {
+    await context.close();
+  }
+});

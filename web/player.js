@@ -377,7 +377,11 @@ async function whep(session, player) {
       if (typeof e.data !== 'string') return;
       try {
         const message = JSON.parse(e.data);
-        if (message.type === 'ended') stats.endedReason = String(message.reason);
+        if (message.type === 'ended') {
+          stats.endedReason = String(message.reason);
+          fail(stats.endedReason, 'The game ended');
+          pc.close();
+        }
       } catch { /* not ours */ }
     };
   }

@@ -30,7 +30,35 @@ async fn the_player_page_plays_in_headless_chromium() {
         eprintln!("SKIPPED the browser test: {reason}");
         return;
     }
-    let config = Config::ephemeral();
+    let mut config = Config::ephemeral();
+    // With a libretro core and Xvfb (as under CI), the page also plays an emulated game and
+    // a native one that quits.
+    let cores = PathBuf::from(
+        std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into()),
+    );
+    let scratch = std::env::temp_dir().join(format!("cloudplay-browser-{}", std::process::id()));
+    let runtimes =
+        cores.join("nestopia_libretro.so").is_file() && cloudplay_runtime::find_program("Xvfb").is_some();
+    assert!(runtimes || std::env::var_os("CI").is_none(), "CI must provide nestopia and Xvfb");
+    if runtimes {
+        std::fs::create_dir_all(scratch.join("nes")).unwrap();
+        std::fs::write(scratch.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
+            .unwrap();
+        let catalogue = r#"
+            [[game]]
+            id = "colour-pad"
+            title = "Colour Pad"
+            runtime = { kind = "libretro", core = "nestopia", content = "nes/colour-pad.nes" }
+            [[game]]
+            id = "quitter"
+            title = "Quits after a moment"
+            runtime = { kind = "native", command = ["xterm", "-e", "sleep 4"] }
+        "#;
+        std::fs::write(scratch.join("catalogue.toml"), catalogue).unwrap();
+        config.catalogue = Some(scratch.join("catalogue.toml"));
+        config.cores_dir = cores;
+        config.content_dir = scratch.clone();
+    }
     let server = Server::start(config).await.expect("server starts");
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
@@ -40,11 +68,13 @@ async fn the_player_page_plays_in_headless_chromium() {
             .args(["--test", "--test-reporter=spec", "player.test.mjs"])
             .current_dir(&e2e)
             .env("CLOUDPLAY_URL", &url)
+            .env("CLOUDPLAY_RUNTIMES", if runtimes { "1" } else { "" })
             .output()
             .expect("node runs")
     })
     .await
     .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}\n{stderr}");
