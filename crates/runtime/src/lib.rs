@@ -182,6 +182,7 @@ impl Runtimes {
                 };
                 let game = NativeGame::start(native::NativeSetup {
                     home,
+                    audio: native::audio_available(),
                     command,
                     width: options.width,
                     height: options.height,

@@ -5,7 +5,8 @@
 //! MIT-MAGIC-COOKIE-1, so one session's program cannot watch or type into another's; the
 //! program in its own process group with resource limits, killed with the whole group and
 //! reaped when the session ends; frames captured from the root window through MIT-SHM
-//! (x11rb), and keyboard and mouse injected with XTest.
+//! (x11rb), keyboard and mouse injected with XTest; and, where PulseAudio is installed, a
+//! sound server of the session's own whose output is recorded into the session's audio.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -39,6 +40,8 @@ pub struct NativeSetup<'a> {
     /// The program's `HOME`, where it keeps its settings and saves: per player, or a
     /// scratch directory for guests (removed at the end).
     pub home: NativeHome,
+    /// Give the program a sound server of its own and stream what it plays.
+    pub audio: bool,
 }
 
 /// Where a native program's `HOME` is.
@@ -121,6 +124,117 @@ impl Drop for SharedImage {
     }
 }
 
+/// Audio kept beyond one tick: more would only add latency.
+const MAX_BUFFERED_AUDIO: usize = cloudplay_game::AUDIO_FRAMES_PER_TICK * cloudplay_game::AUDIO_CHANNELS * 4;
+/// How long the sound server has to come up.
+const AUDIO_STARTUP: Duration = Duration::from_secs(3);
+
+/// A session's own PulseAudio server with one null sink, whose monitor is recorded (by
+/// `parec`, as 48 kHz stereo float) into the session's audio.
+struct SessionAudio {
+    samples: Arc<Mutex<VecDeque<f32>>>,
+    dir: PathBuf,
+    // Recorder before server.
+    _capture: Supervised,
+    _server: Supervised,
+}
+
+impl Drop for SessionAudio {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether this host can give native games sound (PulseAudio and its `parec`).
+pub fn audio_available() -> bool {
+    crate::find_program("pulseaudio").is_some() && crate::find_program("parec").is_some()
+}
+
+fn quiet_command(program: &str, dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command
+}
+
+impl SessionAudio {
+    /// Starts the sound server in `dir` (made here, private) and the recorder.
+    fn start(dir: PathBuf) -> Result<SessionAudio, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| e.to_string())?;
+        let socket = dir.join("native");
+        let server = quiet_command("pulseaudio", &dir)
+            .args(["--daemonize=no", "-n", "--exit-idle-time=-1", "--disallow-exit", "--use-pid-file=no"])
+            .arg(format!("--load=module-native-protocol-unix socket={} auth-anonymous=1", socket.display()))
+            .arg("--load=module-null-sink sink_name=game rate=48000 channels=2")
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("pulseaudio: {e}"))?;
+        let mut server = Supervised::new(server, "pulseaudio");
+        let deadline = Instant::now() + AUDIO_STARTUP;
+        while !socket.exists() {
+            if Instant::now() >= deadline || matches!(server.child.try_wait(), Ok(Some(_))) {
+                server.kill_group();
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err("the sound server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let capture = quiet_command("parec", &dir)
+            .arg(format!("--server=unix:{}", socket.display()))
+            .args(["--device=game.monitor", "--raw", "--format=float32le", "--rate=48000", "--channels=2"])
+            .arg("--latency-msec=10")
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("parec: {e}"))?;
+        let mut capture = Supervised::new(capture, "parec");
+        let samples = Arc::new(Mutex::new(VecDeque::with_capacity(MAX_BUFFERED_AUDIO)));
+        if let Some(mut stdout) = capture.child.stdout.take() {
+            let samples = samples.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 3840]; // 10 ms
+                let mut pending = Vec::with_capacity(8);
+                while let Ok(n) = stdout.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buffer[..n]);
+                    let whole = pending.len() / 4 * 4;
+                    if let Ok(mut samples) = samples.lock() {
+                        samples.extend(
+                            pending[..whole]
+                                .chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                        );
+                        let excess = samples.len().saturating_sub(MAX_BUFFERED_AUDIO);
+                        samples.drain(..excess);
+                    }
+                    pending.drain(..whole);
+                }
+            });
+        }
+        Ok(SessionAudio { samples, dir, _capture: capture, _server: server })
+    }
+
+    /// The address a program reaches this server at.
+    fn server_address(&self) -> String {
+        format!("unix:{}", self.dir.join("native").display())
+    }
+}
+
 /// A native program on its own virtual display.
 pub struct NativeGame {
     connection: RustConnection,
@@ -134,6 +248,7 @@ pub struct NativeGame {
     stderr: Arc<Mutex<VecDeque<u8>>>,
     /// A scratch `HOME` to remove at the end.
     scratch_home: Option<PathBuf>,
+    audio: Option<SessionAudio>,
     // Dropped last: the program first, then its display.
     program: Supervised,
     display: Supervised,
@@ -384,6 +499,17 @@ impl NativeGame {
             warn!("MIT-SHM unavailable: capturing through the X socket (slower)");
         }
 
+        let audio = if setup.audio {
+            match SessionAudio::start(auth_file.with_extension("pulse")) {
+                Ok(audio) => Some(audio),
+                Err(e) => {
+                    warn!(error = %e, "native game without sound");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let memory_limit = setup.memory_limit;
         let mut command = Command::new(&setup.command[0]);
         // A clean environment: the host's own (fleet token, database URL…) is not the game's.
@@ -395,6 +521,7 @@ impl NativeGame {
             .env("LANG", "C.UTF-8")
             .env("DISPLAY", format!(":{number}"))
             .env("XAUTHORITY", auth_file)
+            .envs(audio.as_ref().map(|a| ("PULSE_SERVER", a.server_address())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -453,6 +580,7 @@ impl NativeGame {
             capture_failed: std::cell::Cell::new(false),
             stderr,
             scratch_home: None,
+            audio,
             program,
             display,
             auth_file: auth_file.clone(),
@@ -538,6 +666,11 @@ impl NativeGame {
         Ok(())
     }
 
+    /// Whether the program has a sound server of its own, streamed into the session.
+    pub fn has_audio(&self) -> bool {
+        self.audio.is_some()
+    }
+
     /// Whether frames come through MIT-SHM (else through the X socket, slower).
     pub fn captures_through_shared_memory(&self) -> bool {
         self.shared.is_some()
@@ -615,8 +748,16 @@ impl Game for NativeGame {
     }
 
     fn mix_audio(&mut self, out: &mut [f32]) {
-        // No audio capture for native programs yet (a per-session PulseAudio null sink).
-        out.fill(0.0);
+        let mut taken = 0;
+        if let Some(audio) = &self.audio
+            && let Ok(mut samples) = audio.samples.lock()
+        {
+            taken = samples.len().min(out.len());
+            for (slot, sample) in out.iter_mut().zip(samples.drain(..taken)) {
+                *slot = sample.clamp(-1.0, 1.0);
+            }
+        }
+        out[taken..].fill(0.0);
     }
 
     fn save_state(&self) -> Vec<u8> {
@@ -651,6 +792,7 @@ impl Game for NativeGame {
 impl Drop for NativeGame {
     fn drop(&mut self) {
         self.program.kill_group();
+        self.audio = None;
         let _ = std::fs::remove_file(&self.auth_file);
         if let Some(dir) = &self.scratch_home {
             let _ = std::fs::remove_dir_all(dir);

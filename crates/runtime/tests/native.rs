@@ -27,6 +27,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         startup_timeout: timeout,
         memory_limit: 4 << 30,
         home: NativeHome::Scratch,
+        audio: false,
     })
 }
 
@@ -146,6 +147,7 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         startup_timeout: Duration::from_secs(10),
         memory_limit: 4 << 30,
         home: NativeHome::Persistent(home.clone()),
+        audio: false,
     })
     .unwrap();
     drop(game);
@@ -156,4 +158,45 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
     assert!(!env.lines().any(|l| l.starts_with("CARGO")), "{env}");
     assert!(home.exists(), "a player's home is kept");
     let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn a_programs_sound_reaches_the_session() {
+    if !available() {
+        return;
+    }
+    if !cloudplay_runtime::native::audio_available() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install pulseaudio and pulseaudio-utils");
+        eprintln!("skipped: PulseAudio is not installed");
+        return;
+    }
+    // Noise played through the session's own sound server, beside a window.
+    let command: Vec<String> =
+        ["sh", "-c", "pacat --raw --format=s16le --rate=48000 --channels=2 < /dev/urandom & exec xterm"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let mut game = NativeGame::start(NativeSetup {
+        command: &command,
+        width: 320,
+        height: 240,
+        xvfb: "Xvfb",
+        startup_timeout: Duration::from_secs(10),
+        memory_limit: 4 << 30,
+        home: NativeHome::Scratch,
+        audio: true,
+    })
+    .unwrap();
+    assert!(game.has_audio());
+    let mut tick = vec![0.0f32; cloudplay_game::AUDIO_FRAMES_PER_TICK * cloudplay_game::AUDIO_CHANNELS];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut energy = 0.0;
+    while Instant::now() < deadline && energy < 1e-3 {
+        std::thread::sleep(Duration::from_millis(16));
+        game.step(&[]);
+        game.mix_audio(&mut tick);
+        energy = tick.iter().map(|s| s * s).sum::<f32>() / tick.len() as f32;
+    }
+    eprintln!("audio energy of a tick: {energy:.4}");
+    assert!(energy > 1e-3, "the program's sound is in the session's audio ({energy})");
 }
