@@ -244,6 +244,8 @@ pub struct NativeGame {
     shared: Option<SharedImage>,
     keycodes: HashMap<u32, u8>,
     status: GameStatus,
+    /// Keys the gamepad currently holds down (bits of [`PAD_KEYS`]).
+    pad_keys: u16,
     capture_failed: std::cell::Cell<bool>,
     stderr: Arc<Mutex<VecDeque<u8>>>,
     /// A scratch `HOME` to remove at the end.
@@ -374,6 +376,36 @@ fn stderr_text(tail: &Mutex<VecDeque<u8>>) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let last_lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     last_lines[last_lines.len().saturating_sub(3)..].join(" / ")
+}
+
+/// Gamepad (W3C standard mapping) → keyboard key (HID usage), for native games: D-pad and
+/// left stick = arrows, south = Space, east = Escape, west = Left Ctrl, north = Tab,
+/// Start = Enter, Back = Backspace.
+const PAD_KEYS: [(u32, u16); 10] = [
+    (12, 0x52), // up
+    (13, 0x51), // down
+    (14, 0x50), // left
+    (15, 0x4F), // right
+    (0, 0x2C),  // south → Space
+    (1, 0x29),  // east → Escape
+    (2, 0xE0),  // west → Left Ctrl
+    (3, 0x2B),  // north → Tab
+    (9, 0x28),  // start → Enter
+    (8, 0x2A),  // back → Backspace
+];
+
+/// Which of [`PAD_KEYS`] a gamepad snapshot holds (bit i = entry i).
+fn gamepad_keys(pad: &cloudplay_proto::input::GamepadState) -> u16 {
+    if !pad.connected {
+        return 0;
+    }
+    const STICK: i16 = 16_000;
+    let axis = |i: usize| pad.axes().get(i).copied().unwrap_or(0);
+    let stick = [axis(1) < -STICK, axis(1) > STICK, axis(0) < -STICK, axis(0) > STICK];
+    PAD_KEYS.iter().enumerate().fold(0, |held, (bit, &(button, _))| {
+        let pressed = pad.pressed(button) || (bit < 4 && stick[bit]);
+        if pressed { held | 1 << bit } else { held }
+    })
 }
 
 /// HID usage → X keysym, for the keys a browser sends.
@@ -577,6 +609,7 @@ impl NativeGame {
             shared,
             keycodes,
             status: GameStatus::Running,
+            pad_keys: 0,
             capture_failed: std::cell::Cell::new(false),
             stderr,
             scratch_home: None,
@@ -625,8 +658,20 @@ impl NativeGame {
                     }
                 }
             }
-            // Gamepads and touch reach native programs only as what they emulate in the
-            // browser (the on-screen pad sends keys); a virtual gamepad needs uinput.
+            InputEvent::Gamepad(pad) => {
+                // No virtual gamepad without uinput: the pad drives the keys that keyboard
+                // games use. Only changes are sent, as presses and releases.
+                let held = gamepad_keys(&pad);
+                let changed = held ^ self.pad_keys;
+                for (bit, &(_, usage)) in PAD_KEYS.iter().enumerate() {
+                    if changed & (1 << bit) != 0 {
+                        let down = held & (1 << bit) != 0;
+                        self.apply(&InputEvent::Key { usage, down, repeat: false });
+                    }
+                }
+                self.pad_keys = held;
+            }
+            // Touch reaches native programs as what the page's on-screen pad sends (keys).
             _ => {}
         }
     }
@@ -797,5 +842,31 @@ impl Drop for NativeGame {
         if let Some(dir) = &self.scratch_home {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudplay_proto::input::{GamepadState, MAX_GAMEPAD_AXES};
+
+    #[test]
+    fn gamepad_buttons_and_stick_become_keys() {
+        let mut axes = [0; MAX_GAMEPAD_AXES];
+        axes[0] = 30_000; // stick right
+        let pad = GamepadState {
+            pad: 0,
+            connected: true,
+            buttons: 1 << 0 | 1 << 12, // south, D-pad up
+            left_trigger: 0,
+            right_trigger: 0,
+            axis_count: 2,
+            axes,
+        };
+        let held = gamepad_keys(&pad);
+        let usages: Vec<u16> =
+            PAD_KEYS.iter().enumerate().filter(|(bit, _)| held & (1 << bit) != 0).map(|(_, k)| k.1).collect();
+        assert_eq!(usages, [0x52, 0x4F, 0x2C]); // up, right, Space
+        assert_eq!(gamepad_keys(&GamepadState { connected: false, ..pad }), 0);
     }
 }
