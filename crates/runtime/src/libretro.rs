@@ -466,6 +466,10 @@ pub struct LibretroGame {
     sram_path: Option<PathBuf>,
     sram_written: Vec<u8>,
     sram_flushed_at: Instant,
+    /// `retro_init` ran (so `retro_deinit` must), and `retro_load_game` succeeded (so
+    /// `retro_unload_game` must).
+    initialised: bool,
+    loaded: bool,
     _library: Library,
 }
 
@@ -547,6 +551,8 @@ impl LibretroGame {
             sram_path: None,
             sram_written: Vec::new(),
             sram_flushed_at: Instant::now(),
+            initialised: false,
+            loaded: false,
             _library: library,
         };
         game.start(&setup)?;
@@ -574,6 +580,7 @@ impl LibretroGame {
             (api.set_input_state)(input_state);
             (api.init)();
         });
+        self.initialised = true;
         let mut info = SystemInfo {
             library_name: std::ptr::null(),
             library_version: std::ptr::null(),
@@ -611,9 +618,8 @@ impl LibretroGame {
             size: data.len(),
             meta: std::ptr::null(),
         };
-        let loaded = self.call(|api| unsafe { (api.load_game)(&game_info) });
-        if !loaded {
-            self.call(|api| unsafe { (api.deinit)() });
+        self.loaded = self.call(|api| unsafe { (api.load_game)(&game_info) });
+        if !self.loaded {
             return Err(RuntimeError::ContentRejected(format!(
                 "{name} {version} could not load {}",
                 setup.content_path.display()
@@ -693,6 +699,8 @@ impl LibretroGame {
 }
 
 const STATE_MAGIC: &[u8; 4] = b"CPLR";
+/// Largest save state taken (cores report their size; a broken one must not exhaust memory).
+const MAX_STATE_BYTES: usize = 256 << 20;
 
 impl Game for LibretroGame {
     fn step(&mut self, inputs: &[PlayerInput]) {
@@ -749,6 +757,10 @@ impl Game for LibretroGame {
         // `save_state` takes `&self`, but the core's serialise is a call like any other:
         // the frontend pointer is only read by callbacks, which serialise does not make.
         let size = unsafe { (self.api.serialize_size)() };
+        if size > MAX_STATE_BYTES {
+            warn!(core = %self.core_name, size, "save state too large; not saved");
+            return Vec::new();
+        }
         let mut out = Vec::with_capacity(size + 8);
         out.extend_from_slice(STATE_MAGIC);
         out.extend_from_slice(&(size as u32).to_le_bytes());
@@ -788,10 +800,66 @@ impl Game for LibretroGame {
 
 impl Drop for LibretroGame {
     fn drop(&mut self) {
-        self.flush_sram();
-        self.call(|api| unsafe {
-            (api.unload_game)();
-            (api.deinit)();
-        });
+        if self.loaded {
+            self.flush_sram();
+            self.call(|api| unsafe { (api.unload_game)() });
+        }
+        if self.initialised {
+            self.call(|api| unsafe { (api.deinit)() });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frontend(format: PixelFormat) -> Frontend {
+        Frontend {
+            pixel_format: format,
+            picture: Vec::new(),
+            width: 0,
+            height: 0,
+            frames_produced: 0,
+            produced_at: None,
+            audio: Vec::new(),
+            pads: Default::default(),
+            variables: BTreeMap::new(),
+            overrides: BTreeMap::new(),
+            handed_out: HashMap::new(),
+            variables_changed: false,
+            system_dir: CString::default(),
+            save_dir: CString::default(),
+            av: SystemAvInfo::default(),
+            shutdown_requested: false,
+        }
+    }
+
+    #[test]
+    fn every_pixel_format_becomes_rgba() {
+        // Two pixels, pure red then pure blue, with a padded pitch.
+        let cases: [(PixelFormat, Vec<u8>); 3] = [
+            (PixelFormat::Xrgb8888, vec![0, 0, 255, 0, 255, 0, 0, 0, 9, 9, 9, 9]),
+            (PixelFormat::Rgb565, vec![0x00, 0xF8, 0x1F, 0x00, 9, 9]),
+            (PixelFormat::Rgb1555, vec![0x00, 0x7C, 0x1F, 0x00, 9, 9]),
+        ];
+        for (format, row) in cases {
+            let mut f = frontend(format);
+            f.take_frame(row.as_ptr().cast(), 2, 1, row.len());
+            assert_eq!(f.picture, [255, 0, 0, 255, 0, 0, 255, 255], "{format:?}");
+            assert_eq!((f.width, f.height, f.frames_produced), (2, 1, 1));
+        }
+    }
+
+    #[test]
+    fn bad_frames_from_a_core_are_ignored() {
+        let mut f = frontend(PixelFormat::Xrgb8888);
+        let row = [0u8; 8];
+        f.take_frame(row.as_ptr().cast(), 2, 1, 4); // pitch shorter than a row
+        f.take_frame(row.as_ptr().cast(), 0, 1, 8);
+        f.take_frame(row.as_ptr().cast(), 5000, 1, 20_000);
+        f.take_frame(std::ptr::null(), 2, 1, 8); // a duplicate: keep the last frame
+        assert_eq!(f.frames_produced, 0);
+        assert_eq!(f.input_state(7, DEVICE_JOYPAD, 0, 0), 0, "ports beyond four read as idle");
     }
 }
