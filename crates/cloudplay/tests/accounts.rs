@@ -163,6 +163,29 @@ async fn tenant_admins_manage_only_their_own_tenant() {
         Call::new("PUT", "/api/v1/admin/games/deluxe").bearer(&acme).json(game).send(&app).await.0,
         StatusCode::NO_CONTENT
     );
+    // Runtime specs are checked: a tenant adds emulated games from its own content only, and
+    // never native programs (those are the operator's).
+    for (runtime, expected) in [
+        (
+            json!({"kind": "libretro", "core": "nestopia", "content": "acme/nes/game.nes"}),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            json!({"kind": "libretro", "core": "nestopia", "content": "globex/nes/game.nes"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"kind": "libretro", "core": "nestopia", "content": "acme/../globex/x.nes"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"kind": "native", "command": ["xterm"]}), StatusCode::FORBIDDEN),
+        (json!({"kind": "builtin"}), StatusCode::BAD_REQUEST),
+    ] {
+        let game = json!({"title": "Retro", "runtime": runtime});
+        let status =
+            Call::new("PUT", "/api/v1/admin/games/retro").bearer(&acme).json(game).send(&app).await.0;
+        assert_eq!(status, expected, "{runtime}");
+    }
     let tier = json!({"name": "Gold", "rank": 2});
     assert_eq!(
         Call::new("PUT", "/api/v1/admin/tiers/gold").bearer(&acme).json(tier).send(&app).await.0,

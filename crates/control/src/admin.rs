@@ -159,10 +159,21 @@ async fn put_game(
     valid_id(&id)?;
     let request: GameBody = parse_json(&headers, body)?;
     let runtime = RuntimeSpec::from_json(&request.runtime.to_string()).map_err(ApiError::bad_request)?;
-    if let RuntimeSpec::Native { .. } = runtime {
-        // A native spec names a program the hosts run: that is the operator's call.
-        let message = "native games run programs on the hosts; the operator adds them in the catalogue file";
-        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message.into()));
+    match &runtime {
+        RuntimeSpec::Native { .. } => {
+            // A native spec names a program the hosts run: that is the operator's call.
+            let message =
+                "native games run programs on the hosts; the operator adds them in the catalogue file";
+            return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message.into()));
+        }
+        // A tenant's own content lives under its id in the hosts' content directory, so one
+        // tenant cannot offer what another uploaded (licences are per platform).
+        RuntimeSpec::Libretro { content, .. } if !content.starts_with(&format!("{}/", who.tenant)) => {
+            let message =
+                format!("content of your games lives under {}/ in the content directory", who.tenant);
+            return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message));
+        }
+        _ => {}
     }
     if request.max_players == 0 || request.title.trim().is_empty() {
         return Err(ApiError::bad_request("a title and at least one player are required"));
