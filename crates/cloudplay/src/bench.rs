@@ -251,25 +251,73 @@ async fn bench_store(url: &str) -> anyhow::Result<(cloudplay_control::store::Sto
     Ok((store, Scratch::Schema { url: url.to_string(), schema }))
 }
 
-/// One runtime's hot path, measured in-process at 60 frames per second.
-struct RuntimeRow {
-    name: String,
+/// What one session of a runtime measured, at 60 frames per second.
+#[derive(Default)]
+struct SessionSamples {
+    /// step, render or capture, convert, encode, frame produced → encoder (µs).
+    stages: [Vec<u32>; 5],
+    frames: u64,
+    /// Frames that started more than one frame interval behind schedule.
+    late: u64,
+}
+
+/// Runs one session's hot path (step, render, convert, encode) for `seconds` at 60 Hz.
+fn drive_session(
+    game: &mut dyn cloudplay_game::Game,
     size: (u32, u32),
-    step: StageSummary,
-    render: StageSummary,
-    convert: StageSummary,
-    encode: StageSummary,
-    /// From the moment the frame existed (the core handed it over, or the capture or
-    /// drawing began) to the moment the encoder got it.
-    to_encoder: StageSummary,
-    frames: usize,
+    seconds: u64,
+) -> anyhow::Result<SessionSamples> {
+    use cloudplay_game::{Frame, PlayerInput};
+    use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
+
+    let mut encoder = OpenH264Encoder::new(VideoEncoderConfig {
+        width: size.0,
+        height: size.1,
+        fps: 60,
+        bitrate_bps: 3_000_000,
+    })?;
+    let mut frame = Frame::new(size.0, size.1);
+    let mut yuv = I420Frame::new(size.0, size.1);
+    let mut bitstream = Vec::with_capacity(1 << 20);
+    let mut samples = SessionSamples::default();
+    let tick = Duration::from_secs(1) / 60;
+    let started = Instant::now();
+    let mut next = started;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        if Instant::now() > next + tick {
+            samples.late += 1;
+        }
+        next += tick;
+        // Press and release A every half second, so emulated pictures change.
+        let event =
+            cloudplay_proto::InputEvent::Key { usage: 0x1B, down: samples.frames % 60 < 30, repeat: false };
+        let inputs = [PlayerInput { player: 0, event }];
+        let t0 = Instant::now();
+        game.step(if samples.frames.is_multiple_of(30) { &inputs } else { &[] });
+        let t1 = Instant::now();
+        game.render(&mut frame);
+        let t2 = Instant::now();
+        yuv.convert_from_rgba(&frame.pixels, frame.stride)?;
+        let t3 = Instant::now();
+        encoder.encode(&yuv, false, &mut bitstream)?;
+        let t4 = Instant::now();
+        let produced = game.frame_produced_at().unwrap_or(t1);
+        for (bucket, value) in
+            samples.stages.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3 - produced])
+        {
+            bucket.push(value.as_micros() as u32);
+        }
+        samples.frames += 1;
+    }
+    Ok(samples)
 }
 
 /// `cloudplay bench --runtimes`: per runtime, the time from a frame being produced to it
-/// entering the encoder, and the stages around it (no network: the runtime is the subject).
-pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32)) -> anyhow::Result<()> {
-    use cloudplay_game::Frame;
-    use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
+/// entering the encoder and the stages around it, for one session; then, for each count
+/// in `concurrent`, that many sessions at once (how many a machine sustains). No network:
+/// the runtime is the subject.
+pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[usize]) -> anyhow::Result<()> {
     use cloudplay_proto::api::SessionOptions;
     use cloudplay_proto::runtime::{GameLaunch, RuntimeSpec};
     use cloudplay_runtime::Runtimes;
@@ -300,91 +348,91 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32)) -> anyhow::Resu
         ),
     ];
     let options = SessionOptions { width: size.0, height: size.1, ..SessionOptions::default() };
-    let mut rows = Vec::new();
-    for (name, spec) in cases {
+    // Each session's game is made on the thread that drives it (native programs are tied to it).
+    let run = |spec: &RuntimeSpec, sessions: usize| -> anyhow::Result<Vec<SessionSamples>> {
+        let launch = GameLaunch { game: "bench".into(), runtime: spec.clone(), save_profile: None };
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..sessions)
+                .map(|_| {
+                    scope.spawn(|| -> anyhow::Result<SessionSamples> {
+                        let mut game = runtimes.start(&launch, &options, 1)?;
+                        drive_session(game.as_mut(), size, seconds)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().map_err(|_| anyhow::anyhow!("session thread panicked"))?)
+                .collect()
+        })
+    };
+
+    let cell = |s: &StageSummary| format!("{} / {}", ms(s.p50_us), ms(s.p99_us));
+    let mut single = Vec::new();
+    let mut together = Vec::new();
+    for (name, spec) in &cases {
         if !kinds.contains(&spec.kind()) {
             println!("skipped {name}: this host cannot run {} games", spec.kind());
             continue;
         }
-        let launch = GameLaunch { game: "bench".into(), runtime: spec, save_profile: None };
-        let mut game = match runtimes.start(&launch, &options, 1) {
-            Ok(game) => game,
+        match run(spec, 1) {
+            Ok(mut sessions) => {
+                let stages = std::mem::take(&mut sessions[0].stages).map(|mut s| percentiles(&mut s));
+                let cells: Vec<String> = stages.iter().map(cell).collect();
+                single.push(format!(
+                    "| {name} | {}x{} | {} | {} |",
+                    size.0,
+                    size.1,
+                    cells.join(" | "),
+                    sessions[0].frames
+                ));
+            }
             Err(e) => {
                 println!("skipped {name}: {e}");
                 continue;
             }
-        };
-        let mut encoder = OpenH264Encoder::new(VideoEncoderConfig {
-            width: size.0,
-            height: size.1,
-            fps: 60,
-            bitrate_bps: 3_000_000,
-        })?;
-        let mut frame = Frame::new(size.0, size.1);
-        let mut yuv = I420Frame::new(size.0, size.1);
-        let mut bitstream = Vec::with_capacity(1 << 20);
-        let mut samples: [Vec<u32>; 5] = Default::default();
-        let tick = Duration::from_secs(1) / 60;
-        let mut next = Instant::now();
-        let started = Instant::now();
-        let mut ticks = 0u64;
-        while started.elapsed() < Duration::from_secs(seconds) {
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            next += tick;
-            // Press and release A every half second, so emulated pictures change.
-            let event =
-                cloudplay_proto::InputEvent::Key { usage: 0x1B, down: ticks % 60 < 30, repeat: false };
-            let inputs = [cloudplay_game::PlayerInput { player: 0, event }];
-            let t0 = Instant::now();
-            game.step(if ticks.is_multiple_of(30) { &inputs } else { &[] });
-            let t1 = Instant::now();
-            game.render(&mut frame);
-            let t2 = Instant::now();
-            yuv.convert_from_rgba(&frame.pixels, frame.stride)?;
-            let t3 = Instant::now();
-            encoder.encode(&yuv, false, &mut bitstream)?;
-            let t4 = Instant::now();
-            let produced = game.frame_produced_at().unwrap_or(t1);
-            let us = |d: Duration| d.as_micros() as u32;
-            for (bucket, value) in samples.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3 - produced])
-            {
-                bucket.push(us(value));
-            }
-            ticks += 1;
         }
-        let [step, render, convert, encode, to_encoder] = samples.map(|mut s| percentiles(&mut s));
-        rows.push(RuntimeRow {
-            name: name.into(),
-            size,
-            step,
-            render,
-            convert,
-            encode,
-            to_encoder,
-            frames: ticks as usize,
-        });
+        for &count in concurrent {
+            let sessions = run(spec, count)?;
+            let frames: u64 = sessions.iter().map(|s| s.frames).sum();
+            let late: u64 = sessions.iter().map(|s| s.late).sum();
+            let slowest = sessions.iter().map(|s| s.frames).min().unwrap_or(0) as f64 / seconds as f64;
+            let mut work: Vec<u32> = sessions
+                .iter()
+                .flat_map(|s| (0..s.stages[0].len()).map(|i| s.stages[..4].iter().map(|v| v[i]).sum::<u32>()))
+                .collect();
+            let mut age: Vec<u32> = sessions.iter().flat_map(|s| s.stages[4].iter().copied()).collect();
+            together.push(format!(
+                "| {name} | {count} | {slowest:.1} | {:.1} % | {} | {} |",
+                late as f64 * 100.0 / frames.max(1) as f64,
+                cell(&percentiles(&mut work)),
+                cell(&percentiles(&mut age)),
+            ));
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let cell = |s: &StageSummary| format!("{} / {}", ms(s.p50_us), ms(s.p99_us));
     println!("\nRuntimes, one session each, 60 frames/s for {seconds} s (milliseconds, p50 / p99):\n");
     println!(
         "| runtime | size | step | render or capture | convert | encode | frame produced → encoder | frames |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for row in &rows {
+    for row in &single {
+        println!("{row}");
+    }
+    if !together.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
-            "| {} | {}x{} | {} | {} | {} | {} | {} | {} |",
-            row.name,
-            row.size.0,
-            row.size.1,
-            cell(&row.step),
-            cell(&row.render),
-            cell(&row.convert),
-            cell(&row.encode),
-            cell(&row.to_encoder),
-            row.frames
+            "\nConcurrent sessions at {}x{}, 60 frames/s each, {seconds} s, {cores} cores (work = step + render + convert + encode, ms p50 / p99):\n",
+            size.0, size.1
         );
+        println!(
+            "| runtime | sessions | fps of the slowest session | frames late | work per frame | frame produced → encoder |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for row in &together {
+            println!("{row}");
+        }
     }
     Ok(())
 }

@@ -87,6 +87,9 @@ enum Command {
         /// of --sizes: frame production to encoder, per stage.
         #[arg(long)]
         runtimes: bool,
+        /// With --runtimes: also run this many sessions of each runtime at once.
+        #[arg(long, value_delimiter = ',')]
+        sessions: Vec<usize>,
         /// Settings file (for cores_dir and the other runtime settings).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -253,9 +256,9 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", path.display());
             Ok(())
         }
-        Command::Bench { seconds, sizes, runtimes: true, config, .. } => {
+        Command::Bench { seconds, sizes, runtimes: true, config, sessions, .. } => {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
-            cloudplay::bench::runtimes(&settings(config.as_ref())?, seconds, size)
+            cloudplay::bench::runtimes(&settings(config.as_ref())?, seconds, size, &sessions)
         }
         Command::Bench { seconds, sizes, .. } => {
             let sizes = sizes
