@@ -123,6 +123,7 @@ impl Server {
             ticket_key: signing_key.verifying_key(),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
+            stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
         };
         let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let ticket_key = signing_key.verifying_key();

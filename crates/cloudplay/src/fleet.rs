@@ -126,6 +126,7 @@ impl HostServer {
             ticket_key: placeholder,
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
+            stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
         };
         let runtimes = Runtimes::new(config.runtimes());
         let kinds = runtimes.kinds();

@@ -112,6 +112,11 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
+    /// A catalogue of these games (tests and embedders add their own).
+    pub fn new(entries: Vec<CatalogueEntry>) -> Catalogue {
+        Catalogue { entries }
+    }
+
     /// The games built into cloudplay.
     pub fn builtin() -> Catalogue {
         Catalogue { entries: vec![neon_cycles::catalogue_entry()] }

@@ -54,6 +54,8 @@ pub struct HostConfig {
     pub idle_timeout: Duration,
     /// Most sessions this host runs at once.
     pub max_sessions: usize,
+    /// A session whose game has not ticked for this long is given up as hung.
+    pub stall_limit: Duration,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -77,6 +79,10 @@ pub enum HostError {
 
 /// Extra time a session start may take beyond the runtime's own startup limit.
 const START_SLACK: Duration = Duration::from_secs(5);
+/// A running session whose game has not ticked for this long is given up as hung.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(10);
+/// How often the watchdog looks.
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(2);
 
 /// Player seats and viewer count of one session; freed by the driver when peers leave.
 #[derive(Debug, Default)]
@@ -151,6 +157,16 @@ struct HostInner {
     counters: Arc<HostCounters>,
 }
 
+/// Runs [`Host::reap_stalled`] periodically while the host exists.
+async fn watchdog(inner: std::sync::Weak<HostInner>) {
+    let mut every = tokio::time::interval(WATCHDOG_PERIOD);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        Host { inner }.reap_stalled(unix_ms());
+    }
+}
+
 /// A stream host. Cheap to clone.
 #[derive(Clone)]
 pub struct Host {
@@ -178,7 +194,7 @@ impl Host {
         tokio::spawn(run_driver(socket, media_addr, commands, counters.clone()));
         info!(host = %config.host_id, media = %media_addr, runtimes = ?runtimes.kinds(), "stream host started");
         let verifier = Mutex::new(TicketVerifier::new(config.ticket_key, config.host_id.clone()));
-        Ok(Host {
+        let host = Host {
             inner: Arc::new(HostInner {
                 config,
                 runtimes: Arc::new(runtimes),
@@ -188,7 +204,39 @@ impl Host {
                 verifier,
                 counters,
             }),
-        })
+        };
+        tokio::spawn(watchdog(Arc::downgrade(&host.inner)));
+        Ok(host)
+    }
+
+    /// Gives up sessions whose game stopped ticking (a core stuck in `retro_run`, say):
+    /// their players are told, their slot is freed. The stuck thread cannot be stopped from
+    /// outside; it ends by itself if the game ever returns.
+    fn reap_stalled(&self, now_ms: u64) {
+        let stalled: Vec<Arc<SessionHandle>> = match self.inner.sessions.lock() {
+            Ok(sessions) => sessions
+                .values()
+                .filter(|s| {
+                    let last = s.stats.last_tick_ms.load(Ordering::Relaxed);
+                    last != 0
+                        && now_ms.saturating_sub(last) > self.inner.config.stall_limit.as_millis() as u64
+                })
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for session in stalled {
+            warn!(session = %session.id, game = %session.game, "the game stopped ticking; giving the session up");
+            self.forget_session(&session.id);
+            self.inner.counters.sessions_stalled.fetch_add(1, Ordering::Relaxed);
+            let limit = self.inner.config.stall_limit.as_secs_f32();
+            let status = cloudplay_game::GameStatus::TimedOut(format!("no frame for {limit} s"));
+            let reason: Arc<str> = status.to_string().into();
+            let _ = self
+                .inner
+                .driver
+                .try_send(DriverCommand::EndSession { session: session.id.clone(), reason: Some(reason) });
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -376,6 +424,11 @@ impl Host {
                 &counters.udp_unmatched,
             ),
             ("cloudplay_whep_rejected_total", "WHEP requests refused.", &counters.whep_rejected),
+            (
+                "cloudplay_sessions_stalled_total",
+                "Sessions given up because their game stopped ticking.",
+                &counters.sessions_stalled,
+            ),
             (
                 "cloudplay_peers_connected_total",
                 "Peers that completed ICE and DTLS.",

@@ -243,6 +243,7 @@ impl SessionLoop {
     }
 
     fn step(&mut self) {
+        self.setup.stats.last_tick_ms.store(crate::unix_ms(), std::sync::atomic::Ordering::Relaxed);
         let applied = self.inputs.len() as u64;
         self.setup.game.step(&self.inputs);
         self.inputs.clear();

@@ -73,6 +73,8 @@ pub struct SessionStats {
     pub inputs_applied: AtomicU64,
     /// Current encoder target, bit/s.
     pub bitrate_bps: AtomicU64,
+    /// Unix ms of the session loop's last tick; the host's watchdog reads it.
+    pub last_tick_ms: AtomicU64,
 }
 
 impl Default for SessionStats {
@@ -87,6 +89,7 @@ impl Default for SessionStats {
             audio_packets: AtomicU64::new(0),
             inputs_applied: AtomicU64::new(0),
             bitrate_bps: AtomicU64::new(0),
+            last_tick_ms: AtomicU64::new(0),
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct HostCounters {
     pub udp_unmatched: AtomicU64,
     pub whep_rejected: AtomicU64,
     pub peers_connected: AtomicU64,
+    /// Sessions whose game stopped ticking (hung) and were given up.
+    pub sessions_stalled: AtomicU64,
 }
 
 #[cfg(test)]

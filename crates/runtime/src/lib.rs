@@ -114,6 +114,11 @@ impl Runtimes {
         Runtimes { config, builtin: Catalogue::builtin() }
     }
 
+    /// Runtimes whose `builtin` kind runs the games of `catalogue` instead.
+    pub fn with_builtin(config: RuntimeConfig, catalogue: Catalogue) -> Runtimes {
+        Runtimes { config, builtin: catalogue }
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
     }
