@@ -29,8 +29,14 @@ impl Drop for Process {
 
 /// Starts `cloudplay ARGS` and waits (at most 30 s) for the line with its URL.
 fn spawn(args: &[&str]) -> Process {
+    spawn_with(args, &[])
+}
+
+/// As [`spawn`], with extra environment variables.
+fn spawn_with(args: &[&str], envs: &[(&str, &str)]) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloudplay"))
         .args(args)
+        .envs(envs.iter().copied())
         .env("CLOUDPLAY_LOG", "warn")
         .env("CLOUDPLAY_FLEET_TOKEN", TOKEN)
         .env("CLOUDPLAY_HOST_LEASE_SECS", "3")
@@ -172,4 +178,73 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
     let (status, ticket) = post(control.addr, &format!("/api/v1/sessions/{queued_id}/tickets"), json!({}));
     assert_eq!(status, 201);
     assert!(ticket["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)));
+}
+
+#[test]
+fn games_go_only_to_hosts_that_run_their_runtime() {
+    let cores =
+        std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into());
+    if !std::path::Path::new(&cores).join("nestopia_libretro.so").is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide the nestopia core");
+        eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("cloudplay-fleet-runtimes-{}", std::process::id()));
+    std::fs::create_dir_all(scratch.join("nes")).unwrap();
+    std::fs::write(scratch.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
+        .unwrap();
+    let catalogue = scratch.join("catalogue.toml");
+    std::fs::write(
+        &catalogue,
+        "[[game]]\nid = \"colour-pad\"\ntitle = \"Colour Pad\"\n\
+         runtime = { kind = \"libretro\", core = \"nestopia\", content = \"nes/colour-pad.nes\" }\n",
+    )
+    .unwrap();
+    let control = spawn_with(
+        &["control", "--listen", "127.0.0.1:0"],
+        &[("CLOUDPLAY_CATALOGUE", catalogue.to_str().unwrap())],
+    );
+    let control_url = format!("http://{}", control.addr);
+    let host = |region: &str, cores: &str| {
+        spawn_with(
+            &[
+                "host",
+                "--control",
+                &control_url,
+                "--region",
+                region,
+                "--capacity",
+                "2",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[("CLOUDPLAY_CORES_DIR", cores), ("CLOUDPLAY_CONTENT_DIR", scratch.to_str().unwrap())],
+        )
+    };
+    // The near host has no cores, the far one has them.
+    let _near = host("near", "/nonexistent");
+    let far = host("far", &cores);
+    assert!(
+        eventually(Duration::from_secs(10), || get(control.addr, "/api/v1/regions").1["regions"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)),
+        "both regions registered"
+    );
+    let request = json!({"game": "colour-pad", "rtt_ms": {"near": 10, "far": 40},
+        "options": {"probe": true, "width": 320, "height": 240, "fps": 30}});
+    let (status, created) = post(control.addr, "/api/v1/sessions", request);
+    assert_eq!(status, 201, "{created}");
+    assert!(
+        created["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)),
+        "the emulated game goes to the host with the core, not the nearest: {created}"
+    );
+    let session: cloudplay_proto::api::SessionCreated = serde_json::from_value(created).unwrap();
+    let mut client = StreamClient::connect(far.addr, &session).expect("WHEP on the far host");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut probed = false;
+    while !probed && Instant::now() < deadline {
+        probed = client.poll(Duration::from_millis(100)).unwrap().iter().any(|f| f.probe.is_some());
+    }
+    assert!(probed, "the remote host streams the emulator");
+    let _ = std::fs::remove_dir_all(&scratch);
 }
