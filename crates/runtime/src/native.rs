@@ -270,7 +270,7 @@ fn random_cookie() -> Result<[u8; 16], RuntimeError> {
 
 /// An Xauthority file with one wildcard entry, for Xvfb's `-auth` and the program's
 /// `XAUTHORITY`.
-fn write_auth_file(path: &PathBuf, cookie: &[u8; 16]) -> std::io::Result<()> {
+fn write_auth_file(path: &Path, cookie: &[u8; 16]) -> std::io::Result<()> {
     let mut entry = Vec::new();
     let field = |out: &mut Vec<u8>, bytes: &[u8]| {
         out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
@@ -281,19 +281,9 @@ fn write_auth_file(path: &PathBuf, cookie: &[u8; 16]) -> std::io::Result<()> {
     field(&mut entry, b"");
     field(&mut entry, b"MIT-MAGIC-COOKIE-1");
     field(&mut entry, cookie);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(&entry)
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 fn describe_exit(status: ExitStatus) -> String {
@@ -305,7 +295,7 @@ fn describe_exit(status: ExitStatus) -> String {
 }
 
 /// Starts the virtual display and returns it with its display number.
-fn start_display(setup: &NativeSetup<'_>, auth_file: &PathBuf) -> Result<(Supervised, u32), RuntimeError> {
+fn start_display(setup: &NativeSetup<'_>, auth_file: &Path) -> Result<(Supervised, u32), RuntimeError> {
     let (reader, writer) = std::io::pipe().map_err(|e| RuntimeError::Io(e.to_string()))?;
     let writer_fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
     let mut command = Command::new(setup.xvfb);
@@ -504,7 +494,7 @@ impl NativeGame {
 
     fn start_with_auth(
         setup: &NativeSetup<'_>,
-        auth_file: &PathBuf,
+        auth_file: &Path,
         cookie: &[u8; 16],
         home: &Path,
     ) -> Result<NativeGame, RuntimeError> {
@@ -616,7 +606,7 @@ impl NativeGame {
             audio,
             program,
             display,
-            auth_file: auth_file.clone(),
+            auth_file: auth_file.to_path_buf(),
         })
     }
 
