@@ -1,13 +1,13 @@
 // Launches Debian's Chromium headless the way this project's tests need it.
 import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export async function launch() {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   const userDataDir = mkdtempSync(join(tmpdir(), 'cloudplay-chromium-'));
-  return chromium.launchPersistentContext(userDataDir, {
+  const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
     viewport: { width: 1280, height: 720 },
@@ -18,6 +18,13 @@ export async function launch() {
       '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
     ],
   });
+  // The profile is thrown away with the browser.
+  const close = context.close.bind(context);
+  context.close = async () => {
+    await close();
+    rmSync(userDataDir, { recursive: true, force: true });
+  };
+  return context;
 }
 
 /// Waits until `predicate(stats)` (run in the page) is true, or throws after `ms`.
