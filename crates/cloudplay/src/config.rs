@@ -60,6 +60,11 @@ pub struct Config {
     pub native_startup_timeout_secs: u64,
     /// Address-space limit of a native game in MiB (0 = none).
     pub native_memory_limit_mb: u64,
+    /// Run libretro cores inside the host process instead of one worker process per
+    /// session (saves a process, but a crashing core then takes the host down).
+    pub libretro_in_process: bool,
+    /// The cloudplay binary that runs libretro workers (default: this one).
+    pub libretro_worker: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -88,6 +93,8 @@ impl Default for Config {
             native_games: true,
             native_startup_timeout_secs: 10,
             native_memory_limit_mb: 4096,
+            libretro_in_process: false,
+            libretro_worker: None,
         }
     }
 }
@@ -104,6 +111,12 @@ impl Config {
             xvfb: "Xvfb".into(),
             native_startup_timeout: std::time::Duration::from_secs(self.native_startup_timeout_secs),
             native_memory_limit: self.native_memory_limit_mb << 20,
+            libretro_worker: if self.libretro_in_process {
+                None
+            } else {
+                let program = self.libretro_worker.clone().or_else(|| std::env::current_exe().ok());
+                program.map(|program| vec![program, "libretro-worker".into()])
+            },
         }
     }
 

@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Internal: run one libretro core for a host, speaking the worker protocol on stdio.
+    #[command(hide = true)]
+    LibretroWorker {
+        /// The catalogue game it runs (shown by `ps`; the core comes over the pipe).
+        #[arg(long)]
+        game: Option<String>,
+    },
     /// Write "Colour Pad", cloudplay's own tiny NES program (MIT/Apache), to a file: content
     /// for trying the libretro runtime without a third-party ROM (see docs/games.md).
     Homebrew {
@@ -196,7 +203,12 @@ async fn create_tenant(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::LibretroWorker { .. } = cli.command {
+        // Before anything else: stdout carries the worker protocol.
+        std::process::exit(cloudplay_runtime::retro_process::worker_main());
+    }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_env("CLOUDPLAY_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn")),
@@ -247,6 +259,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
             runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))
         }
+        Command::LibretroWorker { .. } => Ok(()), // ran above, before the runtime
+
         Command::Homebrew { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

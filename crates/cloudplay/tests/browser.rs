@@ -57,6 +57,7 @@ async fn the_player_page_plays_in_headless_chromium() {
         std::fs::write(scratch.join("catalogue.toml"), catalogue).unwrap();
         config.catalogue = Some(scratch.join("catalogue.toml"));
         config.cores_dir = cores;
+        config.libretro_worker = Some(env!("CARGO_BIN_EXE_cloudplay").into());
         config.content_dir = scratch.clone();
     }
     let server = Server::start(config).await.expect("server starts");

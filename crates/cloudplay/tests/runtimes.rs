@@ -21,6 +21,11 @@ description = "Our own NES program: the buttons you hold pick the colour."
 runtime = { kind = "libretro", core = "nestopia", content = "nes/colour-pad.nes" }
 
 [[game]]
+id = "colour-pad-crash"
+title = "Colour Pad, to be crashed"
+runtime = { kind = "libretro", core = "nestopia", content = "nes/colour-pad.nes" }
+
+[[game]]
 id = "missing-core"
 title = "Needs a core this host lacks"
 runtime = { kind = "libretro", core = "nosuchcore", content = "nes/colour-pad.nes" }
@@ -75,6 +80,8 @@ async fn start(name: &str, max_sessions: usize) -> Option<Running> {
         saves_dir: root.join("saves"),
         system_dir: root.join("system"),
         max_sessions,
+        // Cores run in worker processes, as in production: this test binary is not cloudplay.
+        libretro_worker: Some(env!("CARGO_BIN_EXE_cloudplay").into()),
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.expect("server starts");
@@ -99,12 +106,21 @@ fn post_session(addr: SocketAddr, game: &str) -> (u16, serde_json::Value) {
     (status, serde_json::from_slice(&response).unwrap_or_default())
 }
 
-/// Mean luma of the middle of the picture, once frames arrive.
+/// Mean luma of the middle of the picture once `done` holds for five frames in a row that
+/// agree within 2 (so a frame caught mid-change does not count).
 fn centre_luma(client: &mut StreamClient, limit: Duration, done: impl Fn(u8) -> bool) -> Option<u8> {
     let deadline = Instant::now() + limit;
+    let mut run: Vec<u8> = Vec::new();
     while Instant::now() < deadline {
         for frame in client.poll(Duration::from_millis(50)).expect("connection stays up") {
-            if let Some(luma) = frame.watched_luma.filter(|&l| done(l)) {
+            let Some(luma) = frame.watched_luma else { continue };
+            if !done(luma) || run.first().is_some_and(|&first| first.abs_diff(luma) > 2) {
+                run.clear();
+            }
+            if done(luma) {
+                run.push(luma);
+            }
+            if run.len() >= 5 {
                 return Some(luma);
             }
         }
@@ -124,7 +140,8 @@ async fn an_emulated_game_streams_and_answers_the_pad() {
         let session = create_session(addr, &body("colour-pad")).unwrap();
         let mut client = StreamClient::connect(addr, &session).unwrap();
         client.watch = Some((300, 160, 40, 40));
-        let idle = centre_luma(&mut client, Duration::from_secs(15), |_| true).expect("frames arrive");
+        // The first frames are the console's power-on grey; the program then paints it blue.
+        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
         while !client.input_open() {
             client.poll(Duration::from_millis(20)).unwrap();
         }
@@ -187,6 +204,53 @@ async fn a_native_game_that_quits_ends_the_session_with_its_reason() {
         let (status, _, _) =
             http_request(addr, "GET", &format!("/api/v1/sessions/{}", session.session_id), &[], b"").unwrap();
         assert_eq!(status, 404, "the session is over");
+    })
+    .await
+    .unwrap();
+}
+
+/// The pid of the libretro worker running `game`, found by its command line.
+fn worker_pid(game: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ours = args.contains(&b"libretro-worker".as_slice()) && args.contains(&game.as_bytes());
+        if ours { entry.file_name().to_str()?.parse().ok() } else { None }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_core_ends_only_its_own_session() {
+    let Some(running) = start("crash", 4).await else { return };
+    let addr = running.addr;
+    tokio::task::spawn_blocking(move || {
+        let survivor = create_session(addr, &body("colour-pad")).unwrap();
+        let doomed = create_session(addr, &body("colour-pad-crash")).unwrap();
+        let mut client = StreamClient::connect(addr, &doomed).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        centre_luma(&mut client, Duration::from_secs(15), |_| true).expect("frames arrive");
+        // The core "crashes": its worker aborts.
+        let pid = worker_pid("colour-pad-crash").expect("the worker runs in its own process");
+        // SAFETY: signalling a child process this test's server started.
+        // SIGABRT, as a core's failed assertion raises (a SIGSEGV sent by kill() would be
+        // absorbed by Rust's stack-overflow handler; a real fault is not).
+        unsafe { libc::kill(pid, libc::SIGABRT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && client.ended_reason.is_none() {
+            if client.poll(Duration::from_millis(50)).is_err() {
+                break;
+            }
+        }
+        let reason = client.ended_reason.clone().expect("the player is told why");
+        assert!(reason.contains("crashed") && reason.contains("signal 6"), "{reason}");
+        // The host and the other session carry on.
+        let (status, _, _) =
+            http_request(addr, "GET", &format!("/api/v1/sessions/{}", survivor.session_id), &[], b"")
+                .unwrap();
+        assert_eq!(status, 200, "the other session still runs");
+        let mut other = StreamClient::connect(addr, &survivor).unwrap();
+        other.watch = Some((300, 160, 40, 40));
+        centre_luma(&mut other, Duration::from_secs(15), |_| true).expect("the other session still streams");
     })
     .await
     .unwrap();

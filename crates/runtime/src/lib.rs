@@ -8,6 +8,7 @@ pub mod homebrew;
 pub mod libretro;
 pub mod native;
 pub mod resample;
+pub mod retro_process;
 pub mod retropad;
 pub mod scale;
 
@@ -70,6 +71,10 @@ pub struct RuntimeConfig {
     pub native_startup_timeout: Duration,
     /// Address space limit of a native program, bytes (0 = none).
     pub native_memory_limit: u64,
+    /// The command that runs a libretro worker process (`cloudplay libretro-worker`), one
+    /// per session so a crashing core ends only its session; `None` runs cores inside this
+    /// process.
+    pub libretro_worker: Option<Vec<PathBuf>>,
 }
 
 impl Default for RuntimeConfig {
@@ -83,6 +88,7 @@ impl Default for RuntimeConfig {
             xvfb: "Xvfb".into(),
             native_startup_timeout: Duration::from_secs(10),
             native_memory_limit: 4 << 30,
+            libretro_worker: None,
         }
     }
 }
@@ -169,6 +175,16 @@ impl Runtimes {
                     .save_profile
                     .as_ref()
                     .map(|profile| self.config.saves_dir.join(profile).join(core));
+                if let Some(worker) = &self.config.libretro_worker {
+                    let init = retro_process::WorkerInit {
+                        core_path,
+                        content_path,
+                        options: options.clone(),
+                        system_dir: self.config.system_dir.clone(),
+                        save_dir,
+                    };
+                    return Ok(Box::new(retro_process::LibretroProcess::start(worker, &init, &launch.game)?));
+                }
                 let game = LibretroGame::load(libretro::LibretroSetup {
                     core_path: &core_path,
                     content_path: &content_path,

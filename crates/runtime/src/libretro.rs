@@ -692,6 +692,16 @@ impl LibretroGame {
         self.frontend.frames_produced
     }
 
+    /// The display aspect ratio (width / height) the core asks for.
+    pub fn aspect_ratio(&self) -> f32 {
+        let geometry = self.frontend.av.geometry;
+        if geometry.aspect_ratio > 0.0 {
+            geometry.aspect_ratio
+        } else {
+            self.frontend.width as f32 / self.frontend.height.max(1) as f32
+        }
+    }
+
     /// The core's newest picture: RGBA, width, height.
     pub fn picture(&self) -> (&[u8], u32, u32) {
         (&self.frontend.picture, self.frontend.width, self.frontend.height)
@@ -736,13 +746,7 @@ impl Game for LibretroGame {
 
     fn render(&self, frame: &mut Frame) {
         let (picture, width, height) = self.picture();
-        let geometry = self.frontend.av.geometry;
-        let aspect = if geometry.aspect_ratio > 0.0 {
-            geometry.aspect_ratio
-        } else {
-            width as f32 / height.max(1) as f32
-        };
-        scale_into(picture, width, height, aspect, frame);
+        scale_into(picture, width, height, self.aspect_ratio(), frame);
     }
 
     fn mix_audio(&mut self, out: &mut [f32]) {

@@ -65,42 +65,69 @@ const BUTTON_RELEASE: u8 = 5;
 const MOTION_NOTIFY: u8 = 6;
 
 /// A process group that is terminated and reaped when dropped.
+///
+/// The leader is reaped only after its group has been signalled: until then its pid, and so
+/// the group id, cannot be reused, so a signal never reaches someone else's processes (pids
+/// wrap quickly where `pid_max` is 32768).
 struct Supervised {
     child: Child,
     name: String,
-    /// Reaped and signalled: the group id may belong to someone else now.
-    finished: bool,
+    /// How the leader ended, once reaped.
+    status: Option<ExitStatus>,
 }
 
 impl Supervised {
     fn new(child: Child, name: &str) -> Supervised {
-        Supervised { child, name: name.into(), finished: false }
+        Supervised { child, name: name.into(), status: None }
     }
 
+    fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    /// Whether the leader has exited, without reaping it.
+    fn has_exited(&self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        // SAFETY: waitid on our own child with WNOWAIT only inspects it; siginfo_t is plain data.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            libc::waitid(libc::P_PID, self.pid() as libc::id_t, &mut info, flags) == 0 && info.si_pid() != 0
+        }
+    }
+
+    /// Kills what is left of the group and reaps the leader.
+    fn reap(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            // SAFETY: the leader is not reaped yet, so the group id is still ours.
+            unsafe { libc::killpg(self.pid(), libc::SIGKILL) };
+            self.status = self.child.wait().ok();
+            debug!(program = %self.name, pid = self.pid(), "process group ended");
+        }
+        self.status
+    }
+
+    /// How the leader ended, if it has (the rest of its group is then killed).
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.has_exited() { self.reap() } else { None }
+    }
+
+    /// SIGTERM to the group, SIGKILL after a grace period, and the leader reaped.
     fn kill_group(&mut self) {
-        if self.finished {
+        if self.status.is_some() {
             return;
         }
-        self.finished = true;
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY (all killpg calls): signalling the process group our child leads
-        // (process_group(0)), before or right after reaping its leader.
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            // The leader is gone; members of its group may remain.
-            unsafe { libc::killpg(pid, libc::SIGKILL) };
-            return;
-        }
-        unsafe { libc::killpg(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + TERMINATE_GRACE;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                break;
+        if !self.has_exited() {
+            // SAFETY: as in `reap`.
+            unsafe { libc::killpg(self.pid(), libc::SIGTERM) };
+            let deadline = Instant::now() + TERMINATE_GRACE;
+            while Instant::now() < deadline && !self.has_exited() {
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        unsafe { libc::killpg(pid, libc::SIGKILL) };
-        let _ = self.child.wait();
-        debug!(program = %self.name, pid, "process group ended");
+        self.reap();
     }
 }
 
@@ -186,7 +213,7 @@ impl SessionAudio {
         let mut server = Supervised::new(server, "pulseaudio");
         let deadline = Instant::now() + AUDIO_STARTUP;
         while !socket.exists() {
-            if Instant::now() >= deadline || matches!(server.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline || server.has_exited() {
                 server.kill_group();
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err("the sound server did not start".into());
@@ -570,7 +597,7 @@ impl NativeGame {
 
         // Wait for the program's first window; it may instead exit or hang.
         loop {
-            if let Ok(Some(status)) = program.child.try_wait() {
+            if let Some(status) = program.exit_status() {
                 std::thread::sleep(Duration::from_millis(50)); // let the error output arrive
                 let output = stderr_text(&stderr);
                 let mut message = format!("{:?} {} at start", setup.command[0], describe_exit(status));
@@ -807,7 +834,7 @@ impl Game for NativeGame {
         if self.status != GameStatus::Running {
             return self.status.clone();
         }
-        if let Ok(Some(status)) = self.program.child.try_wait() {
+        if let Some(status) = self.program.exit_status() {
             let output = stderr_text(&self.stderr);
             let name = &self.program.name;
             self.status = if status.success() {
@@ -817,7 +844,7 @@ impl Game for NativeGame {
             } else {
                 GameStatus::Crashed(format!("{name} {}: {output}", describe_exit(status)))
             };
-        } else if matches!(self.display.child.try_wait(), Ok(Some(_))) || self.capture_failed.get() {
+        } else if self.display.has_exited() || self.capture_failed.get() {
             self.status = GameStatus::Crashed("the virtual display stopped".into());
         }
         self.status.clone()
