@@ -1,8 +1,11 @@
-//! "Colour Pad", a tiny NES program of our own (MIT/Apache like the rest of cloudplay),
+//! Tiny programs of our own for emulated consoles (MIT/Apache like the rest of cloudplay),
 //! assembled here so that tests and benchmarks of the libretro runtime need no third-party
-//! ROM. Each frame it reads controller 1, paints the whole screen in a colour picked by
-//! the buttons held, and sounds a square wave while A is held. Battery-backed RAM at
-//! $6000 counts the frames A was held, so in-game saves (SRAM) can be tested too.
+//! ROM.
+//!
+//! "Colour Pad" (NES): each frame it reads controller 1, paints the whole screen in a colour
+//! picked by the buttons held, and sounds a square wave while A is held. Battery-backed RAM
+//! at $6000 counts the frames A was held, so in-game saves (SRAM) can be tested too.
+//! "Shade Pad" (Game Boy): white, black while A is held.
 
 /// iNES header: NROM-128 (mapper 0), one 16 KiB PRG bank, one 8 KiB CHR bank, battery.
 const HEADER: [u8; 16] = [b'N', b'E', b'S', 0x1A, 1, 1, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -169,6 +172,33 @@ pub fn colour_pad_rom() -> Vec<u8> {
     rom
 }
 
+/// "Shade Pad" for the Game Boy: the whole screen is white, and black while A is held (the
+/// background palette register is rewritten from the joypad in a loop). A 32 KiB ROM-only
+/// cartridge; the Nintendo logo is left out (emulators started without a boot ROM, like
+/// gambatte, do not check it).
+pub fn shade_pad_gb_rom() -> Vec<u8> {
+    let mut rom = vec![0u8; 32 * 1024];
+    rom[0x100..0x104].copy_from_slice(&[0x00, 0xC3, 0x50, 0x01]); // entry: NOP; JP $0150
+    rom[0x134..0x13D].copy_from_slice(b"SHADEPAD\0");
+    // Cartridge type, ROM and RAM size 0: ROM only, 32 KiB, no RAM. Header checksum:
+    rom[0x14D] = rom[0x134..0x14D].iter().fold(0u8, |x, b| x.wrapping_sub(*b).wrapping_sub(1));
+    let program = [
+        0x3E, 0x10, // LD A,$10: select the action buttons
+        0xE0, 0x00, // LDH ($00),A
+        0xF0, 0x00, // LDH A,($00) (read twice: the lines settle)
+        0xF0, 0x00, // LDH A,($00)
+        0xE6, 0x01, // AND $01: A (0 = pressed)
+        0x28, 0x04, // JR Z,+4
+        0x3E, 0x00, // LD A,$00: every shade white
+        0x18, 0x02, // JR +2
+        0x3E, 0xFF, // LD A,$FF: every shade black
+        0xE0, 0x47, // LDH ($47),A: background palette
+        0x18, 0xEA, // JR $0150
+    ];
+    rom[0x150..0x150 + program.len()].copy_from_slice(&program);
+    rom
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +212,14 @@ mod tests {
         assert_eq!(vector(0xFFFC), 0xC000);
         assert_eq!(rom[16], 0x78); // SEI
         assert_ne!(colour_for(0), colour_for(0x80));
+    }
+
+    #[test]
+    fn game_boy_rom_has_a_valid_header_checksum() {
+        let rom = shade_pad_gb_rom();
+        assert_eq!(rom.len(), 32 * 1024);
+        let sum = rom[0x134..0x14D].iter().fold(0u8, |x, b| x.wrapping_sub(*b).wrapping_sub(1));
+        assert_eq!(rom[0x14D], sum);
+        assert_eq!(&rom[0x100..0x104], &[0x00, 0xC3, 0x50, 0x01]);
     }
 }

@@ -8,7 +8,7 @@ use cloudplay_game::{AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, PlayerI
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::input::InputEvent;
 use cloudplay_proto::runtime::{GameLaunch, RuntimeSpec};
-use cloudplay_runtime::homebrew::colour_pad_rom;
+use cloudplay_runtime::homebrew::{colour_pad_rom, shade_pad_gb_rom};
 use cloudplay_runtime::{RuntimeConfig, RuntimeError, Runtimes};
 
 const KEY_X: u16 = 0x1B; // RetroPad A
@@ -43,6 +43,8 @@ fn fixture(name: &str) -> Option<Fixture> {
     std::fs::create_dir_all(root.join("content/nes")).unwrap();
     std::fs::write(root.join("content/nes/colour-pad.nes"), colour_pad_rom()).unwrap();
     std::fs::write(root.join("content/nes/garbage.nes"), b"this is not an NES file at all").unwrap();
+    std::fs::create_dir_all(root.join("content/gb")).unwrap();
+    std::fs::write(root.join("content/gb/shade-pad.gb"), shade_pad_gb_rom()).unwrap();
     let config = RuntimeConfig {
         cores_dir: cores,
         content_dir: root.join("content"),
@@ -188,4 +190,23 @@ fn broken_cores_and_content_are_clear_errors() {
     let mut game =
         fixture.runtimes.start(&launch("nestopia", "nes/colour-pad.nes", None), &options(), 1).unwrap();
     assert_ne!(run(game.as_mut(), &[], 5).0, [0, 0, 0]);
+}
+
+#[test]
+fn a_second_core_runs_our_game_boy_program() {
+    let Some(fixture) = fixture("gb") else { return };
+    if !fixture.runtimes.config().cores_dir.join("gambatte_libretro.so").is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide the gambatte core (see .ci/run)");
+        eprintln!("skipped: no gambatte_libretro.so");
+        return;
+    }
+    let mut game =
+        fixture.runtimes.start(&launch("gambatte", "gb/shade-pad.gb", None), &options(), 1).unwrap();
+    let (idle, _) = run(game.as_mut(), &[], 20);
+    let (held, _) = run(game.as_mut(), &[key(true)], 10);
+    let (released, _) = run(game.as_mut(), &[key(false)], 10);
+    eprintln!("Game Boy idle {idle:?}, A held {held:?}");
+    assert!(idle.iter().all(|&c| c > 200), "a white screen: {idle:?}");
+    assert!(held.iter().all(|&c| c < 40), "black while A is held: {held:?}");
+    assert_eq!(idle, released);
 }
