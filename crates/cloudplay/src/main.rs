@@ -64,10 +64,11 @@ enum Command {
         #[arg(long)]
         game: Option<String>,
     },
-    /// Write "Colour Pad", cloudplay's own tiny NES program (MIT/Apache), to a file: content
-    /// for trying the libretro runtime without a third-party ROM (see docs/games.md).
+    /// Write one of cloudplay's own tiny console programs (MIT/Apache) to a file: content for
+    /// trying the libretro runtime without a third-party ROM (see docs/games.md). A `.nes`
+    /// path gets "Colour Pad" (NES), a `.gb` path "Shade Pad" (Game Boy).
     Homebrew {
-        /// Where to write the .nes file, e.g. cloudplay-data/content/nes/colour-pad.nes.
+        /// Where to write it, e.g. cloudplay-data/content/nes/colour-pad.nes.
         path: PathBuf,
     },
     /// Manage tenants: the game platforms served by this deployment.
@@ -265,8 +266,12 @@ fn main() -> anyhow::Result<()> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            std::fs::write(&path, cloudplay_runtime::homebrew::colour_pad_rom())
-                .with_context(|| format!("writing {}", path.display()))?;
+            let rom = match path.extension().and_then(|e| e.to_str()) {
+                Some("nes") => cloudplay_runtime::homebrew::colour_pad_rom(),
+                Some("gb") => cloudplay_runtime::homebrew::shade_pad_gb_rom(),
+                _ => anyhow::bail!("name the file .nes (Colour Pad) or .gb (Shade Pad)"),
+            };
+            std::fs::write(&path, rom).with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
             Ok(())
         }
