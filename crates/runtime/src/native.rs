@@ -718,6 +718,9 @@ impl NativeGame {
             ),
         };
         let row_bytes = w as usize * 4;
+        if pixels.len() < row_bytes * h as usize {
+            return Err(format!("the display's image is {} bytes, not 32-bit {w}x{h}", pixels.len()));
+        }
         for y in 0..h as usize {
             let source = &pixels[y * row_bytes..(y + 1) * row_bytes];
             let target = &mut frame.pixels[y * frame.stride..y * frame.stride + row_bytes];
