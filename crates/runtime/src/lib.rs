@@ -99,6 +99,20 @@ pub struct Runtimes {
     builtin: Catalogue,
 }
 
+/// Makes `command` start its own process group (so the whole group can be ended together)
+/// and die with the thread that starts it, even if the host is killed.
+pub(crate) fn supervise(command: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 /// Whether `program` is an executable file on `PATH` (or a path to one).
 pub fn find_program(program: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

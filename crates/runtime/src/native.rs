@@ -185,15 +185,8 @@ fn quiet_command(program: &str, dir: &Path) -> Command {
         .env("HOME", dir)
         .env("XDG_RUNTIME_DIR", dir)
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    // SAFETY: only an async-signal-safe call between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+        .stderr(Stdio::null());
+    crate::supervise(&mut command);
     command
 }
 
@@ -332,15 +325,14 @@ fn start_display(setup: &NativeSetup<'_>, auth_file: &Path) -> Result<(Supervise
         .args(["-screen", "0", &format!("{}x{}x24", setup.width, setup.height)])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    // SAFETY: only async-signal-safe calls between fork and exec.
+        .stderr(Stdio::null());
+    crate::supervise(&mut command);
+    // SAFETY: only an async-signal-safe call between fork and exec.
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(writer_fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -573,13 +565,11 @@ impl NativeGame {
             .envs(audio.as_ref().map(|a| ("PULSE_SERVER", a.server_address())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
+        crate::supervise(&mut command);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // Dies with the session thread that started it, even if the host is killed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core);
                 if memory_limit > 0 {
