@@ -153,6 +153,12 @@ async fn an_emulated_game_streams_and_answers_the_pad() {
             .expect("releasing A brings the idle colour back");
         eprintln!("centre luma idle {idle}, A held {held}, released {back}");
         assert!(client.audio_packets > 0, "audio flows");
+        let (_, _, metrics) = http_request(addr, "GET", "/metrics", &[], b"").unwrap();
+        let expected = format!(
+            "cloudplay_session_info{{session=\"{}\",game=\"colour-pad\",runtime=\"libretro\"}} 1",
+            session.session_id
+        );
+        assert!(String::from_utf8_lossy(&metrics).contains(&expected), "metrics name the runtime");
     })
     .await
     .unwrap();

@@ -129,6 +129,8 @@ impl Seats {
 pub struct SessionHandle {
     pub id: Arc<str>,
     pub game: String,
+    /// The runtime kind running the game (`builtin`, `libretro`, `native`).
+    pub runtime: &'static str,
     pub options: SessionOptions,
     pub created_at_ms: u64,
     pub commands: SessionSender,
@@ -306,6 +308,7 @@ impl Host {
                 Arc::new(SessionHandle {
                     id: id.clone(),
                     game: launch.game.clone(),
+                    runtime: kind,
                     options,
                     created_at_ms: unix_ms(),
                     commands,
@@ -464,6 +467,17 @@ impl Host {
                     );
                 }
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cloudplay_session_info Sessions running, by game and runtime.\n# TYPE cloudplay_session_info gauge"
+        );
+        for session in &sessions {
+            let _ = writeln!(
+                out,
+                "cloudplay_session_info{{session=\"{}\",game=\"{}\",runtime=\"{}\"}} 1",
+                session.id, session.game, session.runtime
+            );
         }
         type Read = fn(&SessionStats) -> u64;
         let gauges: [(&str, &str, Read); 4] = [
