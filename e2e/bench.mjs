@@ -12,6 +12,9 @@ import { launch, waitForStats } from './browser.mjs';
 const presses = Number(process.env.PRESSES || 200);
 const loads = Number(process.env.LOADS || 5);
 const [width, height] = [Number(process.env.WIDTH || 1280), Number(process.env.HEIGHT || 720)];
+// Another catalogue game (say colour-pad, with CLOUDPLAY_CATALOGUE and CLOUDPLAY_CONTENT_DIR
+// set for the server) is driven with the X key (RetroPad A) instead.
+const game = process.env.GAME || 'neon-cycles';
 
 async function startServer() {
   if (process.env.CLOUDPLAY_URL) return { url: process.env.CLOUDPLAY_URL, stop() {} };
@@ -38,7 +41,7 @@ const server = await startServer();
 const context = await launch();
 try {
   const page = await context.newPage();
-  const playUrl = `${server.url}/play?game=neon-cycles&width=${width}&height=${height}&probe=1&stats=1`;
+  const playUrl = `${server.url}/play?game=${encodeURIComponent(game)}&width=${width}&height=${height}&probe=1&stats=1`;
 
   // Time to first frame: from navigating to the player page (the Play click) to the first
   // decoded frame, over several fresh loads.
@@ -53,19 +56,22 @@ try {
   // Click-to-photon: key presses at irregular intervals; each is timed from the keydown
   // handler to the expected display time of the first frame whose probe echoes it.
   await waitForStats(page, () => window.cloudplayStats.probeFrames > 30, 10_000, 'probed frames');
-  await page.keyboard.press('Space'); // join
-  await sleep(3_500); // countdown
-  const keys = ['ArrowUp', 'ArrowRight', 'ArrowDown', 'ArrowLeft'];
+  const builtin = game === 'neon-cycles';
+  if (builtin) {
+    await page.keyboard.press('Space'); // join
+    await sleep(3_500); // countdown
+  }
+  const keys = builtin ? ['ArrowUp', 'ArrowRight', 'ArrowDown', 'ArrowLeft'] : ['x'];
   for (let i = 0; i < presses; i++) {
-    await page.keyboard.down(keys[i % 4]);
-    await page.keyboard.up(keys[i % 4]);
+    await page.keyboard.down(keys[i % keys.length]);
+    await page.keyboard.up(keys[i % keys.length]);
     await sleep(80 + ((i * 37) % 80));
   }
   await sleep(500);
   const stats = await page.evaluate(() => window.cloudplayStats);
   if (process.env.SCREENSHOT) await page.screenshot({ path: process.env.SCREENSHOT });
   const c2p = stats.clickToPhoton;
-  console.log(`\nBrowser (headless Chromium, software decode), ${width}x${height} at 60 fps, loopback:\n`);
+  console.log(`\nBrowser (headless Chromium, software decode), ${game}, ${width}x${height} at 60 fps, loopback:\n`);
   console.log('| measure | samples | p50 ms | p95 ms | max ms |');
   console.log('|---|---|---|---|---|');
   console.log(`| click-to-photon | ${c2p.length} | ${pct(c2p, 0.5).toFixed(1)} | ${pct(c2p, 0.95).toFixed(1)} | ${Math.max(...c2p).toFixed(1)} |`);
