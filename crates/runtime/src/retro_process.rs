@@ -75,13 +75,19 @@ fn write_message(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Re
 }
 
 fn read_message(input: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    read_message_into(input, Vec::new())
+}
+
+/// Reads one message into `payload` (reusing its allocation).
+fn read_message_into(input: &mut impl Read, mut payload: Vec<u8>) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     input.read_exact(&mut head)?;
     let length = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if length > MAX_MESSAGE {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "message too large"));
     }
-    let mut payload = vec![0u8; length];
+    payload.clear();
+    payload.resize(length, 0);
     input.read_exact(&mut payload)?;
     Ok((head[0], payload))
 }
@@ -217,6 +223,8 @@ pub struct LibretroProcess {
     pipe: Mutex<Option<Pipe>>,
     core_name: String,
     pads: Vec<u8>,
+    /// Read answers go back to the reader thread for reuse.
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
     picture: Vec<u8>,
     width: u32,
     height: u32,
@@ -246,11 +254,14 @@ impl LibretroProcess {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(RuntimeError::Io("libretro worker pipes".into()));
         };
-        // A reader thread turns the worker's stdout into messages, so every wait has a deadline.
+        // A reader thread turns the worker's stdout into messages, so every wait has a deadline;
+        // answers come back to it once read, so frames do not allocate.
         let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+        let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || {
             let mut stdout = BufReader::with_capacity(1 << 20, stdout);
-            while let Ok(message) = read_message(&mut stdout) {
+            let buffer = || recycled.try_recv().unwrap_or_default();
+            while let Ok(message) = read_message_into(&mut stdout, buffer()) {
                 if sender.send(message).is_err() {
                     break;
                 }
@@ -263,6 +274,7 @@ impl LibretroProcess {
             pipe: Mutex::new(Some((BufWriter::with_capacity(4096, stdin), receiver))),
             core_name,
             pads: Vec::with_capacity(256),
+            recycle,
             picture: Vec::new(),
             width: 0,
             height: 0,
@@ -393,6 +405,7 @@ impl Game for LibretroProcess {
                     self.status = GameStatus::Crashed("the emulator sent a malformed frame".into());
                     self.kill();
                 }
+                let _ = self.recycle.send(answer);
             }
             Ok(_) => self.status = GameStatus::Crashed("the emulator answered out of turn".into()),
             Err(status) => {
