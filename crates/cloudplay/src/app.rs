@@ -115,7 +115,7 @@ impl Server {
         let games = crate::catalogue::load(config.catalogue.as_deref())?;
         let runtimes = Runtimes::new(config.runtimes());
         let kinds: Vec<String> = runtimes.kinds().iter().map(|k| k.to_string()).collect();
-        crate::catalogue::check_runnable(&games, runtimes.config(), &runtimes.kinds());
+        crate::catalogue::check_runnable(&games, &runtimes);
         let host_config = HostConfig {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,

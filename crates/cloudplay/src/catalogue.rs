@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use cloudplay_control::store::CatalogueGame;
 use cloudplay_game::Catalogue;
 use cloudplay_proto::runtime::RuntimeSpec;
-use cloudplay_runtime::RuntimeConfig;
+use cloudplay_runtime::Runtimes;
 use serde::Deserialize;
 use tracing::warn;
 
@@ -134,28 +134,11 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Vec<CatalogueGame>> {
 
 /// Warns about entries this host could not start (core, content or program missing), so
 /// the operator hears of it at startup rather than from players.
-pub fn check_runnable(games: &[CatalogueGame], runtimes: &RuntimeConfig, kinds: &[&str]) {
+pub fn check_runnable(games: &[CatalogueGame], runtimes: &Runtimes) {
     for game in games {
         let Ok(spec) = RuntimeSpec::from_json(&game.runtime) else { continue };
-        if !kinds.contains(&spec.kind()) {
-            warn!(game = %game.id, runtime = spec.kind(), "this host cannot run the game's runtime");
-            continue;
-        }
-        match &spec {
-            RuntimeSpec::Libretro { core, content, .. } => {
-                if !runtimes.cores_dir.join(format!("{core}_libretro.so")).is_file() {
-                    warn!(game = %game.id, core = %core, dir = %runtimes.cores_dir.display(), "libretro core not found");
-                }
-                if !runtimes.content_dir.join(content).is_file() {
-                    warn!(game = %game.id, content = %content, dir = %runtimes.content_dir.display(), "content not found");
-                }
-            }
-            RuntimeSpec::Native { command } => {
-                if cloudplay_runtime::find_program(&command[0]).is_none() {
-                    warn!(game = %game.id, program = %command[0], "program not found on PATH");
-                }
-            }
-            RuntimeSpec::Builtin { .. } => {}
+        if let Some(error) = runtimes.missing(&spec) {
+            warn!(game = %game.id, %error, "this host cannot start the game");
         }
     }
 }

@@ -159,6 +159,35 @@ impl Runtimes {
         kinds
     }
 
+    /// Why this host could not run `spec`, if it could not: its kind is not run here, or the
+    /// core, content or program it names is missing. Checks only; nothing is started.
+    pub fn missing(&self, spec: &RuntimeSpec) -> Option<RuntimeError> {
+        if !self.kinds().contains(&spec.kind()) {
+            return Some(RuntimeError::Unsupported(spec.kind()));
+        }
+        match spec {
+            RuntimeSpec::Builtin { game } => {
+                self.builtin.get(game).is_none().then(|| RuntimeError::UnknownGame(game.clone()))
+            }
+            RuntimeSpec::Libretro { core, content, .. } => {
+                if !self.core_path(core).is_file() {
+                    Some(RuntimeError::CoreMissing(core.clone()))
+                } else if !self.config.content_dir.join(content).is_file() {
+                    Some(RuntimeError::ContentMissing(content.clone()))
+                } else {
+                    None
+                }
+            }
+            RuntimeSpec::Native { command } => find_program(&command[0]).is_none().then(|| {
+                RuntimeError::ProgramFailed(format!("{:?} is not installed on this host", command[0]))
+            }),
+        }
+    }
+
+    fn core_path(&self, core: &str) -> PathBuf {
+        self.config.cores_dir.join(format!("{core}_libretro.so"))
+    }
+
     /// Starts the game `launch` names, at the session's resolution. Blocking: native
     /// programs take up to the startup timeout to open their window.
     pub fn start(
@@ -168,8 +197,8 @@ impl Runtimes {
         seed: u64,
     ) -> Result<Box<dyn Game>, RuntimeError> {
         launch.validate().map_err(RuntimeError::InvalidSpec)?;
-        if !self.kinds().contains(&launch.runtime.kind()) {
-            return Err(RuntimeError::Unsupported(launch.runtime.kind()));
+        if let Some(error) = self.missing(&launch.runtime) {
+            return Err(error);
         }
         match &launch.runtime {
             RuntimeSpec::Builtin { game } => {
@@ -177,14 +206,8 @@ impl Runtimes {
                 Ok((entry.create)(seed))
             }
             RuntimeSpec::Libretro { core, content, options } => {
-                let core_path = self.config.cores_dir.join(format!("{core}_libretro.so"));
-                if !core_path.is_file() {
-                    return Err(RuntimeError::CoreMissing(core.clone()));
-                }
+                let core_path = self.core_path(core);
                 let content_path = self.config.content_dir.join(content);
-                if !content_path.is_file() {
-                    return Err(RuntimeError::ContentMissing(content.clone()));
-                }
                 let save_dir = launch
                     .save_profile
                     .as_ref()
