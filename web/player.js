@@ -302,10 +302,17 @@ document.getElementById('btn-full').addEventListener('click', () => {
 });
 document.getElementById('btn-lock').addEventListener('click', () => video.requestPointerLock?.());
 document.getElementById('btn-share').addEventListener('click', async () => {
-  const url = `${location.origin}/play?watch=${stats.sessionId}`;
+  // A watch grant: the link lets people watch, never play; a new link revokes the old one.
+  let url;
+  try {
+    url = (await api(`/api/v1/sessions/${encodeURIComponent(stats.sessionId)}/watch`)).watch_url;
+  } catch (e) {
+    alert(`Could not make a share link: ${e.message}`);
+    return;
+  }
   try { await navigator.clipboard.writeText(url); } catch { /* clipboard needs a secure context */ }
   overlayText.textContent = '';
-  alert(`Anyone with this link can watch:\n${url}`);
+  alert(`Anyone with this link can watch (not play):\n${url}`);
 });
 
 // ---------------------------------------------------------------- WHEP
@@ -432,7 +439,8 @@ async function main() {
   const resume = params.get('resume');
   let session;
   if (watch) {
-    session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer' });
+    const grant = params.get('grant') || undefined;
+    session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer', watch_grant: grant });
   } else if (resume) {
     session = await api(`/api/v1/sessions/${encodeURIComponent(resume)}/tickets`, { role: 'player' });
   } else {

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use cloudplay_control::store::Store;
 use cloudplay_control::{
-    ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable, SessionHost,
+    ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable, Limits, SessionHost,
     StartError,
 };
 use cloudplay_host::{Host, HostConfig, HostError};
@@ -99,6 +99,30 @@ pub fn router(host: Host, control: ControlPlane) -> Router {
         .route("/metrics", get(metrics).with_state(host))
         .merge(crate::web::router())
         .fallback(|| async { ApiError::not_found("resource") })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this method is not allowed here".into(),
+            )
+        })
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Headers every answer carries: no MIME sniffing, no framing by other sites, and no
+/// `Referer` (share links carry their watch grant in the URL).
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+        );
+    }
+    response
 }
 
 pub(crate) async fn metrics(State(host): State<Host>) -> impl IntoResponse {
@@ -124,6 +148,7 @@ impl Server {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
+            limits: cloudplay_host::HostLimits::default(),
         };
         let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let ticket_key = signing_key.verifying_key();
@@ -154,9 +179,46 @@ impl Server {
     }
 }
 
+/// Most connections one address may hold open at once.
+const CONNECTIONS_PER_ADDRESS: u32 = 64;
+
+/// Open connections per address.
+#[derive(Default)]
+struct ConnectionCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+/// One open connection; counted while it lives.
+struct ConnectionSlot(Arc<ConnectionCounts>, std::net::IpAddr);
+
+impl ConnectionCounts {
+    fn open(counts: &Arc<ConnectionCounts>, ip: std::net::IpAddr) -> Option<ConnectionSlot> {
+        let mut map = counts.0.lock().ok()?;
+        let count = map.entry(ip).or_insert(0);
+        if *count >= CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot(counts.clone(), ip))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.0.0.lock()
+            && let Some(count) = map.get_mut(&self.1)
+        {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serves `router` until `shutdown` completes. Unlike `axum::serve`, every connection must
-/// finish sending its request headers within `header_read_timeout`, so slow or idle
-/// clients cannot pin connections.
+/// finish sending its request headers within `header_read_timeout` and its body within
+/// the same time, so slow or idle clients cannot pin connections; one address holds at
+/// most [`CONNECTIONS_PER_ADDRESS`] connections; handlers see the peer's address
+/// (`ConnectInfo`) for per-address limits.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
@@ -164,8 +226,10 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    let counts = Arc::new(ConnectionCounts::default());
+    let router = router.layer(axum::middleware::from_fn_with_state(header_read_timeout, body_deadline));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(e) => {
@@ -177,8 +241,19 @@ pub async fn serve_http(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let Some(slot) = ConnectionCounts::open(&counts, peer.ip()) else {
+            tracing::debug!(%peer, "too many connections from this address");
+            continue; // dropping the stream closes it
+        };
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            })
+            .service(router.clone());
+        let service = hyper_util::service::TowerToHyperService::new(service);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
             let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -186,6 +261,36 @@ pub async fn serve_http(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The most a request body may be (the routes themselves allow far less: 16 KiB of JSON,
+/// 64 KiB of SDP).
+const MAX_BODY: usize = 1 << 20;
+
+/// Reads the whole body within `limit` before the handler runs, so a client that stalls
+/// halfway through its body gets `408` instead of holding the connection and a handler.
+async fn body_deadline(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY as u64) {
+        let message = format!("the body must be at most {MAX_BODY} bytes");
+        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).into_response();
+    }
+    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
+        }
+        Ok(Err(e)) => ApiError::bad_request(format!("unreadable body: {e}")).into_response(),
+        Err(_) => {
+            let message = format!("the request body did not arrive within {} s", limit.as_secs());
+            ApiError(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response()
+        }
     }
 }
 
@@ -218,6 +323,7 @@ pub async fn control_plane(
         public_url: config.public_url.clone(),
         host_lease_ms: config.host_lease_secs * 1000,
         fleet_token: config.fleet_token.clone(),
+        limits: Limits { live_sessions_per_owner: config.sessions_per_player, ..Limits::default() },
         ..ControlConfig::default()
     };
     let control = ControlPlane::new(control_config, signing_key, store);

@@ -10,7 +10,7 @@ use cloudplay_host::Host;
 use cloudplay_host::stats::{Stage, StageSummary, percentiles};
 
 use crate::app::Server;
-use crate::client::{StreamClient, create_session, http_request};
+use crate::client::{StreamClient, create_guest_session, guest_headers, http_request};
 use crate::config::Config;
 
 pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
@@ -33,7 +33,7 @@ fn measure(http: SocketAddr, host: &Host, size: (u32, u32), seconds: u64) -> any
         r#"{{"game":"neon-cycles","options":{{"probe":true,"width":{},"height":{},"fps":60}}}}"#,
         size.0, size.1
     );
-    let session = create_session(http, &body)?;
+    let (session, guest) = create_guest_session(http, &body)?;
     let mut client = StreamClient::connect(http, &session)?;
     // Warm up: connect, first keyframe, bandwidth estimate ramp.
     let warm_until = Instant::now() + Duration::from_secs(3);
@@ -64,7 +64,9 @@ fn measure(http: SocketAddr, host: &Host, size: (u32, u32), seconds: u64) -> any
             Some(decoded_ms.wrapping_sub(probe.capture_ms).min(10_000) * 1000)
         })
         .collect();
-    let _ = http_request(http, "DELETE", &format!("/api/v1/sessions/{}", session.session_id), &[], b"");
+    let headers = guest_headers(http, &guest);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let _ = http_request(http, "DELETE", &format!("/api/v1/sessions/{}", session.session_id), &headers, b"");
     Ok(Row {
         size,
         stages: Stage::ALL.iter().map(|&stage| (stage, stats.summary(stage))).collect(),
@@ -186,6 +188,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                             options: "{}".into(),
                             idempotency_key: None,
                             created_at_ms: unix_ms(),
+                            owner: "key:bench".into(),
                         };
                         store.insert_session(&session).await?;
                         latencies.push(started.elapsed().as_micros() as u32);
@@ -344,6 +347,7 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
             "native (xterm on Xvfb, XShm capture)",
             RuntimeSpec::Native {
                 command: ["xterm", "-maximized", "-e", "sh", "-c", ticker].map(String::from).to_vec(),
+                network: false,
             },
         ),
     ];

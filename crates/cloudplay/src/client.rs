@@ -50,9 +50,15 @@ pub fn http_request(
     Ok((status, headers, response[split + 4..].to_vec()))
 }
 
-/// Starts a session through the API and returns the answer.
+/// Starts a session through the API as a new guest and returns the answer.
 pub fn create_session(addr: SocketAddr, body: &str) -> anyhow::Result<SessionCreated> {
-    let (status, _, response) = http_request(
+    Ok(create_guest_session(addr, body)?.0)
+}
+
+/// Starts a session as a new guest; returns the answer and the guest's cookie
+/// (`cloudplay_guest=…`), which later requests about the session must carry.
+pub fn create_guest_session(addr: SocketAddr, body: &str) -> anyhow::Result<(SessionCreated, String)> {
+    let (status, headers, response) = http_request(
         addr,
         "POST",
         "/api/v1/sessions",
@@ -62,7 +68,19 @@ pub fn create_session(addr: SocketAddr, body: &str) -> anyhow::Result<SessionCre
     if status != 201 {
         bail!("session creation answered {status}: {}", String::from_utf8_lossy(&response));
     }
-    Ok(serde_json::from_slice(&response)?)
+    let cookie = headers
+        .iter()
+        .find(|(name, _)| name == "set-cookie")
+        .and_then(|(_, value)| value.split(';').next())
+        .ok_or_else(|| anyhow!("no guest cookie in the answer"))?
+        .to_string();
+    Ok((serde_json::from_slice(&response)?, cookie))
+}
+
+/// Headers that make a request the guest's own: the cookie, and our origin (the server
+/// refuses cookie-authenticated changes from other origins).
+pub fn guest_headers(addr: SocketAddr, cookie: &str) -> [(&str, String); 2] {
+    [("Cookie", cookie.to_string()), ("Origin", format!("http://{addr}"))]
 }
 
 /// One decoded video frame as the client saw it.

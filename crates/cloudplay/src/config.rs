@@ -65,6 +65,11 @@ pub struct Config {
     pub libretro_in_process: bool,
     /// The cloudplay binary that runs libretro workers (default: this one).
     pub libretro_worker: Option<PathBuf>,
+    /// Live and queued sessions one player or guest may have at once.
+    pub sessions_per_player: u32,
+    /// Run game code (libretro workers, native programs) in a bubblewrap jail. Turning it
+    /// off gives games the host's rights and reach: for development only.
+    pub sandbox: bool,
 }
 
 impl Default for Config {
@@ -95,6 +100,8 @@ impl Default for Config {
             native_memory_limit_mb: 4096,
             libretro_in_process: false,
             libretro_worker: None,
+            sessions_per_player: 2,
+            sandbox: true,
         }
     }
 }
@@ -117,6 +124,7 @@ impl Config {
                 let program = self.libretro_worker.clone().or_else(|| std::env::current_exe().ok());
                 program.map(|program| vec![program, "libretro-worker".into()])
             },
+            sandbox: self.sandbox,
         }
     }
 
@@ -174,6 +182,8 @@ impl Config {
                 "NATIVE_MEMORY_LIMIT_MB" => {
                     self.native_memory_limit_mb = value.parse().map_err(|e| bad(&e))?
                 }
+                "SANDBOX" => self.sandbox = value.parse().map_err(|e| bad(&e))?,
+                "SESSIONS_PER_PLAYER" => self.sessions_per_player = value.parse().map_err(|e| bad(&e))?,
                 "CONFIG" | "LOG" => {}
                 _ => unknown.push(name),
             }
@@ -196,6 +206,9 @@ impl Config {
         }
         if self.fleet_token.as_ref().is_some_and(|t| t.len() < 16) {
             bail!("fleet_token must be at least 16 characters");
+        }
+        if self.sessions_per_player == 0 {
+            bail!("sessions_per_player must be at least 1");
         }
         if self.max_sessions == 0 {
             bail!("max_sessions must be at least 1");

@@ -127,6 +127,7 @@ impl HostServer {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
+            limits: cloudplay_host::HostLimits::default(),
         };
         let runtimes = Runtimes::new(config.runtimes());
         let kinds = runtimes.kinds();

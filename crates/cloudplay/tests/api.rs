@@ -23,19 +23,37 @@ async fn call(
     content_type: Option<&str>,
     body: impl Into<Body>,
 ) -> (StatusCode, Value) {
+    let (status, body, _) = call_as(app, method, uri, content_type, body, None).await;
+    (status, body)
+}
+
+/// A request with a guest's cookie (and our origin, as a browser sends it); returns the
+/// answer's headers too.
+async fn call_as(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+    guest: Option<&str>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let mut request = Request::builder().method(method).uri(uri).header(header::HOST, "play.example:8080");
     if let Some(content_type) = content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
     }
+    if let Some(cookie) = guest {
+        request = request.header(header::COOKIE, cookie).header(header::ORIGIN, "http://play.example:8080");
+    }
     let response = app.clone().oneshot(request.body(body.into()).unwrap()).await.unwrap();
     let status = response.status();
+    let headers = response.headers().clone();
     let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
     let json = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
     };
-    (status, json)
+    (status, json, headers)
 }
 
 const JSON: Option<&str> = Some("application/json");
@@ -60,32 +78,38 @@ async fn catalogue_lists_the_built_in_game() {
 async fn a_session_lives_from_create_to_delete() {
     let (app, host) = app(4).await;
     let request = r#"{"game":"neon-cycles","options":{"probe":true,"width":1280,"height":720,"fps":60}}"#;
-    let (status, created) = call(&app, "POST", "/api/v1/sessions", JSON, request).await;
+    let (status, created, headers) = call_as(&app, "POST", "/api/v1/sessions", JSON, request, None).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["session_id"].as_str().unwrap().to_string();
     assert_eq!(created["whep_url"], format!("http://play.example:8080/whep/{id}"));
     assert!(created["ticket"].as_str().unwrap().starts_with("v4.public."));
     assert!(created["expires_at"].as_u64().unwrap() > 0);
     assert_eq!(host.session_ids().len(), 1);
+    // The guest's session is theirs: the answer hands out the cookie that proves it.
+    let set_cookie = headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let guest = Some(set_cookie.split(';').next().unwrap());
 
-    let (status, session) = call(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "").await;
+    let (status, session, _) = call_as(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "", guest).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (session["game"].as_str(), session["options"]["probe"].as_bool()),
         (Some("neon-cycles"), Some(true))
     );
     assert_eq!(session["players"], 0);
+    let (status, _) = call(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another guest does not see it");
 
-    let (status, viewer) =
-        call(&app, "POST", &format!("/api/v1/sessions/{id}/tickets"), JSON, r#"{"role":"viewer"}"#).await;
+    let tickets = format!("/api/v1/sessions/{id}/tickets");
+    let (status, viewer, _) = call_as(&app, "POST", &tickets, JSON, r#"{"role":"viewer"}"#, guest).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(viewer["ticket"], created["ticket"]);
 
-    let (status, _) = call(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "").await;
+    let (status, _, _) = call_as(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "", guest).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, body) = call(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "").await;
+    let (status, body, _) = call_as(&app, "GET", &format!("/api/v1/sessions/{id}"), None, "", guest).await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (status, _) = call(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "").await;
+    let (status, _, _) = call_as(&app, "DELETE", &format!("/api/v1/sessions/{id}"), None, "", guest).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(host.session_ids().is_empty());
 }

@@ -59,20 +59,29 @@ fn spawn_with(args: &[&str], envs: &[(&str, &str)]) -> Process {
     Process { child, addr: addr.parse().unwrap() }
 }
 
-fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
-    let (status, _, bytes) = http_request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .unwrap();
+/// A guest's request: with the guest's cookie once it has one, which the first session
+/// request hands out (`cookie` is set then).
+fn post(addr: SocketAddr, path: &str, body: Value, cookie: &mut String) -> (u16, Value) {
+    let origin = format!("http://{addr}");
+    let mut headers = vec![("Content-Type", "application/json")];
+    if !cookie.is_empty() {
+        headers.extend([("Cookie", cookie.as_str()), ("Origin", origin.as_str())]);
+    }
+    let (status, answer_headers, bytes) =
+        http_request(addr, "POST", path, &headers, body.to_string().as_bytes()).unwrap();
+    if let Some(set) = answer_headers.iter().find(|(name, _)| name == "set-cookie") {
+        *cookie = set.1.split(';').next().unwrap_or_default().to_string();
+    }
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let (status, _, bytes) = http_request(addr, "GET", path, &[], b"").unwrap();
+    get_as(addr, path, "")
+}
+
+fn get_as(addr: SocketAddr, path: &str, cookie: &str) -> (u16, Value) {
+    let headers: &[(&str, &str)] = if cookie.is_empty() { &[] } else { &[("Cookie", cookie)] };
+    let (status, _, bytes) = http_request(addr, "GET", path, headers, b"").unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
@@ -116,7 +125,9 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
 
     let request = json!({"game": "neon-cycles", "rtt_ms": {"near": 10, "far": 40},
         "options": {"probe": true, "width": 320, "height": 240, "fps": 30}});
-    let (status, first) = post(control.addr, "/api/v1/sessions", request.clone());
+    let (mut guest1, mut guest2, mut guest3) = (String::new(), String::new(), String::new());
+    let (status, first) = post(control.addr, "/api/v1/sessions", request.clone(), &mut guest1);
+    assert!(guest1.starts_with("cloudplay_guest="), "a guest gets an identity: {guest1}");
     assert_eq!(status, 201, "{first}");
     assert!(
         first["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", near.addr)),
@@ -133,13 +144,13 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
     }
     assert!(probed, "frames from the near host decode");
 
-    let (status, second) = post(control.addr, "/api/v1/sessions", request.clone());
+    let (status, second) = post(control.addr, "/api/v1/sessions", request.clone(), &mut guest2);
     assert_eq!(status, 201);
     assert!(
         second["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)),
         "spilled to far: {second}"
     );
-    let (status, third) = post(control.addr, "/api/v1/sessions", request.clone());
+    let (status, third) = post(control.addr, "/api/v1/sessions", request.clone(), &mut guest3);
     assert_eq!((status, third["queue_position"].as_u64()), (202, Some(1)), "all full: queued {third}");
     let queued_id = third["session_id"].as_str().unwrap().to_string();
 
@@ -149,8 +160,12 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
     drop(near);
     let first_id = first["session_id"].as_str().unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || get(control.addr, &format!("/api/v1/sessions/{first_id}")).0
-            == 404),
+        eventually(Duration::from_secs(10), || get_as(
+            control.addr,
+            &format!("/api/v1/sessions/{first_id}"),
+            &guest1
+        )
+        .0 == 404),
         "the lost host's session is gone"
     );
     let one_region =
@@ -166,16 +181,27 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
 
     // A slot frees on far: the queued player is placed there.
     let second_id = second["session_id"].as_str().unwrap();
-    let (status, _, _) =
-        http_request(control.addr, "DELETE", &format!("/api/v1/sessions/{second_id}"), &[], b"").unwrap();
+    let (status, _, _) = http_request(
+        control.addr,
+        "DELETE",
+        &format!("/api/v1/sessions/{second_id}"),
+        &[("Cookie", &guest2), ("Origin", &control_url)],
+        b"",
+    )
+    .unwrap();
     assert_eq!(status, 204);
     assert!(
-        eventually(Duration::from_secs(10), || get(control.addr, &format!("/api/v1/sessions/{queued_id}")).1
-            ["state"]
+        eventually(Duration::from_secs(10), || get_as(
+            control.addr,
+            &format!("/api/v1/sessions/{queued_id}"),
+            &guest3
+        )
+        .1["state"]
             == "placed"),
         "served from the queue"
     );
-    let (status, ticket) = post(control.addr, &format!("/api/v1/sessions/{queued_id}/tickets"), json!({}));
+    let (status, ticket) =
+        post(control.addr, &format!("/api/v1/sessions/{queued_id}/tickets"), json!({}), &mut guest3);
     assert_eq!(status, 201);
     assert!(ticket["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)));
 }
@@ -232,7 +258,7 @@ fn games_go_only_to_hosts_that_run_their_runtime() {
     );
     let request = json!({"game": "colour-pad", "rtt_ms": {"near": 10, "far": 40},
         "options": {"probe": true, "width": 320, "height": 240, "fps": 30}});
-    let (status, created) = post(control.addr, "/api/v1/sessions", request);
+    let (status, created) = post(control.addr, "/api/v1/sessions", request, &mut String::new());
     assert_eq!(status, 201, "{created}");
     assert!(
         created["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)),

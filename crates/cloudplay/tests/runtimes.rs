@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cloudplay::app::Server;
-use cloudplay::client::{StreamClient, create_session, http_request};
+use cloudplay::client::{StreamClient, create_guest_session, create_session, http_request};
 use cloudplay::config::Config;
 use cloudplay_proto::InputEvent;
 use cloudplay_runtime::homebrew::colour_pad_rom;
@@ -193,7 +193,7 @@ async fn a_native_game_that_quits_ends_the_session_with_its_reason() {
     let Some(running) = start("quit", 2).await else { return };
     let addr = running.addr;
     tokio::task::spawn_blocking(move || {
-        let session = create_session(addr, &body("quitter")).unwrap();
+        let (session, guest) = create_guest_session(addr, &body("quitter")).unwrap();
         let mut client = StreamClient::connect(addr, &session).unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut frames = 0;
@@ -207,22 +207,82 @@ async fn a_native_game_that_quits_ends_the_session_with_its_reason() {
         let reason = client.ended_reason.clone().expect("the server said why the game ended");
         assert!(reason.contains("xterm exited"), "{reason}");
         std::thread::sleep(Duration::from_millis(500)); // the host forgets the session
+        let cookie = [("Cookie", guest.as_str())];
         let (status, _, _) =
-            http_request(addr, "GET", &format!("/api/v1/sessions/{}", session.session_id), &[], b"").unwrap();
+            http_request(addr, "GET", &format!("/api/v1/sessions/{}", session.session_id), &cookie, b"")
+                .unwrap();
         assert_eq!(status, 404, "the session is over");
     })
     .await
     .unwrap();
 }
 
-/// The pid of the libretro worker running `game`, found by its command line.
+/// The pid of the libretro worker running `game` (not the jail around it) for this test's
+/// server, found by its command line among this process's descendants: tests run side by
+/// side, and another test's server may run the same game.
 fn worker_pid(game: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let ours = args.contains(&b"libretro-worker".as_slice()) && args.contains(&game.as_bytes());
-        if ours { entry.file_name().to_str()?.parse().ok() } else { None }
+        let ours = args.first().is_some_and(|program| program.ends_with(b"cloudplay"))
+            && args.contains(&b"libretro-worker".as_slice())
+            && args.contains(&game.as_bytes())
+            && descends_from_us(pid);
+        ours.then_some(pid)
     })
+}
+
+/// Whether `pid` is a descendant of this test process (a few generations: jail, worker).
+fn descends_from_us(mut pid: i32) -> bool {
+    let us = std::process::id() as i32;
+    for _ in 0..8 {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+        let parent = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .and_then(|value| value.trim().parse::<i32>().ok());
+        match parent {
+            Some(parent) if parent == us => return true,
+            Some(parent) if parent > 1 => pid = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// What a core could reach from inside its worker: its environment and its filesystem, as
+/// the kernel shows them to the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_runs_jailed_without_the_hosts_secrets() {
+    let Some(running) = start("jail", 2).await else { return };
+    let (addr, root) = (running.addr, running.root.clone());
+    tokio::task::spawn_blocking(move || {
+        let session = create_session(addr, &body("colour-pad")).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        centre_luma(&mut client, Duration::from_secs(15), |_| true).expect("frames arrive");
+        let pid = worker_pid("colour-pad").expect("the worker runs");
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        // The host runs with the test runner's environment (CARGO_…), standing for its keys.
+        let environ = std::fs::read(proc.join("environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(!environ.contains("CARGO") && !environ.contains("CLOUDPLAY"), "clean environment: {environ}");
+        let status = std::fs::read_to_string(proc.join("status")).unwrap();
+        let ns_pids =
+            status.lines().find(|l| l.starts_with("NSpid:")).unwrap().split_whitespace().count() - 1;
+        assert_eq!(ns_pids, 2, "a PID namespace of its own: {status}");
+        let seen = |path: &std::path::Path| proc.join("root").join(path.strip_prefix("/").unwrap()).exists();
+        assert!(seen(&root.join("content/nes/colour-pad.nes")), "the content is visible");
+        assert!(!seen(&root.join("catalogue.toml")), "the host's configuration is not");
+        assert!(
+            !seen(&PathBuf::from("/etc/shadow")) && !seen(&PathBuf::from("/root")),
+            "nor the host's files"
+        );
+        assert!(!seen(&std::env::current_exe().unwrap()), "nor the host's own program");
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +290,7 @@ async fn a_crashing_core_ends_only_its_own_session() {
     let Some(running) = start("crash", 4).await else { return };
     let addr = running.addr;
     tokio::task::spawn_blocking(move || {
-        let survivor = create_session(addr, &body("colour-pad")).unwrap();
+        let (survivor, guest) = create_guest_session(addr, &body("colour-pad")).unwrap();
         let doomed = create_session(addr, &body("colour-pad-crash")).unwrap();
         let mut client = StreamClient::connect(addr, &doomed).unwrap();
         client.watch = Some((300, 160, 40, 40));
@@ -250,8 +310,9 @@ async fn a_crashing_core_ends_only_its_own_session() {
         let reason = client.ended_reason.clone().expect("the player is told why");
         assert!(reason.contains("crashed") && reason.contains("signal 6"), "{reason}");
         // The host and the other session carry on.
+        let cookie = [("Cookie", guest.as_str())];
         let (status, _, _) =
-            http_request(addr, "GET", &format!("/api/v1/sessions/{}", survivor.session_id), &[], b"")
+            http_request(addr, "GET", &format!("/api/v1/sessions/{}", survivor.session_id), &cookie, b"")
                 .unwrap();
         assert_eq!(status, 200, "the other session still runs");
         let mut other = StreamClient::connect(addr, &survivor).unwrap();

@@ -279,6 +279,109 @@ async fn the_last_slot_goes_to_one_and_the_rest_queue_in_order(db: Db) {
     assert_eq!(info["queue_position"], 1);
 }
 
+/// Every session route against every kind of caller: the owner, another player of the
+/// tenant, a guest, someone holding only a watch grant, API keys of each scope, an admin
+/// key, another tenant's key. Status codes, as docs/api.md's table says.
+async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
+    let Some(w) = world(8, db).await else { return };
+    let now = unix_ms();
+    let alice =
+        w.store.create_user("acme", "alice@acme.test", "password-a", "Alice", false, now).await.unwrap();
+    let bob = w.store.create_user("acme", "bob@acme.test", "password-b", "Bob", false, now).await.unwrap();
+    let alice_token = w.store.create_user_token(&alice, now + 60_000).await.unwrap();
+    let bob_token = w.store.create_user_token(&bob, now + 60_000).await.unwrap();
+    let key = |scopes: &'static [&'static str]| {
+        let store = w.store.clone();
+        async move { store.create_api_key("acme", scopes, now).await.unwrap().1 }
+    };
+    let catalogue_key = key(&["catalogue:read"]).await;
+    let read_key = key(&["sessions:read"]).await;
+    let admin_key = key(&["admin"]).await;
+
+    let (status, created) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&alice_token), &[], Some(small("acme-free"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["session_id"].as_str().unwrap().to_string();
+    let (status, grant) =
+        call(&w.app, "POST", &format!("/api/v1/sessions/{id}/watch"), Some(&alice_token), &[], None).await;
+    assert_eq!(status, StatusCode::CREATED, "{grant}");
+    let grant = grant["watch_grant"].as_str().unwrap().to_string();
+    assert!(grant.starts_with("cpw_"));
+
+    let session = format!("/api/v1/sessions/{id}");
+    let tickets = format!("/api/v1/sessions/{id}/tickets");
+    let watch = format!("/api/v1/sessions/{id}/watch");
+    let player = json!({"role": "player"});
+    let viewer = json!({"role": "viewer"});
+    use StatusCode as S;
+    // caller, GET session, player ticket, viewer ticket, new share link
+    let matrix: [(&str, Option<&str>, [S; 4]); 8] = [
+        ("owner", Some(&alice_token), [S::OK, S::CREATED, S::CREATED, S::CREATED]),
+        ("another player", Some(&bob_token), [S::NOT_FOUND; 4]),
+        ("a guest", None, [S::NOT_FOUND; 4]),
+        ("catalogue:read key", Some(&catalogue_key), [S::FORBIDDEN; 4]),
+        ("sessions:read key", Some(&read_key), [S::OK, S::FORBIDDEN, S::CREATED, S::FORBIDDEN]),
+        ("sessions:write key", Some(&w.acme_key), [S::OK, S::CREATED, S::CREATED, S::CREATED]),
+        ("admin key", Some(&admin_key), [S::OK, S::CREATED, S::CREATED, S::CREATED]),
+        ("another tenant", Some(&w.globex_key), [S::NOT_FOUND; 4]),
+    ];
+    for (who, credential, expected) in matrix {
+        let got = [
+            call(&w.app, "GET", &session, credential, &[], None).await.0,
+            call(&w.app, "POST", &tickets, credential, &[], Some(player.clone())).await.0,
+            call(&w.app, "POST", &tickets, credential, &[], Some(viewer.clone())).await.0,
+            call(&w.app, "POST", &watch, credential, &[], None).await.0,
+        ];
+        assert_eq!(got, expected, "{who}: GET, player ticket, viewer ticket, share");
+    }
+    // The share link made last (by the admin key) is the only one that works now.
+    let (status, fresh) = call(&w.app, "POST", &watch, Some(&alice_token), &[], None).await;
+    assert_eq!(status, S::CREATED);
+    let fresh = fresh["watch_grant"].as_str().unwrap().to_string();
+    let with = |grant: &str, role: &str| json!({"role": role, "watch_grant": grant});
+    assert_eq!(
+        call(&w.app, "POST", &tickets, None, &[], Some(with(&grant, "viewer"))).await.0,
+        S::NOT_FOUND,
+        "replaced"
+    );
+    let (status, ticket) = call(&w.app, "POST", &tickets, None, &[], Some(with(&fresh, "viewer"))).await;
+    assert_eq!(status, S::CREATED, "a grant admits a viewer, even from another tenant's guest: {ticket}");
+    assert_eq!(call(&w.app, "POST", &tickets, None, &[], Some(with(&fresh, "player"))).await.0, S::FORBIDDEN);
+    assert_eq!(
+        call(&w.app, "POST", &tickets, None, &[], Some(json!({"watch_grant": fresh}))).await.0,
+        S::FORBIDDEN,
+        "player is the default role"
+    );
+    // Revoked: the link admits nobody new.
+    assert_eq!(call(&w.app, "DELETE", &watch, Some(&bob_token), &[], None).await.0, S::NOT_FOUND);
+    assert_eq!(call(&w.app, "DELETE", &watch, Some(&alice_token), &[], None).await.0, S::NO_CONTENT);
+    assert_eq!(call(&w.app, "POST", &tickets, None, &[], Some(with(&fresh, "viewer"))).await.0, S::NOT_FOUND);
+    // Idempotency keys are per caller: Bob's retry with Alice's key is his own request.
+    let retry = [("Idempotency-Key", "same-key")];
+    let (_, first) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&alice_token), &retry, Some(small("acme-free"))).await;
+    let (status, other) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&bob_token), &retry, Some(small("acme-free"))).await;
+    assert_eq!(status, S::CREATED);
+    assert_ne!(
+        first["session_id"], other["session_id"],
+        "another caller's key does not return their session"
+    );
+    // Ending: nobody but the owner (or a back end or admin).
+    assert_eq!(call(&w.app, "DELETE", &session, Some(&bob_token), &[], None).await.0, S::NOT_FOUND);
+    assert_eq!(call(&w.app, "DELETE", &session, Some(&catalogue_key), &[], None).await.0, S::FORBIDDEN);
+    assert_eq!(call(&w.app, "DELETE", &session, Some(&read_key), &[], None).await.0, S::FORBIDDEN);
+    assert_eq!(call(&w.app, "DELETE", &session, Some(&w.globex_key), &[], None).await.0, S::NOT_FOUND);
+    assert_eq!(call(&w.app, "DELETE", &session, Some(&alice_token), &[], None).await.0, S::NO_CONTENT);
+    // The third live session of one player is refused.
+    let (status, _) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&alice_token), &[], Some(small("acme-free"))).await;
+    assert_eq!(status, S::CREATED, "alice: second live session");
+    let (status, body) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&alice_token), &[], Some(small("acme-free"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (S::TOO_MANY_REQUESTS, Some("too_many_sessions")));
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -297,4 +400,5 @@ on_both_databases!(
     credentials_scopes_and_entitlements_are_enforced,
     an_idempotency_key_makes_retries_safe,
     the_last_slot_goes_to_one_and_the_rest_queue_in_order,
+    only_the_owner_a_back_end_or_an_admin_acts_on_a_session,
 );

@@ -10,8 +10,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, internal, missing, parse_json};
-use crate::auth::{LOGIN_TTL_MS, SESSION_COOKIE, cookie_token, principal};
+use crate::Throttle;
+use crate::api::{ApiError, ClientIp, internal, missing, parse_json, throttle};
+use crate::auth::{LOGIN_TTL_MS, SESSION_COOKIE, cookie_secure_attribute, cookie_token, principal};
 use crate::store::{StoreError, User};
 use crate::{ControlPlane, unix_ms};
 
@@ -38,13 +39,14 @@ fn user_json(user: &User) -> serde_json::Value {
 }
 
 /// Answer with a new login: the token for API clients, and the cookie for browsers.
-async fn logged_in(control: &ControlPlane, user: User, status: StatusCode) -> Result<Response, ApiError> {
+async fn logged_in(
+    control: &ControlPlane,
+    headers: &HeaderMap,
+    user: User,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
     let token = control.store().create_user_token(&user, unix_ms() + LOGIN_TTL_MS).await.map_err(internal)?;
-    let secure = if control.inner.config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")) {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = cookie_secure_attribute(control, headers);
     let cookie = format!(
         "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         LOGIN_TTL_MS / 1000
@@ -67,9 +69,13 @@ async fn branding(
 async fn signup(
     State(control): State<ControlPlane>,
     Path(tenant): Path<String>,
+    ip: ClientIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if let Err(refused) = throttle(&control, Throttle::Signup, &ip) {
+        return Ok(*refused);
+    }
     let request: Credentials = parse_json(&headers, body)?;
     control.store().tenant(&tenant).await.map_err(missing("tenant"))?;
     let name = if request.display_name.trim().is_empty() {
@@ -87,15 +93,19 @@ async fn signup(
             }
             other => internal(other),
         })?;
-    logged_in(&control, user, StatusCode::CREATED).await
+    logged_in(&control, &headers, user, StatusCode::CREATED).await
 }
 
 async fn login(
     State(control): State<ControlPlane>,
     Path(tenant): Path<String>,
+    ip: ClientIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    if let Err(refused) = throttle(&control, Throttle::Login, &ip) {
+        return Ok(*refused);
+    }
     let request: Credentials = parse_json(&headers, body)?;
     let user = control
         .store()
@@ -109,7 +119,7 @@ async fn login(
             "wrong email or password".into(),
         ));
     };
-    logged_in(&control, user, StatusCode::OK).await
+    logged_in(&control, &headers, user, StatusCode::OK).await
 }
 
 async fn logout(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -232,7 +232,8 @@ struct NewKey {
     scopes: Vec<String>,
 }
 
-const SCOPES: [&str; 3] = ["admin", "sessions:write", "catalogue:read"];
+/// The scopes an API key may hold (docs/api.md has what each allows).
+const SCOPES: [&str; 4] = ["admin", "sessions:write", "sessions:read", "catalogue:read"];
 
 async fn create_key(
     State(control): State<ControlPlane>,

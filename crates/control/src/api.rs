@@ -12,7 +12,7 @@ use axum::{Json, routing::post};
 use cloudplay_proto::TicketRole;
 use cloudplay_proto::api::{
     ApiErrorBody, ApiErrorDetail, CreateSessionRequest, SessionCreated, SessionInfo, SessionQueued,
-    TicketRequest,
+    TicketRequest, WatchGrant,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use cloudplay_proto::api::GameInfo;
 
-use crate::auth::{Principal, principal};
+use crate::auth::{Principal, new_guest, principal};
+use crate::policy::{SessionAction, authorize, require_scope};
 use crate::sessions::{Claim, StoredRequest, launch_for};
 use crate::store::{CatalogueGame, SessionRecord, StoreError};
 use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
@@ -56,6 +57,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions", post(create_session).get(my_sessions))
         .route("/api/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
+        .route("/api/v1/sessions/{id}/watch", post(share_session).delete(unshare_session))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/regions", get(regions))
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -64,6 +66,40 @@ pub fn router(control: ControlPlane) -> Router {
         .merge(crate::fleet::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
+}
+
+/// The caller's address, as the server saw the connection (unspecified when the router is
+/// driven without a socket, as in tests).
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let connection = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(ClientIp(connection.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip())))
+    }
+}
+
+/// Counts the request against the caller's address; a `429` with `Retry-After` when it is over.
+pub(crate) fn throttle(
+    control: &ControlPlane,
+    which: crate::Throttle,
+    ip: &ClientIp,
+) -> Result<(), Box<Response>> {
+    control.throttle(which, ip.0).map_err(|retry_after| {
+        let error = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests from this address; retry in {retry_after} s"),
+        );
+        let mut response = error.into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after));
+        Box::new(response)
+    })
 }
 
 /// A request body that could not be read: too large, or cut off.
@@ -147,6 +183,7 @@ fn game_info(game: CatalogueGame) -> GameInfo {
 
 async fn list_games(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
+    require_scope(&who, "catalogue:read")?;
     let games: Vec<GameInfo> =
         control.inner.store.games(&who.tenant).await.map_err(internal)?.into_iter().map(game_info).collect();
     Ok(Json(json!({ "games": games })).into_response())
@@ -158,6 +195,7 @@ async fn get_game(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
+    require_scope(&who, "catalogue:read")?;
     let game = control.inner.store.game(&who.tenant, &id).await.map_err(missing("game"))?;
     Ok(Json(game_info(game)).into_response())
 }
@@ -193,23 +231,55 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 async fn create_session(
     State(control): State<ControlPlane>,
+    ip: ClientIp,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
     who.check_origin(&control, &headers, true)?;
+    require_scope(&who, "sessions:write")?;
+    // A tenant's back end answers for its own traffic; players and guests are counted.
+    if !who.is_api_key()
+        && let Err(refused) = throttle(&control, crate::Throttle::Session, &ip)
+    {
+        return Ok(*refused);
+    }
     let request: CreateSessionRequest = parse_json(&headers, body)?;
     request.options.validate().map_err(ApiError::bad_request)?;
-    if !who.guest() && !who.allows("sessions:write") {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this key lacks the sessions:write scope".into(),
-        ));
+    if request.user_id.is_some() && !who.is_api_key() {
+        let message = "only a tenant's API key may act for a user".to_string();
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message));
     }
+    // Whose session this is: the player, the user a back end acts for, or the guest (a
+    // guest's first session comes with the cookie that makes it theirs).
+    let mut guest_cookie = None;
+    let owner = match (&request.user_id, &who.owner) {
+        (Some(user_id), _) => format!("user:{user_id}"),
+        (None, Some(owner)) => owner.clone(),
+        (None, None) => {
+            let (cookie, owner) = new_guest(&control, &headers);
+            guest_cookie = Some(cookie);
+            owner
+        }
+    };
+    let answer = start_for(&control, &who, &headers, request, owner).await?;
+    Ok(match guest_cookie {
+        Some(cookie) => ([(header::SET_COOKIE, cookie)], answer).into_response(),
+        None => answer,
+    })
+}
+
+async fn start_for(
+    control: &ControlPlane,
+    who: &Principal,
+    headers: &HeaderMap,
+    request: CreateSessionRequest,
+    owner: String,
+) -> Result<Response, ApiError> {
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
         None => None,
-        Some(Ok(key)) if !key.is_empty() && key.len() <= 128 => Some(key.to_string()),
+        // Keys are the caller's own: the same key from another caller is another request.
+        Some(Ok(key)) if !key.is_empty() && key.len() <= 128 => Some(format!("{owner} {key}")),
         Some(_) => return Err(ApiError::bad_request("Idempotency-Key must be 1 to 128 visible characters")),
     };
     let store = &control.inner.store;
@@ -220,7 +290,7 @@ async fn create_session(
     if let Some(existing) = earlier {
         return match existing.state.as_str() {
             "placed" => {
-                let created = ticket_answer(&control, &headers, &existing, TicketRole::Player)?;
+                let created = ticket_answer(control, headers, &existing, TicketRole::Player)?;
                 Ok((StatusCode::CREATED, Json(created)).into_response())
             }
             "queued" => {
@@ -239,11 +309,14 @@ async fn create_session(
             }
         };
     }
-    let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
-    if request.user_id.is_some() && !who.is_api_key() {
-        let message = "only a tenant's API key may act for a user".to_string();
-        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message));
+    let limit = control.inner.config.limits.live_sessions_per_owner;
+    if !owner.starts_with("key:")
+        && store.count_live_sessions_of(&who.tenant, &owner).await.map_err(internal)? >= limit
+    {
+        let message = format!("at most {limit} live or queued sessions each; end one first");
+        return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message));
     }
+    let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
     let mut request = request;
     if let Some(user) = &who.user {
         request.user_id = Some(user.id.clone()); // a signed-in player plays as themselves
@@ -285,6 +358,7 @@ async fn create_session(
         options: serde_json::to_string(&stored).unwrap_or_default(),
         idempotency_key,
         created_at_ms: unix_ms(),
+        owner,
     };
     if let Err(e) = store.insert_session(&session).await {
         if let Some(host_id) = &host_id {
@@ -315,7 +389,7 @@ async fn create_session(
         return Err(start_error(e));
     }
     info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
-    let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
+    let created = ticket_answer(control, headers, &session, TicketRole::Player)?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
 }
 
@@ -329,20 +403,18 @@ fn start_error(e: StartError) -> ApiError {
     }
 }
 
-/// The signed-in player's own live and queued sessions, to resume one.
+/// The caller's own live and queued sessions, to resume one.
 async fn my_sessions(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
-    let Some(user) = &who.user else {
+    require_scope(&who, "sessions:read")?;
+    let Some(owner) = &who.owner else {
         return Ok(Json(json!({ "sessions": [] })).into_response());
     };
-    let mut mine = Vec::new();
-    for state in ["placed", "queued"] {
-        for session in control.inner.store.sessions(&who.tenant, state, 1000).await.map_err(internal)? {
-            if session.user_id.as_deref() == Some(user.id.as_str()) {
-                mine.push(json!({ "session_id": session.id, "game": session.game_id, "state": session.state, "created_at": session.created_at_ms }));
-            }
-        }
-    }
+    let sessions = control.inner.store.sessions_of(&who.tenant, owner).await.map_err(internal)?;
+    let mine: Vec<_> = sessions
+        .iter()
+        .map(|s| json!({ "session_id": s.id, "game": s.game_id, "state": s.state, "created_at": s.created_at_ms }))
+        .collect();
     Ok(Json(json!({ "sessions": mine })).into_response())
 }
 
@@ -352,10 +424,21 @@ enum Standing {
     Queued(SessionRecord),
 }
 
-/// A running or queued session of the caller's tenant, or 404 (also for other tenants'
-/// sessions and for ended ones).
-async fn standing(control: &ControlPlane, who: &Principal, id: &str) -> Result<Standing, ApiError> {
+/// A running or queued session that `who` may act on as `action`, or 404 (also for other
+/// tenants' sessions, others' sessions and ended ones).
+async fn standing(
+    control: &ControlPlane,
+    who: &Principal,
+    id: &str,
+    action: SessionAction,
+) -> Result<Standing, ApiError> {
+    require_scope(who, action.scope())?;
     let session = control.inner.store.session(&who.tenant, id).await.map_err(missing("session"))?;
+    authorize(who, &session, action)?;
+    standing_of(control, session).await
+}
+
+async fn standing_of(control: &ControlPlane, session: SessionRecord) -> Result<Standing, ApiError> {
     match session.state.as_str() {
         "queued" => return Ok(Standing::Queued(session)),
         "placed" => {}
@@ -366,7 +449,7 @@ async fn standing(control: &ControlPlane, who: &Principal, id: &str) -> Result<S
         .as_deref()
         .and_then(|h| control.host(h))
         .ok_or_else(|| ApiError::not_found("session"))?;
-    match host.session_view(id).await {
+    match host.session_view(&session.id).await {
         Ok(Some(view)) => Ok(Standing::Running(session, host, view)),
         // Unreachable for now: still placed; the host's lease decides if it is gone.
         Err(_) => Ok(Standing::Running(
@@ -388,7 +471,7 @@ async fn get_session(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
-    let info = match standing(&control, &who, &id).await? {
+    let info = match standing(&control, &who, &id, SessionAction::Read).await? {
         Standing::Running(session, _, view) => SessionInfo {
             options: StoredRequest::of(&session).options,
             session_id: session.id,
@@ -428,7 +511,7 @@ async fn delete_session(
 ) -> Result<Response, ApiError> {
     let who = principal(&control, &headers).await?;
     who.check_origin(&control, &headers, true)?;
-    match standing(&control, &who, &id).await? {
+    match standing(&control, &who, &id, SessionAction::End).await? {
         Standing::Running(session, host, _) => {
             host.stop_session(&id).await;
             control.finish(&session, "ended").await.map_err(internal)?;
@@ -446,7 +529,8 @@ async fn delete_session(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// A fresh ticket for an existing session: to rejoin as a player, or to watch.
+/// A fresh ticket for an existing session: for its owner to rejoin as a player or watch,
+/// or for anyone holding its watch grant to watch.
 async fn create_ticket(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
@@ -457,15 +541,67 @@ async fn create_ticket(
     who.check_origin(&control, &headers, true)?;
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
-    let session = match standing(&control, &who, &id).await? {
+    let role = request.role.unwrap_or(TicketRole::Player);
+    let standing = match &request.watch_grant {
+        Some(grant) => {
+            if role != TicketRole::Viewer {
+                let message = "a watch grant admits viewers only".to_string();
+                return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", message));
+            }
+            let session = control
+                .inner
+                .store
+                .session_by_watch_grant(&id, grant)
+                .await
+                .map_err(missing("session or watch grant"))?;
+            standing_of(&control, session).await?
+        }
+        None => {
+            let action = if role == TicketRole::Player { SessionAction::Play } else { SessionAction::Watch };
+            standing(&control, &who, &id, action).await?
+        }
+    };
+    let session = match standing {
         Standing::Running(session, _, _) => session,
         Standing::Queued(_) => {
             return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
         }
     };
-    let role = request.role.unwrap_or(TicketRole::Player);
     let created = ticket_answer(&control, &headers, &session, role)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Makes a new share link for the caller's session; earlier links stop working.
+async fn share_session(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
+    let session = match standing(&control, &who, &id, SessionAction::Share).await? {
+        Standing::Running(session, _, _) | Standing::Queued(session) => session,
+    };
+    let grant = format!("cpw_{}{}", random_id(), random_id());
+    control.inner.store.set_watch_grant(&session.tenant_id, &id, Some(&grant)).await.map_err(internal)?;
+    let watch_url = format!("{}/play?watch={id}&grant={grant}", base_url(&control, &headers));
+    let body = WatchGrant { session_id: id, watch_grant: grant, watch_url };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Revokes the session's share link: nobody new can watch with it.
+async fn unshare_session(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = principal(&control, &headers).await?;
+    who.check_origin(&control, &headers, true)?;
+    let session = match standing(&control, &who, &id, SessionAction::Share).await? {
+        Standing::Running(session, _, _) | Standing::Queued(session) => session,
+    };
+    control.inner.store.set_watch_grant(&session.tenant_id, &id, None).await.map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Regions with capacity and where to time a round trip to each (`GET {echo_url}`).

@@ -1,17 +1,23 @@
 //! Who is calling: a tenant's API key (`Authorization: Bearer cpk_…`), a signed-in user
 //! (`Authorization: Bearer cpu_…`, or the `cloudplay_session` cookie in a browser), or a
-//! guest of the default tenant.
+//! guest of the default tenant, known by the random `cloudplay_guest` cookie the server
+//! hands out with the guest's first session (only its hash is ever stored).
 //!
 //! Cookie-authenticated requests that change state must come from our own origin: the
-//! cookie is `SameSite=Strict`, and the `Origin` header must match the request's host.
+//! cookies are `SameSite=Strict`, and the `Origin` header must match the request's host.
+//! What each caller may do is decided in [`crate::policy`].
 
 use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::api::{ApiError, base_url, internal};
-use crate::store::User;
-use crate::{ControlPlane, unix_ms};
+use crate::store::{User, hash_secret};
+use crate::{ControlPlane, random_id, unix_ms};
 
 pub const SESSION_COOKIE: &str = "cloudplay_session";
+/// A guest's identity in a browser: a random secret, so a guest's sessions are theirs.
+pub const GUEST_COOKIE: &str = "cloudplay_guest";
+/// How long a guest identity lasts in the browser.
+const GUEST_TTL_SECS: u64 = 30 * 24 * 3600;
 /// How long a login lasts.
 pub const LOGIN_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -28,7 +34,13 @@ pub struct Principal {
     pub user: Option<User>,
     pub scopes: Vec<String>,
     pub credential: Credential,
+    /// The owner id this caller's new sessions get and its own sessions carry:
+    /// `user:<id>`, `guest:<hash>` or `key:<id>`; `None` for a guest without a cookie yet.
+    pub owner: Option<String>,
 }
+
+/// Scopes a signed-in player or a guest has: play and watch their own sessions.
+const PLAYER_SCOPES: [&str; 3] = ["catalogue:read", "sessions:read", "sessions:write"];
 
 impl Principal {
     pub fn guest(&self) -> bool {
@@ -50,7 +62,8 @@ impl Principal {
         headers: &HeaderMap,
         changes_state: bool,
     ) -> Result<(), ApiError> {
-        if self.credential != Credential::Cookie || !changes_state {
+        let guest_cookie = self.credential == Credential::Guest && self.owner.is_some();
+        if !(self.credential == Credential::Cookie || guest_cookie) || !changes_state {
             return Ok(());
         }
         let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -71,15 +84,49 @@ impl Principal {
     }
 }
 
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value.to_string())
+}
+
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// `; Secure` for every cookie, except where the server is reached over plain HTTP at an
+/// address other than localhost (a LAN test set-up), where browsers would drop it.
+pub fn cookie_secure_attribute(control: &ControlPlane, headers: &HeaderMap) -> &'static str {
+    let base = base_url(control, headers);
+    let host = base.split("://").nth(1).unwrap_or("");
+    let localhost = ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .any(|name| host == *name || host.starts_with(&format!("{name}:")));
+    if base.starts_with("https://") || localhost || base.is_empty() { "; Secure" } else { "" }
+}
+
+/// The owner id of a guest secret; malformed secrets name nobody.
+fn guest_owner(secret: &str) -> Option<String> {
+    let well_formed = secret.len() == 68
+        && secret.starts_with("cpg_")
+        && secret[4..].bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| format!("guest:{}", hash_secret(secret)))
+}
+
+/// A new guest identity: the cookie to set, and the owner id it stands for.
+pub fn new_guest(control: &ControlPlane, headers: &HeaderMap) -> (String, String) {
+    let secret = format!("cpg_{}{}", random_id(), random_id());
+    let owner = guest_owner(&secret).unwrap_or_default();
+    let secure = cookie_secure_attribute(control, headers);
+    let cookie = format!(
+        "{GUEST_COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/; Max-Age={GUEST_TTL_SECS}{secure}"
+    );
+    (cookie, owner)
 }
 
 fn unauthorized() -> ApiError {
@@ -89,11 +136,12 @@ fn unauthorized() -> ApiError {
 pub async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let store = control.store();
     let user_principal = |user: User, credential| {
-        let mut scopes = vec!["sessions:write".to_string()];
+        let mut scopes: Vec<String> = PLAYER_SCOPES.iter().map(|s| s.to_string()).collect();
         if user.is_admin {
             scopes.push("admin".into());
         }
-        Principal { tenant: user.tenant_id.clone(), user: Some(user), scopes, credential }
+        let owner = Some(format!("user:{}", user.id));
+        Principal { tenant: user.tenant_id.clone(), user: Some(user), scopes, credential, owner }
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
@@ -113,6 +161,7 @@ pub async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Pr
             user: None,
             scopes: key.scopes,
             credential: Credential::ApiKey,
+            owner: Some(format!("key:{}", key.id)),
         });
     }
     if let Some(token) = cookie_token(headers) {
@@ -124,7 +173,8 @@ pub async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Pr
     Ok(Principal {
         tenant: control.inner.config.default_tenant.clone(),
         user: None,
-        scopes: vec![],
+        scopes: PLAYER_SCOPES.iter().map(|s| s.to_string()).collect(),
         credential: Credential::Guest,
+        owner: cookie(headers, GUEST_COOKIE).as_deref().and_then(guest_owner),
     })
 }

@@ -13,15 +13,18 @@ mod auth;
 mod fleet;
 mod openapi;
 pub mod placement;
+pub mod policy;
 pub mod remote;
 pub mod sessions;
 pub mod store;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::ratelimit::{Rate, RateLimiter};
 use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use ed25519_dalek::SigningKey;
@@ -94,7 +97,52 @@ pub struct ControlConfig {
     /// Shared secret of the fleet: remote hosts register with it, and the control plane
     /// presents it to them. `None` disables remote hosts.
     pub fleet_token: Option<String>,
+    /// What one caller may ask for.
+    pub limits: Limits,
 }
+
+/// Limits on what one caller can trigger; over them the API answers `429`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Live and queued sessions of one player or guest (API keys acting for nobody are
+    /// not counted: a tenant's back end answers for its own traffic).
+    pub live_sessions_per_owner: u32,
+    /// Sign-ups from one address.
+    pub signups_per_address: Rate,
+    /// Log-in attempts from one address.
+    pub logins_per_address: Rate,
+    /// Session requests from one address without an API key.
+    pub sessions_per_address: Rate,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            live_sessions_per_owner: 2,
+            signups_per_address: Rate::new(5, 1),
+            logins_per_address: Rate::new(10, 10),
+            sessions_per_address: Rate::new(10, 10),
+        }
+    }
+}
+
+/// Which per-address limit a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Throttle {
+    Signup,
+    Login,
+    Session,
+}
+
+/// Per-address token buckets of the control plane.
+struct Limiters {
+    signup: RateLimiter<IpAddr>,
+    login: RateLimiter<IpAddr>,
+    session: RateLimiter<IpAddr>,
+}
+
+/// At most this many addresses are tracked per limit.
+const TRACKED_ADDRESSES: usize = 65_536;
 
 impl Default for ControlConfig {
     fn default() -> Self {
@@ -104,11 +152,13 @@ impl Default for ControlConfig {
             default_tenant: "local".into(),
             host_lease_ms: 15_000,
             fleet_token: None,
+            limits: Limits::default(),
         }
     }
 }
 
 struct Inner {
+    limiters: Mutex<Limiters>,
     config: ControlConfig,
     signing_key: SigningKey,
     store: Store,
@@ -133,12 +183,30 @@ pub fn random_id() -> String {
 
 impl ControlPlane {
     pub fn new(config: ControlConfig, signing_key: SigningKey, store: Store) -> Self {
-        let inner = Inner { config, signing_key, store, hosts: RwLock::new(HashMap::new()) };
+        let limiters = Mutex::new(Limiters {
+            signup: RateLimiter::new(config.limits.signups_per_address, TRACKED_ADDRESSES),
+            login: RateLimiter::new(config.limits.logins_per_address, TRACKED_ADDRESSES),
+            session: RateLimiter::new(config.limits.sessions_per_address, TRACKED_ADDRESSES),
+        });
+        let inner = Inner { limiters, config, signing_key, store, hosts: RwLock::new(HashMap::new()) };
         ControlPlane { inner: Arc::new(inner) }
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Takes a token of `which` for the caller's address; `Err(retry_after_secs)` when it
+    /// has none. IPv6 addresses count per /64 (one subscriber's network).
+    pub(crate) fn throttle(&self, which: Throttle, ip: IpAddr) -> Result<(), u32> {
+        let key = cloudplay_proto::ratelimit::address_key(ip);
+        let Ok(mut limiters) = self.inner.limiters.lock() else { return Ok(()) };
+        let limiter = match which {
+            Throttle::Signup => &mut limiters.signup,
+            Throttle::Login => &mut limiters.login,
+            Throttle::Session => &mut limiters.session,
+        };
+        limiter.check(&key, unix_ms())
     }
 
     /// Makes sure the default tenant exists and offers `games` (the built-in games and the

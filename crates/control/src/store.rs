@@ -20,7 +20,10 @@ use crate::placement::HostSnapshot;
 use crate::random_id;
 
 /// Numbered migrations, embedded so the binary needs no files at run time.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "platform", include_str!("../migrations/0001_platform.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "platform", include_str!("../migrations/0001_platform.sql")),
+    (2, "owners", include_str!("../migrations/0002_owners.sql")),
+];
 
 #[derive(Debug)]
 struct EmbeddedMigrations;
@@ -73,6 +76,24 @@ fn conflict_or(e: sqlx::Error, what: &str) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.into()),
         _ => StoreError::Database(e),
     }
+}
+
+/// Password hashing runs on the blocking pool, a few at a time, so a flood of log-ins
+/// cannot stall the async workers or take every core.
+static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(2));
+
+/// A real hash of nothing anyone knows: checked against when an email is unknown.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default().hash_password(random_id().as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
+});
+
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    let _permit = HASHING.acquire().await.map_err(|e| StoreError::Invalid(e.to_string()))?;
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Invalid(format!("password hashing: {e}")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +166,11 @@ pub struct SessionRecord {
     pub state: String,
     /// The session options as JSON.
     pub options: String,
+    /// Per caller: the owner's id, a space, and the key the caller sent.
     pub idempotency_key: Option<String>,
     pub created_at_ms: u64,
+    /// Who may act on the session: `user:<id>`, `guest:<hash>` or `key:<id>`.
+    pub owner: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +189,7 @@ pub struct Store {
     backend: Backend,
 }
 
-fn hash_secret(secret: &str) -> String {
+pub(crate) fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -308,11 +332,13 @@ impl Store {
         if password.len() < 8 || password.len() > 1024 {
             return Err(StoreError::Invalid("passwords are 8 to 1024 characters".into()));
         }
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?
-            .to_string();
+        let password_owned = password.to_string();
+        let hash = off_the_runtime(move || {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            Argon2::default().hash_password(password_owned.as_bytes(), &salt).map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let user = User {
             id: random_id(),
             tenant_id: tenant_id.into(),
@@ -356,13 +382,21 @@ impl Store {
             .bind(email.trim().to_ascii_lowercase())
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let hash: String = row.try_get("password_hash")?;
-        let parsed = PasswordHash::new(&hash).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
-            return Ok(None);
+        // Unknown emails cost a hash check too, so timing does not tell which emails exist.
+        let hash: String = match &row {
+            Some(row) => row.try_get("password_hash")?,
+            None => DUMMY_HASH.clone(),
+        };
+        let password = password.to_string();
+        let matches = off_the_runtime(move || {
+            PasswordHash::new(&hash)
+                .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await?;
+        match row {
+            Some(row) if matches => Ok(Some(Self::user_from(&row)?)),
+            _ => Ok(None),
         }
-        Ok(Some(Self::user_from(&row)?))
     }
 
     pub async fn user(&self, tenant_id: &str, id: &str) -> Result<User, StoreError> {
@@ -783,7 +817,7 @@ impl Store {
     /// Stores a new session. A session with the same tenant and idempotency key is a
     /// conflict: the caller returns the existing one instead.
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&session.id)
             .bind(&session.tenant_id)
             .bind(session.user_id.as_deref())
@@ -793,6 +827,7 @@ impl Store {
             .bind(&session.options)
             .bind(session.idempotency_key.as_deref())
             .bind(session.created_at_ms as i64)
+            .bind(&session.owner)
             .execute(&self.pool)
             .await
             .map_err(|e| conflict_or(e, "session"))?;
@@ -810,11 +845,12 @@ impl Store {
             options: row.try_get("options")?,
             idempotency_key: row.try_get("idempotency_key")?,
             created_at_ms: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+            owner: row.try_get("owner")?,
         })
     }
 
     const SESSION_COLUMNS: &str =
-        "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at";
+        "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner";
 
     pub async fn session(&self, tenant_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
         let sql = format!("SELECT {} FROM sessions WHERE tenant_id = $1 AND id = $2", Self::SESSION_COLUMNS);
@@ -858,6 +894,60 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(Self::session_from).collect()
+    }
+
+    /// An owner's queued and placed sessions, oldest first.
+    pub async fn sessions_of(&self, tenant_id: &str, owner: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed') \
+             ORDER BY created_at, id LIMIT 100",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(tenant_id).bind(owner).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// Sets (`Some(secret)`) or revokes (`None`) the session's watch grant; only its hash
+    /// is stored.
+    pub async fn set_watch_grant(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE sessions SET watch_grant_hash = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(secret.map(hash_secret))
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    /// The session whose current watch grant is `secret`. The grant is the capability,
+    /// so it is looked up without a tenant: share links work for guests of any tenant.
+    pub async fn session_by_watch_grant(&self, id: &str, secret: &str) -> Result<SessionRecord, StoreError> {
+        let sql =
+            format!("SELECT {} FROM sessions WHERE id = $1 AND watch_grant_hash = $2", Self::SESSION_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(hash_secret(secret))
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::session_from(&row)
+    }
+
+    /// Live and queued sessions of one owner, for the per-caller limit.
+    pub async fn count_live_sessions_of(&self, tenant_id: &str, owner: &str) -> Result<u32, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed')",
+        )
+        .bind(tenant_id)
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u32)
     }
 
     /// Moves a session from `from` to `to`; `false` if it was not in `from`.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cloudplay_proto::input::InputEvent;
 use cloudplay_proto::{InputMessage, TicketRole};
 use str0m::bwe::BweKind;
 use str0m::channel::ChannelId;
@@ -60,7 +59,7 @@ pub struct NewPeer {
     pub id: PeerId,
     pub session: Arc<str>,
     pub role: TicketRole,
-    /// Player slot of the peer's keyboard, mouse and first gamepad.
+    /// Player slot of the peer's keyboard, mouse and gamepads.
     pub slot: u8,
     pub rtc: Rtc,
     pub commands: SessionSender,
@@ -193,13 +192,9 @@ impl Peer {
                 counters.input_messages.fetch_add(1, Ordering::Relaxed);
                 match InputMessage::decode(&data.data) {
                     Ok(message) => {
-                        let player = match message.event {
-                            // A peer's gamepads take consecutive seats from its own.
-                            InputEvent::Gamepad(pad) => {
-                                (self.setup.slot + pad.pad) % cloudplay_game::MAX_PLAYERS
-                            }
-                            _ => self.setup.slot,
-                        };
+                        // Everything a peer sends, every gamepad included, drives its own seat:
+                        // a ticket never steers another player's.
+                        let player = self.setup.slot;
                         self.tell_session(SessionCommand::Input { player, message });
                     }
                     Err(e) => {

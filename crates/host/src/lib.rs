@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cloudplay_game::MAX_PLAYERS;
 use cloudplay_media::{h264_built_with_assembly, video_backends};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::ratelimit::{Rate, RateLimiter};
 use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::ticket::TicketVerifier;
 use cloudplay_runtime::{RuntimeError, Runtimes};
@@ -56,6 +57,26 @@ pub struct HostConfig {
     pub max_sessions: usize,
     /// A session whose game has not ticked for this long is given up as hung.
     pub stall_limit: Duration,
+    /// What peers may ask of this host.
+    pub limits: HostLimits,
+}
+
+/// Limits on peers, refused with `429` (and `Retry-After` where waiting helps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Viewers of one session.
+    pub viewers_per_session: u32,
+    /// Players and viewers of all sessions together (each costs SRTP and a share of the
+    /// uplink).
+    pub peers: u32,
+    /// WHEP offers from one address (IPv6: one /64).
+    pub offers_per_address: Rate,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits { viewers_per_session: 50, peers: 256, offers_per_address: Rate::new(20, 60) }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -100,8 +121,11 @@ impl Seats {
         Some(free as u8)
     }
 
-    pub fn add_viewer(&self) {
-        self.viewers.fetch_add(1, Ordering::Relaxed);
+    /// Counts one more viewer unless there are `max` already.
+    pub fn add_viewer(&self, max: u32) -> bool {
+        self.viewers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| (v < max).then_some(v + 1))
+            .is_ok()
     }
 
     pub fn release(&self, peer: PeerId, was_player: bool) {
@@ -157,6 +181,7 @@ struct HostInner {
     driver: mpsc::Sender<DriverCommand>,
     verifier: Mutex<TicketVerifier>,
     counters: Arc<HostCounters>,
+    offers: Mutex<RateLimiter<IpAddr>>,
 }
 
 /// Runs [`Host::reap_stalled`] periodically while the host exists.
@@ -196,6 +221,7 @@ impl Host {
         tokio::spawn(run_driver(socket, media_addr, commands, counters.clone()));
         info!(host = %config.host_id, media = %media_addr, runtimes = ?runtimes.kinds(), "stream host started");
         let verifier = Mutex::new(TicketVerifier::new(config.ticket_key, config.host_id.clone()));
+        let offers = Mutex::new(RateLimiter::new(config.limits.offers_per_address, 65_536));
         let host = Host {
             inner: Arc::new(HostInner {
                 config,
@@ -205,6 +231,7 @@ impl Host {
                 driver,
                 verifier,
                 counters,
+                offers,
             }),
         };
         tokio::spawn(watchdog(Arc::downgrade(&host.inner)));
@@ -384,6 +411,19 @@ impl Host {
             }
             None => false,
         }
+    }
+
+    /// Players and viewers of every session.
+    pub fn peer_count(&self) -> u32 {
+        let sessions = self.inner.sessions.lock();
+        sessions.map_or(0, |s| s.values().map(|h| h.seats.players() + h.seats.viewers()).sum())
+    }
+
+    /// Takes a WHEP offer token for `ip`: `Err(retry_after_secs)` when it offers too often.
+    /// IPv6 addresses count per /64, since one subscriber holds a whole /64.
+    pub fn throttle_offer(&self, ip: IpAddr) -> Result<(), u32> {
+        let key = cloudplay_proto::ratelimit::address_key(ip);
+        self.inner.offers.lock().map_or(Ok(()), |mut limiter| limiter.check(&key, unix_ms()))
     }
 
     pub fn session(&self, id: &str) -> Option<Arc<SessionHandle>> {

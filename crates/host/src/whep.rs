@@ -75,9 +75,22 @@ fn bearer(headers: &HeaderMap) -> Option<Ticket> {
 async fn offer(
     State(host): State<Host>,
     Path(session_id): Path<String>,
+    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = connection
+        && let Err(retry_after) = host.throttle_offer(peer.ip())
+    {
+        host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_offers",
+            "too many offers from this address",
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return response;
+    }
     let response = match body {
         Ok(body) => accept_offer(&host, &session_id, &headers, &body),
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => error_response(
@@ -116,14 +129,17 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
     let offer = match std::str::from_utf8(body).ok().map(SdpOffer::from_sdp_string) {
         Some(Ok(offer)) => offer,
         Some(Err(e)) => {
-            return error_response(StatusCode::BAD_REQUEST, "bad_offer", format!("malformed SDP offer: {e}"));
+            // The parser's own message can carry internal details (addresses): log it only.
+            debug!(error = %e, "malformed SDP offer");
+            return error_response(StatusCode::BAD_REQUEST, "bad_offer", "malformed SDP offer");
         }
         None => return error_response(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"),
     };
     let Some(session) = host.session(session_id) else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
     };
-    let claims = match host.inner.verifier.lock().map(|mut v| v.admit(&ticket, session_id, unix_ms())) {
+    // Checked now, used up only once the offer is accepted: a refused offer keeps its ticket.
+    let claims = match host.inner.verifier.lock().map(|v| v.check(&ticket, session_id, unix_ms())) {
         Ok(Ok(claims)) => claims,
         Ok(Err(e)) => return unauthorized(&e.to_string()),
         Err(_) => {
@@ -135,6 +151,14 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         }
     };
 
+    let limits = host.inner.config.limits;
+    if host.peer_count() >= limits.peers {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "host_full",
+            "this host serves as many peers as it can",
+        );
+    }
     let peer_id: u64 = rand::thread_rng().r#gen();
     let slot = match claims.role {
         TicketRole::Player => match session.seats.take_player_seat(peer_id) {
@@ -144,7 +168,10 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
             }
         },
         TicketRole::Viewer => {
-            session.seats.add_viewer();
+            if !session.seats.add_viewer(limits.viewers_per_session) {
+                let message = format!("this session has its {} viewers", limits.viewers_per_session);
+                return error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message);
+            }
             0
         }
     };
@@ -176,9 +203,29 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         Ok(answer) => answer,
         Err(e) => {
             release();
-            return error_response(StatusCode::BAD_REQUEST, "bad_offer", format!("offer refused: {e}"));
+            debug!(error = %e, "offer refused");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_offer",
+                "offer refused: no usable H.264 video",
+            );
         }
     };
+    match host.inner.verifier.lock().map(|mut v| v.admit(&ticket, session_id, unix_ms())) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            release();
+            return unauthorized(&e.to_string());
+        }
+        Err(_) => {
+            release();
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "ticket registry unavailable",
+            );
+        }
+    }
     let peer = NewPeer {
         id: peer_id,
         session: session.id.clone(),

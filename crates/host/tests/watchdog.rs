@@ -57,6 +57,7 @@ async fn a_hung_game_is_given_up_and_its_slot_freed() {
         idle_timeout: Duration::from_secs(60),
         max_sessions: 1,
         stall_limit: Duration::from_secs(1),
+        limits: cloudplay_host::HostLimits::default(),
     };
     let host = Host::start(config, runtimes).await.unwrap();
     let options = SessionOptions { width: 320, height: 240, ..SessionOptions::default() };

@@ -130,11 +130,26 @@ pub struct SessionQueued {
 }
 
 /// Body of a ticket request for an existing session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// The owner (or a tenant back end) may ask for either role; anyone holding the session's
+/// watch grant may ask for a viewer ticket by presenting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TicketRequest {
     #[serde(default)]
     pub role: Option<crate::ticket::TicketRole>,
+    /// A watch grant from a share link (`cpw_…`): admits as a viewer, never as a player.
+    #[serde(default)]
+    pub watch_grant: Option<String>,
+}
+
+/// A share link for watching a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchGrant {
+    pub session_id: String,
+    /// The capability itself: whoever holds it may watch until the owner revokes it.
+    pub watch_grant: String,
+    /// The player page that watches with it.
+    pub watch_url: String,
 }
 
 /// The error body of every API failure: `{ "error": { "code", "message" } }`.

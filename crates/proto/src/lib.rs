@@ -7,6 +7,7 @@
 pub mod api;
 pub mod input;
 pub mod probe;
+pub mod ratelimit;
 pub mod runtime;
 pub mod ticket;
 

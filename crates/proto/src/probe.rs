@@ -102,7 +102,9 @@ impl ProbeStrip {
     /// Does nothing if the frame is too small to hold it.
     pub fn stamp(&self, frame: &mut [u8], width: u32, height: u32, stride: usize, data: ProbeData) {
         let (strip_w, strip_h) = self.size();
-        if strip_w > width || strip_h > height || frame.len() < stride * strip_h as usize {
+        let row_bytes = strip_w as usize * 4;
+        let needed = (strip_h as usize).saturating_sub(1).saturating_mul(stride).saturating_add(row_bytes);
+        if strip_w > width || strip_h > height || stride < row_bytes || frame.len() < needed {
             return;
         }
         let bits = data.bits();
@@ -152,6 +154,21 @@ impl ProbeStrip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamping_a_frame_too_small_or_too_narrow_does_nothing() {
+        let strip = ProbeStrip::for_width(640);
+        let (w, h) = strip.size();
+        let data = ProbeData { frame_seq: 1, input_seq: 2, capture_ms: 3 };
+        // A stride shorter than the strip's row would overlap rows and run past the end.
+        let mut frame = vec![7u8; (w * h * 4) as usize];
+        strip.stamp(&mut frame, w, h, w as usize * 4 - 4, data);
+        strip.stamp(&mut frame, w, h, 0, data);
+        strip.stamp(&mut frame[..10], w, h, w as usize * 4, data);
+        assert!(frame.iter().all(|&b| b == 7), "nothing painted");
+        strip.stamp(&mut frame, w, h, w as usize * 4, data);
+        assert!(frame.iter().any(|&b| b != 7), "a frame that fits is painted");
+    }
 
     #[test]
     fn stamp_then_read_round_trips() {

@@ -33,6 +33,9 @@ pub enum RuntimeSpec {
     Native {
         /// Program and arguments; the program is looked up on the host's `PATH`.
         command: Vec<String>,
+        /// Whether the program may use the network (it runs without one by default).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        network: bool,
     },
 }
 
@@ -73,7 +76,7 @@ impl RuntimeSpec {
                 }
                 Ok(())
             }
-            RuntimeSpec::Native { command } => {
+            RuntimeSpec::Native { command, .. } => {
                 if command.is_empty() || command.len() > MAX_NATIVE_ARGS {
                     return Err(format!("command: 1 to {MAX_NATIVE_ARGS} words"));
                 }

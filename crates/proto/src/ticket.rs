@@ -162,6 +162,18 @@ impl TicketVerifier {
         session_id: &str,
         now_ms: u64,
     ) -> Result<TicketClaims, TicketError> {
+        let claims = self.check(ticket, session_id, now_ms)?;
+        self.used.retain(|_, exp_ms| now_ms < exp_ms.saturating_add(CLOCK_SKEW_MS));
+        if self.used.contains_key(&claims.jti) {
+            return Err(TicketError::Replayed);
+        }
+        self.used.insert(claims.jti.clone(), claims.exp_ms);
+        Ok(claims)
+    }
+
+    /// Everything [`TicketVerifier::admit`] checks, without using the ticket up: a request
+    /// refused for another reason (a bad offer) leaves it valid for a corrected retry.
+    pub fn check(&self, ticket: &Ticket, session_id: &str, now_ms: u64) -> Result<TicketClaims, TicketError> {
         let claims = ticket.verify(&self.key, now_ms)?;
         if claims.aud != self.host_id {
             return Err(TicketError::WrongAudience);
@@ -169,11 +181,9 @@ impl TicketVerifier {
         if claims.sid != session_id {
             return Err(TicketError::WrongSession);
         }
-        self.used.retain(|_, exp_ms| now_ms < exp_ms.saturating_add(CLOCK_SKEW_MS));
         if self.used.contains_key(&claims.jti) {
             return Err(TicketError::Replayed);
         }
-        self.used.insert(claims.jti.clone(), claims.exp_ms);
         Ok(claims)
     }
 }

@@ -10,6 +10,7 @@ pub mod native;
 pub mod resample;
 pub mod retro_process;
 pub mod retropad;
+pub mod sandbox;
 pub mod scale;
 
 use std::path::{Path, PathBuf};
@@ -75,6 +76,10 @@ pub struct RuntimeConfig {
     /// per session so a crashing core ends only its session; `None` runs cores inside this
     /// process.
     pub libretro_worker: Option<Vec<PathBuf>>,
+    /// Run game code (libretro workers, native programs) in a [`sandbox::Jail`]; with it
+    /// on and no `bwrap` installed, this host runs built-in games only. Off is for
+    /// development: game code then runs with the host's rights.
+    pub sandbox: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -89,6 +94,7 @@ impl Default for RuntimeConfig {
             native_startup_timeout: Duration::from_secs(10),
             native_memory_limit: 4 << 30,
             libretro_worker: None,
+            sandbox: true,
         }
     }
 }
@@ -131,6 +137,12 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 
 impl Runtimes {
     pub fn new(config: RuntimeConfig) -> Runtimes {
+        if config.sandbox && !sandbox::available() {
+            tracing::warn!(
+                "bwrap (Debian's bubblewrap) is not installed: this host runs no native games and no \
+                 libretro workers until it is (or until sandbox = false, for development)"
+            );
+        }
         Runtimes { config, builtin: Catalogue::builtin() }
     }
 
@@ -150,13 +162,26 @@ impl Runtimes {
     /// The runtime kinds this host can run, for placement.
     pub fn kinds(&self) -> Vec<&'static str> {
         let mut kinds = vec!["builtin"];
-        if self.config.cores_dir.is_dir() {
+        // Game code runs only where it can be jailed (or the operator turned that off).
+        let jailable = !self.config.sandbox || sandbox::available();
+        // Cores inside the host process (`libretro_in_process`) are the operator's explicit
+        // choice to trust them; workers are jailed.
+        let libretro_jailable = jailable || self.config.libretro_worker.is_none();
+        if self.config.cores_dir.is_dir() && libretro_jailable {
             kinds.push("libretro");
         }
-        if self.config.native && find_program(&self.config.xvfb).is_some() {
+        if self.config.native && find_program(&self.config.xvfb).is_some() && jailable {
             kinds.push("native");
         }
         kinds
+    }
+
+    /// The jail game code runs in, unless the operator turned sandboxing off.
+    fn jail(&self) -> Option<sandbox::JailLimits> {
+        self.config.sandbox.then(|| sandbox::JailLimits {
+            address_space: self.config.native_memory_limit,
+            ..sandbox::JailLimits::default()
+        })
     }
 
     /// Why this host could not run `spec`, if it could not: its kind is not run here, or the
@@ -178,7 +203,7 @@ impl Runtimes {
                     None
                 }
             }
-            RuntimeSpec::Native { command } => find_program(&command[0]).is_none().then(|| {
+            RuntimeSpec::Native { command, .. } => find_program(&command[0]).is_none().then(|| {
                 RuntimeError::ProgramFailed(format!("{:?} is not installed on this host", command[0]))
             }),
         }
@@ -220,7 +245,9 @@ impl Runtimes {
                         system_dir: self.config.system_dir.clone(),
                         save_dir,
                     };
-                    return Ok(Box::new(retro_process::LibretroProcess::start(worker, &init, &launch.game)?));
+                    let jail = self.jail().map(|limits| sandbox::JailLimits { address_space: 0, ..limits });
+                    let process = retro_process::LibretroProcess::start(worker, &init, &launch.game, jail)?;
+                    return Ok(Box::new(process));
                 }
                 let game = LibretroGame::load(libretro::LibretroSetup {
                     core_path: &core_path,
@@ -231,7 +258,7 @@ impl Runtimes {
                 })?;
                 Ok(Box::new(game))
             }
-            RuntimeSpec::Native { command } => {
+            RuntimeSpec::Native { command, network } => {
                 let home = match &launch.save_profile {
                     Some(profile) => native::NativeHome::Persistent(
                         self.config.saves_dir.join(profile).join("native").join(&launch.game),
@@ -247,6 +274,8 @@ impl Runtimes {
                     xvfb: &self.config.xvfb,
                     startup_timeout: self.config.native_startup_timeout,
                     memory_limit: self.config.native_memory_limit,
+                    jail: self.jail(),
+                    network: *network,
                 })?;
                 Ok(Box::new(game))
             }

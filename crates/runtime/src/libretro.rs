@@ -482,12 +482,21 @@ static CORE_COPIES: AtomicU64 = AtomicU64::new(0);
 
 /// Loads a private copy of the core, so sessions never share a core's global state.
 fn load_private_copy(core_path: &Path) -> Result<Library, RuntimeError> {
+    // An unpredictable name, created exclusively (O_EXCL, mode 0700): nobody else sharing
+    // the temporary directory can put their own library where this one is loaded from.
+    let nonce: u64 = rand::random();
     let copy = std::env::temp_dir().join(format!(
-        "cloudplay-core-{}-{}.so",
+        "cloudplay-core-{}-{}-{nonce:016x}.so",
         std::process::id(),
         CORE_COPIES.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::copy(core_path, &copy).map_err(|e| RuntimeError::Io(format!("copying the core: {e}")))?;
+    let copied = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut source = std::fs::File::open(core_path)?;
+        let mut target = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o700).open(&copy)?;
+        std::io::copy(&mut source, &mut target)
+    })();
+    copied.map_err(|e| RuntimeError::Io(format!("copying the core: {e}")))?;
     // SAFETY: loading a library runs its initialisers; cores come from the operator's
     // cores directory, which is trusted like the cloudplay binary itself.
     let library = unsafe { Library::new(&copy) };

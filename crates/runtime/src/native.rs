@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 
 use crate::RuntimeError;
+use crate::sandbox::{Ending, Jail, JailLimits};
 
 /// Where a native game comes from and how it is run.
 pub struct NativeSetup<'a> {
@@ -42,6 +43,10 @@ pub struct NativeSetup<'a> {
     pub home: NativeHome,
     /// Give the program a sound server of its own and stream what it plays.
     pub audio: bool,
+    /// Run the program in a jail with these limits (`None`: with the host's rights).
+    pub jail: Option<JailLimits>,
+    /// Whether the jailed program may use the network.
+    pub network: bool,
 }
 
 /// Where a native program's `HOME` is.
@@ -74,11 +79,13 @@ struct Supervised {
     name: String,
     /// How the leader ended, once reaped.
     status: Option<ExitStatus>,
+    /// Whether the leader is a jail around the program.
+    jailed: bool,
 }
 
 impl Supervised {
     fn new(child: Child, name: &str) -> Supervised {
-        Supervised { child, name: name.into(), status: None }
+        Supervised { child, name: name.into(), status: None, jailed: false }
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -306,12 +313,8 @@ fn write_auth_file(path: &Path, cookie: &[u8; 16]) -> std::io::Result<()> {
     file.write_all(&entry)
 }
 
-fn describe_exit(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => format!("was killed by signal {signal}"),
-        _ => "ended".into(),
-    }
+fn describe_exit(status: ExitStatus, jailed: bool) -> String {
+    Ending::of(status, jailed).to_string()
 }
 
 /// Starts the virtual display and returns it with its display number.
@@ -462,6 +465,62 @@ fn keysym_for(usage: u16) -> Option<u32> {
     })
 }
 
+/// The command that starts the game program: from a clean environment (the host's own —
+/// fleet token, database URL… — is not the game's), in a jail that sees its display, its
+/// sound server and its `HOME`, unless sandboxing is off.
+fn program_command(
+    setup: &NativeSetup<'_>,
+    home: &Path,
+    auth_file: &Path,
+    number: u32,
+    audio: Option<&SessionAudio>,
+) -> Result<Command, RuntimeError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut env: Vec<(&str, std::ffi::OsString)> = vec![
+        ("PATH", path),
+        ("HOME", home.into()),
+        ("LANG", "C.UTF-8".into()),
+        ("DISPLAY", format!(":{number}").into()),
+        ("XAUTHORITY", auth_file.into()),
+    ];
+    if let Some(audio) = audio {
+        env.push(("PULSE_SERVER", audio.server_address().into()));
+    }
+    let program = Path::new(&setup.command[0]);
+    let Some(limits) = setup.jail else {
+        let mut command = Command::new(program);
+        command.args(&setup.command[1..]).env_clear().envs(env).current_dir(home);
+        crate::supervise(&mut command);
+        let memory_limit = setup.memory_limit;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                if memory_limit > 0 {
+                    let limit = libc::rlimit { rlim_cur: memory_limit, rlim_max: memory_limit };
+                    libc::setrlimit(libc::RLIMIT_AS, &limit);
+                }
+                Ok(())
+            });
+        }
+        return Ok(command);
+    };
+    let mut jail = Jail::new(limits);
+    jail.network(setup.network)
+        .writable(home)?
+        .read_only(auth_file)?
+        .read_only(Path::new(&format!("/tmp/.X11-unix/X{number}")))?
+        .chdir(home)?;
+    if let Some(audio) = audio {
+        jail.writable(&audio.dir)?;
+    }
+    for (name, value) in env {
+        jail.env(name, value);
+    }
+    jail.command(program, &setup.command[1..])
+}
+
 fn x_error(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Io(format!("virtual display: {e}"))
 }
@@ -551,46 +610,22 @@ impl NativeGame {
         } else {
             None
         };
-        let memory_limit = setup.memory_limit;
-        let mut command = Command::new(&setup.command[0]);
-        // A clean environment: the host's own (fleet token, database URL…) is not the game's.
-        command
-            .args(&setup.command[1..])
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
-            .env("HOME", home)
-            .env("LANG", "C.UTF-8")
-            .env("DISPLAY", format!(":{number}"))
-            .env("XAUTHORITY", auth_file)
-            .envs(audio.as_ref().map(|a| ("PULSE_SERVER", a.server_address())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        crate::supervise(&mut command);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-                if memory_limit > 0 {
-                    let limit = libc::rlimit { rlim_cur: memory_limit, rlim_max: memory_limit };
-                    libc::setrlimit(libc::RLIMIT_AS, &limit);
-                }
-                Ok(())
-            });
-        }
+        let mut command = program_command(setup, home, auth_file, number, audio.as_ref())?;
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| {
             RuntimeError::ProgramFailed(format!("{:?} could not be started: {e}", setup.command[0]))
         })?;
         let stderr = collect_stderr(&mut child);
         let mut program = Supervised::new(child, &setup.command[0]);
+        program.jailed = setup.jail.is_some();
 
         // Wait for the program's first window; it may instead exit or hang.
         loop {
             if let Some(status) = program.exit_status() {
                 std::thread::sleep(Duration::from_millis(50)); // let the error output arrive
                 let output = stderr_text(&stderr);
-                let mut message = format!("{:?} {} at start", setup.command[0], describe_exit(status));
+                let mut message =
+                    format!("{:?} {} at start", setup.command[0], describe_exit(status, program.jailed));
                 if !output.is_empty() {
                     message = format!("{message}: {output}");
                 }
@@ -833,9 +868,12 @@ impl Game for NativeGame {
             self.status = if status.success() {
                 GameStatus::Exited(format!("{name} exited"))
             } else if output.is_empty() {
-                GameStatus::Crashed(format!("{name} {}", describe_exit(status)))
+                GameStatus::Crashed(format!("{name} {}", describe_exit(status, self.program.jailed)))
             } else {
-                GameStatus::Crashed(format!("{name} {}: {output}", describe_exit(status)))
+                GameStatus::Crashed(format!(
+                    "{name} {}: {output}",
+                    describe_exit(status, self.program.jailed)
+                ))
             };
         } else if self.display.has_exited() || self.capture_failed.get() {
             self.status = GameStatus::Crashed("the virtual display stopped".into());

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
@@ -34,6 +33,7 @@ use tracing::warn;
 
 use crate::RuntimeError;
 use crate::libretro::{LibretroGame, LibretroSetup};
+use crate::sandbox::{Ending, Jail, JailLimits};
 use crate::scale::scale_into;
 
 mod kind {
@@ -219,6 +219,8 @@ type Pipe = (BufWriter<ChildStdin>, Receiver<(u8, Vec<u8>)>);
 /// The host's side: a libretro game whose core runs in a worker process.
 pub struct LibretroProcess {
     child: Child,
+    /// Whether `child` is the jail around the worker (which reports signals as 128 + N).
+    jailed: bool,
     /// Requests out, answers in; `None` once closed.
     pipe: Mutex<Option<Pipe>>,
     core_name: String,
@@ -238,17 +240,42 @@ impl LibretroProcess {
     /// Starts `worker` (a program that runs [`serve_worker`], e.g. `cloudplay
     /// libretro-worker`) and loads the core and content in it.
     /// `game` labels the process (`--game ID`) for operators.
-    pub fn start(worker: &[PathBuf], init: &WorkerInit, game: &str) -> Result<LibretroProcess, RuntimeError> {
+    /// With `jail`, the worker runs in a [`Jail`] that sees the core, the content and
+    /// the system directory read-only and the player's save directory writable, and
+    /// nothing else of the host.
+    pub fn start(
+        worker: &[PathBuf],
+        init: &WorkerInit,
+        game: &str,
+        jail: Option<JailLimits>,
+    ) -> Result<LibretroProcess, RuntimeError> {
         let (program, args) =
             worker.split_first().ok_or_else(|| RuntimeError::Io("no libretro worker".into()))?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .args(["--game", game])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        crate::supervise(&mut command);
+        let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        args.extend(["--game".into(), game.into()]);
+        let mut command = match jail {
+            Some(limits) => {
+                let mut jail = Jail::new(limits);
+                jail.read_only(&init.core_path)?.read_only(&init.content_path)?;
+                if init.system_dir.is_dir() {
+                    jail.read_only(&init.system_dir)?;
+                }
+                if let Some(dir) = &init.save_dir {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| RuntimeError::Io(format!("save directory: {e}")))?;
+                    jail.writable(dir)?;
+                }
+                jail.env("RUST_BACKTRACE", "0");
+                jail.command(program, &args)?
+            }
+            None => {
+                let mut command = Command::new(program);
+                command.args(&args).env_clear();
+                crate::supervise(&mut command);
+                command
+            }
+        };
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child =
             command.spawn().map_err(|e| RuntimeError::Io(format!("starting the libretro worker: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
@@ -271,6 +298,7 @@ impl LibretroProcess {
             init.core_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut process = LibretroProcess {
             child,
+            jailed: jail.is_some(),
             pipe: Mutex::new(Some((BufWriter::with_capacity(4096, stdin), receiver))),
             core_name,
             pads: Vec::with_capacity(256),
@@ -331,17 +359,8 @@ impl LibretroProcess {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
-                    return match (status.code(), status.signal()) {
-                        (_, Some(signal)) => GameStatus::Crashed(format!(
-                            "the {} emulator was killed by signal {signal}",
-                            self.core_name
-                        )),
-                        (Some(code), _) => GameStatus::Crashed(format!(
-                            "the {} emulator exited with status {code}",
-                            self.core_name
-                        )),
-                        _ => GameStatus::Crashed(format!("the {} emulator ended", self.core_name)),
-                    };
+                    let ending = Ending::of(status, self.jailed);
+                    return GameStatus::Crashed(format!("the {} emulator {ending}", self.core_name));
                 }
                 _ if Instant::now() >= deadline => {
                     self.kill();
@@ -371,12 +390,13 @@ impl LibretroProcess {
             let (width, height) = (u32::from_le_bytes(field(0)?), u32::from_le_bytes(field(4)?));
             let aspect = f32::from_le_bytes(field(8)?);
             let size = (width as usize).checked_mul(height as usize)?.checked_mul(4)?;
-            let picture = rest.get(12..12 + size)?;
+            let end = size.checked_add(12)?;
+            let picture = rest.get(12..end)?;
             self.picture.clear();
             self.picture.extend_from_slice(picture);
             (self.width, self.height, self.aspect) = (width, height, aspect);
             self.produced_at = Some(Instant::now());
-            rest = &rest[12 + size..];
+            rest = &rest[end..];
         }
         self.audio.clear();
         self.audio.extend(rest.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));

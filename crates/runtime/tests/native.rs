@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use cloudplay_game::{Frame, Game, GameStatus, PlayerInput};
 use cloudplay_proto::input::InputEvent;
 use cloudplay_runtime::native::{NativeGame, NativeHome, NativeSetup};
+use cloudplay_runtime::sandbox::JailLimits;
 use cloudplay_runtime::{RuntimeError, find_program};
 
 fn available() -> bool {
-    if find_program("Xvfb").is_some() && find_program("xterm").is_some() {
+    if find_program("Xvfb").is_some() && find_program("xterm").is_some() && find_program("bwrap").is_some() {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "CI must install xvfb and xterm (see .ci/run)");
-    eprintln!("skipped: Xvfb or xterm is not installed");
+    assert!(std::env::var_os("CI").is_none(), "CI must install xvfb, xterm and bubblewrap (see .ci/run)");
+    eprintln!("skipped: Xvfb, xterm or bwrap is not installed");
     false
 }
 
@@ -28,6 +29,8 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         memory_limit: 4 << 30,
         home: NativeHome::Scratch,
         audio: false,
+        jail: Some(JailLimits::default()),
+        network: false,
     })
 }
 
@@ -148,6 +151,8 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         memory_limit: 4 << 30,
         home: NativeHome::Persistent(home.clone()),
         audio: false,
+        jail: Some(JailLimits::default()),
+        network: false,
     })
     .unwrap();
     drop(game);
@@ -185,6 +190,8 @@ fn a_programs_sound_reaches_the_session() {
         memory_limit: 4 << 30,
         home: NativeHome::Scratch,
         audio: true,
+        jail: Some(JailLimits::default()),
+        network: false,
     })
     .unwrap();
     assert!(game.has_audio());
@@ -199,4 +206,78 @@ fn a_programs_sound_reaches_the_session() {
     }
     eprintln!("audio energy of a tick: {energy:.4}");
     assert!(energy > 1e-3, "the program's sound is in the session's audio ({energy})");
+}
+
+/// A hostile program: it looks for the host's secrets and tries to outlive its session.
+/// Everything it finds goes to its `HOME`, which the test reads afterwards.
+#[test]
+fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
+    if !available() {
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("cloudplay-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (home, secrets) = (root.join("home"), root.join("secrets"));
+    std::fs::create_dir_all(&secrets).unwrap();
+    // What the host has lying around: its database, its config, another session's cookie.
+    let database = secrets.join("cloudplay.db");
+    std::fs::write(&database, "SECRET-DATABASE").unwrap();
+    let other_cookie = std::env::temp_dir().join(format!("cloudplay-xauth-other-{}", std::process::id()));
+    std::fs::write(&other_cookie, "SECRET-COOKIE").unwrap();
+    // A sleep with a duration no other process has, to find it by its command line.
+    let marker = format!("600.{}", std::process::id());
+    let script = format!(
+        r#"
+        {{
+          echo "env:"; env
+          echo "parent:"; cat /proc/$PPID/environ; cat /proc/1/environ
+          echo "processes:"; ls /proc | grep -c '^[0-9]'
+          echo "database:"; cat {database}
+          echo "tmp:"; ls /tmp; cat {other_cookie}
+          echo "net:"; cat /proc/net/dev | grep -v lo: | tail -n +3
+        }} > "$HOME/report" 2>&1
+        setsid sleep {marker} &
+        exec xterm
+        "#,
+        database = database.display(),
+        other_cookie = other_cookie.display(),
+    );
+    let command: Vec<String> = ["sh", "-c", &script].iter().map(|s| s.to_string()).collect();
+    let game = NativeGame::start(NativeSetup {
+        command: &command,
+        width: 320,
+        height: 240,
+        xvfb: "Xvfb",
+        startup_timeout: Duration::from_secs(10),
+        memory_limit: 4 << 30,
+        home: NativeHome::Persistent(home.clone()),
+        audio: false,
+        jail: Some(JailLimits::default()),
+        network: false,
+    })
+    .unwrap();
+    let outliver = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            let wanted = format!("sleep\0{marker}\0");
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+        })
+    };
+    assert!(outliver(), "the program's own process runs while the session does");
+    drop(game);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!outliver(), "nothing the program started outlives its session");
+
+    let report = std::fs::read_to_string(home.join("report")).unwrap();
+    eprintln!("{report}");
+    assert!(!report.contains("SECRET-"), "the host's files are out of reach:\n{report}");
+    // The test runner's environment (CARGO_…) stands for the host's (ticket key, tokens):
+    // neither the program's own nor its parent's may show it.
+    assert!(!report.contains("CARGO"), "no host environment:\n{report}");
+    let processes: u32 =
+        report.lines().skip_while(|l| *l != "processes:").nth(1).unwrap().trim().parse().unwrap();
+    assert!(processes < 10, "only its own processes are visible ({processes})");
+    let net = report.split("net:").nth(1).unwrap_or_default();
+    assert!(net.trim().is_empty(), "no network but loopback: {net}");
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&other_cookie);
 }

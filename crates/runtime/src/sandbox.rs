@@ -1,0 +1,238 @@
+//! The jail game code runs in: libretro workers (a core is code from a package, content
+//! is data from a tenant) and native programs, through bubblewrap (`bwrap`).
+//!
+//! Each jail has its own user (nobody), PID, mount, IPC, UTS and network namespaces; an
+//! empty environment but for what the caller sets; `/usr` and a short list of `/etc` files
+//! read-only; a private `/tmp` of bounded size; and nothing else of the host's filesystem
+//! but the paths the caller binds (the game's content read-only, its save directory
+//! writable). So the platform's keys, database, config and other sessions' sockets and
+//! cookies are out of sight. It dies with the thread that started it, and when it does,
+//! the kernel ends everything in its PID namespace: no descendant outlives the session,
+//! `setsid()` or not. Resource limits (processes, CPU time, file size, open files) are set
+//! before `bwrap` starts and inherited inside.
+
+use std::ffi::OsString;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use crate::RuntimeError;
+
+/// The sandbox program (Debian's `bubblewrap`).
+pub const BWRAP: &str = "bwrap";
+
+/// `/etc` entries programs commonly need (dynamic linking, fonts, X resources, user
+/// names, time zone); nothing else of `/etc` is visible.
+const ETC_ENTRIES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "fonts",
+    "X11",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "localtime",
+    "pulse",
+    "alsa",
+    "terminfo",
+];
+
+/// Resource limits inside a jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailLimits {
+    /// Processes and threads of the jail's user.
+    pub processes: u64,
+    /// CPU seconds of any one process.
+    pub cpu_secs: u64,
+    /// Largest file a process may write, bytes.
+    pub file_size: u64,
+    /// Open files of one process.
+    pub open_files: u64,
+    /// Address space of one process, bytes (0 = none).
+    pub address_space: u64,
+    /// Size of the private `/tmp`, bytes.
+    pub tmp_size: u64,
+}
+
+impl Default for JailLimits {
+    fn default() -> Self {
+        JailLimits {
+            processes: 256,
+            cpu_secs: 12 * 3600,
+            file_size: 256 << 20,
+            open_files: 1024,
+            address_space: 0,
+            tmp_size: 256 << 20,
+        }
+    }
+}
+
+/// A jail being set up; [`Jail::command`] turns it into the command that runs a program
+/// inside it.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    binds: Vec<(&'static str, PathBuf)>,
+    env: Vec<(String, OsString)>,
+    network: bool,
+    limits: JailLimits,
+    chdir: Option<PathBuf>,
+}
+
+/// Whether this machine can make jails.
+pub fn available() -> bool {
+    crate::find_program(BWRAP).is_some()
+}
+
+/// An absolute path for a bind: relative paths are taken from the current directory.
+fn absolute(path: &Path) -> Result<PathBuf, RuntimeError> {
+    std::path::absolute(path).map_err(|e| RuntimeError::Io(format!("{}: {e}", path.display())))
+}
+
+impl Jail {
+    pub fn new(limits: JailLimits) -> Jail {
+        Jail { binds: Vec::new(), env: Vec::new(), network: false, limits, chdir: None }
+    }
+
+    /// Makes `path` (a file or directory of the host) visible at the same path, read-only.
+    pub fn read_only(&mut self, path: &Path) -> Result<&mut Jail, RuntimeError> {
+        self.binds.push(("--ro-bind", absolute(path)?));
+        Ok(self)
+    }
+
+    /// Makes `path` visible at the same path, writable.
+    pub fn writable(&mut self, path: &Path) -> Result<&mut Jail, RuntimeError> {
+        self.binds.push(("--bind", absolute(path)?));
+        Ok(self)
+    }
+
+    /// Lets the jail use the host's network (off by default).
+    pub fn network(&mut self, allowed: bool) -> &mut Jail {
+        self.network = allowed;
+        self
+    }
+
+    /// Sets a variable of the jail's otherwise empty environment.
+    pub fn env(&mut self, name: &str, value: impl Into<OsString>) -> &mut Jail {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// The working directory inside (default `/`).
+    pub fn chdir(&mut self, dir: &Path) -> Result<&mut Jail, RuntimeError> {
+        self.chdir = Some(absolute(dir)?);
+        Ok(self)
+    }
+
+    /// The command that runs `program` with `args` in this jail, supervised (its own
+    /// process group, killed with the starting thread) and with the jail's limits.
+    pub fn command(
+        &self,
+        program: &Path,
+        args: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Result<Command, RuntimeError> {
+        let bwrap = crate::find_program(BWRAP).ok_or_else(|| {
+            RuntimeError::Io("the sandbox (bwrap, Debian's bubblewrap) is not installed".into())
+        })?;
+        let program = if program.is_absolute() || program.components().count() > 1 {
+            absolute(program)?
+        } else {
+            crate::find_program(&program.to_string_lossy())
+                .ok_or_else(|| RuntimeError::ProgramFailed(format!("{:?} is not installed", program)))?
+        };
+        let mut command = Command::new(bwrap);
+        // bwrap itself starts from nothing too: its own process stays inside the jail as
+        // PID 1, where the game could read its environment from /proc/1/environ.
+        command.env_clear();
+        command.args(["--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534"]);
+        if self.network {
+            command.arg("--share-net");
+        }
+        command.args(["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]);
+        command.args(["--ro-bind", "/usr", "/usr"]);
+        for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            let host = Path::new("/").join(dir);
+            match std::fs::read_link(&host) {
+                Ok(target) => {
+                    command.arg("--symlink").arg(target).arg(&host);
+                }
+                Err(_) if host.is_dir() => {
+                    command.arg("--ro-bind").arg(&host).arg(&host);
+                }
+                Err(_) => {}
+            }
+        }
+        for entry in ETC_ENTRIES {
+            let path = Path::new("/etc").join(entry);
+            if path.exists() {
+                command.arg("--ro-bind").arg(&path).arg(&path);
+            }
+        }
+        command.args(["--proc", "/proc", "--dev", "/dev"]);
+        command.arg("--size").arg(self.limits.tmp_size.to_string()).args(["--tmpfs", "/tmp"]);
+        // The program itself, wherever it lives (a cloudplay binary in a build directory).
+        if !program.starts_with("/usr") {
+            command.arg("--ro-bind").arg(&program).arg(&program);
+        }
+        for (kind, path) in &self.binds {
+            command.arg(kind).arg(path).arg(path);
+        }
+        for (name, value) in &self.env {
+            command.arg("--setenv").arg(name).arg(value);
+        }
+        command.arg("--chdir").arg(self.chdir.as_deref().unwrap_or(Path::new("/")));
+        command.arg("--").arg(&program).args(args);
+        crate::supervise(&mut command);
+        let limits = self.limits;
+        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let set = |resource, value: u64| {
+                    let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+                    libc::setrlimit(resource, &limit);
+                };
+                set(libc::RLIMIT_CORE, 0);
+                set(libc::RLIMIT_NPROC, limits.processes);
+                set(libc::RLIMIT_CPU, limits.cpu_secs);
+                set(libc::RLIMIT_FSIZE, limits.file_size);
+                set(libc::RLIMIT_NOFILE, limits.open_files);
+                if limits.address_space > 0 {
+                    set(libc::RLIMIT_AS, limits.address_space);
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+}
+
+/// How a jailed program ended. `bwrap` passes the program's exit status on, and reports a
+/// program killed by signal N as status 128 + N, which this undoes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signalled(i32),
+    Unknown,
+}
+
+impl Ending {
+    pub fn of(status: ExitStatus, jailed: bool) -> Ending {
+        match (status.code(), status.signal()) {
+            (_, Some(signal)) => Ending::Signalled(signal),
+            (Some(code), _) if jailed && (129..=128 + 64).contains(&code) => Ending::Signalled(code - 128),
+            (Some(code), _) => Ending::Exited(code),
+            _ => Ending::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Exited(code) => write!(f, "exited with status {code}"),
+            Ending::Signalled(signal) => write!(f, "was killed by signal {signal}"),
+            Ending::Unknown => write!(f, "ended"),
+        }
+    }
+}
