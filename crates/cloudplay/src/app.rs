@@ -11,13 +11,15 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use cloudplay_control::identity::{Fingerprint, Identity, PeerFingerprint};
 use cloudplay_control::store::Store;
 use cloudplay_control::{
-    ApiError, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable, Limits, SessionHost,
-    StartError,
+    ApiError, ClientIp, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable,
+    SessionHost, StartError,
 };
 use cloudplay_host::{Host, HostConfig, HostError};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::constant_time_eq;
 use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_runtime::Runtimes;
 use ed25519_dalek::SigningKey;
@@ -92,11 +94,11 @@ pub struct Server {
 }
 
 /// Everything reachable over HTTP.
-pub fn router(host: Host, control: ControlPlane) -> Router {
+pub fn router(host: Host, control: ControlPlane, metrics_token: Option<String>) -> Router {
     Router::new()
         .merge(cloudplay_control::router(control))
         .merge(cloudplay_host::whep::router(host.clone()))
-        .route("/metrics", get(metrics).with_state(host))
+        .route("/metrics", get(metrics).with_state(Metrics { host, token: metrics_token }))
         .merge(crate::web::router())
         .fallback(|| async { ApiError::not_found("resource") })
         .method_not_allowed_fallback(|| async {
@@ -125,10 +127,33 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
     response
 }
 
-pub(crate) async fn metrics(State(host): State<Host>) -> impl IntoResponse {
+/// What `/metrics` shows, and to whom.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    pub host: Host,
+    /// Lets other machines (a Prometheus server) read the metrics.
+    pub token: Option<String>,
+}
+
+/// The host's metrics, for the operator only: callers on this machine, or with the
+/// metrics token. Everyone else gets `404`, as for a route that does not exist (the
+/// metrics name every live session).
+pub(crate) async fn metrics(
+    State(metrics): State<Metrics>,
+    ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = matches!((presented, &metrics.token), (Some(p), Some(t)) if constant_time_eq(p.trim(), t));
+    if !ip.to_canonical().is_loopback() && !token_ok {
+        return ApiError::not_found("resource").into_response();
+    }
     let mut out = String::with_capacity(4096);
-    host.write_metrics(&mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    metrics.host.write_metrics(&mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 impl Server {
@@ -148,12 +173,12 @@ impl Server {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
-            limits: cloudplay_host::HostLimits::default(),
+            limits: config.host_limits(),
         };
         let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let ticket_key = signing_key.verifying_key();
         debug_assert_eq!(ticket_key, host.ticket_key());
-        let control = control_plane(&config, signing_key, &games).await?;
+        let control = control_plane(&config, signing_key, &games, None).await?;
         control
             .attach_local_host(
                 Arc::new(LocalHost(host.clone())),
@@ -167,7 +192,7 @@ impl Server {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let http_addr = listener.local_addr()?;
-        let router = router(host.clone(), control.clone());
+        let router = router(host.clone(), control.clone(), config.metrics_token.clone());
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
         Ok(Server { http_addr, host, control, router, listener, header_read_timeout })
     }
@@ -225,6 +250,29 @@ pub async fn serve_http(
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve(listener, router, None, header_read_timeout, shutdown).await
+}
+
+/// As [`serve_http`], over TLS with `tls` (a fleet listener: mutual TLS); handlers also
+/// see the fingerprint of the client's certificate ([`PeerFingerprint`]).
+pub async fn serve_fleet(
+    listener: TcpListener,
+    router: Router,
+    tls: Arc<rustls::ServerConfig>,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve(listener, router, Some(acceptor), header_read_timeout, shutdown).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let counts = Arc::new(ConnectionCounts::default());
     let router = router.layer(axum::middleware::from_fn_with_state(header_read_timeout, body_deadline));
@@ -245,22 +293,55 @@ pub async fn serve_http(
             tracing::debug!(%peer, "too many connections from this address");
             continue; // dropping the stream closes it
         };
-        let service = tower::ServiceBuilder::new()
-            .map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                request
-            })
-            .service(router.clone());
-        let service = hyper_util::service::TowerToHyperService::new(service);
+        let (router, tls) = (router.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
-            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let Some(acceptor) = tls else {
+                return serve_connection(stream, peer, None, router, header_read_timeout).await;
+            };
+            // The handshake gets the same time as the headers would.
+            match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let fingerprint = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|certificate| Fingerprint::of(certificate.as_ref()));
+                    serve_connection(stream, peer, fingerprint, router, header_read_timeout).await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// One HTTP/1.1 connection, its requests tagged with the peer's address and certificate.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    fingerprint: Option<Fingerprint>,
+    router: Router,
+    header_read_timeout: Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            if let Some(fingerprint) = fingerprint {
+                request.extensions_mut().insert(PeerFingerprint(fingerprint));
+            }
+            request
+        })
+        .service(router);
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    if let Err(e) = connection.with_upgrades().await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -316,14 +397,15 @@ pub async fn control_plane(
     config: &Config,
     signing_key: SigningKey,
     games: &[cloudplay_control::store::CatalogueGame],
+    fleet: Option<Arc<Identity>>,
 ) -> anyhow::Result<ControlPlane> {
     let store = open_store(&config.database_url).await?;
     let control_config = ControlConfig {
         ticket_ttl_ms: config.ticket_ttl_secs * 1000,
         public_url: config.public_url.clone(),
         host_lease_ms: config.host_lease_secs * 1000,
-        fleet_token: config.fleet_token.clone(),
-        limits: Limits { live_sessions_per_owner: config.sessions_per_player, ..Limits::default() },
+        fleet,
+        limits: config.control_limits(),
         ..ControlConfig::default()
     };
     let control = ControlPlane::new(control_config, signing_key, store);

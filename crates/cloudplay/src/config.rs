@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use cloudplay_control::identity::{EnrolmentToken, Identity};
+use cloudplay_proto::ratelimit::Rate;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -34,8 +36,25 @@ pub struct Config {
     pub region: String,
     /// Seconds a client has to send its request headers before the connection is closed.
     pub header_read_timeout_secs: u64,
-    /// Shared secret between a control plane and its remote hosts (fleet mode).
-    pub fleet_token: Option<String>,
+    /// Fleet mode: the address of the fleet listener (mutual TLS), apart from the public
+    /// one. The control plane takes hosts' registrations there; a host takes its control
+    /// plane's calls there.
+    pub fleet_listen: SocketAddr,
+    /// `cloudplay host`: the `https://` URL the control plane reaches this host's fleet
+    /// listener at (default: `https://public_ip:PORT`).
+    pub fleet_url: Option<String>,
+    /// Where this fleet member keeps its TLS identity (made on first start) and, on a host,
+    /// its id and the control plane's fingerprint.
+    pub fleet_dir: PathBuf,
+    /// The operator's certificate chain (PEM) for the fleet listener, instead of a
+    /// self-signed one; with `fleet_key`.
+    pub fleet_cert: Option<PathBuf>,
+    /// The private key (PEM) of `fleet_cert`.
+    pub fleet_key: Option<PathBuf>,
+    /// `cloudplay host`: the one-time token from `cloudplay enrol`, needed on first start.
+    pub enrolment_token: Option<String>,
+    /// A bearer token that lets other machines read `/metrics` (loopback always may).
+    pub metrics_token: Option<String>,
     /// A host that misses heartbeats this long is drained and its sessions reported lost.
     pub host_lease_secs: u64,
     /// The control plane's Ed25519 signing key as base64 of 32 bytes (default: fresh at
@@ -67,6 +86,18 @@ pub struct Config {
     pub libretro_worker: Option<PathBuf>,
     /// Live and queued sessions one player or guest may have at once.
     pub sessions_per_player: u32,
+    /// Viewers one session may have.
+    pub viewers_per_session: u32,
+    /// Players and viewers of all sessions of this host together.
+    pub max_peers: u32,
+    /// WHEP offers one address may make per minute (IPv6: one /64).
+    pub offers_per_minute: u32,
+    /// Session requests one address may make per minute without an API key.
+    pub session_requests_per_minute: u32,
+    /// Sign-ups one address may make per minute.
+    pub signups_per_minute: u32,
+    /// Log-in attempts one address may make per minute.
+    pub logins_per_minute: u32,
     /// Run game code (libretro workers, native programs) in a bubblewrap jail. Turning it
     /// off gives games the host's rights and reach: for development only.
     pub sandbox: bool,
@@ -86,7 +117,13 @@ impl Default for Config {
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
             header_read_timeout_secs: 10,
-            fleet_token: None,
+            fleet_listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 7443),
+            fleet_url: None,
+            fleet_dir: "cloudplay-data/fleet".into(),
+            fleet_cert: None,
+            fleet_key: None,
+            enrolment_token: None,
+            metrics_token: None,
             host_lease_secs: 15,
             ticket_key: None,
             control_url: None,
@@ -101,12 +138,49 @@ impl Default for Config {
             libretro_in_process: false,
             libretro_worker: None,
             sessions_per_player: 2,
+            viewers_per_session: 50,
+            max_peers: 256,
+            offers_per_minute: 20,
+            session_requests_per_minute: 10,
+            signups_per_minute: 5,
+            logins_per_minute: 10,
             sandbox: true,
         }
     }
 }
 
 impl Config {
+    /// This fleet member's TLS identity: the operator's certificate, or the one kept in
+    /// `fleet_dir` (made on first use).
+    pub fn fleet_identity(&self) -> anyhow::Result<Identity> {
+        Ok(match (&self.fleet_cert, &self.fleet_key) {
+            (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+            _ => Identity::load_or_create(&self.fleet_dir)?,
+        })
+    }
+
+    /// What one caller may trigger on this host.
+    pub fn host_limits(&self) -> cloudplay_host::HostLimits {
+        cloudplay_host::HostLimits {
+            viewers_per_session: self.viewers_per_session,
+            peers: self.max_peers,
+            offers_per_address: Rate::new(self.offers_per_minute, self.offers_per_minute),
+        }
+    }
+
+    /// What one caller may ask of the control plane.
+    pub fn control_limits(&self) -> cloudplay_control::Limits {
+        cloudplay_control::Limits {
+            live_sessions_per_owner: self.sessions_per_player,
+            signups_per_address: Rate::new(self.signups_per_minute, self.signups_per_minute),
+            logins_per_address: Rate::new(self.logins_per_minute, self.logins_per_minute),
+            sessions_per_address: Rate::new(
+                self.session_requests_per_minute,
+                self.session_requests_per_minute,
+            ),
+        }
+    }
+
     /// What this host's game runtimes use.
     pub fn runtimes(&self) -> cloudplay_runtime::RuntimeConfig {
         cloudplay_runtime::RuntimeConfig {
@@ -132,6 +206,7 @@ impl Config {
     pub fn ephemeral() -> Config {
         Config {
             listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+            fleet_listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
             database_url: "sqlite::memory:".into(),
             ..Config::default()
         }
@@ -166,7 +241,13 @@ impl Config {
                 "HEADER_READ_TIMEOUT_SECS" => {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
-                "FLEET_TOKEN" => self.fleet_token = Some(value),
+                "FLEET_LISTEN" => self.fleet_listen = value.parse().map_err(|e| bad(&e))?,
+                "FLEET_URL" => self.fleet_url = Some(value),
+                "FLEET_DIR" => self.fleet_dir = value.into(),
+                "FLEET_CERT" => self.fleet_cert = Some(value.into()),
+                "FLEET_KEY" => self.fleet_key = Some(value.into()),
+                "ENROLMENT_TOKEN" => self.enrolment_token = Some(value),
+                "METRICS_TOKEN" => self.metrics_token = Some(value),
                 "HOST_LEASE_SECS" => self.host_lease_secs = value.parse().map_err(|e| bad(&e))?,
                 "TICKET_KEY" => self.ticket_key = Some(value),
                 "CONTROL_URL" => self.control_url = Some(value),
@@ -184,6 +265,14 @@ impl Config {
                 }
                 "SANDBOX" => self.sandbox = value.parse().map_err(|e| bad(&e))?,
                 "SESSIONS_PER_PLAYER" => self.sessions_per_player = value.parse().map_err(|e| bad(&e))?,
+                "VIEWERS_PER_SESSION" => self.viewers_per_session = value.parse().map_err(|e| bad(&e))?,
+                "MAX_PEERS" => self.max_peers = value.parse().map_err(|e| bad(&e))?,
+                "OFFERS_PER_MINUTE" => self.offers_per_minute = value.parse().map_err(|e| bad(&e))?,
+                "SESSION_REQUESTS_PER_MINUTE" => {
+                    self.session_requests_per_minute = value.parse().map_err(|e| bad(&e))?
+                }
+                "SIGNUPS_PER_MINUTE" => self.signups_per_minute = value.parse().map_err(|e| bad(&e))?,
+                "LOGINS_PER_MINUTE" => self.logins_per_minute = value.parse().map_err(|e| bad(&e))?,
                 "CONFIG" | "LOG" => {}
                 _ => unknown.push(name),
             }
@@ -204,8 +293,26 @@ impl Config {
         if !(2..=600).contains(&self.host_lease_secs) {
             bail!("host_lease_secs must be between 2 and 600");
         }
-        if self.fleet_token.as_ref().is_some_and(|t| t.len() < 16) {
-            bail!("fleet_token must be at least 16 characters");
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bail!("metrics_token must be at least 16 characters");
+        }
+        if self.fleet_cert.is_some() != self.fleet_key.is_some() {
+            bail!("fleet_cert and fleet_key go together");
+        }
+        if self.enrolment_token.as_deref().is_some_and(|t| EnrolmentToken::parse(t).is_none()) {
+            bail!("enrolment_token is not a token from `cloudplay enrol` (cpe_….<fingerprint>)");
+        }
+        let rates = [
+            ("offers_per_minute", self.offers_per_minute),
+            ("session_requests_per_minute", self.session_requests_per_minute),
+            ("signups_per_minute", self.signups_per_minute),
+            ("logins_per_minute", self.logins_per_minute),
+        ];
+        if let Some((name, _)) = rates.iter().find(|(_, rate)| !(1..=100_000).contains(rate)) {
+            bail!("{name} must be between 1 and 100000");
+        }
+        if self.max_peers == 0 {
+            bail!("max_peers must be at least 1");
         }
         if self.sessions_per_player == 0 {
             bail!("sessions_per_player must be at least 1");

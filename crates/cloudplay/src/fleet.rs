@@ -3,11 +3,13 @@
 //! lease with heartbeats, and runs the sessions the control plane starts on it).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::Router;
 use base64::Engine;
+use cloudplay_control::identity::{Clients, EnrolmentToken, Fingerprint};
 use cloudplay_control::remote::fleet_request;
 use cloudplay_control::{ApiError, ControlPlane};
 use cloudplay_host::{Host, HostConfig};
@@ -18,57 +20,110 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::app::{control_plane, serve_http, signing_key};
+use crate::app::{control_plane, serve_fleet, serve_http, signing_key};
 use crate::config::Config;
 
 /// A control plane without a host of its own.
 pub struct ControlServer {
     pub http_addr: SocketAddr,
+    /// Where hosts register (mutual TLS).
+    pub fleet_addr: SocketAddr,
     pub control: ControlPlane,
     router: Router,
     listener: TcpListener,
+    fleet_router: Router,
+    fleet_listener: TcpListener,
+    fleet_tls: Arc<rustls::ServerConfig>,
     header_read_timeout: Duration,
 }
 
 impl ControlServer {
     pub async fn start(config: Config) -> anyhow::Result<ControlServer> {
         config.validate()?;
-        if config.fleet_token.is_none() {
-            bail!("set fleet_token (CLOUDPLAY_FLEET_TOKEN) so hosts can register");
-        }
+        let identity = Arc::new(config.fleet_identity().context("the fleet identity")?);
+        let fleet_tls = identity.server_config(Clients::Any)?;
         let games = crate::catalogue::load(config.catalogue.as_deref())?;
-        let control = control_plane(&config, signing_key(&config)?, &games).await?;
+        let control = control_plane(&config, signing_key(&config)?, &games, Some(identity.clone())).await?;
         let router = Router::new()
             .merge(cloudplay_control::router(control.clone()))
             .merge(crate::web::router())
             .fallback(|| async { ApiError::not_found("resource") });
+        let fleet_router = cloudplay_control::fleet_routes(control.clone())
+            .fallback(|| async { ApiError::not_found("resource") });
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let http_addr = listener.local_addr()?;
+        let fleet_listener = TcpListener::bind(config.fleet_listen)
+            .await
+            .with_context(|| format!("listening on {} (fleet_listen)", config.fleet_listen))?;
+        let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
+        info!(fingerprint = %identity.fingerprint(), "fleet identity");
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(ControlServer { http_addr, control, router, listener, header_read_timeout })
+        Ok(ControlServer {
+            http_addr,
+            fleet_addr,
+            control,
+            router,
+            listener,
+            fleet_router,
+            fleet_listener,
+            fleet_tls,
+            header_read_timeout,
+        })
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        info!(http = %self.http_addr, "cloudplay control plane serving");
-        serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await
+        info!(http = %self.http_addr, fleet = %self.fleet_addr, "cloudplay control plane serving");
+        let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
+        let fleet = serve_fleet(
+            self.fleet_listener,
+            self.fleet_router,
+            self.fleet_tls,
+            self.header_read_timeout,
+            async {
+                fleet_stopped.await.ok();
+            },
+        );
+        let fleet = tokio::spawn(fleet);
+        let served = serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await;
+        drop(stop_fleet);
+        fleet.await??;
+        served
     }
+}
+
+/// `cloudplay enrol`: a one-time token that lets one new host join the fleet of the
+/// control plane configured by `config` (same database and fleet identity).
+pub async fn enrol(config: &Config, valid_for: Duration) -> anyhow::Result<EnrolmentToken> {
+    let identity = Arc::new(config.fleet_identity().context("the fleet identity")?);
+    let store = crate::app::open_store(&config.database_url).await?;
+    let control = ControlPlane::new(
+        cloudplay_control::ControlConfig { fleet: Some(identity), ..Default::default() },
+        SigningKey::from_bytes(&[0; 32]), // signs nothing here
+        store,
+    );
+    let token = control.create_enrolment(valid_for.as_millis() as u64).await?;
+    token.context("no fleet identity")
 }
 
 /// A stream host that belongs to a control plane's fleet.
 pub struct HostServer {
     pub http_addr: SocketAddr,
+    /// Where the control plane reaches this host (mutual TLS, the control plane only).
+    pub fleet_addr: SocketAddr,
     pub host: Host,
     router: Router,
     listener: TcpListener,
+    fleet_router: Router,
+    fleet_listener: TcpListener,
+    fleet_tls: Arc<rustls::ServerConfig>,
     header_read_timeout: Duration,
 }
 
 /// What a host tells the control plane when it registers.
 struct Membership {
     control_url: String,
-    token: String,
+    tls: Arc<rustls::ClientConfig>,
     registration: serde_json::Value,
 }
 
@@ -77,7 +132,7 @@ impl Membership {
     async fn register(&self) -> anyhow::Result<(VerifyingKey, Duration)> {
         let (status, body) = fleet_request(
             &self.control_url,
-            &self.token,
+            &self.tls,
             "POST",
             "/internal/v1/hosts",
             Some(self.registration.to_string()),
@@ -100,7 +155,27 @@ impl Membership {
 
     async fn heartbeat(&self, host_id: &str) -> Result<u16, String> {
         let path = format!("/internal/v1/hosts/{host_id}/heartbeat");
-        fleet_request(&self.control_url, &self.token, "POST", &path, None).await.map(|(status, _)| status)
+        fleet_request(&self.control_url, &self.tls, "POST", &path, None).await.map(|(status, _)| status)
+    }
+}
+
+/// What a host keeps in `fleet_dir` besides its identity: its id (when it made one up)
+/// and the fingerprint of the control plane it enrolled with.
+fn remembered(
+    dir: &std::path::Path,
+    name: &str,
+    make: impl FnOnce() -> Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(value) = make() else { return Ok(None) };
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(&path, &value).with_context(|| format!("writing {}", path.display()))?;
+            Ok(Some(value))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
@@ -109,14 +184,33 @@ impl HostServer {
         config.validate()?;
         let control_url =
             config.control_url.clone().context("set --control URL (or control_url) to join a fleet")?;
-        let token = config
-            .fleet_token
-            .clone()
-            .context("set fleet_token (CLOUDPLAY_FLEET_TOKEN), as on the control plane")?;
+        if !control_url.starts_with("https://") {
+            bail!("control_url is the control plane's fleet listener, https://HOST:PORT");
+        }
+        let identity = config.fleet_identity().context("the fleet identity")?;
         let host_id = if config.host_id == Config::default().host_id {
-            format!("{}-{:08x}", config.region, rand::thread_rng().r#gen::<u32>())
+            remembered(&config.fleet_dir, "host-id", || {
+                Some(format!("{}-{:08x}", config.region, rand::thread_rng().r#gen::<u32>()))
+            })?
+            .unwrap_or_default()
         } else {
             config.host_id.clone()
+        };
+        let token = config.enrolment_token.as_deref().and_then(EnrolmentToken::parse);
+        let pin = match &token {
+            Some(token) => {
+                let path = config.fleet_dir.join("control-fingerprint");
+                std::fs::create_dir_all(&config.fleet_dir)?;
+                std::fs::write(&path, token.control.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                token.control
+            }
+            None => remembered(&config.fleet_dir, "control-fingerprint", || None)?
+                .and_then(|text| Fingerprint::parse(&text))
+                .context(
+                    "this host has not enrolled: run `cloudplay enrol` where the control plane runs and start \
+                     the host once with enrolment_token (CLOUDPLAY_ENROLMENT_TOKEN) set to what it prints",
+                )?,
         };
         let placeholder = SigningKey::from_bytes(&rand::thread_rng().r#gen()).verifying_key();
         let host_config = HostConfig {
@@ -127,7 +221,7 @@ impl HostServer {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
-            limits: cloudplay_host::HostLimits::default(),
+            limits: config.host_limits(),
         };
         let runtimes = Runtimes::new(config.runtimes());
         let kinds = runtimes.kinds();
@@ -135,20 +229,29 @@ impl HostServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let http_addr = listener.local_addr()?;
-        let endpoint = config
+        let fleet_listener = TcpListener::bind(config.fleet_listen)
+            .await
+            .with_context(|| format!("listening on {} (fleet_listen)", config.fleet_listen))?;
+        let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
+        let public_url = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}:{}", config.public_ip, http_addr.port()));
+            .unwrap_or_else(|| format!("http://{}", SocketAddr::new(config.public_ip, http_addr.port())));
+        let fleet_url = config
+            .fleet_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", SocketAddr::new(config.public_ip, fleet_addr.port())));
         let membership = Membership {
             control_url: control_url.trim_end_matches('/').to_string(),
-            token: token.clone(),
+            tls: identity.client_config(pin)?,
             registration: json!({
                 "id": host_id,
                 "region": config.region,
-                "endpoint": endpoint,
+                "endpoint": fleet_url,
+                "public_url": public_url,
                 "capacity": config.max_sessions,
                 "runtimes": kinds,
+                "enrolment_token": token.map(|t| t.to_string()),
             }),
         };
         let (key, lease) = membership.register().await.context("registering with the control plane")?;
@@ -156,18 +259,45 @@ impl HostServer {
         info!(host = %host_id, region = %config.region, control = %control_url, "joined the fleet");
         tokio::spawn(keep_membership(membership, host.clone(), lease));
 
+        let metrics = crate::app::Metrics { host: host.clone(), token: config.metrics_token.clone() };
         let router = Router::new()
             .merge(cloudplay_host::whep::router(host.clone()))
-            .merge(cloudplay_host::internal::router(host.clone(), token))
-            .route("/metrics", axum::routing::get(crate::app::metrics).with_state(host.clone()))
+            .route("/metrics", axum::routing::get(crate::app::metrics).with_state(metrics))
+            .fallback(|| async { ApiError::not_found("resource") });
+        let fleet_router = cloudplay_host::internal::router(host.clone())
             .fallback(|| async { ApiError::not_found("resource") });
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(HostServer { http_addr, host, router, listener, header_read_timeout })
+        let fleet_tls = identity.server_config(Clients::Only(pin))?;
+        Ok(HostServer {
+            http_addr,
+            fleet_addr,
+            host,
+            router,
+            listener,
+            fleet_router,
+            fleet_listener,
+            fleet_tls,
+            header_read_timeout,
+        })
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        info!(http = %self.http_addr, media = %self.host.media_addr(), "cloudplay host serving");
-        serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await
+        info!(http = %self.http_addr, fleet = %self.fleet_addr, media = %self.host.media_addr(), "cloudplay host serving");
+        let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
+        let fleet = serve_fleet(
+            self.fleet_listener,
+            self.fleet_router,
+            self.fleet_tls,
+            self.header_read_timeout,
+            async {
+                fleet_stopped.await.ok();
+            },
+        );
+        let fleet = tokio::spawn(fleet);
+        let served = serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await;
+        drop(stop_fleet);
+        fleet.await??;
+        served
     }
 }
 

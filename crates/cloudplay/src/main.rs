@@ -31,12 +31,22 @@ enum Command {
         #[command(flatten)]
         media: MediaFlags,
     },
-    /// Run the control plane alone (a fleet): API, portal and placement; hosts join it.
-    /// Needs fleet_token (CLOUDPLAY_FLEET_TOKEN) and, for several instances, a shared
-    /// database_url and ticket_key.
+    /// Run the control plane alone (a fleet): API, portal and placement; hosts join it on
+    /// its fleet listener (fleet_listen, mutual TLS). For several instances, share
+    /// database_url, ticket_key and the fleet identity (fleet_cert/fleet_key).
     Control {
         #[command(flatten)]
         server: ServerFlags,
+    },
+    /// Print a one-time token that lets one new host join this control plane's fleet
+    /// (run it where the control plane runs, with its configuration).
+    Enrol {
+        /// TOML configuration file (for database_url and fleet_dir).
+        #[arg(long, env = "CLOUDPLAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Minutes the token stays valid.
+        #[arg(long, default_value_t = 60)]
+        valid_mins: u64,
     },
     /// Run one stream host that joins a control plane's fleet in a region.
     Host {
@@ -44,7 +54,7 @@ enum Command {
         server: ServerFlags,
         #[command(flatten)]
         media: MediaFlags,
-        /// The control plane's URL, e.g. http://10.0.0.2:8080.
+        /// The control plane's fleet listener, e.g. https://10.0.0.2:7443.
         #[arg(long)]
         control: Option<String>,
         /// Region this host serves (placement picks the region nearest each player).
@@ -235,8 +245,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let server = cloudplay::fleet::ControlServer::start(settings).await?;
                 println!(
-                    "cloudplay control plane is running: http://{}/ (Ctrl-C stops it)",
-                    server.http_addr
+                    "cloudplay control plane is running: http://{}/ ; hosts join at https://{} (Ctrl-C stops it)",
+                    server.http_addr, server.fleet_addr
                 );
                 server.run(until_interrupted()).await
             })
@@ -250,10 +260,21 @@ fn main() -> anyhow::Result<()> {
             settings.host_id = id.unwrap_or(settings.host_id);
             runtime.block_on(async {
                 let server = cloudplay::fleet::HostServer::start(settings).await?;
-                println!("cloudplay host is running: http://{} (Ctrl-C stops it)", server.http_addr);
+                println!(
+                    "cloudplay host is running: http://{} ; fleet listener https://{} (Ctrl-C stops it)",
+                    server.http_addr, server.fleet_addr
+                );
                 server.run(until_interrupted()).await
             })
         }
+        Command::Enrol { config, valid_mins } => runtime.block_on(async {
+            let settings = settings(config.as_ref())?;
+            let token =
+                cloudplay::fleet::enrol(&settings, std::time::Duration::from_secs(valid_mins * 60)).await?;
+            eprintln!("a one-time enrolment token, valid {valid_mins} min; start the new host with:");
+            println!("CLOUDPLAY_ENROLMENT_TOKEN={token}");
+            Ok(())
+        }),
         Command::Tenant { command: TenantCommand::Create { id, name, max_rtt_ms, color, config } } => {
             runtime.block_on(create_tenant(settings(config.as_ref())?, id, name, max_rtt_ms, color))
         }

@@ -14,7 +14,9 @@ use tower::ServiceExt;
 const HOST: &str = "play.test";
 
 async fn setup() -> (Router, Store, String, String) {
-    let server = Server::start(Config::ephemeral()).await.unwrap();
+    // Every request here comes from one address; these tests are not about its limits.
+    let config = Config { signups_per_minute: 100, logins_per_minute: 100, ..Config::ephemeral() };
+    let server = Server::start(config).await.unwrap();
     let store = server.control.store().clone();
     let mut keys = vec![];
     for id in ["acme", "globex"] {
@@ -236,4 +238,51 @@ async fn tenant_admins_manage_only_their_own_tenant() {
     );
     let (_, hosts, _) = Call::new("GET", "/api/v1/admin/hosts").bearer(&acme).send(&app).await;
     assert_eq!(hosts["hosts"][0]["region"], "local");
+}
+
+/// A tenant decides who may sign up: anyone, holders of a one-time invite, or nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_is_open_by_invite_or_closed_as_the_tenant_decides() {
+    let (app, _, acme, globex) = setup().await;
+    let signup = |email: &str, invite: Option<&str>| {
+        let mut body = json!({"email": email, "password": "hunter2hunter2"});
+        if let Some(invite) = invite {
+            body["invite"] = json!(invite);
+        }
+        Call::new("POST", "/api/v1/tenants/acme/signup").json(body)
+    };
+    let (acme, globex) = (acme.as_str(), globex.as_str());
+    let mode =
+        |mode: &str| Call::new("PUT", "/api/v1/admin/signup").bearer(acme).json(json!({ "mode": mode }));
+    assert_eq!(mode("sometimes").send(&app).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(mode("invite").send(&app).await.0, StatusCode::OK);
+    let (_, branding, _) = Call::new("GET", "/api/v1/tenants/acme").send(&app).await;
+    assert_eq!(branding["signup"], "invite", "the portal knows to ask for an invite");
+    let (status, body, _) = signup("a@example.com", None).send(&app).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("invite_required")));
+
+    let (status, made, _) =
+        Call::new("POST", "/api/v1/admin/invites").bearer(acme).json(json!({})).send(&app).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let code = made["code"].as_str().unwrap().to_string();
+    let (_, theirs, _) =
+        Call::new("POST", "/api/v1/admin/invites").bearer(globex).json(json!({})).send(&app).await;
+    let theirs = theirs["code"].as_str().unwrap().to_string();
+    let (status, body, _) = signup("a@example.com", Some(&theirs)).send(&app).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("invalid_invite")),
+        "another tenant's invite"
+    );
+    assert_eq!(signup("a@example.com", Some(&code)).send(&app).await.0, StatusCode::CREATED);
+    assert_eq!(signup("b@example.com", Some(&code)).send(&app).await.0, StatusCode::FORBIDDEN, "spent");
+
+    assert_eq!(mode("closed").send(&app).await.0, StatusCode::OK);
+    let (status, body, _) = signup("c@example.com", None).send(&app).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("signup_closed")));
+    let (status, _, _) = Call::new("POST", "/api/v1/tenants/globex/signup")
+        .json(json!({"email": "c@example.com", "password": "hunter2hunter2"}))
+        .send(&app)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "another tenant's setting is its own");
 }

@@ -10,8 +10,10 @@ use cloudplay_host::Host;
 use serde_json::Value;
 use tower::ServiceExt;
 
+const METRICS_TOKEN: &str = "metrics-token-for-tests";
+
 async fn app(max_sessions: usize) -> (Router, Host) {
-    let config = Config { max_sessions, ..Config::ephemeral() };
+    let config = Config { max_sessions, metrics_token: Some(METRICS_TOKEN.into()), ..Config::ephemeral() };
     let server = Server::start(config).await.unwrap();
     (server.router.clone(), server.host.clone())
 }
@@ -186,9 +188,33 @@ async fn openapi_metrics_and_pages_are_served() {
     assert_eq!((status, regions["regions"][0]["region"].as_str()), (StatusCode::OK, Some("local")));
     assert_eq!(regions["regions"][0]["echo_url"], "/echo");
     assert_eq!(call(&app, "GET", "/echo", None, "").await.0, StatusCode::NO_CONTENT);
-    let (status, metrics) = call(&app, "GET", "/metrics", None, "").await;
+    // The metrics name every session: for this machine and the metrics token only.
+    let (status, _) = call(&app, "GET", "/metrics", None, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a caller from elsewhere sees nothing");
+    let metrics = |from: [u8; 4], token: Option<&str>| {
+        let mut request = Request::builder().uri("/metrics");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        let peer = std::net::SocketAddr::from((from, 40000));
+        request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            (
+                status,
+                String::from_utf8(to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap(),
+            )
+        }
+    };
+    let (status, text) = metrics([127, 0, 0, 1], None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.as_str().unwrap().contains("cloudplay_sessions 0"));
+    assert!(text.contains("cloudplay_sessions 0"));
+    assert_eq!(metrics([192, 0, 2, 7], None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(metrics([192, 0, 2, 7], Some("not-the-metrics-token")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(metrics([192, 0, 2, 7], Some(METRICS_TOKEN)).await.0, StatusCode::OK);
     for page in ["/", "/play", "/t/local", "/web/player.js", "/web/style.css"] {
         let (status, body) = call(&app, "GET", page, None, "").await;
         assert_eq!(status, StatusCode::OK, "{page}");
@@ -244,4 +270,75 @@ async fn whep_is_open_to_players_on_other_origins() {
     let response = app.oneshot(post).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["access-control-expose-headers"], "Location");
+}
+
+/// One address flooding sign-ups, log-ins, session requests and WHEP offers gets `429`
+/// with `Retry-After` once past its burst, and changes nothing; another address is served
+/// meanwhile. (Through the router, the address given as the connection's; bounded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_is_refused_while_others_are_served() {
+    let (app, host) = app(4).await;
+    let send = |method: &str, uri: &str, content_type: &str, body: &str, from: [u8; 4]| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "play.example:8080")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((from, 40000))));
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let retry_after =
+                response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+            let status = response.status();
+            let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, retry_after, serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null))
+        }
+    };
+    let flooder = [192, 0, 2, 66];
+    let floods: [(&str, &str, &str, &str, usize); 4] = [
+        ("POST", "/api/v1/sessions", "application/json", r#"{"game":"no-such-game"}"#, 10),
+        (
+            "POST",
+            "/api/v1/tenants/local/login",
+            "application/json",
+            r#"{"email":"a@b.c","password":"wrong-password"}"#,
+            10,
+        ),
+        ("POST", "/api/v1/tenants/local/signup", "application/json", r#"{"email":"","password":""}"#, 5),
+        ("POST", "/whep/no-such-session", "application/sdp", "v=0", 20),
+    ];
+    for (method, uri, content_type, body, burst) in floods {
+        let mut refused = 0;
+        for i in 0..burst + 10 {
+            let (status, retry_after, body) = send(method, uri, content_type, body, flooder).await;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                assert!(i >= burst, "{uri}: refused within the burst, at request {i}");
+                assert!(retry_after.is_some_and(|s| s.parse::<u32>().unwrap() >= 1), "{uri}: Retry-After");
+                assert_eq!(body["error"]["code"], "rate_limited", "{uri}");
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 10, "{uri}: everything past the burst of {burst} is refused");
+    }
+    assert!(host.session_ids().is_empty(), "the flood started nothing");
+
+    // Someone else is served as usual.
+    let request = r#"{"game":"neon-cycles","options":{"width":320,"height":240,"fps":30}}"#;
+    let (status, _, body) =
+        send("POST", "/api/v1/sessions", "application/json", request, [198, 51, 100, 7]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, _) = send(
+        "POST",
+        "/api/v1/tenants/local/login",
+        "application/json",
+        r#"{"email":"a@b.c","password":"wrong-password"}"#,
+        [198, 51, 100, 7],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "log-ins from elsewhere are still checked, not refused");
 }

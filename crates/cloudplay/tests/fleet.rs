@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use cloudplay::client::{StreamClient, http_request};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "fleet-secret-for-tests";
-
 struct Process {
     child: Child,
+    /// The public listener.
     addr: SocketAddr,
+    /// The fleet listener (mutual TLS).
+    fleet: SocketAddr,
 }
 
 impl Drop for Process {
@@ -27,36 +28,124 @@ impl Drop for Process {
     }
 }
 
-/// Starts `cloudplay ARGS` and waits (at most 30 s) for the line with its URL.
-fn spawn(args: &[&str]) -> Process {
-    spawn_with(args, &[])
+/// The address after `scheme` in `line`.
+fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
+    let rest = line.split(scheme).nth(1)?;
+    rest.split(|c: char| c == '/' || c.is_whitespace()).next()?.parse().ok()
 }
 
-/// As [`spawn`], with extra environment variables.
-fn spawn_with(args: &[&str], envs: &[(&str, &str)]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudplay"))
+/// A fleet's scratch directory: the control plane's database and identity, each host's
+/// identity. Removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cloudplay-fleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+
+    /// The control plane's settings: a database file `cloudplay enrol` shares.
+    fn control_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CLOUDPLAY_DATABASE_URL".into(), format!("sqlite://{}", self.path("control.db"))),
+            ("CLOUDPLAY_FLEET_DIR".into(), self.path("control-fleet")),
+        ]
+    }
+
+    /// `cloudplay enrol` against this fleet's control plane.
+    fn enrol(&self) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_cloudplay"))
+            .arg("enrol")
+            .envs(self.control_env())
+            .env("CLOUDPLAY_LOG", "warn")
+            .output()
+            .expect("cloudplay enrol runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        stdout.trim().strip_prefix("CLOUDPLAY_ENROLMENT_TOKEN=").expect("a token line").to_string()
+    }
+
+    /// The environment of host `name`: its own identity directory, enrolled with `token`.
+    fn host_env(&self, name: &str, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("CLOUDPLAY_FLEET_DIR".into(), self.path(&format!("host-{name}"))),
+            ("CLOUDPLAY_ENROLMENT_TOKEN".into(), token.into()),
+        ]
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn command(args: &[&str], envs: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cloudplay"));
+    command
         .args(args)
-        .envs(envs.iter().copied())
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .env("CLOUDPLAY_LOG", "warn")
-        .env("CLOUDPLAY_FLEET_TOKEN", TOKEN)
         .env("CLOUDPLAY_HOST_LEASE_SECS", "3")
-        .env("CLOUDPLAY_DATABASE_URL", "sqlite::memory:")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("cloudplay starts");
+        .env("CLOUDPLAY_FLEET_LISTEN", "127.0.0.1:0");
+    command
+}
+
+/// Starts `cloudplay ARGS` with `envs` and waits (at most 30 s) for the line with its URLs.
+fn spawn_with(args: &[&str], envs: &[(String, String)]) -> Process {
+    let mut child = command(args, envs).stdout(Stdio::piped()).spawn().expect("cloudplay starts");
     let stdout = child.stdout.take().unwrap();
     let (found, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.split("http://").nth(1) {
-                let addr =
-                    url.split(|c: char| c == '/' || c.is_whitespace()).next().unwrap_or_default().to_string();
-                let _ = found.send(addr);
+            if let (Some(addr), Some(fleet)) =
+                (address_after(&line, "http://"), address_after(&line, "https://"))
+            {
+                let _ = found.send((addr, fleet));
             }
         }
     });
-    let addr = lines.recv_timeout(Duration::from_secs(30)).expect("the process printed its URL");
-    Process { child, addr: addr.parse().unwrap() }
+    let (addr, fleet) = lines.recv_timeout(Duration::from_secs(30)).expect("the process printed its URLs");
+    Process { child, addr, fleet }
+}
+
+/// A control plane of `scratch`.
+fn control(scratch: &Scratch, extra: &[(String, String)]) -> Process {
+    let mut envs = scratch.control_env();
+    envs.extend_from_slice(extra);
+    spawn_with(&["control", "--listen", "127.0.0.1:0"], &envs)
+}
+
+/// A host named `name` in `region`, freshly enrolled with `control`.
+fn host(
+    scratch: &Scratch,
+    control: &Process,
+    name: &str,
+    region: &str,
+    capacity: &str,
+    extra: &[(String, String)],
+) -> Process {
+    let control_url = format!("https://{}", control.fleet);
+    let mut envs = scratch.host_env(name, &scratch.enrol());
+    envs.extend_from_slice(extra);
+    let args = [
+        "host",
+        "--control",
+        &control_url,
+        "--region",
+        region,
+        "--capacity",
+        capacity,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    spawn_with(&args, &envs)
 }
 
 /// A guest's request: with the guest's cookie once it has one, which the first session
@@ -99,23 +188,11 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
-    let control = spawn(&["control", "--listen", "127.0.0.1:0"]);
+    let scratch = Scratch::new("placement");
+    let control = control(&scratch, &[]);
     let control_url = format!("http://{}", control.addr);
-    let host_args = |region: &'static str| {
-        [
-            "host",
-            "--control",
-            control_url.as_str(),
-            "--region",
-            region,
-            "--capacity",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-        ]
-    };
-    let near = spawn(&host_args("near"));
-    let far = spawn(&host_args("far"));
+    let near = host(&scratch, &control, "near", "near", "1", &[]);
+    let far = host(&scratch, &control, "far", "far", "1", &[]);
     assert!(
         eventually(Duration::from_secs(10), || get(control.addr, "/api/v1/regions").1["regions"]
             .as_array()
@@ -215,37 +292,25 @@ fn games_go_only_to_hosts_that_run_their_runtime() {
         eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
         return;
     }
-    let scratch = std::env::temp_dir().join(format!("cloudplay-fleet-runtimes-{}", std::process::id()));
-    std::fs::create_dir_all(scratch.join("nes")).unwrap();
-    std::fs::write(scratch.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
+    let scratch = Scratch::new("runtimes");
+    let content = scratch.0.join("content");
+    std::fs::create_dir_all(content.join("nes")).unwrap();
+    std::fs::write(content.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
         .unwrap();
-    let catalogue = scratch.join("catalogue.toml");
+    let catalogue = scratch.0.join("catalogue.toml");
     std::fs::write(
         &catalogue,
         "[[game]]\nid = \"colour-pad\"\ntitle = \"Colour Pad\"\n\
          runtime = { kind = \"libretro\", core = \"nestopia\", content = \"nes/colour-pad.nes\" }\n",
     )
     .unwrap();
-    let control = spawn_with(
-        &["control", "--listen", "127.0.0.1:0"],
-        &[("CLOUDPLAY_CATALOGUE", catalogue.to_str().unwrap())],
-    );
-    let control_url = format!("http://{}", control.addr);
+    let control = control(&scratch, &[("CLOUDPLAY_CATALOGUE".into(), catalogue.to_str().unwrap().into())]);
     let host = |region: &str, cores: &str| {
-        spawn_with(
-            &[
-                "host",
-                "--control",
-                &control_url,
-                "--region",
-                region,
-                "--capacity",
-                "2",
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[("CLOUDPLAY_CORES_DIR", cores), ("CLOUDPLAY_CONTENT_DIR", scratch.to_str().unwrap())],
-        )
+        let envs = [
+            ("CLOUDPLAY_CORES_DIR".to_string(), cores.to_string()),
+            ("CLOUDPLAY_CONTENT_DIR".into(), content.to_str().unwrap().into()),
+        ];
+        host(&scratch, &control, region, region, "2", &envs)
     };
     // The near host has no cores, the far one has them.
     let _near = host("near", "/nonexistent");
@@ -272,5 +337,85 @@ fn games_go_only_to_hosts_that_run_their_runtime() {
         probed = client.poll(Duration::from_millis(100)).unwrap().iter().any(|f| f.probe.is_some());
     }
     assert!(probed, "the remote host streams the emulator");
-    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Hosts are known by their certificate: an impostor with a fresh enrolment token cannot
+/// take over an enrolled host id, a token enrols one host once, registrations are
+/// validated, and neither fleet listener talks to a stranger.
+#[test]
+fn a_host_is_known_by_its_certificate_alone() {
+    use cloudplay_control::identity::{EnrolmentToken, Fingerprint, Identity};
+    use cloudplay_control::remote::fleet_request;
+
+    let scratch = Scratch::new("identity");
+    let control = control(&scratch, &[]);
+    let honest =
+        host(&scratch, &control, "honest", "near", "1", &[("CLOUDPLAY_HOST_ID".into(), "h1".into())]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = EnrolmentToken::parse(&scratch.enrol()).expect("a token");
+    let impostor = Identity::generate().unwrap();
+    let tls = impostor.client_config(token.control).unwrap();
+    let fleet_url = format!("https://{}", control.fleet);
+    let send = |method: &str, path: &str, body: Option<Value>| {
+        runtime
+            .block_on(fleet_request(&fleet_url, &tls, method, path, body.map(|b| b.to_string())))
+            .expect("the control plane answers a client with a certificate")
+    };
+    let registration = |id: &str, token: Option<String>| {
+        json!({"id": id, "region": "elsewhere", "endpoint": "https://127.0.0.1:9", "public_url": "http://127.0.0.1:9",
+               "capacity": 1, "runtimes": ["builtin"], "enrolment_token": token})
+    };
+
+    // Taking over the enrolled id, even with a valid token, is refused; so are its heartbeats.
+    let (status, body) =
+        send("POST", "/internal/v1/hosts", Some(registration("h1", Some(token.to_string()))));
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(send("POST", "/internal/v1/hosts/h1/heartbeat", None).0, 403);
+
+    // Bad registrations change nothing (the token is not spent by them).
+    let bad_inputs = [
+        ("capacity", json!(0)),
+        ("capacity", json!(4_294_967_295u64)),
+        ("endpoint", json!("https://127.0.0.1:9\r\nX-Evil: 1")),
+        ("endpoint", json!("http://127.0.0.1:9")),
+        ("public_url", json!("http://a/b?c")),
+        ("region", json!("near\n")),
+    ];
+    for (field, value) in bad_inputs {
+        let mut body = registration("h2", Some(token.to_string()));
+        body[field] = value.clone();
+        assert_eq!(send("POST", "/internal/v1/hosts", Some(body)).0, 400, "{field} = {value}");
+    }
+    // A new host needs a real, unused token.
+    assert_eq!(send("POST", "/internal/v1/hosts", Some(registration("h2", None))).0, 401);
+    let forged = EnrolmentToken { secret: format!("cpe_{}", "ab".repeat(32)), control: token.control };
+    assert_eq!(send("POST", "/internal/v1/hosts", Some(registration("h2", Some(forged.to_string())))).0, 401);
+    assert_eq!(send("POST", "/internal/v1/hosts", Some(registration("h2", Some(token.to_string())))).0, 201);
+    assert_eq!(
+        send("POST", "/internal/v1/hosts", Some(registration("h3", Some(token.to_string())))).0,
+        401,
+        "a token enrols one host"
+    );
+
+    // The honest host still serves its region.
+    let request = json!({"game": "neon-cycles", "rtt_ms": {"near": 10},
+        "options": {"probe": true, "width": 320, "height": 240, "fps": 30}});
+    let (status, created) = post(control.addr, "/api/v1/sessions", request, &mut String::new());
+    assert_eq!(status, 201, "{created}");
+    assert!(created["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", honest.addr)));
+
+    // Strangers: plain HTTP gets no answer from a fleet listener, and the host's listener
+    // takes no certificate but its control plane's.
+    let plain = http_request(control.fleet, "GET", "/internal/v1/hosts", &[], b"");
+    assert!(plain.is_err(), "plain HTTP on the fleet listener: {plain:?}");
+    let host_pin = Fingerprint::of(&std::fs::read(scratch.0.join("host-honest/identity.crt.der")).unwrap());
+    let to_host = impostor.client_config(host_pin).unwrap();
+    let answer = runtime.block_on(fleet_request(
+        &format!("https://{}", honest.fleet),
+        &to_host,
+        "GET",
+        "/internal/v1/sessions/anything",
+        None,
+    ));
+    assert!(answer.is_err(), "the host refused a stranger's certificate: {answer:?}");
 }

@@ -107,6 +107,21 @@ async fn a_player_connects_sees_the_game_and_steers_it() {
             .expect("valid input after garbage still applies");
         assert_eq!(metric(addr, "cloudplay_input_malformed_total"), malformed_before + 2);
 
+        // The resource URL is the credential to end the peer: its peer id alone, or with
+        // another MAC, ends nothing.
+        let (base, resource) = client.location.rsplit_once('/').unwrap();
+        let mut forged = resource.to_string();
+        let last = if forged.ends_with('0') { "1" } else { "0" };
+        forged.replace_range(47.., last);
+        for guess in [&resource[..16], forged.as_str()] {
+            let (status, _, _) = http_request(addr, "DELETE", &format!("{base}/{guess}"), &[], b"").unwrap();
+            assert_eq!(status, 404, "{guess}");
+        }
+        let seq =
+            client.send_input(InputEvent::Key { usage: key::ARROW_UP, down: false, repeat: false }).unwrap();
+        poll_until(&mut client, Duration::from_secs(5), |f| f.probe.is_some_and(|p| p.input_seq >= seq))
+            .expect("the peer still plays");
+
         // Leaving by DELETE on the WHEP resource.
         let (status, _, _) = http_request(addr, "DELETE", &client.location, &[], b"").unwrap();
         assert_eq!(status, 200);
@@ -215,6 +230,59 @@ async fn whep_refuses_bad_offers_and_tickets() {
         let ghost = cloudplay_proto::api::SessionCreated { whep_url: "/whep/0000".into(), ..fresh };
         let missing = StreamClient::connect(addr, &ghost).err().expect("unknown session");
         assert!(missing.to_string().contains("404"), "{missing}");
+    })
+    .await
+    .unwrap();
+}
+
+/// An offer refused after its ticket checked out (the session has all the viewers it may
+/// have) does not spend the ticket: the viewer retries with it once a place frees up.
+/// A ticket that was used is refused the second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_offer_keeps_its_ticket() {
+    use cloudplay::client::{create_guest_session, guest_headers};
+
+    let server = Server::start(Config { viewers_per_session: 1, ..Config::ephemeral() }).await.unwrap();
+    let addr = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let (session, guest) = create_guest_session(addr, &session_body()).unwrap();
+        let headers = guest_headers(addr, &guest);
+        let viewer_ticket = || {
+            let mut headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            headers.push(("Content-Type", "application/json"));
+            let path = format!("/api/v1/sessions/{}/tickets", session.session_id);
+            let (status, _, body) =
+                http_request(addr, "POST", &path, &headers, br#"{"role":"viewer"}"#).unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+            serde_json::from_slice::<cloudplay_proto::api::SessionCreated>(&body).unwrap()
+        };
+        let first = viewer_ticket();
+        let second = viewer_ticket();
+        let mut watching = StreamClient::connect(addr, &first).expect("the first viewer joins");
+        poll_until(&mut watching, Duration::from_secs(15), |f| f.probe.is_some()).expect("frames");
+        let refused = StreamClient::connect(addr, &second).err().expect("the session has its one viewer");
+        assert!(refused.to_string().contains("503") || refused.to_string().contains("429"), "{refused}");
+
+        let (status, _, _) = http_request(addr, "DELETE", &watching.location, &[], b"").unwrap();
+        assert_eq!(status, 200);
+        drop(watching);
+        // The host forgets the peer on its driver's next turn.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut joined = None;
+        while joined.is_none() && Instant::now() < deadline {
+            match StreamClient::connect(addr, &second) {
+                Ok(client) => joined = Some(client),
+                Err(e) => {
+                    assert!(!e.to_string().contains("401"), "the ticket was kept: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let mut second_viewer = joined.expect("the refused ticket still admits");
+        poll_until(&mut second_viewer, Duration::from_secs(15), |f| f.probe.is_some()).expect("frames");
+        let again = StreamClient::connect(addr, &first).err().expect("a used ticket");
+        assert!(again.to_string().contains("401"), "{again}");
     })
     .await
     .unwrap();

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::Throttle;
 use crate::api::{ApiError, ClientIp, internal, missing, parse_json, throttle};
 use crate::auth::{LOGIN_TTL_MS, SESSION_COOKIE, cookie_secure_attribute, cookie_token, principal};
-use crate::store::{StoreError, User};
+use crate::store::{StoreError, User, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
 pub fn routes() -> Router<ControlPlane> {
@@ -32,6 +32,9 @@ struct Credentials {
     password: String,
     #[serde(default)]
     display_name: String,
+    /// An invite code, where the tenant's sign-up is by invite.
+    #[serde(default)]
+    invite: Option<String>,
 }
 
 fn user_json(user: &User) -> serde_json::Value {
@@ -63,7 +66,8 @@ async fn branding(
     Path(tenant): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = control.store().tenant(&tenant).await.map_err(missing("tenant"))?;
-    Ok(Json(json!({ "id": tenant.id, "name": tenant.name, "brand_color": tenant.brand_color, "logo_url": tenant.logo_url })).into_response())
+    let signup = control.store().signup_mode(&tenant.id).await.map_err(internal)?;
+    Ok(Json(json!({ "id": tenant.id, "name": tenant.name, "brand_color": tenant.brand_color, "logo_url": tenant.logo_url, "signup": signup })).into_response())
 }
 
 async fn signup(
@@ -78,21 +82,51 @@ async fn signup(
     }
     let request: Credentials = parse_json(&headers, body)?;
     control.store().tenant(&tenant).await.map_err(missing("tenant"))?;
+    let refused = |code: &'static str, message: &str| ApiError(StatusCode::FORBIDDEN, code, message.into());
+    // By invite: the invite is spent first, so two sign-ups cannot share it.
+    let invite = match control.store().signup_mode(&tenant).await.map_err(internal)?.as_str() {
+        "open" => None,
+        "invite" => {
+            let code = request.invite.as_deref().filter(|c| c.starts_with("cpi_") && c.len() <= 128);
+            let code =
+                code.ok_or_else(|| refused("invite_required", "sign-up to this platform is by invite"))?;
+            let hash = hash_secret(code);
+            if !control
+                .store()
+                .spend_invite(&tenant, &hash, &request.email, unix_ms())
+                .await
+                .map_err(internal)?
+            {
+                return Err(refused("invalid_invite", "this invite is unknown, used or expired"));
+            }
+            Some(hash)
+        }
+        _ => return Err(refused("signup_closed", "this platform does not take sign-ups")),
+    };
     let name = if request.display_name.trim().is_empty() {
         request.email.clone()
     } else {
         request.display_name.clone()
     };
-    let user = control
+    let created = control
         .store()
         .create_user(&tenant, &request.email, &request.password, &name, false, unix_ms())
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => {
-                ApiError(StatusCode::CONFLICT, "email_taken", "an account with this email exists".into())
+        .await;
+    let user = match created {
+        Ok(user) => user,
+        Err(e) => {
+            if let Some(hash) = &invite {
+                control.store().return_invite(&tenant, hash).await.map_err(internal)?;
             }
-            other => internal(other),
-        })?;
+            return Err(match e {
+                StoreError::Conflict(_) => {
+                    ApiError(StatusCode::CONFLICT, "email_taken", "an account with this email exists".into())
+                }
+                StoreError::Invalid(message) => ApiError::bad_request(message),
+                other => internal(other),
+            });
+        }
+    };
     logged_in(&control, &headers, user, StatusCode::CREATED).await
 }
 

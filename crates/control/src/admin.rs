@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::api::{ApiError, internal, missing, parse_json};
 use crate::auth::{Principal, principal};
-use crate::store::{CatalogueGame, StoreError, Tier};
+use crate::store::{CatalogueGame, StoreError, Tier, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
 pub fn routes() -> Router<ControlPlane> {
@@ -28,6 +28,55 @@ pub fn routes() -> Router<ControlPlane> {
         .route("/api/v1/admin/api-keys/{id}", delete(revoke_key))
         .route("/api/v1/admin/sessions", get(list_sessions))
         .route("/api/v1/admin/hosts", get(list_hosts))
+        .route("/api/v1/admin/signup", put(put_signup))
+        .route("/api/v1/admin/invites", post(create_invite))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupMode {
+    mode: String,
+}
+
+/// Sets who may sign up: `open`, `invite` or `closed`.
+async fn put_signup(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    let request: SignupMode = parse_json(&headers, body)?;
+    control.store().set_signup_mode(&who.tenant, &request.mode).await.map_err(|e| match e {
+        StoreError::Invalid(message) => ApiError::bad_request(message),
+        other => internal(other),
+    })?;
+    Ok(Json(json!({ "mode": request.mode })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewInvite {
+    #[serde(default)]
+    valid_hours: Option<u32>,
+}
+
+/// A one-time invite code for one sign-up (shown once; only its hash is kept).
+async fn create_invite(
+    State(control): State<ControlPlane>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = admin(&control, &headers, true).await?;
+    let request: NewInvite = parse_json(&headers, body)?;
+    let hours = request.valid_hours.unwrap_or(72);
+    if !(1..=24 * 90).contains(&hours) {
+        return Err(ApiError::bad_request("valid_hours is between 1 and 2160"));
+    }
+    let secret: [u8; 24] = rand::random();
+    let code = format!("cpi_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let expires_at = unix_ms() + u64::from(hours) * 3_600_000;
+    control.store().add_invite(&who.tenant, &hash_secret(&code), expires_at).await.map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(json!({ "code": code, "expires_at_ms": expires_at }))).into_response())
 }
 
 async fn admin(

@@ -63,7 +63,6 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(crate::accounts::routes())
         .merge(crate::admin::routes())
-        .merge(crate::fleet::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
 }

@@ -1,85 +1,151 @@
-//! Where remote hosts join the fleet: registration (answered with the ticket public key
-//! and the lease) and heartbeats, authenticated by the fleet token. Disabled (404)
-//! unless the control plane has a fleet token.
+//! Where remote hosts join the fleet: enrolment, registration (answered with the ticket
+//! public key and the lease) and heartbeats. Served only on the fleet listener, whose
+//! mutual TLS gives every request the fingerprint of the host's certificate
+//! ([`PeerFingerprint`]); that fingerprint is the host's credential.
 
-use cloudplay_proto::constant_time_eq;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{ApiError, internal};
+use crate::identity::{EnrolmentToken, Fingerprint, PeerFingerprint};
 use crate::remote::RemoteHost;
-use crate::store::HostRegistration;
+use crate::store::{HostRegistration, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
-pub fn routes() -> Router<ControlPlane> {
+/// The fleet API, for the fleet listener only (never the public one).
+pub fn routes(control: ControlPlane) -> Router {
     Router::new()
         .route("/internal/v1/hosts", post(register))
         .route("/internal/v1/hosts/{id}/heartbeat", post(heartbeat))
+        .with_state(control)
 }
 
-fn fleet_token(control: &ControlPlane, headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(token) = control.inner.config.fleet_token.clone() else {
-        return Err(ApiError::not_found("resource"));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|p| constant_time_eq(p.trim(), &token)) {
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the fleet token is missing or wrong".into(),
-        ));
-    }
-    Ok(token)
-}
+/// Most sessions a host may offer, and most runtimes it may name.
+const MAX_CAPACITY: u32 = 4096;
+const MAX_RUNTIMES: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Registration {
     id: String,
     region: String,
+    /// `https://host:port` of the host's fleet listener.
     endpoint: String,
+    /// `https://…` base of the host's public WHEP listener.
+    public_url: String,
     capacity: u32,
     runtimes: Vec<String>,
+    /// Needed once, when the host enrols.
+    #[serde(default)]
+    enrolment_token: Option<String>,
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `scheme://authority` with nothing but the characters of a host and port, so the URL
+/// can go into requests and links as it is.
+fn is_base_url(url: &str, schemes: &[&str]) -> bool {
+    let Some((scheme, authority)) = url.split_once("://") else { return false };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    schemes.contains(&scheme)
+        && !authority.is_empty()
+        && authority.len() <= 253
+        && authority.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+}
+
+impl Registration {
+    fn validate(&self) -> Result<(), ApiError> {
+        let problem = if !is_name(&self.id) || !is_name(&self.region) {
+            "id and region are 1-64 of [A-Za-z0-9-_.]"
+        } else if !is_base_url(&self.endpoint, &["https"]) {
+            "endpoint is https://host:port, nothing more"
+        } else if !is_base_url(&self.public_url, &["http", "https"]) {
+            "public_url is http(s)://host:port, nothing more"
+        } else if !(1..=MAX_CAPACITY).contains(&self.capacity) {
+            "capacity is between 1 and 4096"
+        } else if self.runtimes.len() > MAX_RUNTIMES || !self.runtimes.iter().all(|r| is_name(r)) {
+            "runtimes are at most 16 names"
+        } else {
+            return Ok(());
+        };
+        Err(ApiError::bad_request(problem))
+    }
+}
+
+/// Whether the host `id` may register with the certificate `peer`: it enrolled with it, or
+/// it enrols now with a valid token.
+async fn admit(
+    control: &ControlPlane,
+    id: &str,
+    peer: Fingerprint,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    let store = control.store();
+    match store.host_credential(id).await.map_err(internal)? {
+        Some(enrolled) if Fingerprint::parse(&enrolled) == Some(peer) => Ok(()),
+        Some(_) => {
+            warn!(host = %id, %peer, "refused a registration with another host's id");
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this host id is enrolled with another certificate".into(),
+            ))
+        }
+        None => {
+            let unauthorized = || {
+                ApiError(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a new host needs a valid, unused enrolment token".into(),
+                )
+            };
+            let token = token.and_then(EnrolmentToken::parse).ok_or_else(unauthorized)?;
+            let hash = hash_secret(&token.secret);
+            if !store.enrol_host(&hash, id, &peer.to_string(), unix_ms()).await.map_err(internal)? {
+                return Err(unauthorized());
+            }
+            info!(host = %id, %peer, "host enrolled");
+            Ok(())
+        }
+    }
 }
 
 async fn register(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
+    peer: Option<Extension<PeerFingerprint>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let token = fleet_token(&control, &headers)?;
+    let Some(identity) = control.inner.config.fleet.clone() else {
+        return Err(ApiError::not_found("resource"));
+    };
+    let Some(Extension(PeerFingerprint(peer))) = peer else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "no client certificate".into()));
+    };
     let request: Registration = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid registration: {e}")))?;
-    let id_ok = |s: &str| {
-        !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    if !id_ok(&request.id)
-        || !id_ok(&request.region)
-        || !request.endpoint.starts_with("http://")
-        || request.capacity == 0
-    {
-        return Err(ApiError::bad_request(
-            "id and region are 1-64 of [A-Za-z0-9-_.], endpoint is http://…, capacity ≥ 1",
-        ));
-    }
+    request.validate()?;
+    admit(&control, &request.id, peer, request.enrolment_token.as_deref()).await?;
+    let tls = identity.client_config(peer).map_err(|e| {
+        tracing::error!(error = %e, "fleet TLS");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".into())
+    })?;
     let registration = HostRegistration {
         id: request.id.clone(),
         region: request.region.clone(),
-        endpoint: request.endpoint.clone(),
+        endpoint: request.public_url.trim_end_matches('/').to_string(),
         capacity: request.capacity,
         runtimes: request.runtimes,
     };
@@ -87,8 +153,12 @@ async fn register(
     control.store().register_host(&registration, unix_ms(), lease_ms).await.map_err(internal)?;
     // A (re-)registering host starts empty: whatever it ran before is gone.
     control.store().host_restarted(&request.id).await.map_err(internal)?;
-    let remote =
-        RemoteHost { id: request.id.clone(), endpoint: request.endpoint.clone(), fleet_token: token };
+    let remote = RemoteHost {
+        id: request.id.clone(),
+        endpoint: request.endpoint.trim_end_matches('/').to_string(),
+        public_url: registration.endpoint.clone(),
+        tls,
+    };
     if let Ok(mut hosts) = control.inner.hosts.write() {
         hosts.insert(request.id.clone(), Arc::new(remote));
     }
@@ -100,9 +170,15 @@ async fn register(
 async fn heartbeat(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    peer: Option<Extension<PeerFingerprint>>,
 ) -> Result<Response, ApiError> {
-    fleet_token(&control, &headers)?;
+    let Some(Extension(PeerFingerprint(peer))) = peer else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "no client certificate".into()));
+    };
+    let enrolled = control.store().host_credential(&id).await.map_err(internal)?;
+    if enrolled.as_deref().and_then(Fingerprint::parse) != Some(peer) {
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", "not this host's certificate".into()));
+    }
     let known = control.inner.hosts.read().map(|h| h.contains_key(&id)).unwrap_or(false);
     // Unknown here (this control plane restarted) or drained: the host must register again.
     if !known
@@ -115,4 +191,27 @@ async fn heartbeat(
         return Err(ApiError::not_found("host"));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_urls_carry_nothing_but_a_host_and_port() {
+        assert!(is_base_url("https://10.0.0.7:7443", &["https"]));
+        assert!(is_base_url("https://[::1]:7443/", &["https"]));
+        assert!(is_base_url("http://play.example.com", &["http", "https"]));
+        for bad in [
+            "http://10.0.0.7:7443",
+            "https://",
+            "https://a\r\nX-Evil: 1",
+            "https://a/path",
+            "https://user@a",
+            "https://a b",
+            "ftp://a",
+        ] {
+            assert!(!is_base_url(bad, &["https"]), "{bad:?}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod api;
 mod auth;
 mod fleet;
+pub mod identity;
 mod openapi;
 pub mod placement;
 pub mod policy;
@@ -31,7 +32,8 @@ use ed25519_dalek::SigningKey;
 use rand::Rng;
 use tracing::{info, warn};
 
-pub use api::{ApiError, router};
+pub use api::{ApiError, ClientIp, router};
+pub use fleet::routes as fleet_routes;
 use store::{CatalogueGame, HostRegistration, Store, StoreError, Tenant};
 
 /// Why a host could not start a session.
@@ -94,9 +96,9 @@ pub struct ControlConfig {
     pub default_tenant: String,
     /// How long a host's registration lasts without a heartbeat.
     pub host_lease_ms: u64,
-    /// Shared secret of the fleet: remote hosts register with it, and the control plane
-    /// presents it to them. `None` disables remote hosts.
-    pub fleet_token: Option<String>,
+    /// The control plane's fleet identity: remote hosts pin it and it presents it to them.
+    /// `None` disables remote hosts.
+    pub fleet: Option<Arc<identity::Identity>>,
     /// What one caller may ask for.
     pub limits: Limits,
 }
@@ -151,7 +153,7 @@ impl Default for ControlConfig {
             public_url: None,
             default_tenant: "local".into(),
             host_lease_ms: 15_000,
-            fleet_token: None,
+            fleet: None,
             limits: Limits::default(),
         }
     }
@@ -235,6 +237,19 @@ impl ControlPlane {
             }
         }
         Ok(())
+    }
+
+    /// A one-time token that enrols one new host within `valid_for_ms`; `None` when this
+    /// control plane has no fleet identity.
+    pub async fn create_enrolment(
+        &self,
+        valid_for_ms: u64,
+    ) -> Result<Option<identity::EnrolmentToken>, StoreError> {
+        let Some(fleet) = &self.inner.config.fleet else { return Ok(None) };
+        let secret: [u8; 32] = rand::random();
+        let secret = format!("cpe_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        self.inner.store.add_enrolment(&store::hash_secret(&secret), unix_ms() + valid_for_ms).await?;
+        Ok(Some(identity::EnrolmentToken { secret, control: fleet.fingerprint() }))
     }
 
     /// Registers a host that runs in this process and keeps its lease alive.

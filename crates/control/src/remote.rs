@@ -1,16 +1,19 @@
-//! Hosts on other machines, reached over their internal HTTP API with the fleet token.
-//! A deliberately small HTTP/1.1 client: plain `http://` on the fleet's own network,
-//! one request per connection, bounded in time.
+//! Hosts on other machines, reached over their fleet listener: mutual TLS 1.3, each side
+//! pinned to the other's certificate fingerprint (see [`crate::identity`]). A deliberately
+//! small HTTP/1.1 client: one request per connection, bounded in time and size.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
+use rustls::ClientConfig;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::identity::fleet_server_name;
 use crate::{HostFuture, HostSessionView, HostUnreachable, SessionHost, StartError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -19,9 +22,12 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 pub struct RemoteHost {
     pub id: String,
-    /// `http://host:port`, as the host registered it.
+    /// `https://host:port` of the host's fleet listener.
     pub endpoint: String,
-    pub fleet_token: String,
+    /// Base URL of the host's public listener (WHEP, RTT echo).
+    pub public_url: String,
+    /// TLS pinned to this host's certificate, showing the control plane's.
+    pub tls: Arc<ClientConfig>,
 }
 
 impl RemoteHost {
@@ -31,46 +37,53 @@ impl RemoteHost {
         path: &str,
         body: Option<String>,
     ) -> Result<(u16, Vec<u8>), String> {
-        fleet_request(&self.endpoint, &self.fleet_token, method, path, body).await
+        fleet_request(&self.endpoint, &self.tls, method, path, body).await
     }
 }
 
-/// One request between fleet members (`http://` only), with the fleet token; returns the
-/// status and body.
+/// One request between fleet members (`https://` only, with `tls` pinned to the other
+/// member); returns the status and body.
 pub async fn fleet_request(
     endpoint: &str,
-    fleet_token: &str,
+    tls: &Arc<ClientConfig>,
     method: &str,
     path: &str,
     body: Option<String>,
 ) -> Result<(u16, Vec<u8>), String> {
-    {
-        let authority = endpoint.strip_prefix("http://").ok_or("fleet members are reached over http://")?;
-        let authority = authority.trim_end_matches('/');
-        let exchange = async {
-            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            let body = body.unwrap_or_default();
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                fleet_token,
-                body.len()
-            );
-            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut response = Vec::new();
-            stream.take(MAX_RESPONSE as u64).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
-            let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed response")?;
-            let status = std::str::from_utf8(&response[..head_end])
-                .ok()
-                .and_then(|head| head.split(' ').nth(1))
-                .and_then(|code| code.parse().ok())
-                .ok_or("malformed status line")?;
-            Ok((status, response[head_end + 4..].to_vec()))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "request timed out".to_string())?
-    }
+    let authority = endpoint.strip_prefix("https://").ok_or("fleet members are reached over https://")?;
+    let authority = authority.trim_end_matches('/');
+    let exchange = async {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let mut stream =
+            connector.connect(fleet_server_name(), stream).await.map_err(|e| format!("TLS: {e}"))?;
+        let body = body.unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        // A peer that closes without TLS close_notify still gave us a complete answer
+        // (`Connection: close`); what was read counts.
+        let read = (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut response).await;
+        if let Err(e) = read
+            && response.is_empty()
+        {
+            return Err(e.to_string());
+        }
+        let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed response")?;
+        let status = std::str::from_utf8(&response[..head_end])
+            .ok()
+            .and_then(|head| head.split(' ').nth(1))
+            .and_then(|code| code.parse().ok())
+            .ok_or("malformed status line")?;
+        Ok((status, response[head_end + 4..].to_vec()))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "request timed out".to_string())?
 }
 
 impl SessionHost for RemoteHost {
@@ -79,7 +92,7 @@ impl SessionHost for RemoteHost {
     }
 
     fn endpoint(&self) -> Option<String> {
-        Some(self.endpoint.clone())
+        Some(self.public_url.clone())
     }
 
     fn start_session<'a>(

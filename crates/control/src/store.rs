@@ -23,6 +23,8 @@ use crate::random_id;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "platform", include_str!("../migrations/0001_platform.sql")),
     (2, "owners", include_str!("../migrations/0002_owners.sql")),
+    (3, "host identity", include_str!("../migrations/0003_host_identity.sql")),
+    (4, "sign-up", include_str!("../migrations/0004_signup.sql")),
 ];
 
 #[derive(Debug)]
@@ -696,6 +698,82 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
+    // ------------------------------------------------------------------ sign-up
+
+    /// How players sign up to `tenant_id`: `open`, `invite` or `closed`.
+    pub async fn signup_mode(&self, tenant_id: &str) -> Result<String, StoreError> {
+        let row = sqlx::query("SELECT signup FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(row.try_get("signup")?)
+    }
+
+    pub async fn set_signup_mode(&self, tenant_id: &str, mode: &str) -> Result<(), StoreError> {
+        if !["open", "invite", "closed"].contains(&mode) {
+            return Err(StoreError::Invalid("sign-up is open, invite or closed".into()));
+        }
+        let done = sqlx::query("UPDATE tenants SET signup = $1 WHERE id = $2")
+            .bind(mode)
+            .bind(tenant_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Keeps an invite (its hash) to `tenant_id`, valid until `expires_at_ms`.
+    pub async fn add_invite(
+        &self,
+        tenant_id: &str,
+        code_hash: &str,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO invites (code_hash, tenant_id, expires_at, used_by) VALUES ($1, $2, $3, NULL)",
+        )
+        .bind(code_hash)
+        .bind(tenant_id)
+        .bind(expires_at_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Spends an invite to `tenant_id` for `email`: `false` when it is unknown, spent,
+    /// expired or another tenant's.
+    pub async fn spend_invite(
+        &self,
+        tenant_id: &str,
+        code_hash: &str,
+        email: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND tenant_id = $3 AND used_by IS NULL AND expires_at > $4",
+        )
+        .bind(email)
+        .bind(code_hash)
+        .bind(tenant_id)
+        .bind(now_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives back an invite whose sign-up failed after all (the email was taken).
+    pub async fn return_invite(&self, tenant_id: &str, code_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE invites SET used_by = NULL WHERE code_hash = $1 AND tenant_id = $2")
+            .bind(code_hash)
+            .bind(tenant_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // ------------------------------------------------------------------ fleet
 
     /// Registers or re-registers a host with a fresh lease. Its `used` count is kept.
@@ -727,6 +805,61 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Keeps a one-time enrolment token (its hash) valid until `expires_at_ms`.
+    pub async fn add_enrolment(&self, token_hash: &str, expires_at_ms: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO host_enrolments (token_hash, expires_at, used_by) VALUES ($1, $2, NULL)")
+            .bind(token_hash)
+            .bind(expires_at_ms as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The certificate fingerprint host `host_id` enrolled with, if it has.
+    pub async fn host_credential(&self, host_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT fingerprint FROM host_credentials WHERE host_id = $1")
+            .bind(host_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("fingerprint")).transpose()?)
+    }
+
+    /// Enrols `host_id` with `fingerprint`, spending the enrolment token: `false` (and
+    /// nothing changes) when the token is unknown, spent or expired, or the id is taken.
+    pub async fn enrol_host(
+        &self,
+        token_hash: &str,
+        host_id: &str,
+        fingerprint: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let spent = sqlx::query(
+            "UPDATE host_enrolments SET used_by = $1 WHERE token_hash = $2 AND used_by IS NULL AND expires_at > $3",
+        )
+        .bind(host_id)
+        .bind(token_hash)
+        .bind(now_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        let taken = sqlx::query("SELECT host_id FROM host_credentials WHERE host_id = $1")
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if spent.rows_affected() != 1 || taken {
+            return Ok(false); // dropping the transaction rolls it back
+        }
+        sqlx::query("INSERT INTO host_credentials (host_id, fingerprint, enrolled_at) VALUES ($1, $2, $3)")
+            .bind(host_id)
+            .bind(fingerprint)
+            .bind(now_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Extends a host's lease. `false` if the host is unknown or was drained.

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cloudplay_game::MAX_PLAYERS;
 use cloudplay_media::{h264_built_with_assembly, video_backends};
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::constant_time_eq;
 use cloudplay_proto::ratelimit::{Rate, RateLimiter};
 use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::ticket::TicketVerifier;
@@ -182,6 +183,8 @@ struct HostInner {
     verifier: Mutex<TicketVerifier>,
     counters: Arc<HostCounters>,
     offers: Mutex<RateLimiter<IpAddr>>,
+    /// Keys the WHEP resource URLs: only the client that got one can end its peer.
+    resource_key: [u8; 32],
 }
 
 /// Runs [`Host::reap_stalled`] periodically while the host exists.
@@ -232,10 +235,36 @@ impl Host {
                 verifier,
                 counters,
                 offers,
+                resource_key: rand::random(),
             }),
         };
         tokio::spawn(watchdog(Arc::downgrade(&host.inner)));
         Ok(host)
+    }
+
+    /// The WHEP resource of peer `peer` of `session` (the last part of its URL): the peer
+    /// id and a MAC over the session and peer, so the URL is the credential to end it.
+    pub(crate) fn peer_resource(&self, session: &str, peer: u64) -> String {
+        format!("{peer:016x}{}", self.resource_mac(session, peer))
+    }
+
+    /// The peer a WHEP resource names, if it is one this host made for `session`.
+    pub(crate) fn peer_of_resource(&self, session: &str, resource: &str) -> Option<u64> {
+        if resource.len() != 48 || !resource.is_ascii() {
+            return None;
+        }
+        let peer = u64::from_str_radix(&resource[..16], 16).ok()?;
+        constant_time_eq(&resource[16..], &self.resource_mac(session, peer)).then_some(peer)
+    }
+
+    fn resource_mac(&self, session: &str, peer: u64) -> String {
+        use sha2::{Digest, Sha256};
+        let mut mac = Sha256::new();
+        mac.update(self.inner.resource_key);
+        mac.update((session.len() as u64).to_be_bytes());
+        mac.update(session.as_bytes());
+        mac.update(peer.to_be_bytes());
+        mac.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Gives up sessions whose game stopped ticking (a core stuck in `retro_run`, say):

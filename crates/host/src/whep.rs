@@ -85,8 +85,8 @@ async fn offer(
         host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut response = error_response(
             StatusCode::TOO_MANY_REQUESTS,
-            "too_many_offers",
-            "too many offers from this address",
+            "rate_limited",
+            format!("too many offers from this address; retry in {retry_after} s"),
         );
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         return response;
@@ -244,7 +244,7 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         );
     }
     info!(session = %session.id, peer = peer_id, role = ?claims.role, slot, "peer admitted");
-    let location = format!("/whep/{}/{peer_id:016x}", session.id);
+    let location = format!("/whep/{}/{}", session.id, host.peer_resource(&session.id, peer_id));
     let mut response = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
@@ -255,7 +255,8 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
 }
 
 async fn leave(State(host): State<Host>, Path((session_id, peer)): Path<(String, String)>) -> Response {
-    let Ok(peer_id) = u64::from_str_radix(&peer, 16) else {
+    // The resource URL is the credential: a guessed or another session's one is unknown.
+    let Some(peer_id) = host.peer_of_resource(&session_id, &peer) else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "no such peer");
     };
     if host.session(&session_id).is_none() {

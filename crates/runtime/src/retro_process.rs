@@ -383,27 +383,66 @@ impl LibretroProcess {
     }
 
     fn take_stepped(&mut self, payload: &[u8]) -> Option<()> {
+        let stepped = Stepped::parse(payload)?;
+        if let Some(picture) = stepped.picture {
+            self.picture.clear();
+            self.picture.extend_from_slice(picture.rgba);
+            (self.width, self.height, self.aspect) = (picture.width, picture.height, picture.aspect);
+            self.produced_at = Some(Instant::now());
+        }
+        self.audio.clear();
+        self.audio
+            .extend(stepped.audio.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        if stepped.shut_down {
+            self.status = GameStatus::Exited(format!("{} shut down", self.core_name));
+        }
+        Some(())
+    }
+}
+
+/// A picture in a worker's answer to a step.
+#[derive(Debug, PartialEq)]
+pub struct SteppedPicture<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub aspect: f32,
+    pub rgba: &'a [u8],
+}
+
+/// A worker's answer to a step, as the host reads it: the worker runs untrusted code, so
+/// every field is checked (`None` for anything malformed).
+#[derive(Debug, PartialEq)]
+pub struct Stepped<'a> {
+    pub picture: Option<SteppedPicture<'a>>,
+    /// Interleaved stereo f32 samples, little-endian (a trailing partial sample is ignored).
+    pub audio: &'a [u8],
+    pub shut_down: bool,
+}
+
+/// Largest picture side a worker may send (libretro cores stay far below).
+pub const MAX_PICTURE_SIDE: u32 = 4096;
+
+impl<'a> Stepped<'a> {
+    pub fn parse(payload: &'a [u8]) -> Option<Stepped<'a>> {
         let flags = *payload.first()?;
         let mut rest = &payload[1..];
+        let mut picture = None;
         if flags & 1 != 0 {
             let field = |at: usize| rest.get(at..at + 4).map(|b| [b[0], b[1], b[2], b[3]]);
             let (width, height) = (u32::from_le_bytes(field(0)?), u32::from_le_bytes(field(4)?));
             let aspect = f32::from_le_bytes(field(8)?);
-            let size = (width as usize).checked_mul(height as usize)?.checked_mul(4)?;
-            let end = size.checked_add(12)?;
-            let picture = rest.get(12..end)?;
-            self.picture.clear();
-            self.picture.extend_from_slice(picture);
-            (self.width, self.height, self.aspect) = (width, height, aspect);
-            self.produced_at = Some(Instant::now());
+            let sides = 1..=MAX_PICTURE_SIDE;
+            let valid =
+                sides.contains(&width) && sides.contains(&height) && aspect.is_finite() && aspect >= 0.0;
+            if !valid {
+                return None;
+            }
+            let end = 12 + width as usize * height as usize * 4; // at most 12 + 64 MiB
+            let rgba = rest.get(12..end)?;
+            picture = Some(SteppedPicture { width, height, aspect, rgba });
             rest = &rest[end..];
         }
-        self.audio.clear();
-        self.audio.extend(rest.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-        if flags & 2 != 0 {
-            self.status = GameStatus::Exited(format!("{} shut down", self.core_name));
-        }
-        Some(())
+        Some(Stepped { picture, audio: rest, shut_down: flags & 2 != 0 })
     }
 }
 
@@ -508,6 +547,48 @@ mod tests {
         let mut huge = vec![kind::STEPPED];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(read_message(&mut huge.as_slice()).is_err(), "a length beyond the limit is refused");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, failure_persistence: None, ..Default::default() })]
+
+        /// The host side of the pipe: whatever a (hostile) worker writes is read as
+        /// messages within the size limit or refused, and a step's answer is checked.
+        #[test]
+        fn whatever_a_worker_writes_is_read_safely(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let mut reader = bytes.as_slice();
+            for _ in 0..64 {
+                let Ok((_, payload)) = read_message(&mut reader) else { break };
+                proptest::prop_assert!(payload.len() <= MAX_MESSAGE);
+                if let Some(stepped) = Stepped::parse(&payload)
+                    && let Some(picture) = stepped.picture
+                {
+                    proptest::prop_assert_eq!(picture.rgba.len(), picture.width as usize * picture.height as usize * 4);
+                    proptest::prop_assert!((1..=MAX_PICTURE_SIDE).contains(&picture.width));
+                    proptest::prop_assert!(picture.aspect.is_finite());
+                }
+            }
+            let _ = Stepped::parse(&bytes);
+        }
+
+        /// Pictures of any plausible size with any header round-trip or are refused.
+        #[test]
+        fn stepped_pictures_are_taken_only_when_whole(
+            width in 0u32..40, height in 0u32..40, aspect in proptest::prelude::any::<f32>(), cut in 0usize..64, flags in 0u8..4,
+        ) {
+            let mut payload = vec![flags];
+            payload.extend_from_slice(&width.to_le_bytes());
+            payload.extend_from_slice(&height.to_le_bytes());
+            payload.extend_from_slice(&aspect.to_le_bytes());
+            payload.resize(payload.len() + (width * height * 4) as usize, 7);
+            payload.extend_from_slice(&[0; 8]);
+            payload.truncate(payload.len().saturating_sub(cut));
+            let parsed = Stepped::parse(&payload);
+            let whole = cut <= 8 && width > 0 && height > 0 && aspect.is_finite() && aspect >= 0.0;
+            if flags & 1 != 0 {
+                proptest::prop_assert_eq!(parsed.is_some(), whole);
+            }
+        }
     }
 
     #[test]
