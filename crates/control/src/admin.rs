@@ -99,9 +99,10 @@ struct Page {
 async fn list_users(
     State(control): State<ControlPlane>,
     headers: HeaderMap,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let who = admin(&control, &headers, false).await?;
+    let Query(page) = page.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let users = control.store().users(&who.tenant, page.after.as_deref(), limit).await.map_err(internal)?;
     let next = (users.len() == limit as usize).then(|| users.last().map(|u| u.email.clone())).flatten();

@@ -470,6 +470,8 @@ pub struct LibretroGame {
     /// `retro_unload_game` must).
     initialised: bool,
     loaded: bool,
+    /// A guest's private save directory, removed with the game.
+    scratch: Option<PathBuf>,
     _library: Library,
 }
 
@@ -521,12 +523,18 @@ impl LibretroGame {
             return Err(RuntimeError::CoreInvalid(format!("libretro API version {version}, expected 1")));
         }
         let c_path = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        let save_dir = match &setup.save_dir {
+        // A guest's core still writes somewhere: a directory of this session's own, which
+        // goes with it, never a place shared with other sessions.
+        let (save_dir, scratch) = match &setup.save_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Io(format!("save directory: {e}")))?;
-                c_path(dir)
+                (c_path(dir), None)
             }
-            None => c_path(&std::env::temp_dir()),
+            None => {
+                let scratch =
+                    private_scratch_dir().map_err(|e| RuntimeError::Io(format!("scratch directory: {e}")))?;
+                (c_path(&scratch), Some(scratch))
+            }
         };
         let frontend = Box::new(Frontend {
             pixel_format: PixelFormat::Rgb1555, // the libretro default
@@ -562,6 +570,7 @@ impl LibretroGame {
             sram_flushed_at: Instant::now(),
             initialised: false,
             loaded: false,
+            scratch,
             _library: library,
         };
         game.start(&setup)?;
@@ -843,12 +852,33 @@ impl Drop for LibretroGame {
         if self.initialised {
             self.call(|api| unsafe { (api.deinit)() });
         }
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A fresh directory only this user can enter, under the temporary directory.
+fn private_scratch_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("cloudplay-guest-{:016x}", rand::random::<u64>()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guests_get_a_private_scratch_directory_each() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, b) = (private_scratch_dir().unwrap(), private_scratch_dir().unwrap());
+        assert_ne!(a, b, "one per session");
+        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir(a).unwrap();
+        std::fs::remove_dir(b).unwrap();
+    }
 
     #[test]
     fn saves_from_writers_side_by_side_never_tear_or_leave_litter() {
