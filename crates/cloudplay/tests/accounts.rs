@@ -259,7 +259,10 @@ async fn sign_up_is_open_by_invite_or_closed_as_the_tenant_decides() {
     let (status, body, _) = Call::new("GET", "/api/v1/admin/users?limit=many").bearer(acme).send(&app).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
     let (status, body, _) = Call::new("PATCH", "/api/v1/admin/signup").bearer(acme).send(&app).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
     assert_eq!(mode("invite").send(&app).await.0, StatusCode::OK);
     let (_, branding, _) = Call::new("GET", "/api/v1/tenants/acme").send(&app).await;
     assert_eq!(branding["signup"], "invite", "the portal knows to ask for an invite");

@@ -19,6 +19,13 @@ use thiserror::Error;
 use crate::placement::HostSnapshot;
 use crate::random_id;
 
+/// The ordinary role test and benchmark schemas belong to ([`Store::postgres_schema_url`]).
+pub const TEST_ROLE: &str = "cloudplay_tests";
+
+/// Lets a connection see every tenant's rows: the platform's own work (placement, the
+/// fleet, credential look-ups that find the tenant).
+const ALL_TENANTS: &str = "SELECT set_config('cloudplay.tenant', '*', false)";
+
 /// Numbered migrations, embedded so the binary needs no files at run time.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "platform", include_str!("../migrations/0001_platform.sql")),
@@ -27,17 +34,28 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "sign-up", include_str!("../migrations/0004_signup.sql")),
 ];
 
+/// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
+/// no row-level security, records them as done.
+const POSTGRES_ONLY: &[(i64, &str, &str)] =
+    &[(5, "row-level security", include_str!("../migrations/0005_row_level_security.postgres.sql"))];
+
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(Backend);
 
 impl<'s> MigrationSource<'s> for EmbeddedMigrations {
     fn resolve(
         self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>> {
-        Box::pin(async {
+        let backend = self.0;
+        Box::pin(async move {
+            let postgres_only = POSTGRES_ONLY.iter().map(move |&(version, name, sql)| {
+                (version, name, if backend == Backend::Postgres { sql } else { "SELECT 1;" })
+            });
             Ok(MIGRATIONS
                 .iter()
-                .map(|&(version, name, sql)| {
+                .copied()
+                .chain(postgres_only)
+                .map(|(version, name, sql)| {
                     Migration::new(
                         version,
                         Cow::Borrowed(name),
@@ -231,28 +249,55 @@ impl Store {
                         ] {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
+                    } else {
+                        sqlx::query(ALL_TENANTS).execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
             })
+            // A connection a tenant's request used goes back to the platform's scope.
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Postgres {
+                        sqlx::query(ALL_TENANTS).execute(&mut *conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
-        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        Migrator::new(EmbeddedMigrations(backend)).await?.run(&pool).await?;
         Ok(Store { pool, backend })
     }
 
     /// PostgreSQL only: creates `schema` and returns a URL whose connections work in it,
-    /// for isolated test and benchmark runs on a shared database.
+    /// for isolated test and benchmark runs on a shared database. The URL connects as
+    /// [`TEST_ROLE`], an ordinary role that owns the schema: not a superuser, so row-level
+    /// security binds it as it binds a real deployment (needs trust or peer auth).
     pub async fn postgres_schema_url(url: &str, schema: &str) -> Result<String, StoreError> {
         if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(StoreError::Invalid("schema names are letters, digits and '_'".into()));
         }
         sqlx::any::install_default_drivers();
         let admin = AnyPool::connect(url).await?;
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await?;
+        // Tests start side by side: a role another one just made is fine.
+        sqlx::query(&format!(
+            "DO $$ BEGIN CREATE ROLE {TEST_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        ))
+        .execute(&admin)
+        .await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema} AUTHORIZATION {TEST_ROLE}")).execute(&admin).await?;
         admin.close().await;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| StoreError::Invalid("not a URL".into()))?;
+        // The user goes; host, database and parameters stay.
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let host_and_path = match rest[..authority_end].rfind('@') {
+            Some(at) => &rest[at + 1..],
+            None => rest,
+        };
         let separator = if url.contains('?') { '&' } else { '?' };
-        Ok(format!("{url}{separator}options=-c%20search_path%3D{schema}"))
+        Ok(format!("{scheme}://{TEST_ROLE}@{host_and_path}{separator}options=-c%20search_path%3D{schema}"))
     }
 
     /// Removes a schema made by [`Store::postgres_schema_url`].
@@ -279,9 +324,38 @@ impl Store {
         })
     }
 
+    /// A connection confined to `tenant_id`'s rows by PostgreSQL's row-level security (on
+    /// SQLite, a plain connection): every query of a tenant's request runs on one.
+    async fn scoped(&self, tenant_id: &str) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT set_config('cloudplay.tenant', $1, false)")
+                .bind(tenant_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// A write transaction confined to `tenant_id`'s rows (see [`Store::scoped`]).
+    async fn write_scoped(
+        &self,
+        tenant_id: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT set_config('cloudplay.tenant', $1, true)")
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
     // ------------------------------------------------------------------ tenants
 
     pub async fn create_tenant(&self, tenant: &Tenant, now_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.scoped(&tenant.id).await?;
         if tenant.id.is_empty()
             || !tenant.id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
@@ -294,17 +368,18 @@ impl Store {
             .bind(&tenant.logo_url)
             .bind(tenant.max_rtt_ms as i64)
             .bind(now_ms as i64)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "tenant"))?;
         Ok(())
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant, StoreError> {
+        let mut conn = self.scoped(id).await?;
         let row =
             sqlx::query("SELECT id, name, brand_color, logo_url, max_rtt_ms FROM tenants WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?
                 .ok_or(StoreError::NotFound)?;
         Ok(Tenant {
@@ -348,6 +423,8 @@ impl Store {
             display_name: display_name.trim().chars().take(64).collect(),
             is_admin,
         };
+        // Hashing first: no connection is held while it runs.
+        let mut conn = self.scoped(tenant_id).await?;
         sqlx::query("INSERT INTO users (id, tenant_id, email, password_hash, display_name, is_admin, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&user.id)
             .bind(tenant_id)
@@ -356,7 +433,7 @@ impl Store {
             .bind(&user.display_name)
             .bind(is_admin as i64)
             .bind(now_ms as i64)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "user"))?;
         Ok(user)
@@ -382,7 +459,7 @@ impl Store {
         let row = sqlx::query("SELECT id, tenant_id, email, display_name, is_admin, password_hash FROM users WHERE tenant_id = $1 AND email = $2")
             .bind(tenant_id)
             .bind(email.trim().to_ascii_lowercase())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.scoped(tenant_id).await?)
             .await?;
         // Unknown emails cost a hash check too, so timing does not tell which emails exist.
         let hash: String = match &row {
@@ -402,12 +479,13 @@ impl Store {
     }
 
     pub async fn user(&self, tenant_id: &str, id: &str) -> Result<User, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query(
             "SELECT id, tenant_id, email, display_name, is_admin FROM users WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::NotFound)?;
         Self::user_from(&row)
@@ -420,11 +498,12 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<User>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let rows = sqlx::query("SELECT id, tenant_id, email, display_name, is_admin FROM users WHERE tenant_id = $1 AND email > $2 ORDER BY email LIMIT $3")
             .bind(tenant_id)
             .bind(after.unwrap_or(""))
             .bind(limit.min(500) as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter().map(Self::user_from).collect()
     }
@@ -432,6 +511,7 @@ impl Store {
     /// Issues a login token for a user (`cpu_…`), valid until `expires_at_ms`. Only its
     /// hash is stored.
     pub async fn create_user_token(&self, user: &User, expires_at_ms: u64) -> Result<String, StoreError> {
+        let mut conn = self.scoped(&user.tenant_id).await?;
         let token = format!("cpu_{}{}", random_id(), random_id());
         sqlx::query(
             "INSERT INTO user_tokens (token_hash, tenant_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
@@ -440,7 +520,7 @@ impl Store {
         .bind(&user.tenant_id)
         .bind(&user.id)
         .bind(expires_at_ms as i64)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(token)
     }
@@ -480,6 +560,7 @@ impl Store {
         scopes: &[&str],
         now_ms: u64,
     ) -> Result<(ApiKeyInfo, String), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let id = random_id();
         let prefix = format!("cpk_{}", &id[..8]);
         let secret = format!("{prefix}_{}", random_id());
@@ -490,7 +571,7 @@ impl Store {
             .bind(hash_secret(&secret))
             .bind(scopes.join(","))
             .bind(now_ms as i64)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "api key"))?;
         let info = ApiKeyInfo {
@@ -529,9 +610,10 @@ impl Store {
     }
 
     pub async fn api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let rows = sqlx::query("SELECT id, tenant_id, prefix, scopes, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id")
             .bind(tenant_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter()
             .map(|row| {
@@ -548,13 +630,14 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, tenant_id: &str, id: &str, now_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
         )
         .bind(now_ms as i64)
         .bind(tenant_id)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
@@ -562,7 +645,7 @@ impl Store {
     // ------------------------------------------------------------------ catalogue and entitlements
 
     pub async fn put_game(&self, tenant_id: &str, game: &CatalogueGame) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_scoped(tenant_id).await?;
         sqlx::query("DELETE FROM games WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(&game.id)
@@ -598,25 +681,27 @@ impl Store {
     }
 
     pub async fn games(&self, tenant_id: &str) -> Result<Vec<CatalogueGame>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 ORDER BY title, id")
             .bind(tenant_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter().map(Self::game_from).collect()
     }
 
     pub async fn game(&self, tenant_id: &str, id: &str) -> Result<CatalogueGame, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::NotFound)?;
         Self::game_from(&row)
     }
 
     pub async fn put_tier(&self, tenant_id: &str, tier: &Tier) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_scoped(tenant_id).await?;
         sqlx::query("DELETE FROM tiers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(&tier.id)
@@ -646,12 +731,12 @@ impl Store {
         let tier = sqlx::query("SELECT id FROM tiers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(tier_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.scoped(tenant_id).await?)
             .await?;
         if tier.is_none() {
             return Err(StoreError::NotFound);
         }
-        let mut tx = self.write().await?;
+        let mut tx = self.write_scoped(tenant_id).await?;
         sqlx::query("DELETE FROM entitlements WHERE tenant_id = $1 AND user_id = $2 AND tier_id = $3")
             .bind(tenant_id)
             .bind(user_id)
@@ -680,6 +765,7 @@ impl Store {
         game: &CatalogueGame,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let Some(required) = &game.required_tier else { return Ok(true) };
         let Some(user_id) = user_id else { return Ok(false) };
         let row = sqlx::query(
@@ -693,7 +779,7 @@ impl Store {
         .bind(tenant_id)
         .bind(user_id)
         .bind(now_ms as i64)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
@@ -702,22 +788,24 @@ impl Store {
 
     /// How players sign up to `tenant_id`: `open`, `invite` or `closed`.
     pub async fn signup_mode(&self, tenant_id: &str) -> Result<String, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query("SELECT signup FROM tenants WHERE id = $1")
             .bind(tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::NotFound)?;
         Ok(row.try_get("signup")?)
     }
 
     pub async fn set_signup_mode(&self, tenant_id: &str, mode: &str) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         if !["open", "invite", "closed"].contains(&mode) {
             return Err(StoreError::Invalid("sign-up is open, invite or closed".into()));
         }
         let done = sqlx::query("UPDATE tenants SET signup = $1 WHERE id = $2")
             .bind(mode)
             .bind(tenant_id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
@@ -732,13 +820,14 @@ impl Store {
         code_hash: &str,
         expires_at_ms: u64,
     ) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         sqlx::query(
             "INSERT INTO invites (code_hash, tenant_id, expires_at, used_by) VALUES ($1, $2, $3, NULL)",
         )
         .bind(code_hash)
         .bind(tenant_id)
         .bind(expires_at_ms as i64)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -752,6 +841,7 @@ impl Store {
         email: &str,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done = sqlx::query(
             "UPDATE invites SET used_by = $1 WHERE code_hash = $2 AND tenant_id = $3 AND used_by IS NULL AND expires_at > $4",
         )
@@ -759,17 +849,18 @@ impl Store {
         .bind(code_hash)
         .bind(tenant_id)
         .bind(now_ms as i64)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Gives back an invite whose sign-up failed after all (the email was taken).
     pub async fn return_invite(&self, tenant_id: &str, code_hash: &str) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         sqlx::query("UPDATE invites SET used_by = NULL WHERE code_hash = $1 AND tenant_id = $2")
             .bind(code_hash)
             .bind(tenant_id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
@@ -950,6 +1041,7 @@ impl Store {
     /// Stores a new session. A session with the same tenant and idempotency key is a
     /// conflict: the caller returns the existing one instead.
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut conn = self.scoped(&session.tenant_id).await?;
         sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(&session.id)
             .bind(&session.tenant_id)
@@ -961,7 +1053,7 @@ impl Store {
             .bind(session.idempotency_key.as_deref())
             .bind(session.created_at_ms as i64)
             .bind(&session.owner)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "session"))?;
         Ok(())
@@ -986,11 +1078,12 @@ impl Store {
         "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner";
 
     pub async fn session(&self, tenant_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let sql = format!("SELECT {} FROM sessions WHERE tenant_id = $1 AND id = $2", Self::SESSION_COLUMNS);
         let row = sqlx::query(&sql)
             .bind(tenant_id)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::NotFound)?;
         Self::session_from(&row)
@@ -1001,11 +1094,12 @@ impl Store {
         tenant_id: &str,
         key: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let sql = format!(
             "SELECT {} FROM sessions WHERE tenant_id = $1 AND idempotency_key = $2",
             Self::SESSION_COLUMNS
         );
-        let row = sqlx::query(&sql).bind(tenant_id).bind(key).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql).bind(tenant_id).bind(key).fetch_optional(&mut *conn).await?;
         row.as_ref().map(Self::session_from).transpose()
     }
 
@@ -1016,6 +1110,7 @@ impl Store {
         state: &str,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let sql = format!(
             "SELECT {} FROM sessions WHERE tenant_id = $1 AND state = $2 ORDER BY created_at, id LIMIT $3",
             Self::SESSION_COLUMNS
@@ -1024,19 +1119,20 @@ impl Store {
             .bind(tenant_id)
             .bind(state)
             .bind(limit.min(1000) as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.iter().map(Self::session_from).collect()
     }
 
     /// An owner's queued and placed sessions, oldest first.
     pub async fn sessions_of(&self, tenant_id: &str, owner: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let sql = format!(
             "SELECT {} FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed') \
              ORDER BY created_at, id LIMIT 100",
             Self::SESSION_COLUMNS
         );
-        let rows = sqlx::query(&sql).bind(tenant_id).bind(owner).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(tenant_id).bind(owner).fetch_all(&mut *conn).await?;
         rows.iter().map(Self::session_from).collect()
     }
 
@@ -1048,11 +1144,12 @@ impl Store {
         id: &str,
         secret: Option<&str>,
     ) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done = sqlx::query("UPDATE sessions SET watch_grant_hash = $1 WHERE tenant_id = $2 AND id = $3")
             .bind(secret.map(hash_secret))
             .bind(tenant_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
     }
@@ -1073,12 +1170,13 @@ impl Store {
 
     /// Live and queued sessions of one owner, for the per-caller limit.
     pub async fn count_live_sessions_of(&self, tenant_id: &str, owner: &str) -> Result<u32, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed')",
         )
         .bind(tenant_id)
         .bind(owner)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u32)
     }
@@ -1091,13 +1189,14 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done =
             sqlx::query("UPDATE sessions SET state = $1 WHERE tenant_id = $2 AND id = $3 AND state = $4")
                 .bind(to)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(from)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1112,6 +1211,7 @@ impl Store {
 
     /// Where a queued session stands in its tenant's queue (1 = next), first in, first out.
     pub async fn queue_position(&self, session: &SessionRecord) -> Result<u32, StoreError> {
+        let mut conn = self.scoped(&session.tenant_id).await?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS ahead FROM sessions WHERE tenant_id = $1 AND state = 'queued' \
              AND (created_at < $2 OR (created_at = $2 AND id < $3))",
@@ -1119,7 +1219,7 @@ impl Store {
         .bind(&session.tenant_id)
         .bind(session.created_at_ms as i64)
         .bind(&session.id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(row.try_get::<i64, _>("ahead")?.max(0) as u32 + 1)
     }
@@ -1141,11 +1241,12 @@ impl Store {
     /// Places a queued session on a host (whose slot the caller claimed). `false` if it
     /// was no longer queued.
     pub async fn assign_session(&self, tenant_id: &str, id: &str, host_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done = sqlx::query("UPDATE sessions SET state = 'placed', host_id = $1 WHERE tenant_id = $2 AND id = $3 AND state = 'queued'")
             .bind(host_id)
             .bind(tenant_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -1162,10 +1263,11 @@ impl Store {
     /// Puts a placed session back in its queue (its host failed to start it); its place
     /// in line is kept, since the queue orders by creation time.
     pub async fn requeue_session(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
         let done = sqlx::query("UPDATE sessions SET state = 'queued', host_id = NULL WHERE tenant_id = $1 AND id = $2 AND state = 'placed'")
             .bind(tenant_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -225,3 +225,92 @@ async fn the_last_slot_goes_to_exactly_one_of_a_hundred(store: Store) {
     assert_eq!(won, 1);
     assert_eq!(store.fleet(NOW).await.unwrap()[0].used, 1);
 }
+
+/// PostgreSQL's row-level security, the second line of defence: every table with tenant
+/// rows has it forced, with a policy (a new table without one fails here), and a
+/// connection working for one tenant sees and writes that tenant's rows only, even with a
+/// query that names no tenant at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_confines_every_tenant_table_to_its_tenant() {
+    use sqlx::Row;
+    let Ok(base) = std::env::var("CLOUDPLAY_TEST_POSTGRES_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set CLOUDPLAY_TEST_POSTGRES_URL");
+        eprintln!("SKIPPED: CLOUDPLAY_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let schema = format!("t_{}", cloudplay_control::random_id());
+    let url = Store::postgres_schema_url(&base, &schema).await.unwrap();
+    let store = Store::connect(&url).await.unwrap();
+    for id in ["acme", "globex"] {
+        store.create_tenant(&tenant(id), NOW).await.unwrap();
+        store
+            .create_user(id, &format!("pat@{id}.example"), "hunter2hunter2", "Pat", false, NOW)
+            .await
+            .unwrap();
+        store.create_api_key(id, &["admin"], NOW).await.unwrap();
+    }
+
+    let raw = sqlx::AnyPool::connect(&url).await.unwrap();
+    let role: String = sqlx::query("SELECT current_user::text AS r").fetch_one(&raw).await.unwrap().get("r");
+    assert_eq!(
+        role,
+        cloudplay_control::store::TEST_ROLE,
+        "tests run as an ordinary role, as deployments should"
+    );
+
+    // The meta-test: every table with tenant rows (a tenant_id column, or tenants itself).
+    let tables = sqlx::query(
+        "SELECT c.relname::text AS name, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced, \
+         EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) AS has_policy \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relkind = 'r' AND (c.relname = 'tenants' OR EXISTS \
+         (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))",
+    )
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert!(tables.len() >= 9, "found the tenant tables: {}", tables.len());
+    for table in &tables {
+        let name: String = table.get("name");
+        let (enabled, forced, has_policy): (bool, bool, bool) =
+            (table.get("enabled"), table.get("forced"), table.get("has_policy"));
+        assert!(
+            enabled && forced && has_policy,
+            "{name}: row-level security enabled {enabled}, forced {forced}, policy {has_policy}"
+        );
+    }
+
+    // A connection working for acme: queries that forget the tenant still see acme alone.
+    let mut conn = raw.acquire().await.unwrap();
+    sqlx::query("SELECT set_config('cloudplay.tenant', 'acme', false)").execute(&mut *conn).await.unwrap();
+    for table in ["users", "api_keys", "tenants"] {
+        let column = if table == "tenants" { "id" } else { "tenant_id" };
+        let seen: Vec<String> = sqlx::query(&format!("SELECT DISTINCT {column}::text AS t FROM {table}"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("t"))
+            .collect();
+        assert_eq!(seen, ["acme"], "{table}");
+    }
+    let smuggled =
+        sqlx::query("INSERT INTO tiers (tenant_id, id, name, rank) VALUES ('globex', 'gold', 'Gold', 1)")
+            .execute(&mut *conn)
+            .await;
+    assert!(smuggled.is_err(), "a row for another tenant is refused");
+    let moved = sqlx::query("UPDATE users SET tenant_id = 'globex'").execute(&mut *conn).await;
+    assert!(moved.is_err(), "rows cannot be moved to another tenant");
+
+    // A connection that never said whom it works for sees nothing.
+    sqlx::query("SELECT set_config('cloudplay.tenant', '', false)").execute(&mut *conn).await.unwrap();
+    let count: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM users").fetch_one(&mut *conn).await.unwrap().get("n");
+    assert_eq!(count, 0);
+    drop(conn);
+    raw.close().await;
+    // And the store, working per tenant, still finds everything it should.
+    assert_eq!(store.api_keys("globex").await.unwrap().len(), 1);
+    assert!(store.verify_password("acme", "pat@acme.example", "hunter2hunter2").await.unwrap().is_some());
+    Store::drop_postgres_schema(&base, &schema).await.unwrap();
+}
