@@ -322,3 +322,121 @@ async fn a_crashing_core_ends_only_its_own_session() {
     .await
     .unwrap();
 }
+
+/// Processes on this machine whose command line is exactly `args`.
+fn processes_running(args: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            (std::fs::read(entry.path().join("cmdline")).ok()? == wanted).then_some(pid)
+        })
+        .collect()
+}
+
+/// A hostile libretro core, built here from C (`tests/data/hostile_core.c`), runs as a
+/// signed-in player's game: it reads the environment, its parents' environments, the
+/// database, the configuration, `/etc/shadow`, `/root`, `/tmp`, connects to the host, and
+/// leaves a `setsid` process behind. It reports from its save directory: every attempt
+/// failed, and the process ended with the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
+    if !cloudplay_runtime::sandbox::available() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide bubblewrap");
+        eprintln!("SKIPPED: no bwrap");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("cloudplay-hostile-core-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    // Removed however the test ends.
+    let _cleanup = Running { addr: "127.0.0.1:9".parse().unwrap(), root: root.clone() };
+    for dir in ["cores", "content", "saves"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::write(root.join("content/hostile.bin"), b"content").unwrap();
+    let catalogue = root.join("catalogue.toml");
+    std::fs::write(
+        &catalogue,
+        "[[game]]\nid = \"hostile\"\ntitle = \"Hostile\"\n\
+         runtime = { kind = \"libretro\", core = \"hostile\", content = \"hostile.bin\" }\n",
+    )
+    .unwrap();
+    let database = root.join("cloudplay.db");
+    let config = Config {
+        catalogue: Some(catalogue.clone()),
+        cores_dir: root.join("cores"),
+        content_dir: root.join("content"),
+        saves_dir: root.join("saves"),
+        system_dir: root.join("system"),
+        database_url: format!("sqlite://{}", database.display()),
+        libretro_worker: Some(env!("CARGO_BIN_EXE_cloudplay").into()),
+        ..Config::ephemeral()
+    };
+    let server = Server::start(config).await.expect("server starts");
+    let addr = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    let define = |name: &str, value: &str| format!("-D{name}={value}");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(root.join("cores/hostile_libretro.so"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hostile_core.c"))
+        .arg(define("CONFIG_PATH", &format!("\"{}\"", catalogue.display())))
+        .arg(define("DATABASE_PATH", &format!("\"{}\"", database.display())))
+        .arg(define("HOST_PORT", &addr.port().to_string()))
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(built.success(), "the hostile core builds");
+
+    let root_for_test = root.clone();
+    tokio::task::spawn_blocking(move || {
+        let root = root_for_test;
+        let signup = br#"{"email":"mallory@example.com","password":"hunter2hunter2"}"#;
+        let headers = [("Content-Type", "application/json")];
+        let (status, _, answer) =
+            http_request(addr, "POST", "/api/v1/tenants/local/signup", &headers, signup).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let account: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let bearer = format!("Bearer {}", account["token"].as_str().unwrap());
+        let user = account["user"]["id"].as_str().unwrap().to_string();
+        let headers = [("Content-Type", "application/json"), ("Authorization", bearer.as_str())];
+        let (status, _, created) =
+            http_request(addr, "POST", "/api/v1/sessions", &headers, body("hostile").as_bytes()).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
+        let session: serde_json::Value = serde_json::from_slice(&created).unwrap();
+
+        let report_path = root.join(format!("saves/local/{user}/hostile/report.txt"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut report = String::new();
+        while !report.ends_with("done\n") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            report = std::fs::read_to_string(&report_path).unwrap_or_default();
+        }
+        println!("{report}");
+        assert!(report.ends_with("done\n"), "the core ran its attempts: {report:?}");
+        let attempts: Vec<&str> = report.lines().filter(|line| *line != "done").collect();
+        assert_eq!(attempts.len(), 9, "every attempt reported: {report}");
+        for line in attempts {
+            assert!(line.ends_with(" refused"), "{line}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while processes_running(&["sleep", "77.7"]).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!processes_running(&["sleep", "77.7"]).is_empty(), "the core left a process running");
+
+        let path = format!("/api/v1/sessions/{}", session["session_id"].as_str().unwrap());
+        let (status, _, _) =
+            http_request(addr, "DELETE", &path, &[("Authorization", bearer.as_str())], b"").unwrap();
+        assert_eq!(status, 204);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_running(&["sleep", "77.7"]).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(processes_running(&["sleep", "77.7"]).is_empty(), "nothing outlives the session");
+    })
+    .await
+    .unwrap();
+}
