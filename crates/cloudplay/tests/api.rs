@@ -243,6 +243,18 @@ async fn slow_clients_cannot_pin_connections() {
         assert!(waited < Duration::from_secs(4), "the server hung up only after {waited:?}");
         let after_close = slow.read(&mut buffer);
         assert!(matches!(after_close, Ok(0)) || result.as_ref().is_ok_and(|n| *n == 0), "connection closed");
+        // A body that stalls halfway gets 408 within the same time.
+        let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+        stalled.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stalled
+            .write_all(b"POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"game\":")
+            .unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let _ = stalled.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
         // Meanwhile a well-behaved client is served.
         let (status, _, body) =
             cloudplay::client::http_request(addr, "GET", "/api/v1/health", &[], b"").unwrap();
