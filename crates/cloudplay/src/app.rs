@@ -174,6 +174,7 @@ impl Server {
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
             limits: config.host_limits(),
+            schedule: config.schedule,
         };
         let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
         let ticket_key = signing_key.verifying_key();

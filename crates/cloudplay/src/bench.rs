@@ -264,54 +264,70 @@ struct SessionSamples {
     late: u64,
 }
 
-/// Runs one session's hot path (step, render, convert, encode) for `seconds` at 60 Hz.
+/// Runs one session's hot path for `seconds` through the host's own session core
+/// ([`SessionCore`], the same rules a live session follows), one peer watching: tick,
+/// render, convert, encode at 60 Hz, on the real clock.
 fn drive_session(
-    game: &mut dyn cloudplay_game::Game,
+    game: Box<dyn cloudplay_game::Game>,
     size: (u32, u32),
     seconds: u64,
 ) -> anyhow::Result<SessionSamples> {
-    use cloudplay_game::{Frame, PlayerInput};
-    use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
+    use cloudplay_host::messages::SessionCommand;
+    use cloudplay_host::stream::{CoreOutput, CoreSetup, Schedule, SessionCore};
+    use cloudplay_media::{OpenH264Encoder, VideoEncoder};
+    use cloudplay_proto::api::SessionOptions;
 
-    let mut encoder = OpenH264Encoder::new(VideoEncoderConfig {
-        width: size.0,
-        height: size.1,
-        fps: 60,
-        bitrate_bps: 3_000_000,
-    })?;
-    let mut frame = Frame::new(size.0, size.1);
-    let mut yuv = I420Frame::new(size.0, size.1);
-    let mut bitstream = Vec::with_capacity(1 << 20);
-    let mut samples = SessionSamples::default();
-    let tick = Duration::from_secs(1) / 60;
+    let options = SessionOptions { width: size.0, height: size.1, fps: 60, ..SessionOptions::default() };
+    let encoder: Box<dyn VideoEncoder> =
+        Box::new(OpenH264Encoder::new(cloudplay_host::session::encoder_config(&options))?);
+    let setup = CoreSetup {
+        id: "bench".into(),
+        options,
+        game,
+        encoder,
+        stats: Default::default(),
+        idle_timeout: Duration::from_secs(3600),
+        schedule: Schedule::FixedTick,
+        unix_ms_at_start: 0,
+        stopwatch: Instant::now,
+    };
     let started = Instant::now();
-    let mut next = started;
+    let mut core = SessionCore::new(setup, started).map_err(anyhow::Error::msg)?;
+    core.handle_input(started, SessionCommand::PeerJoined { peer: 1 });
+    let tick = Duration::from_secs(1) / 60;
+    let mut samples = SessionSamples::default();
+    let mut seq = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        if Instant::now() > next + tick {
-            samples.late += 1;
+        match core.poll_output(Instant::now()) {
+            CoreOutput::Video(video) => {
+                let t = core.last_frame_timings();
+                let entered_encoder = video.captured + t.render + t.convert;
+                let produced = core.game().frame_produced_at().unwrap_or(video.captured);
+                let age = entered_encoder.saturating_duration_since(produced);
+                for (bucket, value) in
+                    samples.stages.iter_mut().zip([t.step, t.render, t.convert, t.encode, age])
+                {
+                    bucket.push(value.as_micros() as u32);
+                }
+                samples.frames += 1;
+            }
+            CoreOutput::Audio(_) => {}
+            CoreOutput::Ended(reason) => anyhow::bail!("the session ended: {reason:?}"),
+            CoreOutput::Timeout(at) => {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                if Instant::now() > at + tick {
+                    samples.late += 1;
+                }
+                // Press and release A every half second, so emulated pictures change.
+                if samples.frames.is_multiple_of(30) && samples.frames / 30 != seq {
+                    seq = samples.frames / 30;
+                    let event =
+                        cloudplay_proto::InputEvent::Key { usage: 0x1B, down: seq % 2 == 0, repeat: false };
+                    let message = cloudplay_proto::InputMessage { seq: seq as u32, event };
+                    core.handle_input(Instant::now(), SessionCommand::Input { player: 0, message });
+                }
+            }
         }
-        next += tick;
-        // Press and release A every half second, so emulated pictures change.
-        let event =
-            cloudplay_proto::InputEvent::Key { usage: 0x1B, down: samples.frames % 60 < 30, repeat: false };
-        let inputs = [PlayerInput { player: 0, event }];
-        let t0 = Instant::now();
-        game.step(if samples.frames.is_multiple_of(30) { &inputs } else { &[] });
-        let t1 = Instant::now();
-        game.render(&mut frame);
-        let t2 = Instant::now();
-        yuv.convert_from_rgba(&frame.pixels, frame.stride)?;
-        let t3 = Instant::now();
-        encoder.encode(&yuv, false, &mut bitstream)?;
-        let t4 = Instant::now();
-        let produced = game.frame_produced_at().unwrap_or(t1);
-        for (bucket, value) in
-            samples.stages.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t3 - produced])
-        {
-            bucket.push(value.as_micros() as u32);
-        }
-        samples.frames += 1;
     }
     Ok(samples)
 }
@@ -359,8 +375,8 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
             let threads: Vec<_> = (0..sessions)
                 .map(|_| {
                     scope.spawn(|| -> anyhow::Result<SessionSamples> {
-                        let mut game = runtimes.start(&launch, &options, 1)?;
-                        drive_session(game.as_mut(), size, seconds)
+                        let game = runtimes.start(&launch, &options, 1)?;
+                        drive_session(game, size, seconds)
                     })
                 })
                 .collect();

@@ -98,6 +98,9 @@ pub struct Config {
     pub signups_per_minute: u32,
     /// Log-in attempts one address may make per minute.
     pub logins_per_minute: u32,
+    /// When sessions tick: `latency-first` (an input runs the next tick and frame at once,
+    /// within its slot of the 60 Hz grid) or `fixed-tick` (on the grid only).
+    pub schedule: cloudplay_host::Schedule,
     /// Run game code (libretro workers, native programs) in a bubblewrap jail. Turning it
     /// off gives games the host's rights and reach: for development only.
     pub sandbox: bool,
@@ -144,6 +147,7 @@ impl Default for Config {
             session_requests_per_minute: 10,
             signups_per_minute: 5,
             logins_per_minute: 10,
+            schedule: cloudplay_host::Schedule::LatencyFirst,
             sandbox: true,
         }
     }
@@ -272,6 +276,13 @@ impl Config {
                     self.session_requests_per_minute = value.parse().map_err(|e| bad(&e))?
                 }
                 "SIGNUPS_PER_MINUTE" => self.signups_per_minute = value.parse().map_err(|e| bad(&e))?,
+                "SCHEDULE" => {
+                    self.schedule = match value.as_str() {
+                        "latency-first" => cloudplay_host::Schedule::LatencyFirst,
+                        "fixed-tick" => cloudplay_host::Schedule::FixedTick,
+                        _ => return Err(bad(&"latency-first or fixed-tick")),
+                    }
+                }
                 "LOGINS_PER_MINUTE" => self.logins_per_minute = value.parse().map_err(|e| bad(&e))?,
                 "CONFIG" | "LOG" => {}
                 _ => unknown.push(name),

@@ -222,6 +222,7 @@ impl HostServer {
             max_sessions: config.max_sessions,
             stall_limit: cloudplay_host::DEFAULT_STALL_LIMIT,
             limits: config.host_limits(),
+            schedule: config.schedule,
         };
         let runtimes = Runtimes::new(config.runtimes());
         let kinds = runtimes.kinds();

@@ -19,7 +19,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::session::{SessionCommand, SessionSender};
+use crate::messages::SessionCommand;
+use crate::session::SessionSender;
 use crate::stats::{HostCounters, SessionStats, Stage};
 
 /// Label of the data channel that carries input.
@@ -31,28 +32,7 @@ const MAX_DATAGRAM: usize = 2048;
 /// How long a player has to receive "the game ended because …" before the disconnect.
 const END_MESSAGE_GRACE: Duration = Duration::from_millis(300);
 
-pub type PeerId = u64;
-
-/// One encoded video access unit, shared by every peer of the session.
-#[derive(Debug)]
-pub struct VideoPacket {
-    pub data: Arc<[u8]>,
-    pub keyframe: bool,
-    /// 90 kHz media time.
-    pub rtp_time: u64,
-    pub captured: Instant,
-    pub encoded: Instant,
-    pub stats: Arc<SessionStats>,
-}
-
-/// One 10 ms Opus packet.
-#[derive(Debug)]
-pub struct AudioPacket {
-    pub data: Arc<[u8]>,
-    /// 48 kHz media time.
-    pub rtp_time: u64,
-    pub wallclock: Instant,
-}
+pub use crate::messages::{AudioPacket, PeerId, VideoPacket};
 
 /// A peer whose offer was accepted, ready to connect.
 pub struct NewPeer {

@@ -9,8 +9,10 @@
 
 pub mod driver;
 pub mod internal;
+pub mod messages;
 pub mod session;
 pub mod stats;
+pub mod stream;
 pub mod whep;
 
 use std::collections::HashMap;
@@ -37,6 +39,7 @@ use tracing::{info, warn};
 use crate::driver::{DriverCommand, PeerId, run_driver};
 use crate::session::{SessionCommand, SessionSender, SessionSetup, encoder_config, run_session};
 use crate::stats::{HostCounters, SessionStats, Stage};
+pub use crate::stream::Schedule;
 
 /// How many commands (mostly encoded frames) may wait for the driver. Small on purpose:
 /// a frame that cannot be sent soon is better dropped than delivered late.
@@ -60,6 +63,9 @@ pub struct HostConfig {
     pub stall_limit: Duration,
     /// What peers may ask of this host.
     pub limits: HostLimits,
+    /// When sessions tick: latency-first (an input runs the next tick at once) or on the
+    /// fixed grid only.
+    pub schedule: Schedule,
 }
 
 /// Limits on peers, refused with `429` (and `Retry-After` where waiting helps).
@@ -193,7 +199,7 @@ async fn watchdog(inner: std::sync::Weak<HostInner>) {
     loop {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        Host { inner }.reap_stalled(unix_ms());
+        Host { inner }.reap_stalled(std::time::Instant::now());
     }
 }
 
@@ -270,14 +276,14 @@ impl Host {
     /// Gives up sessions whose game stopped ticking (a core stuck in `retro_run`, say):
     /// their players are told, their slot is freed. The stuck thread cannot be stopped from
     /// outside; it ends by itself if the game ever returns.
-    fn reap_stalled(&self, now_ms: u64) {
+    fn reap_stalled(&self, now: std::time::Instant) {
+        let now_us = crate::stats::monotonic_us(now);
         let stalled: Vec<Arc<SessionHandle>> = match self.inner.sessions.lock() {
             Ok(sessions) => sessions
                 .values()
                 .filter(|s| {
-                    let last = s.stats.last_tick_ms.load(Ordering::Relaxed);
-                    last != 0
-                        && now_ms.saturating_sub(last) > self.inner.config.stall_limit.as_millis() as u64
+                    let last = s.stats.last_tick_us.load(Ordering::Relaxed);
+                    crate::stats::stalled(last, now_us, self.inner.config.stall_limit)
                 })
                 .cloned()
                 .collect(),
@@ -377,6 +383,7 @@ impl Host {
         let host = self.clone();
         let driver = self.inner.driver.clone();
         let idle_timeout = self.inner.config.idle_timeout;
+        let schedule = self.inner.config.schedule;
         let session_id = id.clone();
         // The game is made on the session's own thread: a native program is tied to the
         // thread that started it, and starting may block for its startup timeout.
@@ -404,6 +411,7 @@ impl Host {
                     driver,
                     stats,
                     idle_timeout,
+                    schedule,
                 });
                 host.forget_session(&session_id);
             });

@@ -73,8 +73,9 @@ pub struct SessionStats {
     pub inputs_applied: AtomicU64,
     /// Current encoder target, bit/s.
     pub bitrate_bps: AtomicU64,
-    /// Unix ms of the session loop's last tick; the host's watchdog reads it.
-    pub last_tick_ms: AtomicU64,
+    /// When the session's game last ticked, as [`monotonic_us`] (0: not yet); the host's
+    /// watchdog reads it. Monotonic, so a step of the wall clock ends no session.
+    pub last_tick_us: AtomicU64,
 }
 
 impl Default for SessionStats {
@@ -89,7 +90,7 @@ impl Default for SessionStats {
             audio_packets: AtomicU64::new(0),
             inputs_applied: AtomicU64::new(0),
             bitrate_bps: AtomicU64::new(0),
-            last_tick_ms: AtomicU64::new(0),
+            last_tick_us: AtomicU64::new(0),
         }
     }
 }
@@ -141,6 +142,19 @@ pub struct HostCounters {
     pub peers_connected: AtomicU64,
     /// Sessions whose game stopped ticking (hung) and were given up.
     pub sessions_stalled: AtomicU64,
+}
+
+/// `at` as microseconds on a monotonic clock shared by the whole process (never 0).
+pub fn monotonic_us(at: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| std::time::Instant::now() - std::time::Duration::from_secs(3600));
+    at.saturating_duration_since(epoch).as_micros() as u64 + 1
+}
+
+/// Whether a game that last ticked at `last_tick_us` has stalled at `now_us` (both
+/// [`monotonic_us`]): it ticked once, and not for longer than `limit`.
+pub fn stalled(last_tick_us: u64, now_us: u64, limit: std::time::Duration) -> bool {
+    last_tick_us != 0 && now_us.saturating_sub(last_tick_us) > limit.as_micros() as u64
 }
 
 #[cfg(test)]

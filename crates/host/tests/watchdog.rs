@@ -58,6 +58,7 @@ async fn a_hung_game_is_given_up_and_its_slot_freed() {
         max_sessions: 1,
         stall_limit: Duration::from_secs(1),
         limits: cloudplay_host::HostLimits::default(),
+        schedule: cloudplay_host::Schedule::default(),
     };
     let host = Host::start(config, runtimes).await.unwrap();
     let options = SessionOptions { width: 320, height: 240, ..SessionOptions::default() };

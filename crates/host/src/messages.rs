@@ -1,0 +1,43 @@
+//! What the session cores and the peer driver say to each other. Both import this; neither
+//! imports the other.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloudplay_proto::InputMessage;
+
+use crate::stats::SessionStats;
+
+pub type PeerId = u64;
+
+/// What the rest of the host tells a session.
+#[derive(Debug)]
+pub enum SessionCommand {
+    Input { player: u8, message: InputMessage },
+    KeyframeRequest,
+    BitrateEstimate { peer: PeerId, bps: u64 },
+    PeerJoined { peer: PeerId },
+    PeerLeft { peer: PeerId },
+    Stop,
+}
+
+/// One encoded video access unit, shared by every peer of the session.
+#[derive(Debug)]
+pub struct VideoPacket {
+    pub data: Arc<[u8]>,
+    pub keyframe: bool,
+    /// 90 kHz media time.
+    pub rtp_time: u64,
+    pub captured: Instant,
+    pub encoded: Instant,
+    pub stats: Arc<SessionStats>,
+}
+
+/// One 10 ms Opus packet.
+#[derive(Debug)]
+pub struct AudioPacket {
+    pub data: Arc<[u8]>,
+    /// 48 kHz media time.
+    pub rtp_time: u64,
+    pub wallclock: Instant,
+}

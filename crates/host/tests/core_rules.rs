@@ -1,0 +1,214 @@
+//! Every latency rule of the session core, in virtual time: each test runs in
+//! milliseconds and sleeps never.
+
+mod common;
+
+use std::time::Duration;
+
+use cloudplay_host::messages::SessionCommand;
+use cloudplay_host::stats::stalled;
+use cloudplay_host::stream::{CoreOutput, KEYFRAME_MIN_INTERVAL, MAX_CATCH_UP_TICKS, Schedule};
+use common::Harness;
+
+const TICK_MS: f64 = 1000.0 / 60.0;
+const LONG: Duration = Duration::from_secs(3600);
+
+#[test]
+fn ticks_follow_the_grid_and_catch_up_at_most_four_at_once() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.run_until(h.at(1000.0));
+    let ticks = h.ticks();
+    assert!((60..=61).contains(&ticks), "a second of the grid is 60 ticks: {ticks}");
+    // The thread stalls for 10 ticks' time: 4 run back to back, then the grid restarts.
+    let stalled_until = h.now + Duration::from_secs_f64(10.0 * TICK_MS / 1000.0);
+    h.jump(stalled_until);
+    assert_eq!(h.ticks() - ticks, MAX_CATCH_UP_TICKS as usize);
+    assert_eq!(h.deadline, stalled_until + Duration::from_secs(1) / 60, "the next tick is one tick from now");
+}
+
+#[test]
+fn a_frame_more_than_an_interval_late_is_skipped() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(100.0));
+    let before = h.videos_since(h.start).len();
+    // Two and a half frame intervals without a wake-up: one frame, not three.
+    let late = h.now + Duration::from_secs_f64(2.5 * TICK_MS / 1000.0);
+    h.jump(late);
+    assert_eq!(h.videos_since(h.start).len() - before, 1, "the missed frames are skipped");
+    assert!(h.deadline > late, "and the next one follows the next tick");
+}
+
+#[test]
+fn frames_are_made_only_while_somebody_watches() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.run_until(h.at(500.0));
+    assert!(h.videos_since(h.start).is_empty());
+    assert!(h.ticks() >= 30, "the game ticks all the same");
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(600.0));
+    let videos = h.videos_since(h.start);
+    assert!(videos.len() >= 5);
+    assert!(videos[0].1.keyframe, "a new peer gets a keyframe first");
+}
+
+#[test]
+fn at_most_one_forced_keyframe_per_300_ms() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    for i in 0..60 {
+        h.send(SessionCommand::KeyframeRequest);
+        h.run_until(h.at(i as f64 * TICK_MS + 1.0));
+    }
+    let keyframes: Vec<_> =
+        h.videos_since(h.start).into_iter().filter(|(_, v)| v.keyframe).map(|(at, _)| at).collect();
+    assert!(keyframes.len() <= 4, "a second of requests, {} keyframes", keyframes.len());
+    assert!(keyframes.len() >= 3, "requests are still answered: {}", keyframes.len());
+    for pair in keyframes.windows(2) {
+        assert!(pair[1] - pair[0] >= KEYFRAME_MIN_INTERVAL, "{:?} apart", pair[1] - pair[0]);
+    }
+}
+
+#[test]
+fn a_dropped_frame_makes_the_next_a_keyframe() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(500.0));
+    let since = h.now;
+    assert!(!h.videos_since(h.at(400.0)).iter().any(|(_, v)| v.keyframe), "steady state: no keyframes");
+    h.core.video_dropped();
+    h.run_until(h.at(520.0));
+    let next = h.videos_since(since);
+    assert!(next.first().is_some_and(|(_, v)| v.keyframe), "the frame after a drop is a keyframe");
+    assert_eq!(h.stats.frames_dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_session_nobody_watches_ends_after_the_idle_timeout() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, Duration::from_secs(5));
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(10_000.0));
+    assert!(!h.ended(), "a watched session lives on");
+    h.send(SessionCommand::PeerLeft { peer: 1 });
+    let left = h.now;
+    h.run_until(left + Duration::from_millis(4_990));
+    assert!(!h.ended(), "not before the timeout");
+    h.run_until(left + Duration::from_millis(5_001));
+    let ended_at = h.outputs.iter().find(|(_, o)| matches!(o, CoreOutput::Ended(None))).map(|(at, _)| *at);
+    assert_eq!(ended_at, Some(left + Duration::from_secs(5)), "at the timeout, woken for it");
+}
+
+#[test]
+fn the_encoder_follows_the_slowest_peer() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    for peer in [1, 2] {
+        h.send(SessionCommand::PeerJoined { peer });
+    }
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 4_000_000 });
+    h.send(SessionCommand::BitrateEstimate { peer: 2, bps: 800_000 });
+    let stats = h.stats.clone();
+    let bitrate = move || stats.bitrate_bps.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(bitrate() <= 800_000, "the slow peer sets the rate: {}", bitrate());
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000 });
+    assert!(bitrate() <= 800_000, "a faster estimate from the fast peer changes nothing: {}", bitrate());
+    h.send(SessionCommand::PeerLeft { peer: 2 });
+    h.run_until(h.at(5_000.0));
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000 });
+    assert!(bitrate() > 800_000, "with the slow peer gone the rate climbs: {}", bitrate());
+}
+
+#[test]
+fn the_probe_reports_an_input_only_after_the_tick_that_applied_it() {
+    // Frames at 120 per second fall between ticks: a frame made after the input arrived
+    // but before a tick applied it must not claim it.
+    let mut h = Harness::new(Schedule::FixedTick, 120, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(100.0));
+    h.probes();
+    let pressed_at = h.now + Duration::from_millis(2);
+    h.run_until(pressed_at);
+    let seq = h.press();
+    let ticks_at_press = h.ticks();
+    h.run_until(h.at(200.0));
+    let probes = h.probes();
+    let first_claiming = probes.iter().find(|(_, p)| p.input_seq >= seq).expect("the input shows");
+    assert!(first_claiming.0 > pressed_at);
+    assert!(h.ticks() > ticks_at_press);
+    let applied_ticks = h.seen.lock().unwrap().ticks.iter().position(|&n| n > 0).unwrap();
+    assert_eq!(applied_ticks, ticks_at_press, "the next tick applied it");
+    let between: Vec<_> =
+        probes.iter().filter(|(at, _)| *at > pressed_at && *at < first_claiming.0).collect();
+    assert!(!between.is_empty(), "a frame was made between the input and its tick");
+    assert!(between.iter().all(|(_, p)| p.input_seq < seq), "and it did not claim the input");
+}
+
+#[test]
+fn fixed_tick_makes_an_input_wait_for_the_grid() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(100.0) + Duration::from_millis(3));
+    let (ticks, videos) = (h.ticks(), h.videos_since(h.start).len());
+    h.press();
+    assert_eq!(
+        (h.ticks(), h.videos_since(h.start).len()),
+        (ticks, videos),
+        "nothing happens before the grid"
+    );
+}
+
+#[test]
+fn latency_first_runs_the_inputs_tick_and_frame_at_once_within_its_slot() {
+    let mut h = Harness::new(Schedule::LatencyFirst, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(100.0) + Duration::from_millis(3));
+    let (ticks, since) = (h.ticks(), h.now);
+    let seq = h.press();
+    assert_eq!(h.ticks(), ticks + 1, "the input's tick ran at once");
+    let now_videos = h.videos_since(since);
+    assert_eq!(now_videos.len(), 1, "and its frame");
+    assert_eq!(now_videos[0].0, since, "at the moment the input came");
+    let probes = h.probes();
+    assert!(probes.last().is_some_and(|(_, p)| p.input_seq == seq), "the frame shows the input");
+    // A second input in the same slot waits: a tick is pulled forward one slot at most.
+    h.run_until(since + Duration::from_millis(2));
+    h.press();
+    assert_eq!(h.ticks(), ticks + 1, "no second early tick in one slot");
+}
+
+#[test]
+fn latency_first_keeps_the_games_rate() {
+    // Inputs every 5 ms for a second pull many ticks forward; the game still ticks 60
+    // times a second, once per slot.
+    let mut h = Harness::new(Schedule::LatencyFirst, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    for i in 1..=200 {
+        h.run_until(h.at(i as f64 * 5.0));
+        h.press();
+    }
+    let ticks = h.ticks();
+    assert!((60..=62).contains(&ticks), "{ticks} ticks in a second");
+    let frames = h.videos_since(h.start).len();
+    assert!(frames <= 62, "no more frames than ticks: {frames}");
+}
+
+#[test]
+fn a_wall_clock_step_does_not_look_like_a_stall() {
+    // The watchdog reads monotonic microseconds; the wall clock is not consulted at all.
+    let limit = Duration::from_secs(10);
+    assert!(!stalled(0, 50_000_000, limit), "never ticked: not stalled");
+    assert!(!stalled(5_000_000, 14_000_000, limit));
+    assert!(stalled(5_000_000, 15_000_001, limit));
+    assert!(!stalled(5_000_000, 4_000_000, limit), "a clock that reads earlier is no stall");
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.run_until(h.at(50.0));
+    let last = h.stats.last_tick_us.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(last, cloudplay_host::stats::monotonic_us(h.at(50.0)), "the core stamps its virtual now");
+}
+
+#[test]
+fn a_stop_ends_the_session_at_once() {
+    let mut h = Harness::new(Schedule::LatencyFirst, 60, LONG);
+    h.run_until(h.at(50.0));
+    h.send(SessionCommand::Stop);
+    assert!(h.ended());
+}
