@@ -451,9 +451,18 @@ async function main() {
       height: Number(params.get('height') || 720),
       fps: Number(params.get('fps') || 60),
     };
-    const rtt_ms = await measureRegions();
-    session = await api('/api/v1/sessions', { game, options, rtt_ms });
-    if (session.httpStatus === 202) session = await waitInQueue(session);
+    // A reload, or Play again on the same game, continues the player's live session of it
+    // (it outlives the page for a minute so it can be resumed) instead of starting another.
+    const mine = await api('/api/v1/sessions', undefined, 'GET').catch(() => ({ sessions: [] }));
+    const same = (o) => o && ['width', 'height', 'fps', 'probe'].every((k) => o[k] === options[k]);
+    const live = (mine.sessions || []).find((s) => s.game === game && s.state === 'placed' && same(s.options));
+    if (live && params.get('new') !== '1') {
+      session = await api(`/api/v1/sessions/${encodeURIComponent(live.session_id)}/tickets`, { role: 'player' });
+    } else {
+      const rtt_ms = await measureRegions();
+      session = await api('/api/v1/sessions', { game, options, rtt_ms });
+      if (session.httpStatus === 202) session = await waitInQueue(session);
+    }
   }
   stats.sessionId = session.session_id;
   playStarted = performance.now();

@@ -354,6 +354,13 @@ mod tests {
         config.apply_env(vars.into_iter()).unwrap();
         assert_eq!(config.max_sessions, 5);
         assert!(config.validate().is_ok());
+        let fixed: Config = toml::from_str("schedule = \"fixed-tick\"").unwrap();
+        assert_eq!(fixed.schedule, cloudplay_host::Schedule::FixedTick);
+        assert!(toml::from_str::<Config>("schedule = \"sometimes\"").is_err());
+        let vars = [("CLOUDPLAY_SCHEDULE".to_string(), "latency-first".to_string())];
+        let mut config = fixed;
+        config.apply_env(vars.into_iter()).unwrap();
+        assert_eq!(config.schedule, cloudplay_host::Schedule::LatencyFirst);
     }
 
     #[test]

@@ -412,7 +412,12 @@ async fn my_sessions(State(control): State<ControlPlane>, headers: HeaderMap) ->
     let sessions = control.inner.store.sessions_of(&who.tenant, owner).await.map_err(internal)?;
     let mine: Vec<_> = sessions
         .iter()
-        .map(|s| json!({ "session_id": s.id, "game": s.game_id, "state": s.state, "created_at": s.created_at_ms }))
+        .map(|s| {
+            // The stored request keeps the options beside what placement used.
+            let stored: serde_json::Value = serde_json::from_str(&s.options).unwrap_or_default();
+            let options = stored.get("options").cloned().unwrap_or(stored);
+            json!({ "session_id": s.id, "game": s.game_id, "state": s.state, "options": options, "created_at": s.created_at_ms })
+        })
         .collect();
     Ok(Json(json!({ "sessions": mine })).into_response())
 }
