@@ -269,6 +269,7 @@ struct SessionSamples {
 /// render, convert, encode at 60 Hz, on the real clock.
 fn drive_session(
     game: Box<dyn cloudplay_game::Game>,
+    run_ahead: u8,
     size: (u32, u32),
     seconds: u64,
 ) -> anyhow::Result<SessionSamples> {
@@ -288,6 +289,7 @@ fn drive_session(
         stats: Default::default(),
         idle_timeout: Duration::from_secs(3600),
         schedule: Schedule::FixedTick,
+        run_ahead,
         unix_ms_at_start: 0,
         stopwatch: Instant::now,
     };
@@ -357,6 +359,16 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
                 core: "nestopia".into(),
                 content: "nes/colour-pad.nes".into(),
                 options: Default::default(),
+                run_ahead: 0,
+            },
+        ),
+        (
+            "libretro, run-ahead 1",
+            RuntimeSpec::Libretro {
+                core: "nestopia".into(),
+                content: "nes/colour-pad.nes".into(),
+                options: Default::default(),
+                run_ahead: 1,
             },
         ),
         (
@@ -376,7 +388,7 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
                 .map(|_| {
                     scope.spawn(|| -> anyhow::Result<SessionSamples> {
                         let game = runtimes.start(&launch, &options, 1)?;
-                        drive_session(game, size, seconds)
+                        drive_session(game, spec.run_ahead(), size, seconds)
                     })
                 })
                 .collect();

@@ -384,6 +384,7 @@ impl Host {
         let driver = self.inner.driver.clone();
         let idle_timeout = self.inner.config.idle_timeout;
         let schedule = self.inner.config.schedule;
+        let run_ahead = launch.runtime.run_ahead();
         let session_id = id.clone();
         // The game is made on the session's own thread: a native program is tied to the
         // thread that started it, and starting may block for its startup timeout.
@@ -412,6 +413,7 @@ impl Host {
                     stats,
                     idle_timeout,
                     schedule,
+                    run_ahead,
                 });
                 host.forget_session(&session_id);
             });

@@ -33,6 +33,8 @@ pub struct SessionSetup {
     /// A session nobody is connected to ends after this long.
     pub idle_timeout: Duration,
     pub schedule: Schedule,
+    /// Frames of run-ahead (emulated games).
+    pub run_ahead: u8,
 }
 
 /// The encoder configuration a session with `options` starts with.
@@ -47,7 +49,18 @@ pub fn encoder_config(options: &SessionOptions) -> VideoEncoderConfig {
 
 /// Runs a session until it is stopped, its driver goes away, its game ends or it idles out.
 pub fn run_session(setup: SessionSetup) {
-    let SessionSetup { id, options, game, encoder, commands, driver, stats, idle_timeout, schedule } = setup;
+    let SessionSetup {
+        id,
+        options,
+        game,
+        encoder,
+        commands,
+        driver,
+        stats,
+        idle_timeout,
+        schedule,
+        run_ahead,
+    } = setup;
     let unix_ms_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let core_setup = CoreSetup {
         id: id.clone(),
@@ -57,6 +70,7 @@ pub fn run_session(setup: SessionSetup) {
         stats,
         idle_timeout,
         schedule,
+        run_ahead,
         unix_ms_at_start,
         stopwatch: Instant::now,
     };

@@ -22,6 +22,10 @@
 //! - One encode serves every peer: the encoder follows the slowest peer's estimate.
 //! - With nobody connected for the idle timeout, the session ends.
 //! - The probe strip reports an input only once a tick applied it.
+//! - Run-ahead *n* (emulated games): each tick runs the game, saves its state, runs *n*
+//!   frames further with the inputs held, keeps that picture, and loads the state back —
+//!   the picture shows the game *n* frames ahead, hiding *n* frames of its own input lag,
+//!   while the game itself (and its sound) stays on the grid.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -72,6 +76,8 @@ pub struct CoreSetup {
     /// A session nobody is connected to ends after this long.
     pub idle_timeout: Duration,
     pub schedule: Schedule,
+    /// Frames of run-ahead (0: none).
+    pub run_ahead: u8,
     /// The wall clock (Unix ms) at the `now` the core was made: the probe's capture times
     /// are reckoned from it and the monotonic `now`s that follow.
     pub unix_ms_at_start: u64,
@@ -118,6 +124,11 @@ pub struct SessionCore {
     stats: Arc<SessionStats>,
     idle_timeout: Duration,
     schedule: Schedule,
+    run_ahead: u8,
+    /// The picture was rendered ahead already, during the tick.
+    picture_ahead: bool,
+    /// Where the sound of frames run ahead goes (it is not heard).
+    discarded_audio: Vec<f32>,
     stopwatch: fn() -> Instant,
     started: Instant,
     unix_ms_at_start: u64,
@@ -173,6 +184,9 @@ impl SessionCore {
             stats: setup.stats,
             idle_timeout: setup.idle_timeout,
             schedule: setup.schedule,
+            run_ahead: setup.run_ahead,
+            picture_ahead: false,
+            discarded_audio: vec![0.0; AUDIO_FRAMES_PER_TICK * AUDIO_CHANNELS],
             stopwatch: setup.stopwatch,
             started: now,
             unix_ms_at_start: setup.unix_ms_at_start,
@@ -381,6 +395,9 @@ impl SessionCore {
             return;
         }
         self.game.mix_audio(&mut self.tick_audio);
+        if self.run_ahead > 0 && self.peers > 0 {
+            self.render_ahead();
+        }
         self.last_step = (self.stopwatch)() - started;
         self.audio_pending.extend_from_slice(&self.tick_audio);
         let frame_len = OPUS_FRAME_SAMPLES * AUDIO_CHANNELS;
@@ -403,6 +420,29 @@ impl SessionCore {
         }
     }
 
+    /// Runs the game `run_ahead` frames past this tick, keeps that picture, and puts the
+    /// game back where the tick left it. Inputs stay held (they are state in the game), the
+    /// frames run ahead are not heard. A game that cannot save its state shows its own
+    /// picture instead.
+    fn render_ahead(&mut self) {
+        let state = self.game.save_state();
+        if state.is_empty() {
+            return;
+        }
+        for _ in 0..self.run_ahead {
+            self.game.step(&[]);
+            self.game.mix_audio(&mut self.discarded_audio);
+        }
+        self.game.render(&mut self.frame);
+        match self.game.load_state(&state) {
+            Ok(()) => self.picture_ahead = true,
+            Err(e) => {
+                warn!(session = %self.id, error = %e, "run-ahead could not restore the state; turned off");
+                self.run_ahead = 0;
+            }
+        }
+    }
+
     fn produce_frame(&mut self, now: Instant) {
         if self.peers == 0 {
             return; // nobody watching: the game keeps ticking, the picture is not needed
@@ -410,7 +450,9 @@ impl SessionCore {
         let stopwatch = self.stopwatch;
         let started = stopwatch();
         let (width, height) = (self.frame.width, self.frame.height);
-        self.game.render(&mut self.frame);
+        if !std::mem::take(&mut self.picture_ahead) {
+            self.game.render(&mut self.frame);
+        }
         if self.options.probe {
             let since_start = now.saturating_duration_since(self.started).as_millis() as u64;
             let capture_ms = (self.unix_ms_at_start + since_start) as u32;

@@ -212,3 +212,43 @@ fn a_stop_ends_the_session_at_once() {
     h.send(SessionCommand::Stop);
     assert!(h.ended());
 }
+
+/// The picture count of the first frame rendered after `from` that shows `reacted` inputs.
+fn first_showing(h: &Harness, from: usize, reacted: u32) -> Option<usize> {
+    h.seen.lock().unwrap().rendered[from..].iter().position(|&n| n >= reacted)
+}
+
+#[test]
+fn run_ahead_hides_a_games_own_frame_of_lag() {
+    for (run_ahead, frames_late) in [(0, 1), (1, 0)] {
+        let mut h = Harness::with_game(Schedule::FixedTick, 60, LONG, true, run_ahead);
+        h.send(SessionCommand::PeerJoined { peer: 1 });
+        h.run_until(h.at(100.0) + Duration::from_millis(3));
+        let rendered_before = h.seen.lock().unwrap().rendered.len();
+        h.press();
+        h.run_until(h.at(200.0));
+        // Pictures after the input's tick: the first that shows the reaction.
+        let shown = first_showing(&h, rendered_before, 1).expect("the game reacts");
+        assert_eq!(shown, frames_late, "run-ahead {run_ahead}: the reaction shows {shown} frames late");
+    }
+}
+
+#[test]
+fn run_ahead_leaves_the_game_on_its_grid() {
+    let mut plain = Harness::with_game(Schedule::FixedTick, 60, LONG, true, 0);
+    let mut ahead = Harness::with_game(Schedule::FixedTick, 60, LONG, true, 2);
+    for h in [&mut plain, &mut ahead] {
+        h.send(SessionCommand::PeerJoined { peer: 1 });
+        for i in 1..=20 {
+            h.run_until(h.at(i as f64 * 37.0));
+            h.press();
+        }
+        h.run_until(h.at(1000.0));
+    }
+    assert_eq!(plain.core.ticks(), ahead.core.ticks(), "the same ticks on the grid");
+    assert_eq!(
+        plain.core.game().save_state(),
+        ahead.core.game().save_state(),
+        "and the same state: what ran ahead was undone"
+    );
+}

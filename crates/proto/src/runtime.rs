@@ -28,6 +28,11 @@ pub enum RuntimeSpec {
         /// Core options (`nestopia_palette = "cxa2025as"`); unset ones take the core's default.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         options: BTreeMap<String, String>,
+        /// Frames the core is run ahead of what is shown (0–3), hiding that many frames of
+        /// the game's own input lag (as RetroArch's run-ahead does); each costs a state
+        /// save, a load and an extra frame of emulation per tick.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        run_ahead: u8,
     },
     /// A native Linux program, started in its own virtual display.
     Native {
@@ -49,6 +54,14 @@ impl RuntimeSpec {
         }
     }
 
+    /// Frames of run-ahead the game asks for (only emulated games can).
+    pub fn run_ahead(&self) -> u8 {
+        match self {
+            RuntimeSpec::Libretro { run_ahead, .. } => *run_ahead,
+            _ => 0,
+        }
+    }
+
     /// Parses and validates a stored spec.
     pub fn from_json(json: &str) -> Result<RuntimeSpec, String> {
         let spec: RuntimeSpec = serde_json::from_str(json).map_err(|e| format!("runtime spec: {e}"))?;
@@ -64,7 +77,10 @@ impl RuntimeSpec {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             RuntimeSpec::Builtin { game } => check_name("game", game),
-            RuntimeSpec::Libretro { core, content, options } => {
+            RuntimeSpec::Libretro { core, content, options, run_ahead } => {
+                if *run_ahead > MAX_RUN_AHEAD {
+                    return Err(format!("run_ahead: 0 to {MAX_RUN_AHEAD} frames"));
+                }
                 check_name("core", core)?;
                 check_relative_path(content)?;
                 if options.len() > MAX_OPTIONS {
@@ -162,6 +178,7 @@ mod tests {
         for json in [
             r#"{"kind":"builtin","game":"neon-cycles"}"#,
             r#"{"kind":"libretro","core":"nestopia","content":"nes/colour-pad.nes","options":{"nestopia_palette":"raw"}}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"nes/colour-pad.nes","run_ahead":2}"#,
             r#"{"kind":"native","command":["xterm","-geometry","80x24"]}"#,
         ] {
             let spec = RuntimeSpec::from_json(json).unwrap();
@@ -182,9 +199,17 @@ mod tests {
             r#"{"kind":"native","command":[""]}"#,
             r#"{"kind":"builtin","game":"neon-cycles","extra":1}"#,
             r#"{"kind":"flash","swf":"x"}"#,
+            r#"{"kind":"libretro","core":"nestopia","content":"a.nes","run_ahead":4}"#,
             r#"not json"#,
         ] {
             assert!(RuntimeSpec::from_json(json).is_err(), "{json} must be refused");
         }
     }
+}
+
+/// Most frames of run-ahead a game may ask for.
+pub const MAX_RUN_AHEAD: u8 = 3;
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }

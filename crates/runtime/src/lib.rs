@@ -230,7 +230,7 @@ impl Runtimes {
                 let entry = self.builtin.get(game).ok_or_else(|| RuntimeError::UnknownGame(game.clone()))?;
                 Ok((entry.create)(seed))
             }
-            RuntimeSpec::Libretro { core, content, options } => {
+            RuntimeSpec::Libretro { core, content, options, .. } => {
                 let core_path = self.core_path(core);
                 let content_path = self.config.content_dir.join(content);
                 let save_dir = launch

@@ -62,6 +62,7 @@ fn launch(core: &str, content: &str, profile: Option<&str>) -> GameLaunch {
             core: core.into(),
             content: content.into(),
             options: Default::default(),
+            run_ahead: 0,
         },
         save_profile: profile.map(str::to_string),
     }

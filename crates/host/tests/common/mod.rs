@@ -14,33 +14,57 @@ use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::input::key;
 use cloudplay_proto::{InputEvent, InputMessage, ProbeData, ProbeStrip};
 
-/// What the test game saw: the inputs of each of its ticks.
+/// What the test game saw: the inputs of each of its steps, and what each picture it
+/// rendered showed (the number of inputs it had reacted to).
 #[derive(Default)]
 pub struct Seen {
     pub ticks: Vec<usize>,
+    pub rendered: Vec<u32>,
 }
 
-/// A game that counts its ticks and shows their number as a shade.
+/// A game that counts its ticks and shows their number as a shade. With `lag`, it reacts
+/// to an input one frame late, as many games do (the input is read in one frame and acted
+/// on in the next).
 pub struct Counter {
     pub seen: Arc<Mutex<Seen>>,
+    pub lag: bool,
     shade: u8,
+    /// Inputs read, not yet acted on.
+    pending: u32,
+    /// Inputs acted on: what the picture shows.
+    reacted: u32,
+}
+
+impl Counter {
+    pub fn new(seen: Arc<Mutex<Seen>>, lag: bool) -> Counter {
+        Counter { seen, lag, shade: 0, pending: 0, reacted: 0 }
+    }
 }
 
 impl Game for Counter {
     fn step(&mut self, inputs: &[PlayerInput]) {
         self.shade = self.shade.wrapping_add(3);
+        if self.lag {
+            self.reacted += self.pending;
+            self.pending = inputs.len() as u32;
+        } else {
+            self.reacted += inputs.len() as u32;
+        }
         self.seen.lock().unwrap().ticks.push(inputs.len());
     }
     fn render(&self, frame: &mut Frame) {
         frame.clear([self.shade, 64, 128]);
+        self.seen.lock().unwrap().rendered.push(self.reacted);
     }
     fn mix_audio(&mut self, out: &mut [f32]) {
         out.fill(0.0);
     }
     fn save_state(&self) -> Vec<u8> {
-        Vec::new()
+        [self.shade as u32, self.pending, self.reacted].iter().flat_map(|v| v.to_le_bytes()).collect()
     }
-    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), StateError> {
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let word = |i: usize| u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+        (self.shade, self.pending, self.reacted) = (word(0) as u8, word(1), word(2));
         Ok(())
     }
 }
@@ -64,6 +88,17 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(schedule: Schedule, fps: u32, idle_timeout: Duration) -> Harness {
+        Harness::with_game(schedule, fps, idle_timeout, false, 0)
+    }
+
+    /// A harness whose game reacts a frame late (`lag`), run `run_ahead` frames ahead.
+    pub fn with_game(
+        schedule: Schedule,
+        fps: u32,
+        idle_timeout: Duration,
+        lag: bool,
+        run_ahead: u8,
+    ) -> Harness {
         let options =
             SessionOptions { probe: true, width: WIDTH, height: HEIGHT, fps, max_bitrate_kbps: 5_000 };
         let encoder: Box<dyn VideoEncoder> =
@@ -74,11 +109,12 @@ impl Harness {
         let setup = CoreSetup {
             id: "test".into(),
             options,
-            game: Box::new(Counter { seen: seen.clone(), shade: 0 }),
+            game: Box::new(Counter::new(seen.clone(), lag)),
             encoder,
             stats: stats.clone(),
             idle_timeout,
             schedule,
+            run_ahead,
             unix_ms_at_start: 1_000_000,
             // Stage timings are statistics only: the real clock may time them.
             stopwatch: Instant::now,
