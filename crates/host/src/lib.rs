@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod internal;
 pub mod messages;
+pub mod peers;
 pub mod session;
 pub mod stats;
 pub mod stream;
