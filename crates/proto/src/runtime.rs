@@ -169,6 +169,13 @@ fn check_relative_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most frames of run-ahead a game may ask for.
+pub const MAX_RUN_AHEAD: u8 = 3;
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,11 +212,4 @@ mod tests {
             assert!(RuntimeSpec::from_json(json).is_err(), "{json} must be refused");
         }
     }
-}
-
-/// Most frames of run-ahead a game may ask for.
-pub const MAX_RUN_AHEAD: u8 = 3;
-
-fn is_zero(n: &u8) -> bool {
-    *n == 0
 }

@@ -1,0 +1,313 @@
+//! The peer set's rules in virtual time: a real str0m client talks to a [`PeerSet`] through
+//! an in-memory network (datagrams handed across by the test), in the style of str0m's own
+//! tests. Nothing sleeps; a test covers seconds of protocol in milliseconds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use cloudplay_host::Seats;
+use cloudplay_host::messages::{SessionCommand, VideoPacket};
+use cloudplay_host::peers::{CONNECT_TIMEOUT, END_MESSAGE_GRACE, NewPeer, PeerOutput, PeerSet};
+use cloudplay_host::stats::{HostCounters, SessionStats};
+use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
+use cloudplay_proto::input::key;
+use cloudplay_proto::{InputEvent, InputMessage, TicketRole};
+use str0m::channel::ChannelId;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+const HOST: &str = "10.0.0.1:5000";
+const CLIENT: &str = "10.0.0.2:6000";
+
+struct Net {
+    set: PeerSet,
+    client: Rtc,
+    now: Instant,
+    host_addr: SocketAddr,
+    client_addr: SocketAddr,
+    session: Receiver<SessionCommand>,
+    seats: Arc<Seats>,
+    counters: Arc<HostCounters>,
+    connected: bool,
+    input_channel: Option<ChannelId>,
+    /// Video payloads the client received, and whether each began with a keyframe.
+    frames: Vec<bool>,
+    /// Text the client received on data channels.
+    messages: Vec<String>,
+    client_alive: bool,
+}
+
+/// A client (as a browser would offer) and the host's side of it, added to a fresh set.
+fn net(role: TicketRole) -> Net {
+    let now = Instant::now();
+    let (host_addr, client_addr): (SocketAddr, SocketAddr) = (HOST.parse().unwrap(), CLIENT.parse().unwrap());
+    let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
+    client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
+    let mut change = client.sdp_api();
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    change.add_channel("input".into());
+    let (offer, pending) = change.apply().unwrap();
+
+    let mut host = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(now);
+    host.add_local_candidate(Candidate::host(host_addr, "udp").unwrap());
+    let answer = host.sdp_api().accept_offer(offer).unwrap();
+    client.sdp_api().accept_answer(pending, answer).unwrap();
+
+    let counters = Arc::new(HostCounters::default());
+    let mut set = PeerSet::new(host_addr, counters.clone());
+    let (commands, session) = channel();
+    let seats = Arc::new(Seats::default());
+    let slot = if role == TicketRole::Player { seats.take_player_seat(1).unwrap() } else { 0 };
+    set.add_peer(
+        now,
+        NewPeer { id: 1, session: "s".into(), role, slot, rtc: host, commands, seats: seats.clone() },
+    );
+    Net {
+        set,
+        client,
+        now,
+        host_addr,
+        client_addr,
+        session,
+        seats,
+        counters,
+        connected: false,
+        input_channel: None,
+        frames: Vec::new(),
+        messages: Vec::new(),
+        client_alive: true,
+    }
+}
+
+impl Net {
+    /// Moves datagrams both ways and time forward to the next timer, until `until`.
+    fn run_until(&mut self, until: Instant) {
+        for _ in 0..100_000 {
+            let mut next = until;
+            loop {
+                match self.set.poll_output(self.now) {
+                    PeerOutput::Transmit(t) => {
+                        if self.client_alive {
+                            let contents = t.contents.as_ref().try_into().unwrap();
+                            let receive = Receive {
+                                proto: Protocol::Udp,
+                                source: self.host_addr,
+                                destination: self.client_addr,
+                                contents,
+                            };
+                            self.client.handle_input(Input::Receive(self.now, receive)).unwrap();
+                        }
+                    }
+                    PeerOutput::Timeout(at) => {
+                        next = next.min(at);
+                        break;
+                    }
+                }
+            }
+            while self.client_alive && self.client.is_alive() {
+                match self.client.poll_output().unwrap() {
+                    Output::Transmit(t) => {
+                        self.set.receive(self.now, self.client_addr, &t.contents);
+                    }
+                    Output::Event(event) => self.client_event(event),
+                    Output::Timeout(at) => {
+                        next = next.min(at);
+                        break;
+                    }
+                }
+            }
+            if self.now >= until {
+                return;
+            }
+            // Small steps: each side's timers and the other's answers interleave.
+            self.now = next.max(self.now).min(self.now + Duration::from_millis(10)).min(until).max(self.now);
+            if next <= self.now {
+                self.now = (self.now + Duration::from_micros(100)).min(until);
+            }
+            self.set.handle_timeout(self.now);
+            if self.client_alive && self.client.is_alive() {
+                self.client.handle_input(Input::Timeout(self.now)).unwrap();
+            }
+        }
+    }
+
+    fn client_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => self.connected = true,
+            Event::ChannelOpen(id, label) if label == "input" => self.input_channel = Some(id),
+            Event::MediaData(data) if data.params.spec().codec == str0m::format::Codec::H264 => {
+                self.frames.push(data.is_keyframe());
+            }
+            Event::ChannelData(data) => self.messages.push(String::from_utf8_lossy(&data.data).into_owned()),
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self) {
+        let deadline = self.now + Duration::from_secs(5);
+        self.run_until(deadline);
+        assert!(
+            self.connected && self.input_channel.is_some(),
+            "the client connected and opened its channel"
+        );
+    }
+
+    fn commands(&self) -> Vec<SessionCommand> {
+        self.session.try_iter().collect()
+    }
+
+    fn send_input(&mut self, seq: u32) {
+        let message =
+            InputMessage { seq, event: InputEvent::Key { usage: key::ARROW_UP, down: true, repeat: false } };
+        let id = self.input_channel.unwrap();
+        self.client.channel(id).unwrap().write(true, &message.encode()).unwrap();
+        let until = self.now + Duration::from_millis(50);
+        self.run_until(until);
+    }
+}
+
+/// Real H.264: a keyframe, then P-frames.
+fn encoded_frames(count: usize) -> Vec<(Vec<u8>, bool)> {
+    let mut encoder =
+        OpenH264Encoder::new(VideoEncoderConfig { width: 320, height: 240, fps: 60, bitrate_bps: 1_000_000 })
+            .unwrap();
+    let mut yuv = I420Frame::new(320, 240);
+    let mut rgba = vec![0u8; 320 * 240 * 4];
+    (0..count)
+        .map(|i| {
+            rgba.iter_mut().for_each(|b| *b = (i * 7) as u8);
+            yuv.convert_from_rgba(&rgba, 320 * 4).unwrap();
+            let mut out = Vec::new();
+            let encoded = encoder.encode(&yuv, false, &mut out).unwrap();
+            out.truncate(encoded.len);
+            (out, encoded.keyframe)
+        })
+        .collect()
+}
+
+fn packet(data: &[u8], keyframe: bool, at: Instant, rtp_time: u64) -> VideoPacket {
+    VideoPacket {
+        data: Arc::from(data),
+        keyframe,
+        rtp_time,
+        captured: at,
+        encoded: at,
+        stats: Arc::new(SessionStats::default()),
+    }
+}
+
+#[test]
+fn a_peer_that_connects_joins_its_session_and_asks_for_a_keyframe() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let commands = net.commands();
+    assert!(matches!(commands[0], SessionCommand::PeerJoined { peer: 1 }), "{commands:?}");
+    assert!(commands.iter().any(|c| matches!(c, SessionCommand::KeyframeRequest)), "{commands:?}");
+}
+
+#[test]
+fn no_p_frames_reach_a_peer_before_its_first_keyframe_and_one_encode_serves_it() {
+    let mut net = net(TicketRole::Viewer);
+    net.connect();
+    let frames = encoded_frames(4);
+    assert!(frames[0].1 && !frames[1].1, "a keyframe, then P-frames");
+    // A P-frame first (the peer joined mid-stream): held back.
+    let now = net.now;
+    net.set.video("s", packet(&frames[1].0, false, now, 1_000));
+    net.run_until(now + Duration::from_millis(50));
+    assert!(net.frames.is_empty(), "no P-frame before a keyframe");
+    for (i, (data, keyframe)) in [&frames[0], &frames[1], &frames[2]].into_iter().enumerate() {
+        let now = net.now;
+        net.set.video("s", packet(data, *keyframe, now, 2_000 + 1_500 * i as u64));
+        net.run_until(now + Duration::from_millis(20));
+    }
+    assert_eq!(net.frames.len(), 3, "then everything: {:?}", net.frames);
+    assert!(net.frames[0], "starting with the keyframe");
+    // Another session's frames are not this peer's.
+    let now = net.now;
+    net.set.video("other", packet(&frames[3].0, false, now, 9_000));
+    net.run_until(now + Duration::from_millis(20));
+    assert_eq!(net.frames.len(), 3);
+}
+
+#[test]
+fn a_peer_that_never_connects_is_dropped_and_frees_its_seat() {
+    let mut net = net(TicketRole::Player);
+    net.client_alive = false; // the browser went away after its offer
+    assert_eq!(net.seats.players(), 1);
+    let start = net.now;
+    net.run_until(start + Duration::from_secs(1));
+    assert_eq!(net.set.len(), 1, "it has time to connect");
+    // Gone at the latest at the connect timeout (str0m's ICE may give up sooner).
+    let mut gone_at = None;
+    while net.now < start + CONNECT_TIMEOUT + Duration::from_millis(10) && gone_at.is_none() {
+        let next = net.now + Duration::from_millis(250);
+        net.run_until(next);
+        if net.set.is_empty() {
+            gone_at = Some(net.now - start);
+        }
+    }
+    assert!(gone_at.is_some(), "dropped by the connect timeout");
+    assert!(net.commands().iter().any(|c| matches!(c, SessionCommand::PeerLeft { peer: 1 })));
+    assert_eq!(net.seats.players(), 0, "the seat is free again");
+}
+
+#[test]
+fn a_players_input_drives_its_own_seat_and_a_viewers_goes_nowhere() {
+    let mut player = net(TicketRole::Player);
+    player.connect();
+    player.commands();
+    player.send_input(7);
+    let inputs: Vec<_> = player
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            SessionCommand::Input { player, message } => Some((player, message.seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inputs, [(0, 7)], "seat 0, the player's own");
+
+    let mut viewer = net(TicketRole::Viewer);
+    viewer.connect();
+    viewer.commands();
+    viewer.send_input(8);
+    assert!(!viewer.commands().iter().any(|c| matches!(c, SessionCommand::Input { .. })));
+    assert_eq!(viewer.counters.input_malformed.load(std::sync::atomic::Ordering::Relaxed), 1, "counted");
+}
+
+#[test]
+fn an_ended_session_tells_its_players_why_before_hanging_up() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let ended = net.now;
+    net.set.end_session(ended, "s", Some("the game ended: it quit"));
+    net.run_until(ended + END_MESSAGE_GRACE / 2);
+    assert!(
+        net.messages.iter().any(|m| m.contains("\"ended\"") && m.contains("it quit")),
+        "the reason arrived: {:?}",
+        net.messages
+    );
+    assert_eq!(net.set.len(), 1, "still connected during the grace");
+    net.run_until(ended + END_MESSAGE_GRACE + Duration::from_millis(20));
+    assert_eq!(net.set.len(), 0, "then disconnected");
+}
+
+#[test]
+fn datagrams_of_nobody_are_counted_and_dropped() {
+    let mut net = net(TicketRole::Viewer);
+    let now = net.now;
+    assert!(!net.set.receive(now, "10.9.9.9:1".parse().unwrap(), b"hello"));
+    assert!(!net.set.receive(now, net.client_addr, &[]));
+    assert_eq!(net.counters.udp_unmatched.load(std::sync::atomic::Ordering::Relaxed), 2);
+    net.connect();
+}
