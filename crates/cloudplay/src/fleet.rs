@@ -13,10 +13,10 @@ use cloudplay_control::identity::{Clients, EnrolmentToken, Fingerprint};
 use cloudplay_control::remote::fleet_request;
 use cloudplay_control::{ApiError, ControlPlane};
 use cloudplay_host::{Host, HostConfig};
+use cloudplay_proto::fleet::{FLEET_PROTOCOL, Registered, Registration, version_mismatch};
 use cloudplay_runtime::Runtimes;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::Rng;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -124,7 +124,7 @@ pub struct HostServer {
 struct Membership {
     control_url: String,
     tls: Arc<rustls::ClientConfig>,
-    registration: serde_json::Value,
+    registration: Registration,
 }
 
 impl Membership {
@@ -135,7 +135,7 @@ impl Membership {
             &self.tls,
             "POST",
             "/internal/v1/hosts",
-            Some(self.registration.to_string()),
+            Some(serde_json::to_string(&self.registration)?),
         )
         .await
         .map_err(anyhow::Error::msg)?;
@@ -145,11 +145,13 @@ impl Membership {
                 String::from_utf8_lossy(&body)
             );
         }
-        let answer: serde_json::Value = serde_json::from_slice(&body)?;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(answer["ticket_key"].as_str().unwrap_or_default())?;
+        let answer: Registered = serde_json::from_slice(&body).context("the control plane's answer")?;
+        if answer.protocol != FLEET_PROTOCOL {
+            bail!("{}", version_mismatch(answer.protocol));
+        }
+        let key = base64::engine::general_purpose::STANDARD.decode(&answer.ticket_key)?;
         let key: [u8; 32] = key.try_into().map_err(|_| anyhow::anyhow!("bad ticket key"))?;
-        let lease = Duration::from_millis(answer["lease_ms"].as_u64().unwrap_or(15_000));
+        let lease = Duration::from_millis(answer.lease_ms);
         Ok((VerifyingKey::from_bytes(&key)?, lease))
     }
 
@@ -245,15 +247,16 @@ impl HostServer {
         let membership = Membership {
             control_url: control_url.trim_end_matches('/').to_string(),
             tls: identity.client_config(pin)?,
-            registration: json!({
-                "id": host_id,
-                "region": config.region,
-                "endpoint": fleet_url,
-                "public_url": public_url,
-                "capacity": config.max_sessions,
-                "runtimes": kinds,
-                "enrolment_token": token.map(|t| t.to_string()),
-            }),
+            registration: Registration {
+                protocol: FLEET_PROTOCOL,
+                id: host_id.clone(),
+                region: config.region.clone(),
+                endpoint: fleet_url,
+                public_url,
+                capacity: u32::try_from(config.max_sessions).unwrap_or(u32::MAX),
+                runtimes: kinds.iter().map(|k| k.to_string()).collect(),
+                enrolment_token: token.map(|t| t.to_string()),
+            },
         };
         let (key, lease) = membership.register().await.context("registering with the control plane")?;
         host.set_ticket_key(key);

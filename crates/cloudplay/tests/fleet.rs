@@ -362,7 +362,7 @@ fn a_host_is_known_by_its_certificate_alone() {
             .expect("the control plane answers a client with a certificate")
     };
     let registration = |id: &str, token: Option<String>| {
-        json!({"id": id, "region": "elsewhere", "endpoint": "https://127.0.0.1:9", "public_url": "http://127.0.0.1:9",
+        json!({"protocol": 1, "id": id, "region": "elsewhere", "endpoint": "https://127.0.0.1:9", "public_url": "http://127.0.0.1:9",
                "capacity": 1, "runtimes": ["builtin"], "enrolment_token": token})
     };
 
@@ -380,11 +380,20 @@ fn a_host_is_known_by_its_certificate_alone() {
         ("endpoint", json!("http://127.0.0.1:9")),
         ("public_url", json!("http://a/b?c")),
         ("region", json!("near\n")),
+        ("protocol", json!(2)),
     ];
     for (field, value) in bad_inputs {
         let mut body = registration("h2", Some(token.to_string()));
         body[field] = value.clone();
-        assert_eq!(send("POST", "/internal/v1/hosts", Some(body)).0, 400, "{field} = {value}");
+        let (status, answer) = send("POST", "/internal/v1/hosts", Some(body));
+        assert_eq!(status, 400, "{field} = {value}");
+        if field == "protocol" {
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.contains("fleet protocol 2 is not spoken here"),
+                "a version mismatch says so: {answer}"
+            );
+        }
     }
     // A new host needs a real, unused token.
     assert_eq!(send("POST", "/internal/v1/hosts", Some(registration("h2", None))).0, 401);

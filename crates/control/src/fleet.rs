@@ -13,8 +13,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::Deserialize;
-use serde_json::json;
+use cloudplay_proto::fleet::{FLEET_PROTOCOL, Registered, Registration, version_mismatch};
 use tracing::{info, warn};
 
 use crate::api::{ApiError, internal};
@@ -35,22 +34,6 @@ pub fn routes(control: ControlPlane) -> Router {
 const MAX_CAPACITY: u32 = 4096;
 const MAX_RUNTIMES: usize = 16;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Registration {
-    id: String,
-    region: String,
-    /// `https://host:port` of the host's fleet listener.
-    endpoint: String,
-    /// `https://…` base of the host's public WHEP listener.
-    public_url: String,
-    capacity: u32,
-    runtimes: Vec<String>,
-    /// Needed once, when the host enrols.
-    #[serde(default)]
-    enrolment_token: Option<String>,
-}
-
 fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
@@ -66,23 +49,26 @@ fn is_base_url(url: &str, schemes: &[&str]) -> bool {
         && authority.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
 }
 
-impl Registration {
-    fn validate(&self) -> Result<(), ApiError> {
-        let problem = if !is_name(&self.id) || !is_name(&self.region) {
-            "id and region are 1-64 of [A-Za-z0-9-_.]"
-        } else if !is_base_url(&self.endpoint, &["https"]) {
-            "endpoint is https://host:port, nothing more"
-        } else if !is_base_url(&self.public_url, &["http", "https"]) {
-            "public_url is http(s)://host:port, nothing more"
-        } else if !(1..=MAX_CAPACITY).contains(&self.capacity) {
-            "capacity is between 1 and 4096"
-        } else if self.runtimes.len() > MAX_RUNTIMES || !self.runtimes.iter().all(|r| is_name(r)) {
-            "runtimes are at most 16 names"
-        } else {
-            return Ok(());
-        };
-        Err(ApiError::bad_request(problem))
+/// Checks a registration's fields beyond their types.
+fn validate(registration: &Registration) -> Result<(), ApiError> {
+    let r = registration;
+    if r.protocol != FLEET_PROTOCOL {
+        return Err(ApiError::bad_request(version_mismatch(r.protocol)));
     }
+    let problem = if !is_name(&r.id) || !is_name(&r.region) {
+        "id and region are 1-64 of [A-Za-z0-9-_.]"
+    } else if !is_base_url(&r.endpoint, &["https"]) {
+        "endpoint is https://host:port, nothing more"
+    } else if !is_base_url(&r.public_url, &["http", "https"]) {
+        "public_url is http(s)://host:port, nothing more"
+    } else if !(1..=MAX_CAPACITY).contains(&r.capacity) {
+        "capacity is between 1 and 4096"
+    } else if r.runtimes.len() > MAX_RUNTIMES || !r.runtimes.iter().all(|name| is_name(name)) {
+        "runtimes are at most 16 names"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::bad_request(problem))
 }
 
 /// Whether the host `id` may register with the certificate `peer`: it enrolled with it, or
@@ -136,7 +122,7 @@ async fn register(
     };
     let request: Registration = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid registration: {e}")))?;
-    request.validate()?;
+    validate(&request)?;
     admit(&control, &request.id, peer, request.enrolment_token.as_deref()).await?;
     let tls = identity.client_config(peer).map_err(|e| {
         tracing::error!(error = %e, "fleet TLS");
@@ -163,8 +149,9 @@ async fn register(
         hosts.insert(request.id.clone(), Arc::new(remote));
     }
     info!(host = %request.id, region = %request.region, endpoint = %request.endpoint, "host registered");
-    let key = STANDARD.encode(control.inner.signing_key.verifying_key().to_bytes());
-    Ok((StatusCode::CREATED, Json(json!({ "ticket_key": key, "lease_ms": lease_ms }))).into_response())
+    let ticket_key = STANDARD.encode(control.inner.signing_key.verifying_key().to_bytes());
+    let answer = Registered { protocol: FLEET_PROTOCOL, ticket_key, lease_ms };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 async fn heartbeat(

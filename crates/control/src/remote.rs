@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudplay_proto::api::SessionOptions;
+use cloudplay_proto::fleet::{SessionView, StartSession};
 use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
 use rustls::ClientConfig;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -103,9 +103,8 @@ impl SessionHost for RemoteHost {
     ) -> HostFuture<'a, Result<(), StartError>> {
         Box::pin(async move {
             let seed: u64 = rand::thread_rng().r#gen();
-            let body =
-                json!({ "session_id": session_id, "launch": launch, "options": options, "seed": seed })
-                    .to_string();
+            let start = StartSession { session_id: session_id.into(), launch: launch.clone(), options, seed };
+            let body = serde_json::to_string(&start).map_err(|e| StartError::Failed(e.to_string()))?;
             let (status, answer) = self
                 .request("POST", "/internal/v1/sessions", Some(body))
                 .await
@@ -151,13 +150,12 @@ impl SessionHost for RemoteHost {
                 404 => return Ok(None),
                 other => return Err(HostUnreachable(format!("host answered {other}"))),
             }
-            let view: serde_json::Value =
+            let view: SessionView =
                 serde_json::from_slice(&body).map_err(|e| HostUnreachable(format!("bad answer: {e}")))?;
-            let number = |field: &str| view[field].as_u64().unwrap_or(0);
             Ok(Some(HostSessionView {
-                players: number("players") as u32,
-                viewers: number("viewers") as u32,
-                frames_encoded: number("frames_encoded"),
+                players: view.players,
+                viewers: view.viewers,
+                frames_encoded: view.frames_encoded,
             }))
         })
     }

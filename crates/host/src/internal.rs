@@ -8,10 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloudplay_proto::api::SessionOptions;
-use cloudplay_proto::runtime::GameLaunch;
-use serde::Deserialize;
-use serde_json::json;
+use cloudplay_proto::fleet::{SessionView, StartSession};
 
 use crate::whep::error_response;
 use crate::{Host, HostError};
@@ -28,17 +25,8 @@ pub fn router(host: Host) -> Router {
         .with_state(Internal { host })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartRequest {
-    session_id: String,
-    launch: GameLaunch,
-    options: SessionOptions,
-    seed: u64,
-}
-
 async fn start(State(internal): State<Internal>, body: axum::body::Bytes) -> Response {
-    let request: StartRequest = match serde_json::from_slice(&body) {
+    let request: StartSession = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
     };
@@ -70,8 +58,12 @@ async fn start(State(internal): State<Internal>, body: axum::body::Bytes) -> Res
 
 async fn view(State(internal): State<Internal>, Path(id): Path<String>) -> Response {
     match internal.host.session_info(&id) {
-        Some(info) => Json(json!({ "players": info.players, "viewers": info.viewers, "frames_encoded": info.frames_encoded }))
-            .into_response(),
+        Some(info) => Json(SessionView {
+            players: info.players,
+            viewers: info.viewers,
+            frames_encoded: info.frames_encoded,
+        })
+        .into_response(),
         None => error_response(StatusCode::NOT_FOUND, "not_found", "no such session"),
     }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cloudplay_proto::fleet::PeerMessage;
 use cloudplay_proto::{InputMessage, TicketRole};
 use str0m::bwe::BweKind;
 use str0m::channel::ChannelId;
@@ -239,7 +240,8 @@ impl Peer {
         if let (Some(reason), Some(channel)) = (reason, channel)
             && let Some(mut channel) = self.setup.rtc.channel(channel)
         {
-            let message = serde_json::json!({ "type": "ended", "reason": reason }).to_string();
+            let message = PeerMessage::Ended { reason: reason.to_string() };
+            let message = serde_json::to_string(&message).unwrap_or_default();
             if channel.write(false, message.as_bytes()).is_ok() {
                 self.close_at = Some(now + END_MESSAGE_GRACE);
                 return;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod fleet;
 pub mod input;
 pub mod probe;
 pub mod ratelimit;

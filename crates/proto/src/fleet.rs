@@ -1,0 +1,101 @@
+//! The fleet's contract: what a host and its control plane send each other, as types both
+//! sides use. Every registration names the protocol version it speaks; a control plane
+//! refuses one it does not speak with a message that says so, instead of misreading it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::SessionOptions;
+use crate::runtime::GameLaunch;
+
+/// The version of this contract. Raise it with any change a peer of the old version
+/// would misread.
+pub const FLEET_PROTOCOL: u32 = 1;
+
+/// `POST /internal/v1/hosts`, host → control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub protocol: u32,
+    pub id: String,
+    pub region: String,
+    /// `https://host:port` of the host's fleet listener.
+    pub endpoint: String,
+    /// `http(s)://host:port` of the host's public listener (WHEP, RTT echo).
+    pub public_url: String,
+    pub capacity: u32,
+    pub runtimes: Vec<String>,
+    /// Needed once, when the host enrols.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolment_token: Option<String>,
+}
+
+/// The control plane's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registered {
+    pub protocol: u32,
+    /// The Ed25519 key tickets are signed with, base64.
+    pub ticket_key: String,
+    pub lease_ms: u64,
+}
+
+/// `POST /internal/v1/sessions`, control plane → host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    pub session_id: String,
+    pub launch: GameLaunch,
+    pub options: SessionOptions,
+    pub seed: u64,
+}
+
+/// `GET /internal/v1/sessions/{id}`, host → control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionView {
+    pub players: u32,
+    pub viewers: u32,
+    pub frames_encoded: u64,
+}
+
+/// What a version mismatch says, on either side.
+pub fn version_mismatch(theirs: u32) -> String {
+    format!(
+        "fleet protocol {theirs} is not spoken here (this side speaks {FLEET_PROTOCOL}): run the same cloudplay release on the control plane and its hosts"
+    )
+}
+
+/// A WebRTC peer's messages on the input channel, host → browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PeerMessage {
+    /// The session is over; `reason` says why when the game stopped by itself.
+    Ended { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrations_refuse_what_they_do_not_know() {
+        let ok = r#"{"protocol":1,"id":"h","region":"r","endpoint":"https://a:1","public_url":"http://a:2","capacity":1,"runtimes":[]}"#;
+        assert_eq!(serde_json::from_str::<Registration>(ok).unwrap().protocol, FLEET_PROTOCOL);
+        let without_version = ok.replace(r#""protocol":1,"#, "");
+        assert!(
+            serde_json::from_str::<Registration>(&without_version)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol")
+        );
+        let extra = ok.replace(r#""capacity":1"#, r#""capacity":1,"gpu":true"#);
+        assert!(serde_json::from_str::<Registration>(&extra).is_err());
+        assert!(version_mismatch(2).contains("speaks 1"));
+    }
+
+    #[test]
+    fn the_ended_message_is_what_the_player_page_reads() {
+        let message = PeerMessage::Ended { reason: "the game ended".into() };
+        assert_eq!(serde_json::to_string(&message).unwrap(), r#"{"type":"ended","reason":"the game ended"}"#);
+    }
+}
