@@ -132,7 +132,7 @@ pub async fn run(seconds: u64, sizes: &[(u32, u32)]) -> anyhow::Result<()> {
 /// worker then ends its session (freeing the slot) and allocates again.
 pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -> anyhow::Result<()> {
     use cloudplay_control::sessions::Claim;
-    use cloudplay_control::store::{HostRegistration, SessionRecord, Tenant};
+    use cloudplay_control::store::{HostRegistration, SessionRecord, SessionState, Tenant};
     use cloudplay_control::{ControlConfig, ControlPlane, random_id, unix_ms};
     use ed25519_dalek::SigningKey;
 
@@ -184,7 +184,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                             user_id: None,
                             game_id: "neon-cycles".into(),
                             host_id: Some(host_id.clone()),
-                            state: "placed".into(),
+                            state: SessionState::Placed,
                             options: "{}".into(),
                             idempotency_key: None,
                             created_at_ms: unix_ms(),
@@ -192,7 +192,14 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                         };
                         store.insert_session(&session).await?;
                         latencies.push(started.elapsed().as_micros() as u32);
-                        store.set_session_state(&tenant.id, &session.id, "placed", "ended").await?;
+                        store
+                            .set_session_state(
+                                &tenant.id,
+                                &session.id,
+                                SessionState::Placed,
+                                SessionState::Ended,
+                            )
+                            .await?;
                         store.release_slot(&host_id).await?;
                     }
                     Ok(latencies)

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::api::{ApiError, internal, missing, parse_json};
 use crate::auth::{Principal, principal};
-use crate::store::{CatalogueGame, StoreError, Tier, hash_secret};
+use crate::store::{CatalogueGame, SessionState, StoreError, Tier, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
 pub fn routes() -> Router<ControlPlane> {
@@ -323,7 +323,8 @@ async fn list_sessions(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = admin(&control, &headers, false).await?;
-    let sessions = control.store().sessions(&who.tenant, "placed", 500).await.map_err(internal)?;
+    let sessions =
+        control.store().sessions(&who.tenant, SessionState::Placed, 500).await.map_err(internal)?;
     let sessions: Vec<_> = sessions
         .iter()
         .map(|s| json!({ "id": s.id, "game": s.game_id, "user_id": s.user_id, "host_id": s.host_id, "created_at": s.created_at_ms }))

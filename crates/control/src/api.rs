@@ -25,7 +25,7 @@ use cloudplay_proto::api::GameInfo;
 use crate::auth::{Principal, new_guest, principal};
 use crate::policy::{SessionAction, authorize, require_scope};
 use crate::sessions::{Claim, StoredRequest, launch_for};
-use crate::store::{CatalogueGame, SessionRecord, StoreError};
+use crate::store::{CatalogueGame, SessionRecord, SessionState, StoreError};
 use crate::{ControlPlane, HostSessionView, SessionHost, StartError, random_id, unix_ms};
 
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -287,12 +287,12 @@ async fn start_for(
         None => None,
     };
     if let Some(existing) = earlier {
-        return match existing.state.as_str() {
-            "placed" => {
+        return match existing.state {
+            SessionState::Placed => {
                 let created = ticket_answer(control, headers, &existing, TicketRole::Player)?;
                 Ok((StatusCode::CREATED, Json(created)).into_response())
             }
-            "queued" => {
+            SessionState::Queued => {
                 let position = store.queue_position(&existing).await.map_err(internal)?;
                 let queued = SessionQueued {
                     session_id: existing.id.clone(),
@@ -353,7 +353,7 @@ async fn start_for(
         user_id: request.user_id.clone(),
         game_id: request.game.clone(),
         host_id: host_id.clone(),
-        state: if host_id.is_some() { "placed" } else { "queued" }.into(),
+        state: if host_id.is_some() { SessionState::Placed } else { SessionState::Queued },
         options: serde_json::to_string(&stored).unwrap_or_default(),
         idempotency_key,
         created_at_ms: unix_ms(),
@@ -384,7 +384,7 @@ async fn start_for(
         return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
     };
     if let Err(e) = control.start_placed(&session, &launch).await {
-        control.finish(&session, "ended").await.map_err(internal)?;
+        control.finish(&session, SessionState::Ended).await.map_err(internal)?;
         return Err(start_error(e));
     }
     info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
@@ -443,9 +443,9 @@ async fn standing(
 }
 
 async fn standing_of(control: &ControlPlane, session: SessionRecord) -> Result<Standing, ApiError> {
-    match session.state.as_str() {
-        "queued" => return Ok(Standing::Queued(session)),
-        "placed" => {}
+    match session.state {
+        SessionState::Queued => return Ok(Standing::Queued(session)),
+        SessionState::Placed => {}
         _ => return Err(ApiError::not_found("session")),
     }
     let host = session
@@ -463,7 +463,7 @@ async fn standing_of(control: &ControlPlane, session: SessionRecord) -> Result<S
         )),
         Ok(None) => {
             // Ended on the host (idle, stopped): settle it here too.
-            control.finish(&session, "ended").await.map_err(internal)?;
+            control.finish(&session, SessionState::Ended).await.map_err(internal)?;
             Err(ApiError::not_found("session"))
         }
     }
@@ -518,13 +518,13 @@ async fn delete_session(
     match standing(&control, &who, &id, SessionAction::End).await? {
         Standing::Running(session, host, _) => {
             host.stop_session(&id).await;
-            control.finish(&session, "ended").await.map_err(internal)?;
+            control.finish(&session, SessionState::Ended).await.map_err(internal)?;
         }
         Standing::Queued(session) => {
             control
                 .inner
                 .store
-                .set_session_state(&session.tenant_id, &id, "queued", "ended")
+                .set_session_state(&session.tenant_id, &id, SessionState::Queued, SessionState::Ended)
                 .await
                 .map_err(internal)?;
         }

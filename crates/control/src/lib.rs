@@ -310,7 +310,7 @@ impl ControlPlane {
         for (host_id, host) in hosts {
             for session in self.inner.store.placed_sessions_on(&host_id).await? {
                 if let Ok(None) = host.session_view(&session.id).await {
-                    self.finish(&session, "ended").await?;
+                    self.finish(&session, store::SessionState::Ended).await?;
                 }
             }
         }
@@ -319,9 +319,16 @@ impl ControlPlane {
     }
 
     /// Marks a placed session finished and frees its slot (once).
-    pub(crate) async fn finish(&self, session: &store::SessionRecord, state: &str) -> Result<(), StoreError> {
-        let changed =
-            self.inner.store.set_session_state(&session.tenant_id, &session.id, "placed", state).await?;
+    pub(crate) async fn finish(
+        &self,
+        session: &store::SessionRecord,
+        state: store::SessionState,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .inner
+            .store
+            .set_session_state(&session.tenant_id, &session.id, store::SessionState::Placed, state)
+            .await?;
         if let (true, Some(host_id)) = (changed, &session.host_id) {
             self.inner.store.release_slot(host_id).await?;
         }

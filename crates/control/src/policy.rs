@@ -85,7 +85,7 @@ mod tests {
             user_id: None,
             game_id: "g".into(),
             host_id: None,
-            state: "placed".into(),
+            state: crate::store::SessionState::Placed,
             options: "{}".into(),
             idempotency_key: None,
             created_at_ms: 0,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::placement::{Placement, PlacementRequest, place};
-use crate::store::{CatalogueGame, SessionRecord, StoreError, Tenant};
+use crate::store::{CatalogueGame, SessionRecord, SessionState, StoreError, Tenant};
 use crate::{ControlPlane, StartError, unix_ms};
 
 /// Attempts at claiming a slot when concurrent requests race for the same host.
@@ -101,7 +101,7 @@ impl ControlPlane {
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
         };
         if result.is_err()
-            && let Err(e) = self.finish(session, "ended").await
+            && let Err(e) = self.finish(session, SessionState::Ended).await
         {
             warn!(session = %session.id, error = %e, "could not settle a failed start");
         }
@@ -123,7 +123,14 @@ impl ControlPlane {
             let game = match store.game(&session.tenant_id, &session.game_id).await {
                 Ok(game) => game,
                 Err(StoreError::NotFound) => {
-                    store.set_session_state(&session.tenant_id, &session.id, "queued", "ended").await?;
+                    store
+                        .set_session_state(
+                            &session.tenant_id,
+                            &session.id,
+                            SessionState::Queued,
+                            SessionState::Ended,
+                        )
+                        .await?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -140,7 +147,8 @@ impl ControlPlane {
                 store.release_slot(&host_id).await?; // cancelled meanwhile
                 continue;
             }
-            let running = SessionRecord { host_id: Some(host_id.clone()), state: "placed".into(), ..session };
+            let running =
+                SessionRecord { host_id: Some(host_id.clone()), state: SessionState::Placed, ..session };
             match self.start_placed(&running, &launch).await {
                 Ok(()) => {
                     info!(session = %running.id, host = %host_id, "queued session placed");

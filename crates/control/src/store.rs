@@ -175,6 +175,52 @@ pub struct Tier {
 }
 
 /// A play session as stored.
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Waiting for room on a host.
+    Queued,
+    /// Running on its host.
+    Placed,
+    /// Over: stopped, idle, or its game ended.
+    Ended,
+    /// Its host was lost.
+    Lost,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Queued => "queued",
+            SessionState::Placed => "placed",
+            SessionState::Ended => "ended",
+            SessionState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<SessionState, StoreError> {
+        Ok(match text {
+            "queued" => SessionState::Queued,
+            "placed" => SessionState::Placed,
+            "ended" => SessionState::Ended,
+            "lost" => SessionState::Lost,
+            other => return Err(StoreError::Invalid(format!("unknown session state {other:?}"))),
+        })
+    }
+}
+
+impl serde::Serialize for SessionState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: String,
@@ -182,8 +228,7 @@ pub struct SessionRecord {
     pub user_id: Option<String>,
     pub game_id: String,
     pub host_id: Option<String>,
-    /// `queued`, `placed`, `ended` or `lost`.
-    pub state: String,
+    pub state: SessionState,
     /// The session options as JSON.
     pub options: String,
     /// Per caller: the owner's id, a space, and the key the caller sent.
@@ -1048,7 +1093,7 @@ impl Store {
             .bind(session.user_id.as_deref())
             .bind(&session.game_id)
             .bind(session.host_id.as_deref())
-            .bind(&session.state)
+            .bind(session.state.as_str())
             .bind(&session.options)
             .bind(session.idempotency_key.as_deref())
             .bind(session.created_at_ms as i64)
@@ -1066,7 +1111,7 @@ impl Store {
             user_id: row.try_get("user_id")?,
             game_id: row.try_get("game_id")?,
             host_id: row.try_get("host_id")?,
-            state: row.try_get("state")?,
+            state: SessionState::parse(row.try_get("state")?)?,
             options: row.try_get("options")?,
             idempotency_key: row.try_get("idempotency_key")?,
             created_at_ms: row.try_get::<i64, _>("created_at")?.max(0) as u64,
@@ -1107,7 +1152,7 @@ impl Store {
     pub async fn sessions(
         &self,
         tenant_id: &str,
-        state: &str,
+        state: SessionState,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
@@ -1117,7 +1162,7 @@ impl Store {
         );
         let rows = sqlx::query(&sql)
             .bind(tenant_id)
-            .bind(state)
+            .bind(state.as_str())
             .bind(limit.min(1000) as i64)
             .fetch_all(&mut *conn)
             .await?;
@@ -1186,16 +1231,16 @@ impl Store {
         &self,
         tenant_id: &str,
         id: &str,
-        from: &str,
-        to: &str,
+        from: SessionState,
+        to: SessionState,
     ) -> Result<bool, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
         let done =
             sqlx::query("UPDATE sessions SET state = $1 WHERE tenant_id = $2 AND id = $3 AND state = $4")
-                .bind(to)
+                .bind(to.as_str())
                 .bind(tenant_id)
                 .bind(id)
-                .bind(from)
+                .bind(from.as_str())
                 .execute(&mut *conn)
                 .await?;
         Ok(done.rows_affected() == 1)
@@ -1233,7 +1278,7 @@ impl Store {
         let mut heads = Vec::new();
         for row in rows {
             let tenant: String = row.try_get("tenant_id")?;
-            heads.extend(self.sessions(&tenant, "queued", per_tenant).await?);
+            heads.extend(self.sessions(&tenant, SessionState::Queued, per_tenant).await?);
         }
         Ok(heads)
     }
