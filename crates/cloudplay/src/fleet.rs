@@ -74,22 +74,27 @@ impl ControlServer {
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, fleet = %self.fleet_addr, "cloudplay control plane serving");
-        let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
-        let fleet = serve_fleet(
-            self.fleet_listener,
-            self.fleet_router,
-            self.fleet_tls,
-            self.header_read_timeout,
-            async {
-                fleet_stopped.await.ok();
-            },
-        );
-        let fleet = tokio::spawn(fleet);
-        let served = serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await;
-        drop(stop_fleet);
-        fleet.await??;
-        served
+        let fleet = (self.fleet_listener, self.fleet_router, self.fleet_tls);
+        serve_public_and_fleet((self.listener, self.router), fleet, self.header_read_timeout, shutdown).await
     }
+}
+
+/// Serves the public listener and the fleet listener (mutual TLS) until `shutdown`.
+async fn serve_public_and_fleet(
+    (listener, router): (TcpListener, Router),
+    (fleet_listener, fleet_router, fleet_tls): (TcpListener, Router, Arc<rustls::ServerConfig>),
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
+    let fleet = serve_fleet(fleet_listener, fleet_router, fleet_tls, header_read_timeout, async {
+        fleet_stopped.await.ok();
+    });
+    let fleet = tokio::spawn(fleet);
+    let served = serve_http(listener, router, header_read_timeout, shutdown).await;
+    drop(stop_fleet);
+    fleet.await??;
+    served
 }
 
 /// `cloudplay enrol`: a one-time token that lets one new host join the fleet of the
@@ -287,21 +292,8 @@ impl HostServer {
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, fleet = %self.fleet_addr, media = %self.host.media_addr(), "cloudplay host serving");
-        let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
-        let fleet = serve_fleet(
-            self.fleet_listener,
-            self.fleet_router,
-            self.fleet_tls,
-            self.header_read_timeout,
-            async {
-                fleet_stopped.await.ok();
-            },
-        );
-        let fleet = tokio::spawn(fleet);
-        let served = serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await;
-        drop(stop_fleet);
-        fleet.await??;
-        served
+        let fleet = (self.fleet_listener, self.fleet_router, self.fleet_tls);
+        serve_public_and_fleet((self.listener, self.router), fleet, self.header_read_timeout, shutdown).await
     }
 }
 

@@ -111,25 +111,30 @@ async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Vec<u8>) {
     (status, to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec())
 }
 
+/// A server with an admin API key of the default tenant and one session it started.
+async fn server_with_a_session(config: Config) -> (Server, String, String) {
+    let server = Server::start(config).await.unwrap();
+    let store = server.control.store().clone();
+    let (_, key) = store.create_api_key("local", &["admin", "sessions:write"], unix_ms()).await.unwrap();
+    let request = Request::post("/api/v1/sessions")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"game":"neon-cycles","options":{"width":320,"height":240,"fps":30}}"#))
+        .unwrap();
+    let (status, created) = send(&server.router, request).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let session =
+        serde_json::from_slice::<Value>(&created).unwrap()["session_id"].as_str().unwrap().to_string();
+    (server, key, session)
+}
+
 /// Every route that reads a body, as an admin's back end and as a guest.
 #[test]
 fn rest_bodies_get_an_answer_not_a_panic() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (app, key, session) = runtime.block_on(async {
-        let server = Server::start(Config { max_sessions: 64, ..Config::ephemeral() }).await.unwrap();
-        let store = server.control.store().clone();
-        let (_, key) = store.create_api_key("local", &["admin", "sessions:write"], unix_ms()).await.unwrap();
-        let request = Request::post("/api/v1/sessions")
-            .header(header::AUTHORIZATION, format!("Bearer {key}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"game":"neon-cycles","options":{"width":320,"height":240,"fps":30}}"#))
-            .unwrap();
-        let (status, created) = send(&server.router, request).await;
-        assert_eq!(status, StatusCode::CREATED);
-        let session =
-            serde_json::from_slice::<Value>(&created).unwrap()["session_id"].as_str().unwrap().to_string();
-        (server.router.clone(), key, session)
-    });
+    let (server, key, session) =
+        runtime.block_on(server_with_a_session(Config { max_sessions: 64, ..Config::ephemeral() }));
+    let app = server.router.clone();
     let routes: Vec<(&str, String)> = vec![
         ("POST", "/api/v1/sessions".into()),
         ("POST", format!("/api/v1/sessions/{session}/tickets")),
@@ -287,21 +292,8 @@ fn mutate(offer: &str, mutations: &[Mutation]) -> Vec<u8> {
 #[test]
 fn sdp_offers_reach_seats_or_are_refused() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (app, host, key, session) = runtime.block_on(async {
-        let server = Server::start(Config::ephemeral()).await.unwrap();
-        let store = server.control.store().clone();
-        let (_, key) = store.create_api_key("local", &["admin", "sessions:write"], unix_ms()).await.unwrap();
-        let request = Request::post("/api/v1/sessions")
-            .header(header::AUTHORIZATION, format!("Bearer {key}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"game":"neon-cycles","options":{"width":320,"height":240,"fps":30}}"#))
-            .unwrap();
-        let (status, created) = send(&server.router, request).await;
-        assert_eq!(status, StatusCode::CREATED);
-        let session =
-            serde_json::from_slice::<Value>(&created).unwrap()["session_id"].as_str().unwrap().to_string();
-        (server.router.clone(), server.host.clone(), key, session)
-    });
+    let (server, key, session) = runtime.block_on(server_with_a_session(Config::ephemeral()));
+    let (app, host) = (server.router.clone(), server.host.clone());
     let ticket = |role: &str| {
         let request = Request::post(format!("/api/v1/sessions/{session}/tickets"))
             .header(header::AUTHORIZATION, format!("Bearer {key}"))

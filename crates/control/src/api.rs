@@ -575,17 +575,22 @@ async fn create_ticket(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// The session `id`, if the caller may share it (or stop sharing it).
+async fn shareable(control: &ControlPlane, headers: &HeaderMap, id: &str) -> Result<SessionRecord, ApiError> {
+    let who = principal(control, headers).await?;
+    who.check_origin(control, headers, true)?;
+    match standing(control, &who, id, SessionAction::Share).await? {
+        Standing::Running(session, _, _) | Standing::Queued(session) => Ok(session),
+    }
+}
+
 /// Makes a new share link for the caller's session; earlier links stop working.
 async fn share_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
-    let session = match standing(&control, &who, &id, SessionAction::Share).await? {
-        Standing::Running(session, _, _) | Standing::Queued(session) => session,
-    };
+    let session = shareable(&control, &headers, &id).await?;
     let grant = format!("cpw_{}{}", random_id(), random_id());
     control.inner.store.set_watch_grant(&session.tenant_id, &id, Some(&grant)).await.map_err(internal)?;
     let watch_url = format!("{}/play?watch={id}&grant={grant}", base_url(&control, &headers));
@@ -599,11 +604,7 @@ async fn unshare_session(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
-    let session = match standing(&control, &who, &id, SessionAction::Share).await? {
-        Standing::Running(session, _, _) | Standing::Queued(session) => session,
-    };
+    let session = shareable(&control, &headers, &id).await?;
     control.inner.store.set_watch_grant(&session.tenant_id, &id, None).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
