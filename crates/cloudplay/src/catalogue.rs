@@ -86,11 +86,8 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<CatalogueGame>> {
     let mut games = Vec::new();
     for (index, entry) in file.game.into_iter().enumerate() {
         let name = format!("game #{} ({:?})", index + 1, entry.id);
-        let valid_id = !entry.id.is_empty()
-            && entry.id.len() <= 64
-            && entry.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_id {
-            bail!("{name}: ids are 1 to 64 letters, digits, '-' or '_'");
+        if !cloudplay_proto::id::is_id(&entry.id) {
+            bail!("{name}: ids are {}", cloudplay_proto::id::ID_RULE);
         }
         if !seen.insert(entry.id.clone()) {
             bail!("{name}: the id is used twice");

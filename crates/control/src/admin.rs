@@ -193,10 +193,8 @@ fn four() -> u8 {
 }
 
 fn valid_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok { Ok(()) } else { Err(ApiError::bad_request("ids are 1 to 64 letters, digits, '-' or '_'")) }
+    use cloudplay_proto::id::{ID_RULE, is_id};
+    if is_id(id) { Ok(()) } else { Err(ApiError::bad_request(format!("ids are {ID_RULE}"))) }
 }
 
 async fn put_game(

@@ -35,7 +35,7 @@ const MAX_CAPACITY: u32 = 4096;
 const MAX_RUNTIMES: usize = 16;
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    cloudplay_proto::id::is_fleet_id(s)
 }
 
 /// `scheme://authority` with nothing but the characters of a host and port, so the URL

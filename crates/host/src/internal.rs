@@ -30,10 +30,7 @@ async fn start(State(internal): State<Internal>, body: axum::body::Bytes) -> Res
         Ok(request) => request,
         Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
     };
-    let valid_id = !request.session_id.is_empty()
-        && request.session_id.len() <= 64
-        && request.session_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if !valid_id {
+    if !cloudplay_proto::id::is_id(&request.session_id) {
         return error_response(StatusCode::BAD_REQUEST, "invalid_request", "bad session id");
     }
     match internal

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod fleet;
+pub mod id;
 pub mod input;
 pub mod probe;
 pub mod ratelimit;

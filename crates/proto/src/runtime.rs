@@ -150,10 +150,7 @@ fn check_text(what: &str, text: &str) -> Result<(), String> {
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok { Ok(()) } else { Err(format!("{what}: 1 to 64 of a-z, A-Z, 0-9, '_', '-'")) }
+    if crate::id::is_id(name) { Ok(()) } else { Err(format!("{what}: {}", crate::id::ID_RULE)) }
 }
 
 /// A relative path that stays below the directory it is joined to.
