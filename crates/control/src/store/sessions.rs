@@ -1,0 +1,239 @@
+//! Play sessions: created, found, queued, placed, ended.
+
+use super::*;
+
+impl Store {
+    /// Stores a new session. A session with the same tenant and idempotency key is a
+    /// conflict: the caller returns the existing one instead.
+    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut conn = self.scoped(&session.tenant_id).await?;
+        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(&session.id)
+            .bind(&session.tenant_id)
+            .bind(session.user_id.as_deref())
+            .bind(&session.game_id)
+            .bind(session.host_id.as_deref())
+            .bind(session.state.as_str())
+            .bind(&session.options)
+            .bind(session.idempotency_key.as_deref())
+            .bind(session.created_at_ms as i64)
+            .bind(&session.owner)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| conflict_or(e, "session"))?;
+        Ok(())
+    }
+
+    fn session_from(row: &sqlx::any::AnyRow) -> Result<SessionRecord, StoreError> {
+        Ok(SessionRecord {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            user_id: row.try_get("user_id")?,
+            game_id: row.try_get("game_id")?,
+            host_id: row.try_get("host_id")?,
+            state: SessionState::parse(row.try_get("state")?)?,
+            options: row.try_get("options")?,
+            idempotency_key: row.try_get("idempotency_key")?,
+            created_at_ms: row.try_get::<i64, _>("created_at")?.max(0) as u64,
+            owner: row.try_get("owner")?,
+        })
+    }
+
+    const SESSION_COLUMNS: &str =
+        "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner";
+
+    pub async fn session(&self, tenant_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let sql = format!("SELECT {} FROM sessions WHERE tenant_id = $1 AND id = $2", Self::SESSION_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::session_from(&row)
+    }
+
+    pub async fn session_by_idempotency_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND idempotency_key = $2",
+            Self::SESSION_COLUMNS
+        );
+        let row = sqlx::query(&sql).bind(tenant_id).bind(key).fetch_optional(&mut *conn).await?;
+        row.as_ref().map(Self::session_from).transpose()
+    }
+
+    /// A tenant's sessions in `state`, oldest first.
+    pub async fn sessions(
+        &self,
+        tenant_id: &str,
+        state: SessionState,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND state = $2 ORDER BY created_at, id LIMIT $3",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(state.as_str())
+            .bind(limit.min(1000) as i64)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// An owner's queued and placed sessions, oldest first.
+    pub async fn sessions_of(&self, tenant_id: &str, owner: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed') \
+             ORDER BY created_at, id LIMIT 100",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(tenant_id).bind(owner).fetch_all(&mut *conn).await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// Sets (`Some(secret)`) or revokes (`None`) the session's watch grant; only its hash
+    /// is stored.
+    pub async fn set_watch_grant(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE sessions SET watch_grant_hash = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(secret.map(hash_secret))
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 1 { Ok(()) } else { Err(StoreError::NotFound) }
+    }
+
+    /// The session whose current watch grant is `secret`. The grant is the capability,
+    /// so it is looked up without a tenant: share links work for guests of any tenant.
+    pub async fn session_by_watch_grant(&self, id: &str, secret: &str) -> Result<SessionRecord, StoreError> {
+        let sql =
+            format!("SELECT {} FROM sessions WHERE id = $1 AND watch_grant_hash = $2", Self::SESSION_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(hash_secret(secret))
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::session_from(&row)
+    }
+
+    /// Live and queued sessions of one owner, for the per-caller limit.
+    pub async fn count_live_sessions_of(&self, tenant_id: &str, owner: &str) -> Result<u32, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed')",
+        )
+        .bind(tenant_id)
+        .bind(owner)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u32)
+    }
+
+    /// Moves a session from `from` to `to`; `false` if it was not in `from`.
+    pub async fn set_session_state(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        from: SessionState,
+        to: SessionState,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done =
+            sqlx::query("UPDATE sessions SET state = $1 WHERE tenant_id = $2 AND id = $3 AND state = $4")
+                .bind(to.as_str())
+                .bind(tenant_id)
+                .bind(id)
+                .bind(from.as_str())
+                .execute(&mut *conn)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sessions placed on a host, for reconciliation with what the host runs.
+    pub async fn placed_sessions_on(&self, host_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql =
+            format!("SELECT {} FROM sessions WHERE host_id = $1 AND state = 'placed'", Self::SESSION_COLUMNS);
+        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// Where a queued session stands in its tenant's queue (1 = next), first in, first out.
+    pub async fn queue_position(&self, session: &SessionRecord) -> Result<u32, StoreError> {
+        let mut conn = self.scoped(&session.tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS ahead FROM sessions WHERE tenant_id = $1 AND state = 'queued' \
+             AND (created_at < $2 OR (created_at = $2 AND id < $3))",
+        )
+        .bind(&session.tenant_id)
+        .bind(session.created_at_ms as i64)
+        .bind(&session.id)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(row.try_get::<i64, _>("ahead")?.max(0) as u32 + 1)
+    }
+
+    /// The oldest queued sessions across tenants, at most `per_tenant` of each tenant.
+    pub async fn queue_heads(&self, per_tenant: u32) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT tenant_id FROM sessions WHERE state = 'queued' ORDER BY tenant_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut heads = Vec::new();
+        for row in rows {
+            let tenant: String = row.try_get("tenant_id")?;
+            heads.extend(self.sessions(&tenant, SessionState::Queued, per_tenant).await?);
+        }
+        Ok(heads)
+    }
+
+    /// Places a queued session on a host (whose slot the caller claimed). `false` if it
+    /// was no longer queued.
+    pub async fn assign_session(&self, tenant_id: &str, id: &str, host_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE sessions SET state = 'placed', host_id = $1 WHERE tenant_id = $2 AND id = $3 AND state = 'queued'")
+            .bind(host_id)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Each region with live hosts and one host endpoint in it (for RTT probes).
+    pub async fn regions(&self, now_ms: u64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT region, MIN(endpoint) AS endpoint FROM hosts WHERE state = 'active' AND lease_expires_at > $1 GROUP BY region ORDER BY region")
+            .bind(now_ms as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok((row.try_get("region")?, row.try_get("endpoint")?))).collect()
+    }
+
+    /// Puts a placed session back in its queue (its host failed to start it); its place
+    /// in line is kept, since the queue orders by creation time.
+    pub async fn requeue_session(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE sessions SET state = 'queued', host_id = NULL WHERE tenant_id = $1 AND id = $2 AND state = 'placed'")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
