@@ -27,7 +27,14 @@ use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::rust_connection::{DefaultStream, RustConnection};
 
 use crate::RuntimeError;
+
+mod audio;
+mod keys;
+
 use crate::sandbox::{Ending, Jail, JailLimits};
+use audio::SessionAudio;
+pub use audio::audio_available;
+use keys::{PAD_KEYS, gamepad_keys, keysym_for};
 
 /// Where a native game comes from and how it is run.
 pub struct NativeSetup<'a> {
@@ -158,110 +165,6 @@ impl Drop for SharedImage {
     }
 }
 
-/// Audio kept beyond one tick: more would only add latency.
-const MAX_BUFFERED_AUDIO: usize = cloudplay_game::AUDIO_FRAMES_PER_TICK * cloudplay_game::AUDIO_CHANNELS * 4;
-/// How long the sound server has to come up.
-const AUDIO_STARTUP: Duration = Duration::from_secs(3);
-
-/// A session's own PulseAudio server with one null sink, whose monitor is recorded (by
-/// `parec`, as 48 kHz stereo float) into the session's audio.
-struct SessionAudio {
-    samples: Arc<Mutex<VecDeque<f32>>>,
-    dir: PathBuf,
-    // Recorder before server.
-    _capture: Supervised,
-    _server: Supervised,
-}
-
-impl Drop for SessionAudio {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Whether this host can give native games sound (PulseAudio and its `parec`).
-pub fn audio_available() -> bool {
-    crate::find_program("pulseaudio").is_some() && crate::find_program("parec").is_some()
-}
-
-fn quiet_command(program: &str, dir: &Path) -> Command {
-    let mut command = Command::new(program);
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
-        .env("HOME", dir)
-        .env("XDG_RUNTIME_DIR", dir)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
-    crate::supervise(&mut command);
-    command
-}
-
-impl SessionAudio {
-    /// Starts the sound server in `dir` (made here, private) and the recorder.
-    fn start(dir: PathBuf) -> Result<SessionAudio, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| e.to_string())?;
-        let socket = dir.join("native");
-        let server = quiet_command("pulseaudio", &dir)
-            .args(["--daemonize=no", "-n", "--exit-idle-time=-1", "--disallow-exit", "--use-pid-file=no"])
-            .arg(format!("--load=module-native-protocol-unix socket={} auth-anonymous=1", socket.display()))
-            .arg("--load=module-null-sink sink_name=game rate=48000 channels=2")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("pulseaudio: {e}"))?;
-        let mut server = Supervised::new(server, "pulseaudio");
-        let deadline = Instant::now() + AUDIO_STARTUP;
-        while !socket.exists() {
-            if Instant::now() >= deadline || server.has_exited() {
-                server.kill_group();
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err("the sound server did not start".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let capture = quiet_command("parec", &dir)
-            .arg(format!("--server=unix:{}", socket.display()))
-            .args(["--device=game.monitor", "--raw", "--format=float32le", "--rate=48000", "--channels=2"])
-            .arg("--latency-msec=10")
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("parec: {e}"))?;
-        let mut capture = Supervised::new(capture, "parec");
-        let samples = Arc::new(Mutex::new(VecDeque::with_capacity(MAX_BUFFERED_AUDIO)));
-        if let Some(mut stdout) = capture.child.stdout.take() {
-            let samples = samples.clone();
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 3840]; // 10 ms
-                let mut pending = Vec::with_capacity(8);
-                while let Ok(n) = stdout.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    pending.extend_from_slice(&buffer[..n]);
-                    let whole = pending.len() / 4 * 4;
-                    if let Ok(mut samples) = samples.lock() {
-                        samples.extend(
-                            pending[..whole]
-                                .chunks_exact(4)
-                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                        );
-                        let excess = samples.len().saturating_sub(MAX_BUFFERED_AUDIO);
-                        samples.drain(..excess);
-                    }
-                    pending.drain(..whole);
-                }
-            });
-        }
-        Ok(SessionAudio { samples, dir, _capture: capture, _server: server })
-    }
-
-    /// The address a program reaches this server at.
-    fn server_address(&self) -> String {
-        format!("unix:{}", self.dir.join("native").display())
-    }
-}
-
 /// A native program on its own virtual display.
 pub struct NativeGame {
     connection: RustConnection,
@@ -388,81 +291,6 @@ fn stderr_text(tail: &Mutex<VecDeque<u8>>) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let last_lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     last_lines[last_lines.len().saturating_sub(3)..].join(" / ")
-}
-
-/// Gamepad (W3C standard mapping) → keyboard key (HID usage), for native games: D-pad and
-/// left stick = arrows, south = Space, east = Escape, west = Left Ctrl, north = Tab,
-/// Start = Enter, Back = Backspace.
-const PAD_KEYS: [(u32, u16); 10] = [
-    (12, 0x52), // up
-    (13, 0x51), // down
-    (14, 0x50), // left
-    (15, 0x4F), // right
-    (0, 0x2C),  // south → Space
-    (1, 0x29),  // east → Escape
-    (2, 0xE0),  // west → Left Ctrl
-    (3, 0x2B),  // north → Tab
-    (9, 0x28),  // start → Enter
-    (8, 0x2A),  // back → Backspace
-];
-
-/// Which of [`PAD_KEYS`] a gamepad snapshot holds (bit i = entry i).
-fn gamepad_keys(pad: &cloudplay_proto::input::GamepadState) -> u16 {
-    if !pad.connected {
-        return 0;
-    }
-    const STICK: i16 = 16_000;
-    let axis = |i: usize| pad.axes().get(i).copied().unwrap_or(0);
-    let stick = [axis(1) < -STICK, axis(1) > STICK, axis(0) < -STICK, axis(0) > STICK];
-    PAD_KEYS.iter().enumerate().fold(0, |held, (bit, &(button, _))| {
-        let pressed = pad.pressed(button) || (bit < 4 && stick[bit]);
-        if pressed { held | 1 << bit } else { held }
-    })
-}
-
-/// HID usage → X keysym, for the keys a browser sends.
-fn keysym_for(usage: u16) -> Option<u32> {
-    Some(match usage {
-        0x04..=0x1D => b'a' as u32 + (usage - 0x04) as u32,
-        0x1E..=0x26 => b'1' as u32 + (usage - 0x1E) as u32,
-        0x27 => b'0' as u32,
-        0x28 => 0xFF0D, // Return
-        0x29 => 0xFF1B, // Escape
-        0x2A => 0xFF08, // BackSpace
-        0x2B => 0xFF09, // Tab
-        0x2C => b' ' as u32,
-        0x2D => b'-' as u32,
-        0x2E => b'=' as u32,
-        0x2F => b'[' as u32,
-        0x30 => b']' as u32,
-        0x31 => b'\\' as u32,
-        0x33 => b';' as u32,
-        0x34 => b'\'' as u32,
-        0x35 => b'`' as u32,
-        0x36 => b',' as u32,
-        0x37 => b'.' as u32,
-        0x38 => b'/' as u32,
-        0x39 => 0xFFE5,                                // Caps_Lock
-        0x3A..=0x45 => 0xFFBE + (usage - 0x3A) as u32, // F1…F12
-        0x49 => 0xFF63,                                // Insert
-        0x4A => 0xFF50,                                // Home
-        0x4B => 0xFF55,                                // Prior
-        0x4C => 0xFFFF,                                // Delete
-        0x4D => 0xFF57,                                // End
-        0x4E => 0xFF56,                                // Next
-        0x4F => 0xFF53,                                // Right
-        0x50 => 0xFF51,                                // Left
-        0x51 => 0xFF54,                                // Down
-        0x52 => 0xFF52,                                // Up
-        0xE0 => 0xFFE3,                                // Control_L
-        0xE1 => 0xFFE1,                                // Shift_L
-        0xE2 => 0xFFE9,                                // Alt_L
-        0xE3 => 0xFFEB,                                // Super_L
-        0xE4 => 0xFFE4,                                // Control_R
-        0xE5 => 0xFFE2,                                // Shift_R
-        0xE6 => 0xFFEA,                                // Alt_R
-        _ => return None,
-    })
 }
 
 /// The command that starts the game program: from a clean environment (the host's own —
