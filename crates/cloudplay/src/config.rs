@@ -37,9 +37,10 @@ pub struct Config {
     /// Seconds a client has to send its request headers before the connection is closed.
     pub header_read_timeout_secs: u64,
     /// Fleet mode: the address of the fleet listener (mutual TLS), apart from the public
-    /// one. The control plane takes hosts' registrations there; a host takes its control
-    /// plane's calls there.
-    pub fleet_listen: SocketAddr,
+    /// one. The control plane takes hosts' registrations there (default `0.0.0.0:7443`); a
+    /// host takes its control plane's calls there (default `0.0.0.0:7444`, so both fit on
+    /// one machine).
+    pub fleet_listen: Option<SocketAddr>,
     /// `cloudplay host`: the `https://` URL the control plane reaches this host's fleet
     /// listener at (default: `https://public_ip:PORT`).
     pub fleet_url: Option<String>,
@@ -120,7 +121,7 @@ impl Default for Config {
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
             header_read_timeout_secs: 10,
-            fleet_listen: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 7443),
+            fleet_listen: None,
             fleet_url: None,
             fleet_dir: "cloudplay-data/fleet".into(),
             fleet_cert: None,
@@ -161,6 +162,12 @@ impl Config {
             (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
             _ => Identity::load_or_create(&self.fleet_dir)?,
         })
+    }
+
+    /// Where the fleet listener of a control plane (`host` false) or a host listens.
+    pub fn fleet_address(&self, host: bool) -> SocketAddr {
+        let port = if host { 7444 } else { 7443 };
+        self.fleet_listen.unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
     }
 
     /// What one caller may trigger on this host.
@@ -210,7 +217,7 @@ impl Config {
     pub fn ephemeral() -> Config {
         Config {
             listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
-            fleet_listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+            fleet_listen: Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0)),
             database_url: "sqlite::memory:".into(),
             ..Config::default()
         }
@@ -245,7 +252,7 @@ impl Config {
                 "HEADER_READ_TIMEOUT_SECS" => {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
-                "FLEET_LISTEN" => self.fleet_listen = value.parse().map_err(|e| bad(&e))?,
+                "FLEET_LISTEN" => self.fleet_listen = Some(value.parse().map_err(|e| bad(&e))?),
                 "FLEET_URL" => self.fleet_url = Some(value),
                 "FLEET_DIR" => self.fleet_dir = value.into(),
                 "FLEET_CERT" => self.fleet_cert = Some(value.into()),

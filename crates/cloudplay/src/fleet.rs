@@ -53,9 +53,10 @@ impl ControlServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let fleet_listener = TcpListener::bind(config.fleet_listen)
+        let fleet_address = config.fleet_address(false);
+        let fleet_listener = TcpListener::bind(fleet_address)
             .await
-            .with_context(|| format!("listening on {} (fleet_listen)", config.fleet_listen))?;
+            .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
         let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
         info!(fingerprint = %identity.fingerprint(), "fleet identity");
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
@@ -237,9 +238,10 @@ impl HostServer {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let fleet_listener = TcpListener::bind(config.fleet_listen)
+        let fleet_address = config.fleet_address(true);
+        let fleet_listener = TcpListener::bind(fleet_address)
             .await
-            .with_context(|| format!("listening on {} (fleet_listen)", config.fleet_listen))?;
+            .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
         let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
         let public_url = config
             .public_url
