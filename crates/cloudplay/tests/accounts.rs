@@ -41,11 +41,12 @@ struct Call<'a> {
     cookie: Option<&'a str>,
     origin: Option<&'a str>,
     body: Option<Value>,
+    extra: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Call<'a> {
     fn new(method: &'a str, uri: &'a str) -> Self {
-        Call { method, uri, bearer: None, cookie: None, origin: None, body: None }
+        Call { method, uri, bearer: None, cookie: None, origin: None, body: None, extra: Vec::new() }
     }
     fn bearer(mut self, token: &'a str) -> Self {
         self.bearer = Some(token);
@@ -57,6 +58,10 @@ impl<'a> Call<'a> {
     }
     fn origin(mut self, origin: &'a str) -> Self {
         self.origin = Some(origin);
+        self
+    }
+    fn header(mut self, name: &'a str, value: &'a str) -> Self {
+        self.extra.push((name, value));
         self
     }
     fn json(mut self, body: Value) -> Self {
@@ -73,6 +78,9 @@ impl<'a> Call<'a> {
         }
         if let Some(origin) = self.origin {
             request = request.header(header::ORIGIN, origin);
+        }
+        for (name, value) in &self.extra {
+            request = request.header(*name, *value);
         }
         let body = match self.body {
             Some(json) => {
@@ -99,6 +107,14 @@ async fn players_sign_up_log_in_and_play_as_themselves() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let cookie = cookie.expect("a session cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "plain HTTP on a LAN name: a Secure cookie would be dropped");
+    let behind_tls = json!({"email": "tls@example.com", "password": "hunter2hunter2"});
+    let (_, _, tls_cookie) = Call::new("POST", "/api/v1/tenants/acme/signup")
+        .header("x-forwarded-proto", "https")
+        .json(behind_tls)
+        .send(&app)
+        .await;
+    assert!(tls_cookie.unwrap().contains("; Secure"), "behind a TLS proxy the cookie is Secure");
     assert_eq!(
         Call::new("POST", "/api/v1/tenants/acme/signup").json(credentials.clone()).send(&app).await.0,
         StatusCode::CONFLICT

@@ -100,8 +100,17 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `; Secure` for every cookie, except where the server is reached over plain HTTP at an
-/// address other than localhost (a LAN test set-up), where browsers would drop it.
+/// address other than localhost (a LAN test set-up), where browsers would drop it. A TLS
+/// proxy in front says so with `X-Forwarded-Proto: https` (a client that sends it falsely
+/// only makes its own cookie stricter).
 pub fn cookie_secure_attribute(control: &ControlPlane, headers: &HeaderMap) -> &'static str {
+    let behind_tls = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    if behind_tls {
+        return "; Secure";
+    }
     let base = base_url(control, headers);
     let host = base.split("://").nth(1).unwrap_or("");
     let localhost = ["localhost", "127.0.0.1", "[::1]"]
