@@ -379,6 +379,16 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
     let addr = server.http_addr;
     tokio::spawn(server.run(std::future::pending()));
     let define = |name: &str, value: &str| format!("-D{name}={value}");
+    // What the jail shows in /tmp of its own: the way to whatever it binds that lives
+    // there (this test's directory; the worker program, when the checkout is in /tmp).
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_cloudplay"));
+    let allowed: Vec<String> = [root.as_path(), worker.as_path()]
+        .iter()
+        .filter_map(|path| {
+            path.strip_prefix(std::env::temp_dir()).ok()?.iter().next()?.to_str().map(String::from)
+        })
+        .collect();
+    let allowed = format!(",{},", allowed.join(","));
     let built = std::process::Command::new("cc")
         .args(["-shared", "-fPIC", "-O1", "-o"])
         .arg(root.join("cores/hostile_libretro.so"))
@@ -386,6 +396,7 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
         .arg(define("CONFIG_PATH", &format!("\"{}\"", catalogue.display())))
         .arg(define("DATABASE_PATH", &format!("\"{}\"", database.display())))
         .arg(define("HOST_PORT", &addr.port().to_string()))
+        .arg(define("ALLOWED_TMP", &format!("\"{allowed}\"")))
         .status()
         .expect("a C compiler (cc)");
     assert!(built.success(), "the hostile core builds");
