@@ -29,12 +29,7 @@ pub struct ControlServer {
     /// Where hosts register (mutual TLS).
     pub fleet_addr: SocketAddr,
     pub control: ControlPlane,
-    router: Router,
-    listener: TcpListener,
-    fleet_router: Router,
-    fleet_listener: TcpListener,
-    fleet_tls: Arc<rustls::ServerConfig>,
-    header_read_timeout: Duration,
+    listeners: Listeners,
 }
 
 impl ControlServer {
@@ -50,52 +45,66 @@ impl ControlServer {
             .fallback(|| async { ApiError::not_found("resource") });
         let fleet_router = cloudplay_control::fleet_routes(control.clone())
             .fallback(|| async { ApiError::not_found("resource") });
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let fleet_address = config.fleet_address(false);
-        let fleet_listener = TcpListener::bind(fleet_address)
-            .await
-            .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
-        let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
+        let listeners = Listeners::bind(&config, false, router, fleet_router, fleet_tls).await?;
+        let (http_addr, fleet_addr) = listeners.addresses()?;
         info!(fingerprint = %identity.fingerprint(), "fleet identity");
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(ControlServer {
-            http_addr,
-            fleet_addr,
-            control,
-            router,
-            listener,
-            fleet_router,
-            fleet_listener,
-            fleet_tls,
-            header_read_timeout,
-        })
+        Ok(ControlServer { http_addr, fleet_addr, control, listeners })
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, fleet = %self.fleet_addr, "cloudplay control plane serving");
-        let fleet = (self.fleet_listener, self.fleet_router, self.fleet_tls);
-        serve_public_and_fleet((self.listener, self.router), fleet, self.header_read_timeout, shutdown).await
+        self.listeners.serve(shutdown).await
     }
 }
 
-/// Serves the public listener and the fleet listener (mutual TLS) until `shutdown`.
-async fn serve_public_and_fleet(
-    (listener, router): (TcpListener, Router),
-    (fleet_listener, fleet_router, fleet_tls): (TcpListener, Router, Arc<rustls::ServerConfig>),
+/// A fleet member's two listeners: the public one, and the fleet's (mutual TLS).
+struct Listeners {
+    public: TcpListener,
+    router: Router,
+    fleet: TcpListener,
+    fleet_router: Router,
+    fleet_tls: Arc<rustls::ServerConfig>,
     header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
-    let fleet = serve_fleet(fleet_listener, fleet_router, fleet_tls, header_read_timeout, async {
-        fleet_stopped.await.ok();
-    });
-    let fleet = tokio::spawn(fleet);
-    let served = serve_http(listener, router, header_read_timeout, shutdown).await;
-    drop(stop_fleet);
-    fleet.await??;
-    served
+}
+
+impl Listeners {
+    /// Binds `listen` and the fleet address of a control plane or (`host`) a host.
+    async fn bind(
+        config: &Config,
+        host: bool,
+        router: Router,
+        fleet_router: Router,
+        fleet_tls: Arc<rustls::ServerConfig>,
+    ) -> anyhow::Result<Listeners> {
+        let public = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let fleet_address = config.fleet_address(host);
+        let fleet = TcpListener::bind(fleet_address)
+            .await
+            .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
+        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
+        Ok(Listeners { public, router, fleet, fleet_router, fleet_tls, header_read_timeout })
+    }
+
+    /// The public and the fleet address.
+    fn addresses(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.public.local_addr()?, self.fleet.local_addr()?))
+    }
+
+    /// Serves both until `shutdown`.
+    async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
+        let fleet =
+            serve_fleet(self.fleet, self.fleet_router, self.fleet_tls, self.header_read_timeout, async {
+                fleet_stopped.await.ok();
+            });
+        let fleet = tokio::spawn(fleet);
+        let served = serve_http(self.public, self.router, self.header_read_timeout, shutdown).await;
+        drop(stop_fleet);
+        fleet.await??;
+        served
+    }
 }
 
 /// `cloudplay enrol`: a one-time token that lets one new host join the fleet of the
@@ -118,12 +127,7 @@ pub struct HostServer {
     /// Where the control plane reaches this host (mutual TLS, the control plane only).
     pub fleet_addr: SocketAddr,
     pub host: Host,
-    router: Router,
-    listener: TcpListener,
-    fleet_router: Router,
-    fleet_listener: TcpListener,
-    fleet_tls: Arc<rustls::ServerConfig>,
-    header_read_timeout: Duration,
+    listeners: Listeners,
 }
 
 /// What a host tells the control plane when it registers.
@@ -235,14 +239,16 @@ impl HostServer {
         let runtimes = Runtimes::new(config.runtimes());
         let kinds = runtimes.kinds();
         let host = Host::start(host_config, runtimes).await.context("starting the stream host")?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let fleet_address = config.fleet_address(true);
-        let fleet_listener = TcpListener::bind(fleet_address)
-            .await
-            .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
-        let (http_addr, fleet_addr) = (listener.local_addr()?, fleet_listener.local_addr()?);
+        let metrics = crate::app::Metrics { host: host.clone(), token: config.metrics_token.clone() };
+        let router = Router::new()
+            .merge(cloudplay_host::whep::router(host.clone()))
+            .route("/metrics", axum::routing::get(crate::app::metrics).with_state(metrics))
+            .fallback(|| async { ApiError::not_found("resource") });
+        let fleet_router = cloudplay_host::internal::router(host.clone())
+            .fallback(|| async { ApiError::not_found("resource") });
+        let fleet_tls = identity.server_config(Clients::Only(pin))?;
+        let listeners = Listeners::bind(&config, true, router, fleet_router, fleet_tls).await?;
+        let (http_addr, fleet_addr) = listeners.addresses()?;
         let public_url = config
             .public_url
             .clone()
@@ -269,33 +275,12 @@ impl HostServer {
         host.set_ticket_key(key);
         info!(host = %host_id, region = %config.region, control = %control_url, "joined the fleet");
         tokio::spawn(keep_membership(membership, host.clone(), lease));
-
-        let metrics = crate::app::Metrics { host: host.clone(), token: config.metrics_token.clone() };
-        let router = Router::new()
-            .merge(cloudplay_host::whep::router(host.clone()))
-            .route("/metrics", axum::routing::get(crate::app::metrics).with_state(metrics))
-            .fallback(|| async { ApiError::not_found("resource") });
-        let fleet_router = cloudplay_host::internal::router(host.clone())
-            .fallback(|| async { ApiError::not_found("resource") });
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        let fleet_tls = identity.server_config(Clients::Only(pin))?;
-        Ok(HostServer {
-            http_addr,
-            fleet_addr,
-            host,
-            router,
-            listener,
-            fleet_router,
-            fleet_listener,
-            fleet_tls,
-            header_read_timeout,
-        })
+        Ok(HostServer { http_addr, fleet_addr, host, listeners })
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, fleet = %self.fleet_addr, media = %self.host.media_addr(), "cloudplay host serving");
-        let fleet = (self.fleet_listener, self.fleet_router, self.fleet_tls);
-        serve_public_and_fleet((self.listener, self.router), fleet, self.header_read_timeout, shutdown).await
+        self.listeners.serve(shutdown).await
     }
 }
 

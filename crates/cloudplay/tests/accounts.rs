@@ -271,6 +271,35 @@ async fn sign_up_is_open_by_invite_or_closed_as_the_tenant_decides() {
     let mode =
         |mode: &str| Call::new("PUT", "/api/v1/admin/signup").bearer(acme).json(json!({ "mode": mode }));
     assert_eq!(mode("sometimes").send(&app).await.0, StatusCode::BAD_REQUEST);
+    // Only the tenant's admins: not a guest (no credential), a player, or a key without `admin`.
+    let (_, player, _) = Call::new("POST", "/api/v1/tenants/acme/signup")
+        .json(json!({"email": "p@example.com", "password": "hunter2hunter2"}))
+        .send(&app)
+        .await;
+    let player = player["token"].as_str().unwrap().to_string();
+    let (status, key, _) = Call::new("POST", "/api/v1/admin/api-keys")
+        .bearer(acme)
+        .json(json!({"scopes": ["sessions:write"]}))
+        .send(&app)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+    let backend = key["key"].as_str().unwrap().to_string();
+    for (who, expected) in [
+        (None, StatusCode::FORBIDDEN),
+        (Some(player.as_str()), StatusCode::FORBIDDEN),
+        (Some(backend.as_str()), StatusCode::FORBIDDEN),
+    ] {
+        for (method, uri, body) in [
+            ("PUT", "/api/v1/admin/signup", json!({"mode": "closed"})),
+            ("POST", "/api/v1/admin/invites", json!({})),
+        ] {
+            let mut call = Call::new(method, uri).json(body);
+            if let Some(token) = who {
+                call = call.bearer(token);
+            }
+            assert_eq!(call.send(&app).await.0, expected, "{method} {uri} as {who:?}");
+        }
+    }
     // Every refusal is JSON, a malformed query string and a wrong method too.
     let (status, body, _) = Call::new("GET", "/api/v1/admin/users?limit=many").bearer(acme).send(&app).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));

@@ -60,6 +60,9 @@ struct NewInvite {
     valid_hours: Option<u32>,
 }
 
+/// Unused invites a tenant may have out at once.
+const MAX_OPEN_INVITES: u32 = 1000;
+
 /// A one-time invite code for one sign-up (shown once; only its hash is kept).
 async fn create_invite(
     State(control): State<ControlPlane>,
@@ -71,6 +74,12 @@ async fn create_invite(
     let hours = request.valid_hours.unwrap_or(72);
     if !(1..=24 * 90).contains(&hours) {
         return Err(ApiError::bad_request("valid_hours is between 1 and 2160"));
+    }
+    if control.store().open_invites(&who.tenant, unix_ms()).await.map_err(internal)? >= MAX_OPEN_INVITES {
+        let message = format!(
+            "at most {MAX_OPEN_INVITES} unused invites at a time; wait for some to be used or expire"
+        );
+        return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, "too_many_invites", message));
     }
     let secret: [u8; 24] = rand::random();
     let code = format!("cpi_{}", secret.iter().map(|b| format!("{b:02x}")).collect::<String>());

@@ -319,6 +319,18 @@ impl Store {
     }
 
     /// Keeps an invite (its hash) to `tenant_id`, valid until `expires_at_ms`.
+    /// Invites of `tenant_id` that can still be used at `now_ms`.
+    pub async fn open_invites(&self, tenant_id: &str, now_ms: u64) -> Result<u32, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM invites WHERE tenant_id = $1 AND used_by IS NULL AND expires_at > $2",
+        )
+        .bind(tenant_id)
+        .bind(now_ms as i64)
+        .fetch_one(&mut *self.scoped(tenant_id).await?)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u32)
+    }
+
     pub async fn add_invite(
         &self,
         tenant_id: &str,
