@@ -20,6 +20,14 @@ const stats = (window.cloudplayStats = {
   clickToPhoton: [],
   firstFrameMs: null,
   audioPackets: 0,
+  // Times the page got back into its session after the connection dropped.
+  reconnects: 0,
+  // What the path did to the video (from getStats): packets lost, NACKs sent, packets
+  // resent, freezes and their total seconds, frames dropped, keyframes asked for.
+  network: null,
+  // The widest picture seen and the current one: narrower means the host lowered it.
+  widestFrame: 0,
+  frameSize: null,
   error: null,
 });
 
@@ -35,6 +43,8 @@ function fail(message, title = 'Could not play') {
 // ---------------------------------------------------------------- input protocol v1
 const KIND = { key: 1, mouseMove: 2, mousePosition: 3, mouseButton: 4, wheel: 5, gamepad: 6, touch: 7 };
 let channel = null;
+let fastChannel = null;
+const recentInputs = []; // the latest messages, repeated on the fast channel
 let nextSeq = 1;
 const pendingClicks = []; // [seq, sentAt] awaiting their frame
 
@@ -48,6 +58,15 @@ function send(kind, writePayload, payloadLength) {
   view.setUint32(2, seq, true);
   writePayload(view, 6);
   channel.send(buffer);
+  // The same again on the unreliable channel, after the messages before it: a lost
+  // datagram costs nothing there, and nothing waits for a retransmission.
+  if (fastChannel && fastChannel.readyState === 'open') {
+    recentInputs.push(new Uint8Array(buffer));
+    if (recentInputs.length > 4) recentInputs.shift();
+    const bundle = new Uint8Array(recentInputs.reduce((n, m) => n + m.length, 0));
+    recentInputs.reduce((at, m) => (bundle.set(m, at), at + m.length), 0);
+    fastChannel.send(bundle);
+  }
   stats.inputsSent++;
   return seq;
 }
@@ -243,6 +262,7 @@ function percentile(values, q) {
 let playStarted = performance.now();
 function onVideoFrame(now, metadata) {
   stats.framesDecoded++;
+  lastFrameAt = stats.lastFrameAt = performance.now();
   if (stats.firstFrameMs === null) {
     stats.firstFrameMs = Math.round(performance.now() - playStarted);
     document.getElementById('s-first').textContent = `${stats.firstFrameMs} ms`;
@@ -278,7 +298,11 @@ async function updateStats(pc) {
   const set = (id, text) => (document.getElementById(id).textContent = text);
   if (audio) stats.audioPackets = audio.packetsReceived;
   if (inbound) {
-    set('s-res', `${inbound.frameWidth || 0}×${inbound.frameHeight || 0}`);
+    // The host halves the picture (and then its frame rate) when the link cannot carry it.
+    stats.widestFrame = Math.max(stats.widestFrame, inbound.frameWidth || 0);
+    stats.frameSize = [inbound.frameWidth || 0, inbound.frameHeight || 0];
+    const lowered = inbound.frameWidth && inbound.frameWidth < stats.widestFrame ? ' (lowered for the link)' : '';
+    set('s-res', `${inbound.frameWidth || 0}×${inbound.frameHeight || 0}${lowered}`);
     set('s-fps', `${Math.round(inbound.framesPerSecond || 0)}`);
     if (previous) {
       const seconds = (inbound.timestamp - previous.timestamp) / 1000;
@@ -288,6 +312,18 @@ async function updateStats(pc) {
     set('s-loss', `${((lost / Math.max(1, lost + inbound.packetsReceived)) * 100).toFixed(2)} %`);
     if (inbound.framesDecoded) set('s-decode', `${((inbound.totalDecodeTime / inbound.framesDecoded) * 1000).toFixed(1)} ms`);
     if (inbound.jitterBufferEmittedCount) set('s-jitter', `${((inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000).toFixed(1)} ms`);
+    const network = (stats.network = {
+      lost,
+      nacks: inbound.nackCount || 0,
+      resent: inbound.retransmittedPacketsReceived || 0,
+      freezes: inbound.freezeCount || 0,
+      freezeSeconds: inbound.totalFreezesDuration || 0,
+      framesDropped: inbound.framesDropped || 0,
+      keyframesAsked: (inbound.pliCount || 0) + (inbound.firCount || 0),
+    });
+    set('s-nack', `${network.nacks} / ${network.resent}`);
+    set('s-freeze', `${network.freezes} (${network.freezeSeconds.toFixed(1)} s)`);
+    set('s-dropped', `${network.framesDropped} / ${network.keyframesAsked}`);
     previous = inbound;
   }
   if (pair && pair.currentRoundTripTime !== undefined) set('s-rtt', `${(pair.currentRoundTripTime * 1000).toFixed(1)} ms`);
@@ -323,7 +359,11 @@ async function api(path, body, method = 'POST') {
     body: body ? JSON.stringify(body) : undefined,
   });
   const json = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(json.error?.message || `HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(json.error?.message || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   json.httpStatus = response.status;
   return json;
 }
@@ -379,6 +419,8 @@ async function whep(session, player) {
   if (player) {
     channel = pc.createDataChannel('input', { ordered: true });
     channel.binaryType = 'arraybuffer';
+    fastChannel = pc.createDataChannel('input-fast', { ordered: false, maxRetransmits: 0 });
+    recentInputs.length = 0;
     // The server speaks on this channel only to say why the game ended (it quit or crashed).
     channel.onmessage = (e) => {
       if (typeof e.data !== 'string') return;
@@ -401,6 +443,11 @@ async function whep(session, player) {
     video.srcObject = stream;
   };
   pc.onconnectionstatechange = () => {
+    // A dropped connection of a playing page is the watchdog's to mend (below).
+    if (pc !== currentPc || stats.state === 'playing') {
+      if (stats.endedReason && stats.state !== 'failed') fail(stats.endedReason, 'The game ended');
+      return;
+    }
     if (pc.connectionState === 'failed') fail('The connection failed. Check that UDP can reach the server (see docs/deployment.md).');
     if (pc.connectionState === 'disconnected' || pc.connectionState === 'closed') {
       if (stats.state !== 'failed') {
@@ -409,6 +456,7 @@ async function whep(session, player) {
       }
     }
   };
+  currentPc = pc;
   await pc.setLocalDescription(await pc.createOffer());
   // The server is ICE-lite and takes no trickle: send the offer with what we have after a
   // short wait; it learns our address from the connectivity checks anyway.
@@ -431,7 +479,81 @@ async function whep(session, player) {
   const resource = new URL(response.headers.get('Location'), session.whep_url).href;
   await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
   addEventListener('pagehide', () => fetch(resource, { method: 'DELETE', keepalive: true }));
+  pc.resource = resource;
   return pc;
+}
+
+// ---------------------------------------------------------------- dropped connections
+// No picture for 2 s: the player is told. For 4 s: the page reconnects to the same session
+// with a fresh ticket (the host has let the silent connection go by then, so a player gets
+// the seat back), trying for 30 s; a session that is gone offers to start again.
+let currentPc = null;
+let lastFrameAt = performance.now();
+const TELL_AFTER_MS = 2_000, RECONNECT_AFTER_MS = 4_000, GIVE_UP_AFTER_MS = 30_000;
+
+function watchConnection(session, player, watchGrant) {
+  let mending = false;
+  setInterval(async () => {
+    if (stats.state !== 'playing' || mending) return;
+    const silent = performance.now() - lastFrameAt;
+    const told = !overlay.classList.contains('hidden') && overlayTitle.textContent === 'Connection lost';
+    if (silent > TELL_AFTER_MS && !told) {
+      overlay.classList.remove('hidden');
+      overlayTitle.textContent = 'Connection lost';
+      overlayText.textContent = 'Reconnecting…';
+      startButton.hidden = true;
+    } else if (silent <= TELL_AFTER_MS && told) {
+      overlay.classList.add('hidden');
+    }
+    if (silent > RECONNECT_AFTER_MS) {
+      mending = true;
+      await reconnect(session, player, watchGrant);
+      mending = false;
+    }
+  }, 250);
+}
+
+async function reconnect(session, player, watchGrant) {
+  const started = performance.now();
+  while (performance.now() - started < GIVE_UP_AFTER_MS && stats.state === 'playing') {
+    try {
+      // Leave the connection that stopped (or the attempt that never connected): its seat
+      // is free at once for the next attempt.
+      if (currentPc) {
+        currentPc.close();
+        if (currentPc.resource) fetch(currentPc.resource, { method: 'DELETE', keepalive: true }).catch(() => {});
+      }
+      const role = player ? 'player' : 'viewer';
+      const ticket = await api(`/api/v1/sessions/${encodeURIComponent(session.session_id)}/tickets`, { role, watch_grant: watchGrant });
+      const attempt = performance.now();
+      const pc = await whep(ticket, player); // now the current connection
+      // Back when the new connection decodes video (the element alone may show a frame
+      // when its source changes).
+      const decoded = async () => {
+        let frames = 0;
+        (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video') frames = r.framesDecoded || 0; });
+        return frames;
+      };
+      while (performance.now() - attempt < 5_000 && (await decoded()) < 5) await new Promise((r) => setTimeout(r, 200));
+      if ((await decoded()) >= 5) {
+        lastFrameAt = performance.now();
+        stats.reconnects++;
+        overlay.classList.add('hidden');
+        return;
+      }
+    } catch (e) {
+      if (e.status === 404 || e.status === 403) break; // the session is gone (or not ours)
+    }
+    await new Promise((r) => setTimeout(r, 2_000));
+  }
+  if (stats.state !== 'playing') return;
+  fail('The game\'s server stopped answering. Your progress up to the last save is kept.', 'Connection lost');
+  startButton.hidden = false;
+  startButton.textContent = 'Start again';
+  startButton.onclick = () => {
+    const game = params.get('game') || 'neon-cycles';
+    location.href = `/play?game=${encodeURIComponent(game)}&new=1`;
+  };
 }
 
 async function main() {
@@ -466,9 +588,10 @@ async function main() {
   }
   stats.sessionId = session.session_id;
   playStarted = performance.now();
-  const pc = await whep(session, !watch);
+  await whep(session, !watch);
   video.requestVideoFrameCallback(onVideoFrame);
-  setInterval(() => updateStats(pc), 1000);
+  setInterval(() => updateStats(currentPc).catch(() => {}), 1000); // a closed one has none
+  watchConnection(session, !watch, watch ? params.get('grant') || undefined : undefined);
   video.addEventListener('playing', () => {
     stats.state = 'playing';
     overlayTitle.textContent = watch ? 'Watching' : 'Ready';

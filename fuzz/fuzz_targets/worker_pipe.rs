@@ -1,7 +1,7 @@
 //! What a hostile libretro worker writes on its pipe: the host reads it as a step's
 //! answer (picture and audio) or refuses it, never panics and never reads past it.
 #![no_main]
-use cloudplay_runtime::retro_process::{MAX_PICTURE_SIDE, Stepped};
+use cloudplay_proto::worker::{MAX_PICTURE_SIDE, Stepped};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

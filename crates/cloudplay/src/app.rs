@@ -169,6 +169,7 @@ impl Server {
             host_id: config.host_id.clone(),
             public_ip: config.public_ip,
             media_port: config.media_port,
+            media_advertise: config.media_advertise,
             ticket_key: signing_key.verifying_key(),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,

@@ -475,3 +475,149 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
     }
     Ok(())
 }
+
+/// What the native client got through one network scenario.
+struct NetworkRow {
+    key: &'static str,
+    name: &'static str,
+    first_frame: Duration,
+    fps: f64,
+    gaps_over_100ms: usize,
+    longest_gap: Duration,
+    click_to_decoded: StageSummary,
+    lost: u64,
+    sent: u64,
+}
+
+/// `cloudplay bench --network`: the native client plays the built-in game through each
+/// scenario of the network emulator (both directions), pressing a key every 80–160 ms;
+/// click-to-decoded is from the key's send to the decoded frame whose probe echoes it.
+pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow::Result<()> {
+    use cloudplay_netem::Scenario;
+    let scenarios: Vec<Scenario> = if keys.is_empty() {
+        Scenario::table().into_iter().filter(|s| s.key != "outage-20").collect()
+    } else {
+        keys.iter()
+            .map(|key| Scenario::by_key(key).with_context(|| format!("no scenario {key:?}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let server = Server::start(Config::ephemeral()).await?;
+    let http = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    let rows = tokio::task::spawn_blocking(move || {
+        scenarios
+            .into_iter()
+            .map(|s| play_through(http, s, size, seconds))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .await??;
+    println!(
+        "\nNative client (str0m + openh264) through cloudplay netem, built-in game {}x{} at 60 fps, {seconds} s each:\n",
+        size.0, size.1
+    );
+    println!(
+        "| scenario | first frame ms | fps decoded | gaps > 100 ms | longest gap ms | click-to-decoded p50 / p99 ms | packets lost (to the client) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} ({}) | {} | {:.1} | {} | {} | {} / {} | {} of {} |",
+            r.key,
+            r.name,
+            r.first_frame.as_millis(),
+            r.fps,
+            r.gaps_over_100ms,
+            r.longest_gap.as_millis(),
+            ms(r.click_to_decoded.p50_us),
+            ms(r.click_to_decoded.p99_us),
+            r.lost,
+            r.sent
+        );
+    }
+    Ok(())
+}
+
+fn play_through(
+    http: SocketAddr,
+    scenario: cloudplay_netem::Scenario,
+    size: (u32, u32),
+    seconds: u64,
+) -> anyhow::Result<NetworkRow> {
+    use cloudplay_netem::relay::Relay;
+    use cloudplay_proto::InputEvent;
+    use cloudplay_proto::input::key;
+
+    let body = format!(
+        r#"{{"game":"neon-cycles","options":{{"probe":true,"width":{},"height":{},"fps":60}}}}"#,
+        size.0, size.1
+    );
+    let (session, guest) = create_guest_session(http, &body)?;
+    let started = Instant::now();
+    let mut relay = None;
+    let mut client = StreamClient::connect_via(http, &session, |media| {
+        let started = Relay::start(media, scenario.clone(), scenario.clone(), 7)?;
+        let via = started.address();
+        relay = Some(started);
+        Ok(via)
+    })?;
+    let relay = relay.context("relayed")?;
+    let mut first_frame = None;
+    while first_frame.is_none() && started.elapsed() < Duration::from_secs(30) {
+        if !client.poll(Duration::from_millis(20))?.is_empty() {
+            first_frame = Some(started.elapsed());
+        }
+    }
+    let first_frame = first_frame.with_context(|| format!("{}: no frame within 30 s", scenario.key))?;
+    // Join the game (Space), then steer.
+    while !client.input_open() && started.elapsed() < Duration::from_secs(35) {
+        client.poll(Duration::from_millis(20))?;
+    }
+    client.send_input(InputEvent::Key { usage: key::SPACE, down: true, repeat: false })?;
+    let (lost_before, sent_before) = (relay.counters().1.lost, relay.counters().1.sent);
+    let steer = [key::ARROW_UP, key::ARROW_RIGHT, key::ARROW_DOWN, key::ARROW_LEFT];
+    let mut pending: Vec<(u32, Instant)> = Vec::new();
+    let mut arrivals = Vec::new();
+    let mut click_to_decoded = Vec::new();
+    let measure_from = Instant::now();
+    let mut next_press = measure_from;
+    let mut presses = 0u32;
+    while measure_from.elapsed() < Duration::from_secs(seconds) {
+        if Instant::now() >= next_press {
+            let usage = steer[presses as usize % steer.len()];
+            let seq = client.send_input(InputEvent::Key { usage, down: true, repeat: false })?;
+            pending.push((seq, Instant::now()));
+            presses += 1;
+            next_press = Instant::now() + Duration::from_millis(80 + (presses as u64 * 37) % 80);
+        }
+        for frame in client.poll(Duration::from_millis(5))? {
+            let decoded = frame.received_at + frame.decode_time;
+            arrivals.push(decoded);
+            if let Some(probe) = frame.probe {
+                pending.retain(|&(seq, sent)| {
+                    let echoed = probe.input_seq >= seq;
+                    if echoed {
+                        click_to_decoded.push(decoded.saturating_duration_since(sent).as_micros() as u32);
+                    }
+                    !echoed
+                });
+            }
+        }
+    }
+    let elapsed = measure_from.elapsed().as_secs_f64();
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].saturating_duration_since(w[0])).collect();
+    let (lost, sent) = (relay.counters().1.lost - lost_before, relay.counters().1.sent - sent_before);
+    let headers = guest_headers(http, &guest);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let _ = http_request(http, "DELETE", &format!("/api/v1/sessions/{}", session.session_id), &headers, b"");
+    Ok(NetworkRow {
+        key: scenario.key,
+        name: scenario.name,
+        first_frame,
+        fps: arrivals.len() as f64 / elapsed,
+        gaps_over_100ms: gaps.iter().filter(|g| **g > Duration::from_millis(100)).count(),
+        longest_gap: gaps.iter().max().copied().unwrap_or_default(),
+        click_to_decoded: percentiles(&mut click_to_decoded),
+        lost,
+        sent,
+    })
+}

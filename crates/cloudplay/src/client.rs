@@ -1,25 +1,28 @@
-//! A native streaming client: WHEP over a tiny HTTP/1.1 client, str0m on the client
+//! A native streaming client: WHEP over cloudplay's HTTP client, str0m on the client
 //! side, openh264 to decode, and the probe strip read from decoded pixels. Used by the
 //! integration tests and `cloudplay bench`, and a reference for third-party clients.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use cloudplay_control::http;
 use cloudplay_media::H264Decoder;
 use cloudplay_proto::api::SessionCreated;
+use cloudplay_proto::fleet::PeerMessage;
 use cloudplay_proto::{InputMessage, ProbeData, ProbeStrip};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::channel::ChannelId;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 /// Status, headers (lower-cased names) and body of an HTTP response.
 pub type HttpResponse = (u16, Vec<(String, String)>, Vec<u8>);
 
-/// A minimal HTTP/1.1 exchange over a fresh connection.
+/// One HTTP/1.1 exchange with the server at `addr` (cloudplay's one client,
+/// [`cloudplay_control::http`]), blocking.
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -27,27 +30,16 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> anyhow::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(request.as_bytes())?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no header end"))?;
-    let head = std::str::from_utf8(&response[..split])?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line.split(' ').nth(1).ok_or_else(|| anyhow!("bad status line"))?.parse()?;
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    Ok((status, headers, response[split + 4..].to_vec()))
+    let authority = addr.to_string();
+    let answer = http::send_blocking(
+        http::Target::Plain(&authority),
+        method,
+        path,
+        headers,
+        body.to_vec(),
+        http::Limits::CLIENT,
+    )?;
+    Ok((answer.status, answer.headers, answer.body))
 }
 
 /// Starts a session through the API as a new guest and returns the answer.
@@ -104,8 +96,17 @@ pub struct StreamClient {
     video: Mid,
     audio: Mid,
     input: ChannelId,
+    fast_input: ChannelId,
+    /// The latest messages sent, repeated on the fast channel.
+    recent_inputs: Vec<Vec<u8>>,
     input_open: bool,
     decoder: H264Decoder,
+    /// Set when a frame could not be decoded: the next decodable picture needs a keyframe.
+    needs_keyframe: bool,
+    last_keyframe_request: Option<Instant>,
+    /// Keyframes this client asked for because it could not decode (as a browser's decoder
+    /// does on loss); not counting [`StreamClient::request_keyframe`]'s.
+    pub keyframes_asked: u64,
     buffer: Vec<u8>,
     next_seq: u32,
     /// Pixel rectangle `(x, y, w, h)` whose mean luma each frame reports.
@@ -120,6 +121,18 @@ impl StreamClient {
     /// Sends a WHEP offer (video, audio and the input channel) for `session` and applies
     /// the answer. The connection completes while [`StreamClient::poll`] runs.
     pub fn connect(http: SocketAddr, session: &SessionCreated) -> anyhow::Result<StreamClient> {
+        StreamClient::connect_via(http, session, Ok)
+    }
+
+    /// [`StreamClient::connect`] through another path: `route` is given the host's media
+    /// address from the answer and returns where to send instead (say, a network
+    /// emulator's relay, [`cloudplay_netem::relay::Relay`]); the answer's candidates are
+    /// rewritten to it.
+    pub fn connect_via(
+        http: SocketAddr,
+        session: &SessionCreated,
+        route: impl FnOnce(SocketAddr) -> anyhow::Result<SocketAddr>,
+    ) -> anyhow::Result<StreamClient> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let local = socket.local_addr()?;
         let mut rtc =
@@ -129,6 +142,14 @@ impl StreamClient {
         let video = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         let audio = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         let input = change.add_channel("input".into());
+        // Input again, unordered and never retransmitted, each datagram repeating the
+        // messages before it (docs/protocol.md).
+        let fast_input = change.add_channel_with_config(ChannelConfig {
+            label: "input-fast".into(),
+            ordered: false,
+            reliability: Reliability::MaxRetransmits { retransmits: 0 },
+            ..ChannelConfig::default()
+        });
         let (offer, pending): (_, SdpPendingOffer) =
             change.apply().ok_or_else(|| anyhow!("nothing to offer"))?;
 
@@ -145,7 +166,8 @@ impl StreamClient {
             .find(|(name, _)| name == "location")
             .map(|(_, value)| value.clone())
             .context("no Location in the WHEP answer")?;
-        let answer = SdpAnswer::from_sdp_string(std::str::from_utf8(&body)?)?;
+        let answer = reroute_candidates(std::str::from_utf8(&body)?, route)?;
+        let answer = SdpAnswer::from_sdp_string(&answer)?;
         rtc.sdp_api().accept_answer(pending, answer)?;
         socket.set_read_timeout(Some(Duration::from_millis(2)))?;
         Ok(StreamClient {
@@ -155,8 +177,13 @@ impl StreamClient {
             video,
             audio,
             input,
+            fast_input,
+            recent_inputs: Vec::new(),
             input_open: false,
             decoder: H264Decoder::new()?,
+            needs_keyframe: false,
+            last_keyframe_request: None,
+            keyframes_asked: 0,
             buffer: vec![0; 2048],
             next_seq: 1,
             watch: None,
@@ -176,8 +203,23 @@ impl StreamClient {
         let bytes = InputMessage { seq, event }.encode();
         let mut channel = self.rtc.channel(self.input).ok_or_else(|| anyhow!("input channel not open"))?;
         channel.write(true, &bytes)?;
+        self.recent_inputs.push(bytes);
+        if self.recent_inputs.len() > 4 {
+            self.recent_inputs.remove(0);
+        }
+        if let Some(mut fast) = self.rtc.channel(self.fast_input) {
+            let _ = fast.write(true, &self.recent_inputs.concat());
+        }
         self.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Asks the host for a keyframe (an RTCP PLI), as a decoder that lost its reference
+    /// does; sent with the next poll.
+    pub fn request_keyframe(&mut self) -> anyhow::Result<()> {
+        let mut writer = self.rtc.writer(self.video).ok_or_else(|| anyhow!("no video"))?;
+        writer.request_keyframe(None, KeyframeRequestKind::Pli)?;
+        Ok(())
     }
 
     /// Sends raw bytes on the input channel (for testing malformed input).
@@ -230,9 +272,8 @@ impl StreamClient {
         match event {
             Event::ChannelOpen(id, _) if id == self.input => self.input_open = true,
             Event::ChannelData(data) if data.id == self.input && !data.binary => {
-                let message: serde_json::Value = serde_json::from_slice(&data.data).unwrap_or_default();
-                if message["type"] == "ended" {
-                    self.ended_reason = message["reason"].as_str().map(str::to_string);
+                if let Ok(PeerMessage::Ended { reason }) = serde_json::from_slice(&data.data) {
+                    self.ended_reason = Some(reason);
                 }
             }
             Event::MediaData(data) if data.mid == self.audio => self.audio_packets += 1,
@@ -255,6 +296,25 @@ impl StreamClient {
                     });
                     (probe, picture.width, picture.height, watched_luma)
                 });
+                // A gap in the packets, or a frame the decoder refused or could not show,
+                // leaves the reference broken until a keyframe: ask for one, as a browser
+                // does, at most every KEYFRAME_REQUEST_INTERVAL (the host limits it too).
+                let shown = matches!(decoded, Ok(Some(_)));
+                self.needs_keyframe = if shown && is_keyframe(&data.data) {
+                    false
+                } else {
+                    self.needs_keyframe || !shown || !data.contiguous
+                };
+                if self.needs_keyframe {
+                    let due = self
+                        .last_keyframe_request
+                        .is_none_or(|at| received_at.duration_since(at) >= KEYFRAME_REQUEST_INTERVAL);
+                    if due {
+                        self.request_keyframe()?;
+                        self.keyframes_asked += 1;
+                        self.last_keyframe_request = Some(received_at);
+                    }
+                }
                 if let Ok(Some((probe, width, height, watched_luma))) = decoded {
                     frames.push(ReceivedFrame {
                         probe,
@@ -271,6 +331,39 @@ impl StreamClient {
         }
         Ok(())
     }
+}
+
+/// How often the client asks again for a keyframe while it waits for one.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Whether an H.264 access unit (Annex B) holds an IDR slice.
+fn is_keyframe(access_unit: &[u8]) -> bool {
+    access_unit.windows(4).any(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 5)
+}
+
+/// The answer with its host candidates' address replaced by `route`'s choice.
+fn reroute_candidates(
+    answer: &str,
+    route: impl FnOnce(SocketAddr) -> anyhow::Result<SocketAddr>,
+) -> anyhow::Result<String> {
+    // a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ host
+    let media = answer
+        .lines()
+        .filter_map(|line| line.strip_prefix("a=candidate:"))
+        .find_map(|candidate| {
+            let fields: Vec<&str> = candidate.split_whitespace().collect();
+            let udp = fields.get(2)?.eq_ignore_ascii_case("udp");
+            let address = format!("{}:{}", fields.get(4)?, fields.get(5)?);
+            udp.then(|| address.parse::<SocketAddr>().ok()).flatten()
+        })
+        .context("no UDP candidate in the answer")?;
+    let via = route(media)?;
+    if via == media {
+        return Ok(answer.to_string());
+    }
+    let (from, to) =
+        (format!(" {} {} typ", media.ip(), media.port()), format!(" {} {} typ", via.ip(), via.port()));
+    Ok(answer.replace(&from, &to))
 }
 
 /// The path of a WHEP URL, which may be absolute (`http://host/whep/x`) or a path.

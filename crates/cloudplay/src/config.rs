@@ -19,6 +19,9 @@ pub struct Config {
     pub public_ip: IpAddr,
     /// UDP port for all WebRTC media (0 = any free port).
     pub media_port: u16,
+    /// Where browsers send media instead of `public_ip:media_port`, when something in
+    /// between forwards it (a NAT port forward, a UDP proxy, `cloudplay netem`).
+    pub media_advertise: Option<SocketAddr>,
     /// Base URL put into `whep_url` links (default: from each request's Host header).
     pub public_url: Option<String>,
     /// Id of the built-in host; tickets are addressed to it.
@@ -113,6 +116,7 @@ impl Default for Config {
             listen: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080),
             public_ip: Ipv4Addr::LOCALHOST.into(),
             media_port: 0,
+            media_advertise: None,
             public_url: None,
             host_id: "local".into(),
             max_sessions: 8,
@@ -242,6 +246,7 @@ impl Config {
                 "LISTEN" => self.listen = value.parse().map_err(|e| bad(&e))?,
                 "PUBLIC_IP" => self.public_ip = value.parse().map_err(|e| bad(&e))?,
                 "MEDIA_PORT" => self.media_port = value.parse().map_err(|e| bad(&e))?,
+                "MEDIA_ADVERTISE" => self.media_advertise = Some(value.parse().map_err(|e| bad(&e))?),
                 "PUBLIC_URL" => self.public_url = Some(value),
                 "HOST_ID" => self.host_id = value,
                 "MAX_SESSIONS" => self.max_sessions = value.parse().map_err(|e| bad(&e))?,
@@ -301,6 +306,11 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.public_ip.is_unspecified() {
             bail!("public_ip must be an address browsers can reach, not {}", self.public_ip);
+        }
+        if let Some(advertise) = self.media_advertise
+            && (advertise.ip().is_unspecified() || advertise.port() == 0)
+        {
+            bail!("media_advertise must be an address and port browsers can reach, not {advertise}");
         }
         if !(1..=60).contains(&self.ticket_ttl_secs) {
             bail!("ticket_ttl_secs must be between 1 and 60");
@@ -382,5 +392,12 @@ mod tests {
         assert_eq!(unknown, ["CLOUDPLAY_NOPE"], "reported, not applied");
         config.public_ip = Ipv4Addr::UNSPECIFIED.into();
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        assert!(config.apply_env([("CLOUDPLAY_MEDIA_ADVERTISE".into(), "nope".into())].into_iter()).is_err());
+        for unreachable in ["0.0.0.0:9000", "127.0.0.1:0"] {
+            config.media_advertise = Some(unreachable.parse().unwrap());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("media_advertise"), "{err}");
+        }
     }
 }

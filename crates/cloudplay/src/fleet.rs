@@ -229,6 +229,7 @@ impl HostServer {
             host_id: host_id.clone(),
             public_ip: config.public_ip,
             media_port: config.media_port,
+            media_advertise: config.media_advertise,
             ticket_key: placeholder,
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
             max_sessions: config.max_sessions,

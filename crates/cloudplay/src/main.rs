@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -80,11 +81,36 @@ enum Command {
     Homebrew {
         /// Where to write it, e.g. cloudplay-data/content/nes/colour-pad.nes.
         path: PathBuf,
+        /// Colour Pad reacting one frame late (its picture shows the buttons of the frame
+        /// before): a game's own input lag, for measuring run-ahead.
+        #[arg(long)]
+        late: bool,
     },
     /// Manage tenants: the game platforms served by this deployment.
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
+    },
+    /// Relay UDP to a host's media port through an emulated network (delay, jitter, loss,
+    /// caps, outages; see docs/benchmarks.md), for trying and measuring bad links. Start
+    /// the server with `CLOUDPLAY_MEDIA_PORT` set to `--to`'s port and
+    /// `CLOUDPLAY_MEDIA_ADVERTISE` to the address this prints.
+    Netem {
+        /// The host's media address (ip:port).
+        #[arg(long)]
+        to: SocketAddr,
+        /// Where players send (default: any free port on `--to`'s address).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// A scenario: clean, loss-5, bursts-2, cap-1.5, cap-steps, outage-2, outage-20.
+        #[arg(long, default_value = "loss-5")]
+        scenario: String,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seed of the loss pattern.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Measure the streaming pipeline and print a table (see docs/benchmarks.md).
     Bench {
@@ -105,6 +131,10 @@ enum Command {
         /// of --sizes: frame production to encoder, per stage.
         #[arg(long)]
         runtimes: bool,
+        /// Measure the native client through the network emulator's scenarios instead
+        /// (all but outage-20 when none is named), at the first of --sizes.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        network: Option<Vec<String>>,
         /// With --runtimes: also run this many sessions of each runtime at once.
         #[arg(long, value_delimiter = ',')]
         sessions: Vec<usize>,
@@ -122,7 +152,7 @@ struct ServerFlags {
     config: Option<PathBuf>,
     /// HTTP address to listen on, e.g. 0.0.0.0:8080 to accept other devices.
     #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
+    listen: Option<SocketAddr>,
 }
 
 impl ServerFlags {
@@ -278,16 +308,45 @@ fn main() -> anyhow::Result<()> {
         Command::Tenant { command: TenantCommand::Create { id, name, max_rtt_ms, color, config } } => {
             runtime.block_on(create_tenant(settings(config.as_ref())?, id, name, max_rtt_ms, color))
         }
+        Command::Bench { seconds, sizes, network: Some(keys), .. } => {
+            let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
+            runtime.block_on(cloudplay::bench::network(seconds, size, &keys))
+        }
         Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
             runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))
         }
         Command::LibretroWorker { .. } => Ok(()), // ran above, before the runtime
 
-        Command::Homebrew { path } => {
+        Command::Netem { to, listen, scenario, seconds, seed } => {
+            let keys =
+                || cloudplay_netem::Scenario::table().iter().map(|s| s.key).collect::<Vec<_>>().join(", ");
+            let Some(shape) = cloudplay_netem::Scenario::by_key(&scenario) else {
+                anyhow::bail!("no scenario {scenario:?}; known: {}", keys());
+            };
+            let listen = listen.unwrap_or(SocketAddr::new(to.ip(), 0));
+            let relay =
+                cloudplay_netem::relay::Relay::start_on(listen, to, shape.clone(), shape.clone(), seed)
+                    .with_context(|| format!("relaying on {listen}"))?;
+            println!("relay {} → {to}: {}", relay.address(), shape.name);
+            runtime.block_on(async {
+                match seconds {
+                    Some(seconds) => tokio::time::sleep(std::time::Duration::from_secs(seconds)).await,
+                    None => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            });
+            let (up, down) = relay.counters();
+            eprintln!("to the host: {up:?}\nto players: {down:?}");
+            Ok(())
+        }
+
+        Command::Homebrew { path, late } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             let rom = match path.extension().and_then(|e| e.to_str()) {
+                Some("nes") if late => cloudplay_runtime::homebrew::colour_pad_late_rom(),
                 Some("nes") => cloudplay_runtime::homebrew::colour_pad_rom(),
                 Some("gb") => cloudplay_runtime::homebrew::shade_pad_gb_rom(),
                 _ => anyhow::bail!("name the file .nes (Colour Pad) or .gb (Shade Pad)"),

@@ -81,3 +81,26 @@ async fn the_player_page_plays_in_headless_chromium() {
     println!("{stdout}\n{stderr}");
     assert!(output.status.success(), "the browser test failed:\n{stdout}\n{stderr}");
 }
+
+/// Dropped connections (`e2e/network.test.mjs`): a 20 s outage of the path through the
+/// network emulator, and a host killed with SIGKILL. The test starts its own cloudplay
+/// processes (this build) and relay.
+#[test]
+fn the_player_page_rides_out_dropped_networks() {
+    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
+    if let Some(reason) = missing_prerequisite(&e2e) {
+        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
+        eprintln!("SKIPPED the browser test: {reason}");
+        return;
+    }
+    let output = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "network.test.mjs"])
+        .current_dir(&e2e)
+        .env("CLOUDPLAY_BIN", env!("CARGO_BIN_EXE_cloudplay"))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "the network tests in Chromium failed");
+}

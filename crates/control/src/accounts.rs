@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::Throttle;
 use crate::api::{ApiError, ClientIp, internal, missing, parse_json, throttle};
-use crate::auth::{LOGIN_TTL_MS, SESSION_COOKIE, cookie_secure_attribute, cookie_token, principal};
+use crate::auth::{Caller, LOGIN_TTL_MS, SESSION_COOKIE, cookie_secure_attribute, cookie_token};
 use crate::store::{StoreError, User, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
@@ -156,9 +156,11 @@ async fn login(
     logged_in(&control, &headers, user, StatusCode::OK).await
 }
 
-async fn logout(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
+async fn logout(
+    State(control): State<ControlPlane>,
+    _: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -170,8 +172,7 @@ async fn logout(State(control): State<ControlPlane>, headers: HeaderMap) -> Resu
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
 }
 
-async fn me(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
+async fn me(Caller(who): Caller) -> Result<Response, ApiError> {
     let user = who
         .user
         .as_ref()

@@ -2,10 +2,8 @@
 //! API keys, live sessions, and the fleet's load. Admin API keys (scope `admin`) and
 //! admin users may call it, each only for its own tenant.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -13,8 +11,8 @@ use cloudplay_proto::runtime::RuntimeSpec;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::{ApiError, internal, missing, parse_json};
-use crate::auth::{Principal, principal};
+use crate::api::{ApiError, JsonBody, internal, missing};
+use crate::auth::Admin;
 use crate::store::{CatalogueGame, SessionState, StoreError, Tier, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
@@ -41,11 +39,9 @@ struct SignupMode {
 /// Sets who may sign up: `open`, `invite` or `closed`.
 async fn put_signup(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<SignupMode>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
-    let request: SignupMode = parse_json(&headers, body)?;
     control.store().set_signup_mode(&who.tenant, &request.mode).await.map_err(|e| match e {
         StoreError::Invalid(message) => ApiError::bad_request(message),
         other => internal(other),
@@ -66,11 +62,9 @@ const MAX_OPEN_INVITES: u32 = 1000;
 /// A one-time invite code for one sign-up (shown once; only its hash is kept).
 async fn create_invite(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<NewInvite>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
-    let request: NewInvite = parse_json(&headers, body)?;
     let hours = request.valid_hours.unwrap_or(72);
     if !(1..=24 * 90).contains(&hours) {
         return Err(ApiError::bad_request("valid_hours is between 1 and 2160"));
@@ -88,17 +82,6 @@ async fn create_invite(
     Ok((StatusCode::CREATED, Json(json!({ "code": code, "expires_at_ms": expires_at }))).into_response())
 }
 
-async fn admin(
-    control: &ControlPlane,
-    headers: &HeaderMap,
-    changes_state: bool,
-) -> Result<Principal, ApiError> {
-    let who = principal(control, headers).await?;
-    who.require_admin()?;
-    who.check_origin(control, headers, changes_state)?;
-    Ok(who)
-}
-
 #[derive(Deserialize)]
 struct Page {
     after: Option<String>,
@@ -107,10 +90,9 @@ struct Page {
 
 async fn list_users(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
+    Admin(who): Admin,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, false).await?;
     let Query(page) = page.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let limit = page.limit.unwrap_or(50).clamp(1, 500);
     let users = control.store().users(&who.tenant, page.after.as_deref(), limit).await.map_err(internal)?;
@@ -135,11 +117,9 @@ struct NewUser {
 
 async fn create_user(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<NewUser>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
-    let request: NewUser = parse_json(&headers, body)?;
     let user = control
         .store()
         .create_user(
@@ -166,11 +146,9 @@ struct Grant {
 async fn grant(
     State(control): State<ControlPlane>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<Grant>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
-    let request: Grant = parse_json(&headers, body)?;
     control
         .store()
         .grant(&who.tenant, &user_id, &request.tier, request.expires_at)
@@ -209,12 +187,10 @@ fn valid_id(id: &str) -> Result<(), ApiError> {
 async fn put_game(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<GameBody>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
     valid_id(&id)?;
-    let request: GameBody = parse_json(&headers, body)?;
     let runtime = RuntimeSpec::from_json(&request.runtime.to_string()).map_err(ApiError::bad_request)?;
     match &runtime {
         RuntimeSpec::Native { .. } => {
@@ -259,12 +235,10 @@ struct TierBody {
 async fn put_tier(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<TierBody>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
     valid_id(&id)?;
-    let request: TierBody = parse_json(&headers, body)?;
     control
         .store()
         .put_tier(&who.tenant, &Tier { id, name: request.name, rank: request.rank })
@@ -273,8 +247,7 @@ async fn put_tier(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_keys(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, false).await?;
+async fn list_keys(State(control): State<ControlPlane>, Admin(who): Admin) -> Result<Response, ApiError> {
     let keys = control.store().api_keys(&who.tenant).await.map_err(internal)?;
     let keys: Vec<_> = keys
         .iter()
@@ -294,11 +267,9 @@ const SCOPES: [&str; 4] = ["admin", "sessions:write", "sessions:read", "catalogu
 
 async fn create_key(
     State(control): State<ControlPlane>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<NewKey>,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
-    let request: NewKey = parse_json(&headers, body)?;
     if let Some(unknown) = request.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown scope {unknown:?}; known: {}",
@@ -315,9 +286,8 @@ async fn create_key(
 async fn revoke_key(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Admin(who): Admin,
 ) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, true).await?;
     control.store().revoke_api_key(&who.tenant, &id, unix_ms()).await.map_err(|e| match e {
         StoreError::NotFound => ApiError::not_found("api key"),
         other => internal(other),
@@ -325,11 +295,7 @@ async fn revoke_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_sessions(
-    State(control): State<ControlPlane>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let who = admin(&control, &headers, false).await?;
+async fn list_sessions(State(control): State<ControlPlane>, Admin(who): Admin) -> Result<Response, ApiError> {
     let sessions =
         control.store().sessions(&who.tenant, SessionState::Placed, 500).await.map_err(internal)?;
     let sessions: Vec<_> = sessions
@@ -340,8 +306,7 @@ async fn list_sessions(
 }
 
 /// The shared fleet's regions and load (no other tenant's data: counts only).
-async fn list_hosts(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    admin(&control, &headers, false).await?;
+async fn list_hosts(State(control): State<ControlPlane>, _: Admin) -> Result<Response, ApiError> {
     let fleet = control.store().fleet(unix_ms()).await.map_err(internal)?;
     let hosts: Vec<_> = fleet
         .iter()

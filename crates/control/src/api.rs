@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use cloudplay_proto::api::GameInfo;
 
-use crate::auth::{Principal, new_guest, principal};
+use crate::auth::{Caller, Principal, new_guest};
 use crate::policy::{SessionAction, authorize, require_scope};
 use crate::sessions::{Claim, StoredRequest, launch_for};
 use crate::store::{CatalogueGame, SessionRecord, SessionState, StoreError};
@@ -133,6 +133,20 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// A JSON request body as a handler argument: `application/json`, at most the body limit,
+/// parsed into `T`, with errors in the API's shape. It reads the body, so it comes last.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state).await;
+        parse_json(&headers, body).map(JsonBody)
+    }
+}
+
 /// Base URL for links in answers: the configured public URL, else this request's host.
 pub(crate) fn base_url(control: &ControlPlane, headers: &HeaderMap) -> String {
     if let Some(url) = &control.inner.config.public_url {
@@ -180,8 +194,7 @@ fn game_info(game: CatalogueGame) -> GameInfo {
     }
 }
 
-async fn list_games(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
+async fn list_games(State(control): State<ControlPlane>, Caller(who): Caller) -> Result<Response, ApiError> {
     require_scope(&who, "catalogue:read")?;
     let games: Vec<GameInfo> =
         control.inner.store.games(&who.tenant).await.map_err(internal)?.into_iter().map(game_info).collect();
@@ -191,9 +204,8 @@ async fn list_games(State(control): State<ControlPlane>, headers: HeaderMap) -> 
 async fn get_game(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
     require_scope(&who, "catalogue:read")?;
     let game = control.inner.store.game(&who.tenant, &id).await.map_err(missing("game"))?;
     Ok(Json(game_info(game)).into_response())
@@ -231,11 +243,10 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 async fn create_session(
     State(control): State<ControlPlane>,
     ip: ClientIp,
+    Caller(who): Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
     require_scope(&who, "sessions:write")?;
     // A tenant's back end answers for its own traffic; players and guests are counted.
     if !who.is_api_key()
@@ -403,8 +414,7 @@ fn start_error(e: StartError) -> ApiError {
 }
 
 /// The caller's own live and queued sessions, to resume one.
-async fn my_sessions(State(control): State<ControlPlane>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
+async fn my_sessions(State(control): State<ControlPlane>, Caller(who): Caller) -> Result<Response, ApiError> {
     require_scope(&who, "sessions:read")?;
     let Some(owner) = &who.owner else {
         return Ok(Json(json!({ "sessions": [] })).into_response());
@@ -472,9 +482,8 @@ async fn standing_of(control: &ControlPlane, session: SessionRecord) -> Result<S
 async fn get_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
     let info = match standing(&control, &who, &id, SessionAction::Read).await? {
         Standing::Running(session, _, view) => SessionInfo {
             options: StoredRequest::of(&session).options,
@@ -511,10 +520,8 @@ async fn get_session(
 async fn delete_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
     match standing(&control, &who, &id, SessionAction::End).await? {
         Standing::Running(session, host, _) => {
             host.stop_session(&id).await;
@@ -538,11 +545,10 @@ async fn delete_session(
 async fn create_ticket(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
+    Caller(who): Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let who = principal(&control, &headers).await?;
-    who.check_origin(&control, &headers, true)?;
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
     let role = request.role.unwrap_or(TicketRole::Player);
@@ -576,10 +582,8 @@ async fn create_ticket(
 }
 
 /// The session `id`, if the caller may share it (or stop sharing it).
-async fn shareable(control: &ControlPlane, headers: &HeaderMap, id: &str) -> Result<SessionRecord, ApiError> {
-    let who = principal(control, headers).await?;
-    who.check_origin(control, headers, true)?;
-    match standing(control, &who, id, SessionAction::Share).await? {
+async fn shareable(control: &ControlPlane, who: &Principal, id: &str) -> Result<SessionRecord, ApiError> {
+    match standing(control, who, id, SessionAction::Share).await? {
         Standing::Running(session, _, _) | Standing::Queued(session) => Ok(session),
     }
 }
@@ -588,9 +592,10 @@ async fn shareable(control: &ControlPlane, headers: &HeaderMap, id: &str) -> Res
 async fn share_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
+    Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let session = shareable(&control, &headers, &id).await?;
+    let session = shareable(&control, &who, &id).await?;
     let grant = format!("cpw_{}{}", random_id(), random_id());
     control.inner.store.set_watch_grant(&session.tenant_id, &id, Some(&grant)).await.map_err(internal)?;
     let watch_url = format!("{}/play?watch={id}&grant={grant}", base_url(&control, &headers));
@@ -602,9 +607,9 @@ async fn share_session(
 async fn unshare_session(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> Result<Response, ApiError> {
-    let session = shareable(&control, &headers, &id).await?;
+    let session = shareable(&control, &who, &id).await?;
     control.inner.store.set_watch_grant(&session.tenant_id, &id, None).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

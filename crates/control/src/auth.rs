@@ -7,6 +7,7 @@
 //! cookies are `SameSite=Strict`, and the `Origin` header must match the request's host.
 //! What each caller may do is decided in [`crate::policy`].
 
+use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::api::{ApiError, base_url, internal};
@@ -56,7 +57,7 @@ impl Principal {
     }
 
     /// Refuses a state-changing request authenticated by cookie from another origin.
-    pub fn check_origin(
+    fn check_origin(
         &self,
         control: &ControlPlane,
         headers: &HeaderMap,
@@ -142,7 +143,7 @@ fn unauthorized() -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "invalid, expired or revoked credentials".into())
 }
 
-pub async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let store = control.store();
     let user_principal = |user: User, credential| {
         let mut scopes: Vec<String> = PLAYER_SCOPES.iter().map(|s| s.to_string()).collect();
@@ -186,4 +187,43 @@ pub async fn principal(control: &ControlPlane, headers: &HeaderMap) -> Result<Pr
         credential: Credential::Guest,
         owner: cookie(headers, GUEST_COOKIE).as_deref().and_then(guest_owner),
     })
+}
+
+/// The caller of a request, as a handler argument: who they are, and — when the request
+/// changes state (any method but GET and HEAD) — proof that a cookie-authenticated one
+/// comes from our own origin.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<ControlPlane> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        control: &ControlPlane,
+    ) -> Result<Self, Self::Rejection> {
+        let who = principal(control, &parts.headers).await?;
+        who.check_origin(control, &parts.headers, changes_state(&parts.method))?;
+        Ok(Caller(who))
+    }
+}
+
+/// A tenant administrator (an admin user or a key with scope `admin`), checked like
+/// [`Caller`].
+pub struct Admin(pub Principal);
+
+impl FromRequestParts<ControlPlane> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        control: &ControlPlane,
+    ) -> Result<Self, Self::Rejection> {
+        let Caller(who) = Caller::from_request_parts(parts, control).await?;
+        who.require_admin()?;
+        Ok(Admin(who))
+    }
+}
+
+fn changes_state(method: &axum::http::Method) -> bool {
+    !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
 }

@@ -11,6 +11,7 @@ mod admin;
 mod api;
 mod auth;
 mod fleet;
+pub mod http;
 pub mod identity;
 mod openapi;
 pub mod placement;

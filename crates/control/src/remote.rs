@@ -1,24 +1,17 @@
 //! Hosts on other machines, reached over their fleet listener: mutual TLS 1.3, each side
-//! pinned to the other's certificate fingerprint (see [`crate::identity`]). A deliberately
-//! small HTTP/1.1 client: one request per connection, bounded in time and size.
+//! pinned to the other's certificate fingerprint (see [`crate::identity`]), through
+//! [`crate::http`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::fleet::{SessionView, StartSession};
 use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
 use rustls::ClientConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::identity::fleet_server_name;
+use crate::http::{self, Limits, Target};
 use crate::{HostFuture, HostSessionView, HostUnreachable, SessionHost, StartError};
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_RESPONSE: usize = 64 * 1024;
 
 pub struct RemoteHost {
     pub id: String,
@@ -42,7 +35,7 @@ impl RemoteHost {
 }
 
 /// One request between fleet members (`https://` only, with `tls` pinned to the other
-/// member); returns the status and body.
+/// member), a JSON body if any; returns the status and body.
 pub async fn fleet_request(
     endpoint: &str,
     tls: &Arc<ClientConfig>,
@@ -50,40 +43,13 @@ pub async fn fleet_request(
     path: &str,
     body: Option<String>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let authority = endpoint.strip_prefix("https://").ok_or("fleet members are reached over https://")?;
-    let authority = authority.trim_end_matches('/');
-    let exchange = async {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+    let target = Target::of_url(endpoint, Some(tls)).map_err(|e| e.to_string())?;
+    let headers: &[(&str, &str)] = if body.is_some() { &[("Content-Type", "application/json")] } else { &[] };
+    let answer =
+        http::send(target, method, path, headers, body.unwrap_or_default().into_bytes(), Limits::FLEET)
             .await
-            .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        let connector = tokio_rustls::TlsConnector::from(tls.clone());
-        let mut stream =
-            connector.connect(fleet_server_name(), stream).await.map_err(|e| format!("TLS: {e}"))?;
-        let body = body.unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        // A peer that closes without TLS close_notify still gave us a complete answer
-        // (`Connection: close`); what was read counts.
-        let read = (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut response).await;
-        if let Err(e) = read
-            && response.is_empty()
-        {
-            return Err(e.to_string());
-        }
-        let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or("malformed response")?;
-        let status = std::str::from_utf8(&response[..head_end])
-            .ok()
-            .and_then(|head| head.split(' ').nth(1))
-            .and_then(|code| code.parse().ok())
-            .ok_or("malformed status line")?;
-        Ok((status, response[head_end + 4..].to_vec()))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "request timed out".to_string())?
+    Ok((answer.status, answer.body))
 }
 
 impl SessionHost for RemoteHost {

@@ -76,6 +76,15 @@ pub trait Game: Send {
         None
     }
 
+    /// Asks the game to run `frames` frames ahead inside each `step` from now on (run-ahead:
+    /// the picture shows the game that far ahead, its state and sound stay on the tick),
+    /// which a game in another process does in one round trip. `false`: it cannot, and
+    /// the session runs it ahead itself with `save_state`/`load_state`.
+    fn run_ahead_inside(&mut self, frames: u8) -> bool {
+        let _ = frames;
+        false
+    }
+
     /// Whether the game still runs; the session loop ends the session on anything else and
     /// tells the players why. Built-in games never stop by themselves.
     fn status(&mut self) -> GameStatus {

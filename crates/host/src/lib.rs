@@ -54,6 +54,9 @@ pub struct HostConfig {
     pub public_ip: IpAddr,
     /// UDP port for all WebRTC traffic (0 = any free port).
     pub media_port: u16,
+    /// The address put in candidates instead of `public_ip:media_port` (something in
+    /// between forwards to the media port).
+    pub media_advertise: Option<SocketAddr>,
     /// Public key of the control plane that signs tickets.
     pub ticket_key: VerifyingKey,
     /// Sessions with nobody connected end after this long.
@@ -220,7 +223,8 @@ impl Host {
         let bind_ip =
             if config.public_ip.is_loopback() { config.public_ip } else { Ipv4Addr::UNSPECIFIED.into() };
         let socket = UdpSocket::bind(SocketAddr::new(bind_ip, config.media_port)).await?;
-        let media_addr = SocketAddr::new(config.public_ip, socket.local_addr()?.port());
+        let port = socket.local_addr()?.port();
+        let media_addr = config.media_advertise.unwrap_or(SocketAddr::new(config.public_ip, port));
         if !h264_built_with_assembly() {
             warn!(
                 "openh264 was built without nasm: encoding is several times slower; install nasm and rebuild"
@@ -560,7 +564,7 @@ impl Host {
             );
         }
         type Read = fn(&SessionStats) -> u64;
-        let gauges: [(&str, &str, Read); 4] = [
+        let gauges: [(&str, &str, Read); 9] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),
@@ -572,6 +576,25 @@ impl Host {
             }),
             ("cloudplay_session_bitrate_bps", "Current video bitrate target.", |s| {
                 SessionStats::count(&s.bitrate_bps)
+            }),
+            (
+                "cloudplay_session_mitigation",
+                "What the picture gives up for the bitrate: 0 nothing, 1 half size, 2 half size and half rate.",
+                |s| SessionStats::count(&s.mitigation),
+            ),
+            ("cloudplay_session_nacks_received_total", "Video NACKs the session's peers sent.", |s| {
+                SessionStats::count(&s.nacks_received)
+            }),
+            (
+                "cloudplay_session_keyframe_requests_received_total",
+                "PLIs and FIRs the session's peers sent.",
+                |s| SessionStats::count(&s.keyframe_requests_received),
+            ),
+            ("cloudplay_session_loss_permille", "Video loss in a peer's last receiver report, ‰.", |s| {
+                SessionStats::count(&s.loss_permille)
+            }),
+            ("cloudplay_session_rtt_microseconds", "Round trip to a peer as last measured.", |s| {
+                SessionStats::count(&s.rtt_us)
             }),
         ];
         for (name, help, value) in gauges {

@@ -13,11 +13,23 @@ pub type PeerId = u64;
 /// What the rest of the host tells a session.
 #[derive(Debug)]
 pub enum SessionCommand {
-    Input { player: u8, message: InputMessage },
+    Input {
+        player: u8,
+        message: InputMessage,
+    },
     KeyframeRequest,
-    BitrateEstimate { peer: PeerId, bps: u64 },
-    PeerJoined { peer: PeerId },
-    PeerLeft { peer: PeerId },
+    /// A peer's bandwidth estimate; a viewer's counts only while no player is connected.
+    BitrateEstimate {
+        peer: PeerId,
+        bps: u64,
+        viewer: bool,
+    },
+    PeerJoined {
+        peer: PeerId,
+    },
+    PeerLeft {
+        peer: PeerId,
+    },
     Stop,
 }
 

@@ -8,10 +8,18 @@
 //! - One encode per session, written to every connected peer of that session.
 //! - A peer gets no P-frames before its first keyframe (they would only show garbage);
 //!   one that connects asks its session for a keyframe.
-//! - A peer that has not connected within [`CONNECT_TIMEOUT`] is dropped; a peer that
-//!   leaves frees its seat and tells its session.
-//! - Only a player's input channel carries input, and all of it drives that player's
-//!   own seat; anything else on a data channel is counted as malformed and dropped.
+//! - A peer that has not connected within [`CONNECT_TIMEOUT`] is dropped, and so is a
+//!   connected one that has sent nothing for [`PEER_SILENCE_LIMIT`] (its network dropped:
+//!   a browser receiving video sends feedback many times a second); a peer that leaves
+//!   frees its seat and tells its session, so the player reconnecting gets the seat back.
+//! - A connected peer heard again after [`SILENCE_FOR_KEYFRAME`] (its path was down) asks
+//!   its session for a keyframe at once: what it missed cannot be resent in time, and
+//!   waiting for the browser to notice and ask costs a round trip and more.
+//! - Only a player's input channels carry input, and all of it drives that player's
+//!   own seat; anything else on a data channel is counted as malformed and dropped. Input
+//!   comes on a reliable channel and, for speed under loss, on an unreliable one whose
+//!   datagrams repeat the latest messages; each sequence number is applied once, whichever
+//!   copy comes first.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
 
@@ -35,8 +43,14 @@ use crate::stats::{HostCounters, SessionStats, Stage};
 
 /// Label of the data channel that carries input.
 pub const INPUT_CHANNEL_LABEL: &str = "input";
+/// Label of the unordered, unretransmitted data channel that carries input bundles.
+pub const FAST_INPUT_CHANNEL_LABEL: &str = "input-fast";
 /// A peer that has not connected by then is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connected peer heard again after this long without a datagram gets a keyframe.
+pub const SILENCE_FOR_KEYFRAME: Duration = Duration::from_millis(500);
+/// A connected peer that has sent nothing for this long is gone.
+pub const PEER_SILENCE_LIMIT: Duration = Duration::from_secs(3);
 /// How long a player has to receive "the game ended because …" before the disconnect.
 pub const END_MESSAGE_GRACE: Duration = Duration::from_millis(300);
 /// The longest the set sleeps without being asked to look at its peers.
@@ -54,6 +68,8 @@ pub struct NewPeer {
     pub commands: std::sync::mpsc::Sender<SessionCommand>,
     /// Freed when the peer leaves.
     pub seats: Arc<crate::Seats>,
+    /// The session's statistics, where the peer's reports of the path go.
+    pub stats: Arc<SessionStats>,
 }
 
 /// What the set asks of its shell.
@@ -96,12 +112,16 @@ impl PeerSet {
         self.peers.push(Peer {
             setup,
             created: now,
+            last_heard: now,
             connected: false,
             video: None,
             audio: None,
             input_channel: None,
+            fast_input_channel: None,
+            seen: SeenInputs::default(),
             needs_keyframe: true,
             close_at: None,
+            reported: (0, 0),
         });
     }
 
@@ -145,6 +165,12 @@ impl PeerSet {
             Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: self.local, contents });
         match self.peers.iter_mut().find(|peer| peer.setup.rtc.accepts(&input)) {
             Some(peer) => {
+                if peer.connected && now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME {
+                    debug!(peer = peer.setup.id, "heard again after a silence: keyframe");
+                    peer.needs_keyframe = true;
+                    peer.tell_session(SessionCommand::KeyframeRequest);
+                }
+                peer.last_heard = now;
                 peer.handle_input(input);
                 true
             }
@@ -194,7 +220,9 @@ impl PeerSet {
         }
         self.peers.retain(|peer| {
             let timed_out = !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT;
-            if peer.setup.rtc.is_alive() && !timed_out {
+            let silent =
+                peer.connected && now.saturating_duration_since(peer.last_heard) > PEER_SILENCE_LIMIT;
+            if peer.setup.rtc.is_alive() && !timed_out && !silent {
                 return true;
             }
             info!(peer = peer.setup.id, session = %peer.setup.session, "peer left");
@@ -209,23 +237,61 @@ impl PeerSet {
             }
             if !peer.connected {
                 at = at.min(peer.created + CONNECT_TIMEOUT + Duration::from_millis(1));
+            } else {
+                at = at.min(peer.last_heard + PEER_SILENCE_LIMIT + Duration::from_millis(1));
             }
         }
         PeerOutput::Timeout(at)
     }
 }
 
+/// The input sequence numbers a peer has had applied: the highest, and which of the 64
+/// below it. Older ones than that count as seen (a copy that late is stale anyway).
+#[derive(Default)]
+struct SeenInputs {
+    highest: u32,
+    below: u64,
+}
+
+impl SeenInputs {
+    /// Whether `seq` is new; it is seen from now on.
+    fn first_time(&mut self, seq: u32) -> bool {
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            // The old highest becomes bit `shift - 1` (at the start, 0: sequences start at 1).
+            self.below = if shift >= 64 { 0 } else { (self.below << shift) | (1 << (shift - 1)) };
+            self.highest = seq;
+            return true;
+        }
+        let back = self.highest - seq;
+        if back == 0 || back > 64 {
+            return false;
+        }
+        let bit = 1u64 << (back - 1);
+        let new = self.below & bit == 0;
+        self.below |= bit;
+        new
+    }
+}
+
 struct Peer {
     setup: NewPeer,
     created: Instant,
+    /// When the peer last sent a datagram.
+    last_heard: Instant,
     connected: bool,
     video: Option<(Mid, Pt)>,
     audio: Option<(Mid, Pt)>,
     input_channel: Option<ChannelId>,
+    fast_input_channel: Option<ChannelId>,
+    /// Input sequence numbers already applied.
+    seen: SeenInputs,
     /// Until a keyframe is sent, P-frames would only show garbage.
     needs_keyframe: bool,
     /// Disconnect at this time: the session ended and the peer was told why.
     close_at: Option<Instant>,
+    /// The peer's NACKs and keyframe requests counted so far (its reports are cumulative).
+    reported: (u64, u64),
 }
 
 impl Peer {
@@ -282,8 +348,25 @@ impl Peer {
                 }
             }
             Event::KeyframeRequest(_) => self.tell_session(SessionCommand::KeyframeRequest),
+            Event::MediaEgressStats(egress) if self.video.is_some_and(|(mid, _)| mid == egress.mid) => {
+                // Cumulative per peer: the session gets what is new since the last report.
+                let stats = &self.setup.stats;
+                let (nacks, requests) = (egress.nacks, egress.plis + egress.firs);
+                stats.nacks_received.fetch_add(nacks.saturating_sub(self.reported.0), Ordering::Relaxed);
+                stats
+                    .keyframe_requests_received
+                    .fetch_add(requests.saturating_sub(self.reported.1), Ordering::Relaxed);
+                self.reported = (nacks, requests);
+                if let Some(loss) = egress.loss {
+                    stats.loss_permille.store((loss.clamp(0.0, 1.0) * 1000.0) as u64, Ordering::Relaxed);
+                }
+                if let Some(rtt) = egress.rtt {
+                    stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
+                }
+            }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.tell_session(SessionCommand::BitrateEstimate {
+                    viewer: self.setup.role == TicketRole::Viewer,
                     peer: self.setup.id,
                     bps: estimate.as_u64(),
                 });
@@ -293,18 +376,31 @@ impl Peer {
             {
                 self.input_channel = Some(id);
             }
+            Event::ChannelOpen(id, label)
+                if label == FAST_INPUT_CHANNEL_LABEL && self.setup.role == TicketRole::Player =>
+            {
+                self.fast_input_channel = Some(id);
+            }
             Event::ChannelData(data) => {
-                if Some(data.id) != self.input_channel {
+                let decoded = if Some(data.id) == self.input_channel {
+                    InputMessage::decode(&data.data).map(|m| vec![m])
+                } else if Some(data.id) == self.fast_input_channel {
+                    InputMessage::decode_bundle(&data.data)
+                } else {
                     counters.input_malformed.fetch_add(1, Ordering::Relaxed);
                     return;
-                }
+                };
                 counters.input_messages.fetch_add(1, Ordering::Relaxed);
-                match InputMessage::decode(&data.data) {
-                    Ok(message) => {
+                match decoded {
+                    Ok(messages) => {
                         // Everything a peer sends, every gamepad included, drives its own seat:
                         // a ticket never steers another player's.
                         let player = self.setup.slot;
-                        self.tell_session(SessionCommand::Input { player, message });
+                        for message in messages {
+                            if self.seen.first_time(message.seq) {
+                                self.tell_session(SessionCommand::Input { player, message });
+                            }
+                        }
                     }
                     Err(e) => {
                         counters.input_malformed.fetch_add(1, Ordering::Relaxed);
@@ -361,5 +457,28 @@ impl Peer {
         if let Err(e) = writer.write(pt, audio.wallclock, time, audio.data.clone()) {
             debug!(peer = self.setup.id, error = %e, "audio write failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenInputs;
+
+    #[test]
+    fn each_sequence_number_is_applied_once_whatever_the_order() {
+        let mut seen = SeenInputs::default();
+        assert!(seen.first_time(1));
+        assert!(!seen.first_time(1), "a copy");
+        assert!(seen.first_time(3), "ahead of a gap");
+        assert!(seen.first_time(2), "the gap filled late");
+        assert!(!seen.first_time(2));
+        assert!(!seen.first_time(3));
+        assert!(seen.first_time(100));
+        assert!(seen.first_time(40), "64 back is still known");
+        assert!(!seen.first_time(40));
+        assert!(!seen.first_time(30), "too old to tell: stale");
+        assert!(!seen.first_time(0), "never a real message");
+        assert!(seen.first_time(101));
+        assert!(!seen.first_time(100));
     }
 }

@@ -73,9 +73,19 @@ pub struct SessionStats {
     pub inputs_applied: AtomicU64,
     /// Current encoder target, bit/s.
     pub bitrate_bps: AtomicU64,
+    /// What the picture gives up for the bitrate ([`cloudplay_media::Mitigation::level`]):
+    /// 0 nothing, 1 half size, 2 half size and half rate.
+    pub mitigation: AtomicU64,
     /// When the session's game last ticked, as [`monotonic_us`] (0: not yet); the host's
     /// watchdog reads it. Monotonic, so a step of the wall clock ends no session.
     pub last_tick_us: AtomicU64,
+    /// What the session's peers report of the path (RTCP), summed over peers.
+    pub nacks_received: AtomicU64,
+    pub keyframe_requests_received: AtomicU64,
+    /// The fraction of video packets lost, in ‰, as a peer's last receiver report said.
+    pub loss_permille: AtomicU64,
+    /// The round trip to a peer as last measured, µs.
+    pub rtt_us: AtomicU64,
 }
 
 impl Default for SessionStats {
@@ -90,7 +100,12 @@ impl Default for SessionStats {
             audio_packets: AtomicU64::new(0),
             inputs_applied: AtomicU64::new(0),
             bitrate_bps: AtomicU64::new(0),
+            mitigation: AtomicU64::new(0),
             last_tick_us: AtomicU64::new(0),
+            nacks_received: AtomicU64::new(0),
+            keyframe_requests_received: AtomicU64::new(0),
+            loss_permille: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
         }
     }
 }

@@ -19,7 +19,12 @@
 //! - At most one forced keyframe per [`KEYFRAME_MIN_INTERVAL`].
 //! - A frame the shell could not hand on ([`SessionCore::video_dropped`]) is not queued;
 //!   the next one is a keyframe.
-//! - One encode serves every peer: the encoder follows the slowest peer's estimate.
+//! - One encode serves every peer: the encoder follows the slowest player's estimate
+//!   (viewers' only while no player is connected), so a viewer on a worse link does not
+//!   drag the player's picture down; that viewer loses frames instead.
+//! - Below the bitrate its size needs, the picture is encoded at half the size, then
+//!   also at half the frame rate ([`MitigationPolicy`]: down after 500 ms, back up after
+//!   2 s with a margin); the game's tick rate never changes.
 //! - With nobody connected for the idle timeout, the session ends.
 //! - The probe strip reports an input only once a tick applied it.
 //! - Run-ahead *n* (emulated games): each tick runs the game, saves its state, runs *n*
@@ -34,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use cloudplay_game::{AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, GameStatus, PlayerInput};
 use cloudplay_media::{
-    AudioEncoder, I420Frame, OPUS_FRAME_SAMPLES, RateController, RateDecision, VideoEncoder,
+    AudioEncoder, I420Frame, Mitigation, MitigationPolicy, OPUS_FRAME_SAMPLES, RateController, RateDecision,
+    VideoEncoder,
 };
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::{ProbeData, ProbeStrip};
@@ -125,6 +131,8 @@ pub struct SessionCore {
     idle_timeout: Duration,
     schedule: Schedule,
     run_ahead: u8,
+    /// The game runs ahead inside its own step ([`Game::run_ahead_inside`]).
+    ahead_inside: bool,
     /// The picture was rendered ahead already, during the tick.
     picture_ahead: bool,
     /// Where the sound of frames run ahead goes (it is not heard).
@@ -135,13 +143,17 @@ pub struct SessionCore {
 
     frame: Frame,
     yuv: I420Frame,
+    /// The picture at a lower size, while mitigation asks for one.
+    smaller: I420Frame,
+    mitigation: MitigationPolicy,
     bitstream: Vec<u8>,
     audio: AudioEncoder,
     tick_audio: Vec<f32>,
     audio_pending: Vec<f32>,
     audio_samples_sent: u64,
     rate: RateController,
-    estimates: HashMap<PeerId, u64>,
+    /// Each peer's bandwidth estimate, and whether the peer is a viewer.
+    estimates: HashMap<PeerId, (u64, bool)>,
     peers: usize,
     idle_since: Option<Instant>,
 
@@ -176,10 +188,13 @@ impl SessionCore {
         let rate = RateController::new(INITIAL_BITRATE_BPS.min(cap), MIN_BITRATE_BPS.min(cap), cap);
         setup.stats.bitrate_bps.store(rate.current_bps() as u64, Ordering::Relaxed);
         info!(session = %setup.id, width = options.width, height = options.height, fps = options.fps, schedule = ?setup.schedule, "session started");
+        let mut game = setup.game;
+        let ahead_inside = setup.run_ahead > 0 && game.run_ahead_inside(setup.run_ahead);
         Ok(SessionCore {
             id: setup.id,
             options,
-            game: setup.game,
+            game,
+            ahead_inside,
             encoder: setup.encoder,
             stats: setup.stats,
             idle_timeout: setup.idle_timeout,
@@ -192,6 +207,8 @@ impl SessionCore {
             unix_ms_at_start: setup.unix_ms_at_start,
             frame: Frame::new(options.width, options.height),
             yuv: I420Frame::new(options.width, options.height),
+            smaller: I420Frame::new(0, 0),
+            mitigation: MitigationPolicy::new(options.width, options.height, options.fps.max(1)),
             bitstream: Vec::with_capacity(256 * 1024),
             audio,
             tick_audio: vec![0.0; AUDIO_FRAMES_PER_TICK * AUDIO_CHANNELS],
@@ -236,8 +253,8 @@ impl SessionCore {
                 }
             }
             SessionCommand::KeyframeRequest => self.keyframe_wanted = true,
-            SessionCommand::BitrateEstimate { peer, bps } => {
-                self.estimates.insert(peer, bps);
+            SessionCommand::BitrateEstimate { peer, bps, viewer } => {
+                self.estimates.insert(peer, (bps, viewer));
                 self.follow_estimates(now);
             }
             SessionCommand::PeerJoined { .. } => {
@@ -347,6 +364,9 @@ impl SessionCore {
             self.next_tick = now + self.tick;
             self.next_frame = self.next_frame.min(self.next_tick);
         }
+        if let Some(level) = self.mitigation.on_bitrate(self.rate.current_bps(), now) {
+            self.mitigate(level, now);
+        }
         if now >= self.next_frame && self.ending == Ending::Running {
             self.produce_frame(now);
             self.next_frame += self.frame_interval;
@@ -364,9 +384,13 @@ impl SessionCore {
         }
     }
 
-    /// One encode serves every peer, so it follows the slowest peer's estimate.
+    /// One encode serves every peer, so it follows the slowest player's estimate (any
+    /// peer's when only viewers are there).
     fn follow_estimates(&mut self, now: Instant) {
-        let Some(&slowest) = self.estimates.values().min() else { return };
+        let players = self.estimates.values().filter(|(_, viewer)| !viewer).map(|(bps, _)| *bps).min();
+        let Some(slowest) = players.or_else(|| self.estimates.values().map(|(bps, _)| *bps).min()) else {
+            return;
+        };
         let decision = self.rate.on_estimate(slowest, now);
         if let RateDecision::Decrease(bps) | RateDecision::Increase(bps) = decision {
             debug!(session = %self.id, bps, ?decision, "video bitrate");
@@ -375,6 +399,29 @@ impl SessionCore {
             }
             self.stats.bitrate_bps.store(bps as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Encodes at `level`'s size and rate from the next frame on (a new size starts with
+    /// a keyframe).
+    fn mitigate(&mut self, level: Mitigation, now: Instant) {
+        let options = &self.options;
+        let (width, height) = level.size(options.width, options.height);
+        let fps = level.fps(options.fps.max(1));
+        info!(session = %self.id, ?level, width, height, fps, bps = self.rate.current_bps(), "picture mitigation");
+        if (width, height) != (options.width, options.height)
+            && (self.smaller.width, self.smaller.height) != (width, height)
+        {
+            self.smaller = I420Frame::new(width, height);
+        }
+        let interval = Duration::from_secs(1) / fps;
+        if interval < self.frame_interval {
+            self.next_frame = self.next_frame.min(now + interval);
+        }
+        self.frame_interval = interval;
+        if let Err(e) = self.encoder.set_frame_rate(fps) {
+            warn!(session = %self.id, error = %e, "encoder refused a frame rate change");
+        }
+        self.stats.mitigation.store(level.level() as u64, Ordering::Relaxed);
     }
 
     fn step(&mut self, now: Instant) {
@@ -395,7 +442,7 @@ impl SessionCore {
             return;
         }
         self.game.mix_audio(&mut self.tick_audio);
-        if self.run_ahead > 0 && self.peers > 0 {
+        if self.run_ahead > 0 && self.peers > 0 && !self.ahead_inside {
             self.render_ahead();
         }
         self.last_step = (self.stopwatch)() - started;
@@ -457,13 +504,10 @@ impl SessionCore {
             let since_start = now.saturating_duration_since(self.started).as_millis() as u64;
             let capture_ms = (self.unix_ms_at_start + since_start) as u32;
             let data = ProbeData { frame_seq: self.frame_seq, input_seq: self.last_input_seq, capture_ms };
-            ProbeStrip::for_width(width).stamp(
-                &mut self.frame.pixels,
-                width,
-                height,
-                self.frame.stride,
-                data,
-            );
+            // Painted so that it reads right at the size the picture is encoded at.
+            let encoded_width = self.mitigation.current().size(width, height).0;
+            let strip = ProbeStrip::for_width(encoded_width).scaled(width / encoded_width);
+            strip.stamp(&mut self.frame.pixels, width, height, self.frame.stride, data);
         }
         self.frame_seq = self.frame_seq.wrapping_add(1);
         let rendered = stopwatch();
@@ -475,7 +519,16 @@ impl SessionCore {
         let keyframe_allowed =
             self.last_keyframe.is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_MIN_INTERVAL);
         let force_keyframe = self.keyframe_wanted && keyframe_allowed;
-        let encoded = match self.encoder.encode(&self.yuv, force_keyframe, &mut self.bitstream) {
+        let picture = if self.mitigation.current().size(width, height) == (width, height) {
+            &self.yuv
+        } else {
+            if let Err(e) = self.smaller.downscale_from(&self.yuv) {
+                warn!(session = %self.id, error = %e, "downscaling failed");
+                return;
+            }
+            &self.smaller
+        };
+        let encoded = match self.encoder.encode(picture, force_keyframe, &mut self.bitstream) {
             Ok(encoded) => encoded,
             Err(e) => {
                 warn!(session = %self.id, error = %e, "encoding failed");

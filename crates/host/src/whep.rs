@@ -26,6 +26,8 @@ use crate::{Host, unix_ms};
 const MAX_OFFER_BYTES: usize = 64 * 1024;
 /// Where the bandwidth estimate starts before the first feedback.
 const INITIAL_ESTIMATE_KBPS: u64 = 3_000;
+/// How often each peer reports its path (RTCP NACKs, keyframe requests, loss, RTT).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An error answer in the API's JSON shape.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -184,6 +186,7 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         .enable_opus(true, false)
         .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
         .set_extension(12, Extension::PlayoutDelay)
+        .set_stats_interval(Some(STATS_INTERVAL))
         .build(Instant::now());
     let max_bps = session.options.max_bitrate_kbps as u64 * 1000;
     rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
@@ -234,6 +237,7 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         rtc,
         commands: session.commands.clone(),
         seats: session.seats.clone(),
+        stats: session.stats.clone(),
     };
     if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
         release();

@@ -104,17 +104,81 @@ fn the_encoder_follows_the_slowest_peer() {
     for peer in [1, 2] {
         h.send(SessionCommand::PeerJoined { peer });
     }
-    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 4_000_000 });
-    h.send(SessionCommand::BitrateEstimate { peer: 2, bps: 800_000 });
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 4_000_000, viewer: false });
+    h.send(SessionCommand::BitrateEstimate { peer: 2, bps: 800_000, viewer: false });
     let stats = h.stats.clone();
     let bitrate = move || stats.bitrate_bps.load(std::sync::atomic::Ordering::Relaxed);
     assert!(bitrate() <= 800_000, "the slow peer sets the rate: {}", bitrate());
-    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000 });
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000, viewer: false });
     assert!(bitrate() <= 800_000, "a faster estimate from the fast peer changes nothing: {}", bitrate());
     h.send(SessionCommand::PeerLeft { peer: 2 });
     h.run_until(h.at(5_000.0));
-    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000 });
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 5_000_000, viewer: false });
     assert!(bitrate() > 800_000, "with the slow peer gone the rate climbs: {}", bitrate());
+}
+
+#[test]
+fn a_low_bitrate_lowers_the_picture_and_a_recovered_path_restores_it() {
+    let mut h = Harness::sized(Schedule::FixedTick, 1280, 720, 60);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.run_until(h.at(200.0));
+    let mitigation = |h: &Harness| h.stats.mitigation.load(std::sync::atomic::Ordering::Relaxed);
+    // 350 kbit/s pays for neither 720p60 nor 360p60: half the size and half the rate,
+    // once the estimate has held for 500 ms.
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 350_000, viewer: false });
+    h.run_until(h.at(650.0));
+    assert_eq!(mitigation(&h), 0, "not before the hold");
+    h.run_until(h.at(800.0));
+    assert_eq!(mitigation(&h), 2);
+    h.run_until(h.at(1800.0));
+    let since_hold = h.videos_since(h.at(650.0));
+    let lowered =
+        since_hold.iter().position(|(_, v)| v.keyframe).expect("the new size starts with a keyframe");
+    let mut decoder = cloudplay_media::H264Decoder::new().unwrap();
+    for (_, video) in &since_hold[lowered..] {
+        let size = decoder.decode(&video.data, |p| (p.width, p.height)).unwrap();
+        assert_eq!(size, Some((640, 360)));
+    }
+    let second = h.videos_since(h.at(800.0)).len();
+    assert!((29..=31).contains(&second), "30 frames a second: {second}");
+    let lowered = since_hold[lowered].0;
+    // The path recovers: the rate climbs in steps, the picture follows after 2 s above.
+    for i in 0..100 {
+        h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 10_000_000, viewer: false });
+        h.run_until(h.at(1800.0 + 100.0 * i as f64));
+    }
+    assert_eq!(mitigation(&h), 0);
+    let since = h.now;
+    h.run_until(since + Duration::from_secs(1));
+    let recent = h.videos_since(since);
+    assert!((59..=61).contains(&recent.len()), "60 frames a second again: {}", recent.len());
+    let videos = h.videos_since(lowered);
+    let restored = videos.iter().rposition(|(_, v)| v.keyframe).unwrap();
+    let mut decoder = cloudplay_media::H264Decoder::new().unwrap();
+    for (_, video) in &videos[restored..] {
+        let size = decoder.decode(&video.data, |p| (p.width, p.height)).unwrap();
+        assert_eq!(size, Some((1280, 720)));
+    }
+}
+
+#[test]
+fn a_viewer_on_a_worse_link_does_not_set_the_players_rate() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    for peer in [1, 2] {
+        h.send(SessionCommand::PeerJoined { peer });
+    }
+    let stats = h.stats.clone();
+    let bitrate = move || stats.bitrate_bps.load(std::sync::atomic::Ordering::Relaxed);
+    let start = bitrate();
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 4_000_000, viewer: false });
+    h.send(SessionCommand::BitrateEstimate { peer: 2, bps: 500_000, viewer: true });
+    assert!(
+        bitrate() >= start.min(4_000_000) && bitrate() > 500_000,
+        "the player's link sets it: {}",
+        bitrate()
+    );
+    h.send(SessionCommand::PeerLeft { peer: 1 });
+    assert!(bitrate() <= 500_000, "with only the viewer left, the viewer's: {}", bitrate());
 }
 
 #[test]

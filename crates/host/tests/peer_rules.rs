@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use cloudplay_host::Seats;
 use cloudplay_host::messages::{SessionCommand, VideoPacket};
-use cloudplay_host::peers::{CONNECT_TIMEOUT, END_MESSAGE_GRACE, NewPeer, PeerOutput, PeerSet};
+use cloudplay_host::peers::{
+    CONNECT_TIMEOUT, END_MESSAGE_GRACE, NewPeer, PEER_SILENCE_LIMIT, PeerOutput, PeerSet,
+    SILENCE_FOR_KEYFRAME,
+};
 use cloudplay_host::stats::{HostCounters, SessionStats};
 use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
 use cloudplay_proto::input::key;
 use cloudplay_proto::{InputEvent, InputMessage, TicketRole};
-use str0m::channel::ChannelId;
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -33,6 +36,7 @@ struct Net {
     counters: Arc<HostCounters>,
     connected: bool,
     input_channel: Option<ChannelId>,
+    fast_channel: Option<ChannelId>,
     /// Video payloads the client received, and whether each began with a keyframe.
     frames: Vec<bool>,
     /// Text the client received on data channels.
@@ -50,6 +54,12 @@ fn net(role: TicketRole) -> Net {
     change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     change.add_channel("input".into());
+    change.add_channel_with_config(ChannelConfig {
+        label: "input-fast".into(),
+        ordered: false,
+        reliability: Reliability::MaxRetransmits { retransmits: 0 },
+        ..ChannelConfig::default()
+    });
     let (offer, pending) = change.apply().unwrap();
 
     let mut host = Rtc::builder()
@@ -69,7 +79,16 @@ fn net(role: TicketRole) -> Net {
     let slot = if role == TicketRole::Player { seats.take_player_seat(1).unwrap() } else { 0 };
     set.add_peer(
         now,
-        NewPeer { id: 1, session: "s".into(), role, slot, rtc: host, commands, seats: seats.clone() },
+        NewPeer {
+            id: 1,
+            session: "s".into(),
+            role,
+            slot,
+            rtc: host,
+            commands,
+            seats: seats.clone(),
+            stats: Default::default(),
+        },
     );
     Net {
         set,
@@ -82,6 +101,7 @@ fn net(role: TicketRole) -> Net {
         counters,
         connected: false,
         input_channel: None,
+        fast_channel: None,
         frames: Vec::new(),
         messages: Vec::new(),
         client_alive: true,
@@ -144,6 +164,7 @@ impl Net {
         match event {
             Event::Connected => self.connected = true,
             Event::ChannelOpen(id, label) if label == "input" => self.input_channel = Some(id),
+            Event::ChannelOpen(id, label) if label == "input-fast" => self.fast_channel = Some(id),
             Event::MediaData(data) if data.params.spec().codec == str0m::format::Codec::H264 => {
                 self.frames.push(data.is_keyframe());
             }
@@ -259,6 +280,95 @@ fn a_peer_that_never_connects_is_dropped_and_frees_its_seat() {
     assert!(gone_at.is_some(), "dropped by the connect timeout");
     assert!(net.commands().iter().any(|c| matches!(c, SessionCommand::PeerLeft { peer: 1 })));
     assert_eq!(net.seats.players(), 0, "the seat is free again");
+}
+
+/// A connected player whose network drops is let go within the silence limit, so the
+/// same player, reconnecting with a fresh ticket, gets the seat back.
+#[test]
+fn a_connected_peer_that_falls_silent_is_let_go_and_frees_its_seat() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    net.commands();
+    net.client_alive = false; // the path dropped: nothing more from the client
+    let start = net.now;
+    let mut gone_at = None;
+    while net.now < start + Duration::from_secs(30) && gone_at.is_none() {
+        let next = net.now + Duration::from_millis(100);
+        net.run_until(next);
+        if net.set.is_empty() {
+            gone_at = Some(net.now - start);
+        }
+    }
+    let gone_at = gone_at.expect("a silent peer is let go");
+    eprintln!("a silent peer was let go after {gone_at:?}");
+    // str0m's ICE may give up sooner (it did here after ~2 s); never later than the limit.
+    assert!(gone_at <= PEER_SILENCE_LIMIT + Duration::from_millis(200), "within the limit: {gone_at:?}");
+    assert!(net.commands().iter().any(|c| matches!(c, SessionCommand::PeerLeft { peer: 1 })));
+    assert_eq!(net.seats.players(), 0, "the seat is free for the player's next connection");
+}
+
+/// Input comes on the reliable channel and again, bundled with the messages before it, on
+/// the unreliable one: each message is applied once, in the order first seen.
+#[test]
+fn each_input_is_applied_once_whichever_channel_brings_it() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    net.commands();
+    let fast = net.fast_channel.expect("the fast input channel opened");
+    let reliable = net.input_channel.unwrap();
+    let message = |seq| {
+        InputMessage {
+            seq,
+            event: InputEvent::Key { usage: key::ARROW_UP, down: seq % 2 == 1, repeat: false },
+        }
+        .encode()
+    };
+    let sends: [(ChannelId, Vec<u8>); 5] = [
+        (reliable, message(1)),
+        (fast, [message(1), message(2)].concat()),
+        (fast, [message(1), message(2), message(3)].concat()),
+        (reliable, message(3)),
+        (reliable, message(2)),
+    ];
+    for (channel, bytes) in sends {
+        net.client.channel(channel).unwrap().write(true, &bytes).unwrap();
+        let t = net.now + Duration::from_millis(30);
+        net.run_until(t);
+    }
+    let applied: Vec<u32> = net
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            SessionCommand::Input { message, .. } => Some(message.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, [1, 2, 3], "each once");
+}
+
+/// A peer whose path comes back after a silence gets a keyframe at once, without waiting
+/// for its browser to ask; a peer that keeps talking asks for none.
+#[test]
+fn a_peer_heard_again_after_a_silence_gets_a_keyframe_at_once() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    // A browser receiving video sends feedback many times a second; here, input does
+    // (this test's client is otherwise quiet, so its first input ends a silence).
+    net.send_input(1);
+    net.commands();
+    for seq in 2..=20 {
+        net.send_input(seq);
+    }
+    let keyframe =
+        |commands: Vec<SessionCommand>| commands.iter().any(|c| matches!(c, SessionCommand::KeyframeRequest));
+    assert!(!keyframe(net.commands()), "a peer that keeps talking needs no keyframe");
+    net.client_alive = false; // the path drops…
+    let t = net.now + SILENCE_FOR_KEYFRAME + Duration::from_millis(300);
+    net.run_until(t);
+    net.client_alive = true; // …and comes back
+    let t = net.now + Duration::from_millis(1_500);
+    net.run_until(t);
+    assert!(keyframe(net.commands()), "heard again: a keyframe for it");
 }
 
 #[test]

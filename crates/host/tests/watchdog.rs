@@ -53,6 +53,7 @@ async fn a_hung_game_is_given_up_and_its_slot_freed() {
         host_id: "test".into(),
         public_ip: Ipv4Addr::LOCALHOST.into(),
         media_port: 0,
+        media_advertise: None,
         ticket_key: SigningKey::from_bytes(&[7; 32]).verifying_key(),
         idle_timeout: Duration::from_secs(60),
         max_sessions: 1,

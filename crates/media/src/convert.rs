@@ -50,6 +50,37 @@ impl I420Frame {
         )
         .map_err(|e| ConvertError(e.to_string()))
     }
+
+    /// Fills this frame with `source` shrunk to half its width and height or less (each
+    /// pixel the mean of a 2×2 block): the picture at a lower resolution
+    /// ([`crate::Mitigation`]). `source` must be at least twice this frame's size.
+    pub fn downscale_from(&mut self, source: &I420Frame) -> Result<(), ConvertError> {
+        if source.width < self.width * 2 || source.height < self.height * 2 {
+            return Err(ConvertError(format!(
+                "cannot halve {}x{} into {}x{}",
+                source.width, source.height, self.width, self.height
+            )));
+        }
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (sw, cw, scw) = (source.width as usize, w / 2, source.width as usize / 2);
+        halve_plane(&source.y, sw, &mut self.y, w, h);
+        halve_plane(&source.u, scw, &mut self.u, cw, h / 2);
+        halve_plane(&source.v, scw, &mut self.v, cw, h / 2);
+        Ok(())
+    }
+}
+
+/// `dst` (`w`×`h`, stride `w`) from the 2×2 means of `src` (stride `src_stride`).
+fn halve_plane(src: &[u8], src_stride: usize, dst: &mut [u8], w: usize, h: usize) {
+    for (y, row) in dst.chunks_exact_mut(w).take(h).enumerate() {
+        let top = &src[2 * y * src_stride..][..2 * w];
+        let bottom = &src[(2 * y + 1) * src_stride..][..2 * w];
+        for (x, out) in row.iter_mut().enumerate() {
+            let sum =
+                top[2 * x] as u16 + top[2 * x + 1] as u16 + bottom[2 * x] as u16 + bottom[2 * x + 1] as u16;
+            *out = ((sum + 2) / 4) as u8;
+        }
+    }
 }
 
 impl YUVSource for I420Frame {
@@ -92,6 +123,20 @@ mod tests {
         assert!(frame.y[0] <= 17, "black is {}", frame.y[0]);
         assert!(frame.y[15] >= 234, "white is {}", frame.y[15]);
         assert!(frame.u.iter().all(|&c| (126..=130).contains(&c)), "grey has no chroma");
+    }
+
+    #[test]
+    fn halving_averages_blocks() {
+        let mut source = I420Frame::new(8, 4);
+        for (i, v) in source.y.iter_mut().enumerate() {
+            *v = if (i / 8) % 2 == 0 { 100 } else { 200 }; // rows alternate 100, 200
+        }
+        source.u.fill(60);
+        let mut half = I420Frame::new(4, 2);
+        half.downscale_from(&source).unwrap();
+        assert!(half.y.iter().all(|&v| v == 150), "{:?}", half.y);
+        assert!(half.u.iter().all(|&v| v == 60));
+        assert!(I420Frame::new(6, 4).downscale_from(&source).is_err(), "needs twice the size");
     }
 
     #[test]

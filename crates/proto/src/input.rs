@@ -10,6 +10,8 @@ use thiserror::Error;
 pub const INPUT_PROTOCOL_VERSION: u8 = 1;
 /// Longest valid message (a gamepad snapshot with eight axes is 35 bytes).
 pub const MAX_MESSAGE_LEN: usize = 64;
+/// Most messages one datagram of the unreliable input channel carries.
+pub const MAX_BUNDLE: usize = 8;
 /// Most gamepads one peer may report.
 pub const MAX_GAMEPADS: u8 = 4;
 /// Most axes carried in one gamepad snapshot.
@@ -193,6 +195,35 @@ impl InputMessage {
             return Err(InputDecodeError::Oversized(bytes.len()));
         }
         let mut r = Reader { bytes };
+        let message = InputMessage::read(&mut r)?;
+        if !r.bytes.is_empty() {
+            return Err(InputDecodeError::TrailingBytes(r.bytes.len()));
+        }
+        Ok(message)
+    }
+
+    /// Decodes a bundle: 1 to [`MAX_BUNDLE`] messages back to back, oldest first (the
+    /// unreliable input channel repeats the latest messages in each datagram, so one lost
+    /// datagram loses nothing). All or nothing: a bad message refuses the bundle.
+    pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<InputMessage>, InputDecodeError> {
+        if bytes.len() > MAX_MESSAGE_LEN * MAX_BUNDLE {
+            return Err(InputDecodeError::Oversized(bytes.len()));
+        }
+        let mut r = Reader { bytes };
+        let mut messages = Vec::new();
+        while !r.bytes.is_empty() {
+            if messages.len() == MAX_BUNDLE {
+                return Err(InputDecodeError::Oversized(bytes.len()));
+            }
+            messages.push(InputMessage::read(&mut r)?);
+        }
+        if messages.is_empty() {
+            return Err(InputDecodeError::Truncated);
+        }
+        Ok(messages)
+    }
+
+    fn read(r: &mut Reader) -> Result<InputMessage, InputDecodeError> {
         let version = r.u8()?;
         if version != INPUT_PROTOCOL_VERSION {
             return Err(InputDecodeError::Version(version));
@@ -252,9 +283,6 @@ impl InputMessage {
             }
             other => return Err(InputDecodeError::UnknownKind(other)),
         };
-        if !r.bytes.is_empty() {
-            return Err(InputDecodeError::TrailingBytes(r.bytes.len()));
-        }
         Ok(InputMessage { seq, event })
     }
 
@@ -313,6 +341,23 @@ impl InputMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bundles_carry_several_messages_or_none() {
+        let key = |seq, down| InputMessage {
+            seq,
+            event: InputEvent::Key { usage: key::SPACE, down, repeat: false },
+        };
+        let messages = [key(3, true), key(4, false), key(5, true)];
+        let bytes: Vec<u8> = messages.iter().flat_map(|m| m.encode()).collect();
+        assert_eq!(InputMessage::decode_bundle(&bytes).unwrap(), messages);
+        assert_eq!(InputMessage::decode_bundle(&key(9, true).encode()).unwrap(), [key(9, true)]);
+        assert!(InputMessage::decode_bundle(&bytes[..bytes.len() - 1]).is_err(), "a cut message refuses it");
+        assert!(InputMessage::decode_bundle(&[]).is_err());
+        let nine: Vec<u8> = (0..9).flat_map(|i| key(i, true).encode()).collect();
+        assert!(InputMessage::decode_bundle(&nine).is_err(), "at most MAX_BUNDLE");
+        assert!(InputMessage::decode(&bytes).is_err(), "a single message is one message");
+    }
 
     fn samples() -> Vec<InputMessage> {
         let mut axes = [0i16; MAX_GAMEPAD_AXES];

@@ -12,6 +12,7 @@ pub mod probe;
 pub mod ratelimit;
 pub mod runtime;
 pub mod ticket;
+pub mod worker;
 
 pub use input::{InputDecodeError, InputEvent, InputMessage};
 

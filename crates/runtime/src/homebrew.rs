@@ -5,6 +5,9 @@
 //! "Colour Pad" (NES): each frame it reads controller 1, paints the whole screen in a colour
 //! picked by the buttons held, and sounds a square wave while A is held. Battery-backed RAM
 //! at $6000 counts the frames A was held, so in-game saves (SRAM) can be tested too.
+//! "Colour Pad, late" is the same program reacting one frame late, as many games do: each
+//! frame paints the colour of the buttons read the frame before (the sound is not late). It
+//! makes a game's own input lag measurable, and what run-ahead removes.
 //! "Shade Pad" (Game Boy): white, black while A is held.
 
 /// iNES header: NROM-128 (mapper 0), one 16 KiB PRG bank, one 8 KiB CHR bank, battery.
@@ -86,12 +89,22 @@ const COLOUR_TABLE: u16 = 0xF000;
 
 /// The whole ROM file (iNES).
 pub fn colour_pad_rom() -> Vec<u8> {
+    colour_pad(false)
+}
+
+/// Colour Pad reacting one frame late: its picture shows the buttons of the frame before.
+pub fn colour_pad_late_rom() -> Vec<u8> {
+    colour_pad(true)
+}
+
+fn colour_pad(late: bool) -> Vec<u8> {
     let mut a = Assembler { code: Vec::new(), labels: Vec::new(), branches: Vec::new(), jumps: Vec::new() };
     a.label("reset");
     a.op(&[0x78, 0xD8, 0xA2, 0xFF, 0x9A]); // SEI, CLD, LDX #$FF, TXS
     a.op(&[0xA9, 0x00]); // LDA #0: NMI and rendering off, so the backdrop colour fills the screen
     a.abs(0x8D, PPUCTRL);
     a.abs(0x8D, PPUMASK);
+    a.op(&[0x85, 0x01]); // STA $01: no buttons the frame before
     for name in ["warm1", "warm2"] {
         // The PPU needs two vertical blanks to warm up.
         a.label(name);
@@ -128,11 +141,13 @@ pub fn colour_pad_rom() -> Vec<u8> {
         a.op(&[0xA9, low]);
         a.abs(0x8D, PPUADDR);
         if write {
-            a.op(&[0xA6, 0x00]); // LDX $00
+            // LDX $00, or LDX $01 (the buttons of the frame before) when late
+            a.op(&[0xA6, late as u8]);
             a.abs(0xBD, COLOUR_TABLE); // LDA table,X
             a.abs(0x8D, PPUDATA);
         }
     }
+    a.op(&[0xA5, 0x00, 0x85, 0x01]); // LDA $00, STA $01: this frame's buttons, for the next
     // Square wave at full volume while A is held, silent otherwise.
     a.op(&[0xA5, 0x00, 0x29, 0x80]); // LDA $00, AND #$80
     a.branch(0xF0, "silent"); // BEQ

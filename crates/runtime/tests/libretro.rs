@@ -211,3 +211,73 @@ fn a_second_core_runs_our_game_boy_program() {
     assert!(held.iter().all(|&c| c < 40), "black while A is held: {held:?}");
     assert_eq!(idle, released);
 }
+
+/// Drives a worker (`serve_worker`, in this process over in-memory pipes) through `ticks`
+/// idle steps, then a step pressing A, then a few more, every step running `run_ahead`
+/// frames ahead; returns the steps after the press until the picture changed colour.
+fn worker_frames_to_react(fixture: &Fixture, content: &str, run_ahead: u8) -> usize {
+    use cloudplay_proto::worker::{self, Kind, Stepped, WorkerInit};
+    let cores = cores_dir().unwrap();
+    let init = WorkerInit {
+        core_path: cores.join("nestopia_libretro.so"),
+        content_path: fixture.root.join("content").join(content),
+        options: Default::default(),
+        system_dir: fixture.root.join("system"),
+        save_dir: None,
+    };
+    let mut input = Vec::new();
+    let mut message = |kind: Kind, payload: &[u8]| {
+        input.extend_from_slice(&worker::header(kind, payload.len()));
+        input.extend_from_slice(payload);
+    };
+    message(Kind::Init, &serde_json::to_vec(&init).unwrap());
+    let idle = 30;
+    for tick in 0..idle + 6 {
+        let mut step = Vec::new();
+        worker::start_step(&mut step, run_ahead);
+        if tick == idle {
+            worker::push_step_input(&mut step, 0, key(true).event);
+        }
+        message(Kind::Step, &step);
+    }
+    let mut output = Vec::new();
+    assert_eq!(cloudplay_runtime::retro_process::serve_worker(input.as_slice(), &mut output), 0);
+    let mut colours = Vec::new();
+    let mut rest = output.as_slice();
+    while rest.len() >= worker::HEADER_LEN {
+        let (kind, length) = worker::parse_header(rest[..worker::HEADER_LEN].try_into().unwrap()).unwrap();
+        let payload = &rest[worker::HEADER_LEN..worker::HEADER_LEN + length];
+        rest = &rest[worker::HEADER_LEN + length..];
+        if kind == Kind::Stepped {
+            let colour = match Stepped::parse(payload).expect("a well-formed answer").picture {
+                Some(picture) => {
+                    let at = ((picture.height / 2 * picture.width + picture.width / 2) * 4) as usize;
+                    [picture.rgba[at], picture.rgba[at + 1], picture.rgba[at + 2]]
+                }
+                None => *colours.last().expect("a first picture"), // the core showed the same frame
+            };
+            colours.push(colour);
+        }
+    }
+    assert_eq!(colours.len(), idle + 6, "one answer per step");
+    let before = colours[idle - 1];
+    colours[idle..].iter().position(|c| *c != before).expect("holding A changes the colour")
+}
+
+#[test]
+fn a_worker_runs_ahead_in_one_round_trip() {
+    let Some(fixture) = fixture("worker-ahead") else { return };
+    std::fs::write(
+        fixture.root.join("content/nes/colour-pad-late.nes"),
+        cloudplay_runtime::homebrew::colour_pad_late_rom(),
+    )
+    .unwrap();
+    let pad = worker_frames_to_react(&fixture, "nes/colour-pad.nes", 0);
+    let late = worker_frames_to_react(&fixture, "nes/colour-pad-late.nes", 0);
+    let late_ahead = worker_frames_to_react(&fixture, "nes/colour-pad-late.nes", 1);
+    eprintln!(
+        "steps until the colour changes: Colour Pad {pad}, late {late}, late with run-ahead 1 {late_ahead}"
+    );
+    assert_eq!(late, pad + 1, "the late program reacts a frame later");
+    assert_eq!(late_ahead, pad, "run-ahead inside the worker removes that frame");
+}

@@ -99,17 +99,49 @@ impl Harness {
         lag: bool,
         run_ahead: u8,
     ) -> Harness {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let game = Box::new(Counter::new(seen.clone(), lag));
+        Harness::with_boxed_game(schedule, fps, idle_timeout, game, seen, run_ahead)
+    }
+
+    /// A harness whose pictures are `width`×`height`.
+    pub fn sized(schedule: Schedule, width: u32, height: u32, fps: u32) -> Harness {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let game = Box::new(Counter::new(seen.clone(), false));
+        let options = SessionOptions { probe: true, width, height, fps, max_bitrate_kbps: 20_000 };
+        Harness::with_options(schedule, options, Duration::from_secs(3600), game, seen, 0)
+    }
+
+    /// A harness around any game (`seen` is what the game reports of itself, if anything).
+    pub fn with_boxed_game(
+        schedule: Schedule,
+        fps: u32,
+        idle_timeout: Duration,
+        game: Box<dyn Game>,
+        seen: Arc<Mutex<Seen>>,
+        run_ahead: u8,
+    ) -> Harness {
         let options =
             SessionOptions { probe: true, width: WIDTH, height: HEIGHT, fps, max_bitrate_kbps: 5_000 };
+        Harness::with_options(schedule, options, idle_timeout, game, seen, run_ahead)
+    }
+
+    fn with_options(
+        schedule: Schedule,
+        options: SessionOptions,
+        idle_timeout: Duration,
+        game: Box<dyn Game>,
+        seen: Arc<Mutex<Seen>>,
+        run_ahead: u8,
+    ) -> Harness {
         let encoder: Box<dyn VideoEncoder> =
             Box::new(OpenH264Encoder::new(cloudplay_host::session::encoder_config(&options)).unwrap());
-        let seen = Arc::new(Mutex::new(Seen::default()));
         let stats = Arc::new(SessionStats::default());
         let start = Instant::now();
         let setup = CoreSetup {
             id: "test".into(),
             options,
-            game: Box::new(Counter::new(seen.clone(), lag)),
+            game,
             encoder,
             stats: stats.clone(),
             idle_timeout,

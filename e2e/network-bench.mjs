@@ -1,0 +1,81 @@
+// Browser benchmark on bad networks: for each scenario, `cloudplay netem` relays the
+// server's media port through an emulated path (the server advertises the relay as its
+// candidate), headless Chromium plays the built-in game, and a table shows what the player
+// got: frames shown per second, gaps between frames, click-to-photon and first frame.
+//
+//   cargo build --release && npm --prefix e2e run network-bench
+//
+// Options (environment): SCENARIOS (keys, comma-separated; default all of
+// `cloudplay netem`'s), SECONDS measured per scenario (default 15), WIDTH/HEIGHT (default
+// 1280x720), CLOUDPLAY_BIN.
+import { launch, waitForStats } from './browser.mjs';
+import { serve } from './processes.mjs';
+
+const scenarios = (process.env.SCENARIOS || 'clean,loss-5,bursts-2,cap-1.5,cap-steps,outage-2').split(',');
+const seconds = Number(process.env.SECONDS || 15);
+const [width, height] = [Number(process.env.WIDTH || 1280), Number(process.env.HEIGHT || 720)];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const pct = (values, q) => {
+  if (!values.length) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.round((sorted.length - 1) * q))];
+};
+
+async function measure(key) {
+  const server = await serve(key);
+  const context = await launch();
+  try {
+    const page = await context.newPage();
+    const started = Date.now();
+    await page.goto(`${server.url}/play?game=neon-cycles&width=${width}&height=${height}&probe=1&stats=1`);
+    await waitForStats(page, () => window.cloudplayStats.framesDecoded > 0, 30_000, 'first frame');
+    const firstFrame = Date.now() - started;
+    await page.keyboard.press('Space'); // join
+    // Every frame shown, by the time it was presented.
+    await page.evaluate(() => {
+      const video = document.getElementById('video');
+      const shown = (window.benchShown = []);
+      // The picture's width at each change (the host lowers it on a poor link).
+      const widths = (window.benchWidths = []);
+      const onFrame = (now, meta) => {
+        shown.push(now);
+        if (widths[widths.length - 1] !== meta.width) widths.push(meta.width);
+        video.requestVideoFrameCallback(onFrame);
+      };
+      video.requestVideoFrameCallback(onFrame);
+      window.cloudplayStats.clickToPhoton.length = 0;
+    });
+    const keys = ['ArrowUp', 'ArrowRight', 'ArrowDown', 'ArrowLeft'];
+    const until = Date.now() + seconds * 1000;
+    for (let i = 0; Date.now() < until; i++) {
+      await page.keyboard.press(keys[i % keys.length]);
+      await sleep(80 + ((i * 37) % 80));
+    }
+    await sleep(1_100); // the overlay's getStats runs once a second
+    const { shown, widths, c2p, network } = await page.evaluate(() => ({
+      shown: window.benchShown, widths: window.benchWidths, c2p: window.cloudplayStats.clickToPhoton,
+      network: window.cloudplayStats.network,
+    }));
+    const gaps = shown.slice(1).map((t, i) => t - shown[i]);
+    const span = (shown[shown.length - 1] - shown[0]) / 1000;
+    return {
+      key, firstFrame, fps: (shown.length - 1) / span, gapsOver100: gaps.filter((g) => g > 100).length,
+      widths, maxGap: Math.max(...gaps), c2p50: pct(c2p, 0.5), c2p95: pct(c2p, 0.95), samples: c2p.length, network,
+    };
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+}
+
+const rows = [];
+for (const key of scenarios) {
+  rows.push(await measure(key));
+}
+console.log(`\nBrowser (headless Chromium, software decode) through cloudplay netem, Neon Cycles ${width}x${height} at 60 fps, ${seconds} s each:\n`);
+console.log('| scenario | fps shown | gaps > 100 ms | longest gap ms | click-to-photon p50 / p95 ms (samples) | first frame ms | lost / NACKs / resent | freezes (s) | keyframes asked | picture width |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
+for (const r of rows) {
+  const n = r.network || {};
+  console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} |`);
+}
