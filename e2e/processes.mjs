@@ -22,7 +22,7 @@ async function freeUdpPort() {
 
 /// Runs `cloudplay args`; resolves with the child and the first match of `pattern` on stdout.
 function start(args, env, pattern) {
-  const child = spawn(bin, args, { cwd: scratch, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CLOUDPLAY_LOG: 'warn', ...env } });
+  const child = spawn(bin, args, { cwd: scratch, stdio: ['ignore', 'pipe', 'inherit'], env: { CLOUDPLAY_LOG: 'warn', ...process.env, ...env } });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${args[0]} did not start within 20 s`)), 20_000);
     child.stdout.on('data', (chunk) => {

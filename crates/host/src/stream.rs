@@ -546,6 +546,7 @@ impl SessionCore {
         if encoded.len == 0 {
             return;
         }
+
         if encoded.keyframe {
             self.keyframe_wanted = false;
             self.last_keyframe = Some(now);

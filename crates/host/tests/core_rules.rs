@@ -123,14 +123,14 @@ fn a_low_bitrate_lowers_the_picture_and_a_recovered_path_restores_it() {
     h.send(SessionCommand::PeerJoined { peer: 1 });
     h.run_until(h.at(200.0));
     let mitigation = |h: &Harness| h.stats.mitigation.load(std::sync::atomic::Ordering::Relaxed);
-    // 350 kbit/s pays for neither 720p60 nor 360p60: half the size and half the rate,
-    // once the estimate has held for 500 ms.
+    // 350 kbit/s (a target of 300) pays for neither 720p60 (830) nor 360p60 (330): half
+    // the size and half the rate, once it has held for 500 ms.
     h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 350_000, viewer: false });
     h.run_until(h.at(650.0));
     assert_eq!(mitigation(&h), 0, "not before the hold");
     h.run_until(h.at(800.0));
     assert_eq!(mitigation(&h), 2);
-    h.run_until(h.at(1800.0));
+    h.run_until(h.at(1_800.0));
     let since_hold = h.videos_since(h.at(650.0));
     let lowered =
         since_hold.iter().position(|(_, v)| v.keyframe).expect("the new size starts with a keyframe");
@@ -145,7 +145,7 @@ fn a_low_bitrate_lowers_the_picture_and_a_recovered_path_restores_it() {
     // The path recovers: the rate climbs in steps, the picture follows after 2 s above.
     for i in 0..100 {
         h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 10_000_000, viewer: false });
-        h.run_until(h.at(1800.0 + 100.0 * i as f64));
+        h.run_until(h.at(1_800.0 + 100.0 * i as f64));
     }
     assert_eq!(mitigation(&h), 0);
     let since = h.now;

@@ -28,6 +28,7 @@ pub struct Seen {
 pub struct Counter {
     pub seen: Arc<Mutex<Seen>>,
     pub lag: bool,
+
     shade: u8,
     /// Inputs read, not yet acted on.
     pending: u32,
