@@ -47,6 +47,9 @@ struct GameEntry {
     controls: Vec<String>,
     #[serde(default)]
     required_tier: Option<String>,
+    /// Title key shared with other tenants' entries of the same game, for cross-play.
+    #[serde(default)]
+    crossplay_key: Option<String>,
     runtime: RuntimeSpec,
 }
 
@@ -75,6 +78,8 @@ pub fn builtin_games() -> Vec<CatalogueGame> {
             required_tier: None,
             max_players: game.max_players,
             controls: game.controls.clone(),
+            // The same built-in game on every tenant: its id is its title key.
+            crossplay_key: Some(game.id.clone()),
         })
         .collect()
 }
@@ -99,6 +104,11 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<CatalogueGame>> {
             bail!("{name}: max_players must be 1 to {}", cloudplay_game::MAX_PLAYERS);
         }
         entry.runtime.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        if let Some(key) = &entry.crossplay_key
+            && !cloudplay_proto::id::is_id(key)
+        {
+            bail!("{name}: crossplay_key: title keys are {}", cloudplay_proto::id::ID_RULE);
+        }
         let controls = match (&entry.runtime, entry.controls.is_empty()) {
             (RuntimeSpec::Libretro { .. }, true) => RETROPAD_CONTROLS.iter().map(|s| s.to_string()).collect(),
             _ => entry.controls,
@@ -112,6 +122,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<CatalogueGame>> {
             required_tier: entry.required_tier,
             max_players: entry.max_players,
             controls,
+            crossplay_key: entry.crossplay_key,
         });
     }
     Ok(games)

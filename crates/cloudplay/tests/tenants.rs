@@ -66,6 +66,7 @@ async fn world(max_sessions: usize, db: Db) -> Option<World> {
             required_tier: tier.map(String::from),
             max_players: 4,
             controls: vec![],
+            crossplay_key: None,
         };
         store.put_game(id, &game(&format!("{id}-free"), None)).await.unwrap();
         store.put_game(id, &game(&format!("{id}-premium"), Some("premium"))).await.unwrap();
@@ -382,6 +383,94 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
     assert_eq!((status, body["error"]["code"].as_str()), (S::TOO_MANY_REQUESTS, Some("too_many_sessions")));
 }
 
+async fn crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only(db: Db) {
+    let Some(w) = world(8, db).await else { return };
+    let now = unix_ms();
+    let initech = Tenant {
+        id: "initech".into(),
+        name: "Initech".into(),
+        brand_color: "#fff".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 100,
+    };
+    w.store.create_tenant(&initech, now).await.unwrap();
+    let mut admin = std::collections::HashMap::new();
+    for id in ["acme", "globex", "initech"] {
+        admin.insert(id, w.store.create_api_key(id, &["admin"], now).await.unwrap().1);
+    }
+    let offer = json!({"partner": "globex", "title_key": "neon-cycles"});
+    let (status, _) =
+        call(&w.app, "POST", "/api/v1/admin/crossplay", Some(&w.acme_key), &[], Some(offer.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a key without admin");
+    for (bad, expected) in [
+        (json!({"partner": "no-such-tenant", "title_key": "neon-cycles"}), StatusCode::NOT_FOUND),
+        (json!({"partner": "acme", "title_key": "neon-cycles"}), StatusCode::BAD_REQUEST),
+        (json!({"partner": "globex", "title_key": "not a key!"}), StatusCode::BAD_REQUEST),
+        (json!({"partner": "globex", "title_key": "neon-cycles", "extra": 1}), StatusCode::BAD_REQUEST),
+    ] {
+        let (status, body) =
+            call(&w.app, "POST", "/api/v1/admin/crossplay", Some(&admin["acme"]), &[], Some(bad.clone()))
+                .await;
+        assert_eq!(status, expected, "{bad}: {body}");
+    }
+    assert!(w.store.crossplay_agreements("acme").await.unwrap().is_empty(), "bad offers change nothing");
+
+    let (status, offered) =
+        call(&w.app, "POST", "/api/v1/admin/crossplay", Some(&admin["acme"]), &[], Some(offer.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{offered}");
+    assert_eq!(
+        (offered["direction"].as_str(), offered["state"].as_str()),
+        (Some("offered"), Some("offered"))
+    );
+    assert_eq!(offered["partner"], json!({"id": "globex", "name": "globex"}));
+    let id = offered["id"].as_str().unwrap();
+    let (status, _) = call(
+        &w.app,
+        "POST",
+        "/api/v1/admin/crossplay",
+        Some(&admin["globex"]),
+        &[],
+        Some(json!({"partner": "acme", "title_key": "neon-cycles"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "one live agreement per pair and title");
+
+    // Initech, no party to it, cannot tell it from an id that does not exist.
+    let made_up = "00000000000000000000000000000000";
+    for (method, path) in
+        [("POST", "/api/v1/admin/crossplay/{}/accept"), ("DELETE", "/api/v1/admin/crossplay/{}")]
+    {
+        let theirs = call(&w.app, method, &path.replace("{}", id), Some(&admin["initech"]), &[], None).await;
+        let unknown =
+            call(&w.app, method, &path.replace("{}", made_up), Some(&admin["initech"]), &[], None).await;
+        assert_eq!(theirs.0, StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(theirs, unknown);
+    }
+    let (_, listed) =
+        call(&w.app, "GET", "/api/v1/admin/crossplay", Some(&admin["initech"]), &[], None).await;
+    assert_eq!(listed, json!({"agreements": []}));
+
+    let accept = format!("/api/v1/admin/crossplay/{id}/accept");
+    let (status, _) = call(&w.app, "POST", &accept, Some(&admin["acme"]), &[], None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "the offering side does not accept its own offer");
+    assert!(!w.store.crossplay_allowed("acme", "globex", "neon-cycles").await.unwrap());
+    let (status, accepted) = call(&w.app, "POST", &accept, Some(&admin["globex"]), &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (accepted["direction"].as_str(), accepted["state"].as_str()),
+        (Some("received"), Some("accepted"))
+    );
+    assert!(w.store.crossplay_allowed("globex", "acme", "neon-cycles").await.unwrap());
+
+    let (status, _) =
+        call(&w.app, "DELETE", &format!("/api/v1/admin/crossplay/{id}"), Some(&admin["globex"]), &[], None)
+            .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!w.store.crossplay_allowed("acme", "globex", "neon-cycles").await.unwrap(), "revoked at once");
+    let (_, listed) = call(&w.app, "GET", "/api/v1/admin/crossplay", Some(&admin["acme"]), &[], None).await;
+    assert_eq!(listed["agreements"][0]["state"], "revoked");
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -401,4 +490,5 @@ on_both_databases!(
     an_idempotency_key_makes_retries_safe,
     the_last_slot_goes_to_one_and_the_rest_queue_in_order,
     only_the_owner_a_back_end_or_an_admin_acts_on_a_session,
+    crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only,
 );

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::api::{ApiError, JsonBody, internal, missing};
 use crate::auth::Admin;
-use crate::store::{CatalogueGame, SessionState, StoreError, Tier, hash_secret};
+use crate::store::{Agreement, CatalogueGame, SessionState, StoreError, Tier, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
 pub fn routes() -> Router<ControlPlane> {
@@ -28,6 +28,98 @@ pub fn routes() -> Router<ControlPlane> {
         .route("/api/v1/admin/hosts", get(list_hosts))
         .route("/api/v1/admin/signup", put(put_signup))
         .route("/api/v1/admin/invites", post(create_invite))
+        .route("/api/v1/admin/crossplay", get(list_agreements).post(offer_agreement))
+        .route("/api/v1/admin/crossplay/{id}/accept", post(accept_agreement))
+        .route("/api/v1/admin/crossplay/{id}", delete(revoke_agreement))
+}
+
+/// An agreement as its tenant `me` sees it: the partner by id and display name.
+async fn agreement_view(
+    control: &ControlPlane,
+    me: &str,
+    agreement: &Agreement,
+) -> Result<serde_json::Value, ApiError> {
+    let partner = agreement.partner(me);
+    let name = control.store().tenant_name(partner).await.map_err(internal)?;
+    Ok(json!({
+        "id": agreement.id,
+        "title_key": agreement.title_key,
+        "partner": { "id": partner, "name": name },
+        "direction": if agreement.offered_by == me { "offered" } else { "received" },
+        "state": agreement.state,
+        "created_at_ms": agreement.created_at_ms,
+        "changed_at_ms": agreement.changed_at_ms,
+    }))
+}
+
+/// Store errors of agreements: the store's sentences are the messages.
+fn agreement_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("agreement"),
+        StoreError::Conflict(message) => ApiError(StatusCode::CONFLICT, "conflict", message),
+        other => internal(other),
+    }
+}
+
+async fn list_agreements(
+    State(control): State<ControlPlane>,
+    Admin(who): Admin,
+) -> Result<Response, ApiError> {
+    let agreements = control.store().crossplay_agreements(&who.tenant).await.map_err(internal)?;
+    let mut views = Vec::with_capacity(agreements.len());
+    for agreement in &agreements {
+        views.push(agreement_view(&control, &who.tenant, agreement).await?);
+    }
+    Ok(Json(json!({ "agreements": views })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAgreement {
+    /// The tenant offered cross-play.
+    partner: String,
+    /// The title key (a catalogue entry's `crossplay_key`) the players may meet in.
+    title_key: String,
+}
+
+/// Offers cross-play in one title to another tenant; it counts once that tenant accepts.
+async fn offer_agreement(
+    State(control): State<ControlPlane>,
+    Admin(who): Admin,
+    JsonBody(request): JsonBody<NewAgreement>,
+) -> Result<Response, ApiError> {
+    valid_id(&request.partner)?;
+    valid_id(&request.title_key)?;
+    let agreement = control
+        .store()
+        .offer_crossplay(&who.tenant, &request.partner, &request.title_key, unix_ms())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("tenant"),
+            other => agreement_error(other),
+        })?;
+    let view = agreement_view(&control, &who.tenant, &agreement).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn accept_agreement(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Admin(who): Admin,
+) -> Result<Response, ApiError> {
+    let agreement =
+        control.store().accept_crossplay(&who.tenant, &id, unix_ms()).await.map_err(agreement_error)?;
+    Ok(Json(agreement_view(&control, &who.tenant, &agreement).await?).into_response())
+}
+
+/// Either side ends an agreement; new cross-play joins stop at once.
+async fn revoke_agreement(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Admin(who): Admin,
+) -> Result<Response, ApiError> {
+    control.store().revoke_crossplay(&who.tenant, &id, unix_ms()).await.map_err(agreement_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -173,6 +265,9 @@ struct GameBody {
     max_players: u8,
     #[serde(default)]
     controls: Vec<String>,
+    /// Title key shared with other tenants' entries of the same game, for cross-play.
+    #[serde(default)]
+    crossplay_key: Option<String>,
 }
 
 fn four() -> u8 {
@@ -211,6 +306,9 @@ async fn put_game(
     if request.max_players == 0 || request.title.trim().is_empty() {
         return Err(ApiError::bad_request("a title and at least one player are required"));
     }
+    if let Some(key) = &request.crossplay_key {
+        valid_id(key)?;
+    }
     let game = CatalogueGame {
         id,
         title: request.title,
@@ -220,6 +318,7 @@ async fn put_game(
         required_tier: request.required_tier,
         max_players: request.max_players,
         controls: request.controls,
+        crossplay_key: request.crossplay_key,
     };
     control.store().put_game(&who.tenant, &game).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())

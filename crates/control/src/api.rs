@@ -191,6 +191,7 @@ fn game_info(game: CatalogueGame) -> GameInfo {
         description: game.description,
         max_players: game.max_players,
         controls: game.controls,
+        crossplay_key: game.crossplay_key,
     }
 }
 

@@ -66,6 +66,7 @@ suite!(
     tenants_and_users_are_isolated,
     api_keys_are_hashed_scoped_and_revocable,
     catalogue_and_entitlements,
+    crossplay_agreements_bind_their_two_tenants_only,
     fleet_leases_and_slots,
     the_last_slot_goes_to_exactly_one_of_a_hundred,
 );
@@ -141,6 +142,7 @@ async fn catalogue_and_entitlements(store: Store) {
         required_tier: tier.map(String::from),
         max_players: 4,
         controls: vec!["Steer: arrows".into()],
+        crossplay_key: Some("neon-cycles".into()),
     };
     store.put_game("acme", &game("free-game", None)).await.unwrap();
     store.put_game("acme", &game("premium-game", Some("premium"))).await.unwrap();
@@ -170,6 +172,66 @@ async fn catalogue_and_entitlements(store: Store) {
     );
     // Another tenant can neither grant to this user nor see through.
     assert!(matches!(store.grant("globex", &bob.id, "basic", None).await, Err(StoreError::NotFound)));
+}
+
+async fn crossplay_agreements_bind_their_two_tenants_only(store: Store) {
+    for id in ["acme", "globex", "initech"] {
+        store.create_tenant(&tenant(id), NOW).await.unwrap();
+    }
+    let allowed = |a: &'static str, b: &'static str| {
+        let store = store.clone();
+        async move { store.crossplay_allowed(a, b, "neon-cycles").await.unwrap() }
+    };
+    assert!(!allowed("acme", "globex").await, "nothing crosses without an agreement");
+    assert!(allowed("acme", "acme").await);
+    assert!(matches!(
+        store.offer_crossplay("acme", "acme", "neon-cycles", NOW).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.offer_crossplay("acme", "nobody", "neon-cycles", NOW).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let offer = store.offer_crossplay("acme", "globex", "neon-cycles", NOW).await.unwrap();
+    assert!(!allowed("acme", "globex").await, "an offer is not an agreement");
+    assert!(
+        matches!(
+            store.offer_crossplay("globex", "acme", "neon-cycles", NOW).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "one live agreement per pair and title, whoever offers"
+    );
+    // A third tenant sees nothing of it and can do nothing with it, as with a missing id.
+    assert!(store.crossplay_agreements("initech").await.unwrap().is_empty());
+    for result in [
+        store.accept_crossplay("initech", &offer.id, NOW).await.map(|_| ()),
+        store.revoke_crossplay("initech", &offer.id, NOW).await,
+    ] {
+        assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}");
+    }
+    assert!(
+        matches!(store.accept_crossplay("acme", &offer.id, NOW).await, Err(StoreError::Conflict(_))),
+        "the offering side cannot accept its own offer"
+    );
+    let accepted = store.accept_crossplay("globex", &offer.id, NOW + 1).await.unwrap();
+    assert_eq!((accepted.offered_by.as_str(), accepted.partner("globex")), ("acme", "acme"));
+    assert!(allowed("acme", "globex").await && allowed("globex", "acme").await, "both ways");
+    assert!(!store.crossplay_allowed("acme", "globex", "other-game").await.unwrap(), "that title only");
+    assert!(!allowed("acme", "initech").await);
+    assert_eq!(
+        store.crossplay_agreements("acme").await.unwrap(),
+        store.crossplay_agreements("globex").await.unwrap()
+    );
+
+    // Either side revokes, at once; then it can be offered anew.
+    store.revoke_crossplay("globex", &offer.id, NOW + 2).await.unwrap();
+    assert!(!allowed("acme", "globex").await);
+    assert!(matches!(store.accept_crossplay("globex", &offer.id, NOW).await, Err(StoreError::Conflict(_))));
+    store.revoke_crossplay("acme", &offer.id, NOW + 3).await.unwrap();
+    store.offer_crossplay("globex", "acme", "neon-cycles", NOW + 4).await.unwrap();
+    assert_eq!(store.crossplay_agreements("acme").await.unwrap().len(), 2);
+    assert_eq!(store.tenant_name("globex").await.unwrap(), "GLOBEX");
 }
 
 async fn fleet_leases_and_slots(store: Store) {
@@ -258,18 +320,19 @@ async fn postgres_confines_every_tenant_table_to_its_tenant() {
         "tests run as an ordinary role, as deployments should"
     );
 
-    // The meta-test: every table with tenant rows (a tenant_id column, or tenants itself).
+    // The meta-test: every table with tenant rows (a tenant_id column, a cross-play
+    // agreement's two tenants, or tenants itself).
     let tables = sqlx::query(
         "SELECT c.relname::text AS name, c.relrowsecurity AS enabled, c.relforcerowsecurity AS forced, \
          EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) AS has_policy \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = current_schema() AND c.relkind = 'r' AND (c.relname = 'tenants' OR EXISTS \
-         (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))",
+         (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname IN ('tenant_id', 'offered_by') AND NOT a.attisdropped))",
     )
     .fetch_all(&raw)
     .await
     .unwrap();
-    assert!(tables.len() >= 9, "found the tenant tables: {}", tables.len());
+    assert!(tables.len() >= 10, "found the tenant tables: {}", tables.len());
     for table in &tables {
         let name: String = table.get("name");
         let (enabled, forced, has_policy): (bool, bool, bool) =

@@ -47,6 +47,7 @@ pub fn catalogue_entry() -> CatalogueEntry {
                 "Boost: hold Space or Enter, gamepad A or right trigger".into(),
                 "Join: press anything; empty seats are bots".into(),
             ],
+            crossplay_key: Some("neon-cycles".into()),
         },
         create: |seed| Box::new(NeonCycles::new(seed)),
     }

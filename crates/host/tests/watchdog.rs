@@ -46,6 +46,7 @@ async fn a_hung_game_is_given_up_and_its_slot_freed() {
         description: String::new(),
         max_players: 1,
         controls: Vec::new(),
+        crossplay_key: None,
     };
     let catalogue = Catalogue::new(vec![CatalogueEntry { info, create: |_| Box::new(Hangs { ticks: 0 }) }]);
     let runtimes = Runtimes::with_builtin(RuntimeConfig::default(), catalogue);

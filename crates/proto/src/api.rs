@@ -11,6 +11,9 @@ pub struct GameInfo {
     pub max_players: u8,
     /// How to play, one line per control.
     pub controls: Vec<String>,
+    /// Title key shared with other platforms' entries of the same game (cross-play).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossplay_key: Option<String>,
 }
 
 /// Stream options a client may ask for when creating a session.

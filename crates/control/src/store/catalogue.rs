@@ -10,7 +10,7 @@ impl Store {
             .bind(&game.id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO games (tenant_id, id, title, description, art_url, runtime, required_tier, max_players, controls) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        sqlx::query("INSERT INTO games (tenant_id, id, title, description, art_url, runtime, required_tier, max_players, controls, crossplay_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
             .bind(tenant_id)
             .bind(&game.id)
             .bind(&game.title)
@@ -20,6 +20,7 @@ impl Store {
             .bind(game.required_tier.as_deref())
             .bind(game.max_players as i64)
             .bind(game.controls.join("\n"))
+            .bind(game.crossplay_key.as_deref())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -36,12 +37,13 @@ impl Store {
             required_tier: row.try_get("required_tier")?,
             max_players: row.try_get::<i64, _>("max_players")?.clamp(1, 255) as u8,
             controls: row.try_get::<String, _>("controls")?.lines().map(String::from).collect(),
+            crossplay_key: row.try_get("crossplay_key")?,
         })
     }
 
     pub async fn games(&self, tenant_id: &str) -> Result<Vec<CatalogueGame>, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
-        let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 ORDER BY title, id")
+        let rows = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls, crossplay_key FROM games WHERE tenant_id = $1 ORDER BY title, id")
             .bind(tenant_id)
             .fetch_all(&mut *conn)
             .await?;
@@ -50,7 +52,7 @@ impl Store {
 
     pub async fn game(&self, tenant_id: &str, id: &str) -> Result<CatalogueGame, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
-        let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls FROM games WHERE tenant_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT id, title, description, art_url, runtime, required_tier, max_players, controls, crossplay_key FROM games WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
             .fetch_optional(&mut *conn)

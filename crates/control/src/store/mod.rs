@@ -16,11 +16,14 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 use thiserror::Error;
 
+pub use crossplay::{Agreement, AgreementState};
+
 use crate::placement::HostSnapshot;
 use crate::random_id;
 
 mod accounts;
 mod catalogue;
+mod crossplay;
 mod fleet;
 mod sessions;
 
@@ -37,12 +40,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "owners", include_str!("../../migrations/0002_owners.sql")),
     (3, "host identity", include_str!("../../migrations/0003_host_identity.sql")),
     (4, "sign-up", include_str!("../../migrations/0004_signup.sql")),
+    (6, "cross-play", include_str!("../../migrations/0006_crossplay.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
 /// no row-level security, records them as done.
-const POSTGRES_ONLY: &[(i64, &str, &str)] =
-    &[(5, "row-level security", include_str!("../../migrations/0005_row_level_security.postgres.sql"))];
+const POSTGRES_ONLY: &[(i64, &str, &str)] = &[
+    (5, "row-level security", include_str!("../../migrations/0005_row_level_security.postgres.sql")),
+    (
+        7,
+        "cross-play row-level security",
+        include_str!("../../migrations/0007_crossplay_row_level_security.postgres.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct EmbeddedMigrations(Backend);
@@ -56,10 +66,10 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
             let postgres_only = POSTGRES_ONLY.iter().map(move |&(version, name, sql)| {
                 (version, name, if backend == Backend::Postgres { sql } else { "SELECT 1;" })
             });
-            Ok(MIGRATIONS
-                .iter()
-                .copied()
-                .chain(postgres_only)
+            let mut all: Vec<_> = MIGRATIONS.iter().copied().chain(postgres_only).collect();
+            all.sort_by_key(|&(version, _, _)| version);
+            Ok(all
+                .into_iter()
                 .map(|(version, name, sql)| {
                     Migration::new(
                         version,
@@ -169,6 +179,9 @@ pub struct CatalogueGame {
     pub max_players: u8,
     /// How to play, one line per control.
     pub controls: Vec<String>,
+    /// The game's title key for cross-play: entries of several tenants with one key are
+    /// the same game ([`Store::crossplay_allowed`]).
+    pub crossplay_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
