@@ -305,14 +305,7 @@ async fn start_for(
                 Ok((StatusCode::CREATED, Json(created)).into_response())
             }
             SessionState::Queued => {
-                let position = store.queue_position(&existing).await.map_err(internal)?;
-                let queued = SessionQueued {
-                    session_id: existing.id.clone(),
-                    state: "queued".into(),
-                    queue_position: position,
-                    estimated_wait_secs: control.estimated_wait_secs(position).await.map_err(internal)?,
-                };
-                Ok((StatusCode::ACCEPTED, Json(queued)).into_response())
+                Ok((StatusCode::ACCEPTED, Json(queued_answer(control, &existing).await?)).into_response())
             }
             _ => {
                 let message = "the session for this Idempotency-Key has ended".to_string();
@@ -327,6 +320,40 @@ async fn start_for(
         let message = format!("at most {limit} live or queued sessions each; end one first");
         return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message));
     }
+    let session = open_session(control, who, request, owner, idempotency_key).await?;
+    let location = format!("/api/v1/sessions/{}", session.id);
+    if session.state == SessionState::Queued {
+        let queued = queued_answer(control, &session).await?;
+        return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
+    }
+    let created = ticket_answer(control, headers, &session, TicketRole::Player)?;
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+}
+
+/// Where a queued session stands.
+pub(crate) async fn queued_answer(
+    control: &ControlPlane,
+    session: &SessionRecord,
+) -> Result<SessionQueued, ApiError> {
+    let position = control.inner.store.queue_position(session).await.map_err(internal)?;
+    Ok(SessionQueued {
+        session_id: session.id.clone(),
+        state: "queued".into(),
+        queue_position: position,
+        estimated_wait_secs: control.estimated_wait_secs(position).await.map_err(internal)?,
+    })
+}
+
+/// Checks the catalogue and the entitlement, places the session (or queues it) and starts
+/// it on its host: the session as stored, `Placed` or `Queued`.
+pub(crate) async fn open_session(
+    control: &ControlPlane,
+    who: &Principal,
+    request: CreateSessionRequest,
+    owner: String,
+    idempotency_key: Option<String>,
+) -> Result<SessionRecord, ApiError> {
+    let store = &control.inner.store;
     let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
     let mut request = request;
     if let Some(user) = &who.user {
@@ -383,25 +410,16 @@ async fn start_for(
             other => internal(other),
         });
     }
-    let location = format!("/api/v1/sessions/{}", session.id);
     let Some(host_id) = host_id else {
-        let position = store.queue_position(&session).await.map_err(internal)?;
-        let queued = SessionQueued {
-            session_id: session.id.clone(),
-            state: "queued".into(),
-            queue_position: position,
-            estimated_wait_secs: control.estimated_wait_secs(position).await.map_err(internal)?,
-        };
-        info!(session = %session.id, tenant = %who.tenant, position, "session queued");
-        return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
+        info!(session = %session.id, tenant = %who.tenant, "session queued");
+        return Ok(session);
     };
     if let Err(e) = control.start_placed(&session, &launch).await {
         control.finish(&session, SessionState::Ended).await.map_err(internal)?;
         return Err(start_error(e));
     }
-    info!(session = %session.id, tenant = %who.tenant, game = %request.game, host = %host_id, "session placed");
-    let created = ticket_answer(control, headers, &session, TicketRole::Player)?;
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
+    info!(session = %session.id, tenant = %who.tenant, game = %session.game_id, host = %host_id, "session placed");
+    Ok(session)
 }
 
 fn start_error(e: StartError) -> ApiError {
