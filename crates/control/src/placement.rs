@@ -83,6 +83,41 @@ pub fn place(request: &PlacementRequest, fleet: &[HostSnapshot]) -> Placement {
     if any_capable { Placement::Queue } else { Placement::Unplaceable }
 }
 
+/// One member of a group that plays together (a lobby): what they measured and their own
+/// tenant's limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Measured round-trip times per region; empty when the member measured nothing (any
+    /// region is acceptable to them).
+    pub rtt_ms: Vec<(String, u32)>,
+    pub max_rtt_ms: u32,
+}
+
+/// The regions a group may play in, each with its worst member's RTT: a region is
+/// acceptable if every member who measured anything measured it within their own
+/// tenant's limit. Feed the result to [`place`] (with no further limit) so that the
+/// region whose slowest member is fastest wins. `None`: nobody measured anything (every
+/// region is acceptable, as for a single player without measurements).
+pub fn group_rtts(members: &[GroupMember]) -> Option<Vec<(String, u32)>> {
+    let measured: Vec<&GroupMember> = members.iter().filter(|m| !m.rtt_ms.is_empty()).collect();
+    let first = measured.first()?;
+    let mut regions: Vec<(String, u32)> = Vec::with_capacity(first.rtt_ms.len());
+    for (region, _) in &first.rtt_ms {
+        if regions.iter().any(|(seen, _)| seen == region) {
+            continue;
+        }
+        let worst = measured.iter().try_fold(0u32, |worst, member| {
+            // A member's best measurement of the region counts (repeats are allowed).
+            let rtt = member.rtt_ms.iter().filter(|(r, _)| r == region).map(|(_, t)| *t).min()?;
+            (rtt <= member.max_rtt_ms).then_some(worst.max(rtt))
+        });
+        if let Some(worst) = worst {
+            regions.push((region.clone(), worst));
+        }
+    }
+    Some(regions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +220,69 @@ mod tests {
                 }
                 Placement::Queue | Placement::Unplaceable => {
                     assert_eq!(best_possible, None, "queued though room existed")
+                }
+            }
+        }
+    }
+
+    fn member(rtts: &[(&str, u32)], max_rtt_ms: u32) -> GroupMember {
+        GroupMember { rtt_ms: rtts.iter().map(|(r, t)| (r.to_string(), *t)).collect(), max_rtt_ms }
+    }
+
+    #[test]
+    fn a_group_plays_where_its_slowest_member_is_fastest() {
+        let fleet = vec![host("eu-1", "eu", 4, 0), host("us-1", "us", 4, 0)];
+        // One near eu, one near us; the us member's tenant allows 100 ms, the other 80.
+        let group = [member(&[("eu", 10), ("us", 90)], 80), member(&[("eu", 95), ("us", 15)], 100)];
+        let regions = group_rtts(&group).unwrap();
+        assert_eq!(regions, vec![("eu".to_string(), 95)], "us is over the first member's limit");
+        let ask = PlacementRequest { rtt_ms: regions, max_rtt_ms: u32::MAX, runtime: "builtin".into() };
+        assert!(matches!(place(&ask, &fleet), Placement::Host { region, .. } if region == "eu"));
+        // Members who measured nothing constrain nothing; if nobody did, any region goes.
+        assert_eq!(
+            group_rtts(&[member(&[], 80), member(&[("us", 20)], 80)]).unwrap(),
+            vec![("us".into(), 20)]
+        );
+        assert_eq!(group_rtts(&[member(&[], 80)]), None);
+        assert_eq!(group_rtts(&[member(&[("eu", 10)], 80), member(&[("us", 10)], 80)]).unwrap(), vec![]);
+    }
+
+    /// Seeded random groups: every region offered is acceptable to every member at the RTT
+    /// given, and no acceptable region is left out.
+    #[test]
+    fn property_group_regions_suit_every_member() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as u32
+        };
+        let regions = ["a", "b", "c", "d"];
+        for _ in 0..5_000 {
+            let mut group = Vec::new();
+            for _ in 0..1 + next(8) {
+                let mut rtts = Vec::new();
+                for region in regions {
+                    if next(4) != 0 {
+                        rtts.push((region, next(200)));
+                    }
+                }
+                group.push(member(&rtts, 40 + next(100)));
+            }
+            let acceptable = |region: &str| {
+                group.iter().filter(|m| !m.rtt_ms.is_empty()).try_fold(0, |worst, m| {
+                    let rtt = m.rtt_ms.iter().find(|(r, _)| r == region)?.1;
+                    (rtt <= m.max_rtt_ms).then_some(u32::max(worst, rtt))
+                })
+            };
+            match group_rtts(&group) {
+                None => assert!(group.iter().all(|m| m.rtt_ms.is_empty())),
+                Some(offered) => {
+                    for region in regions {
+                        let found = offered.iter().find(|(r, _)| r == region).map(|(_, t)| *t);
+                        assert_eq!(found, acceptable(region), "region {region} for {group:?}");
+                    }
                 }
             }
         }
