@@ -471,6 +471,134 @@ async fn crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only(db: Db
     assert_eq!(listed["agreements"][0]["state"], "revoked");
 }
 
+/// Players of two tenants with an agreement meet in one lobby and one session; a third
+/// tenant's player cannot tell the lobby's code from a made-up one; revocation refuses the
+/// next join and the next ticket without touching the live session.
+async fn players_of_two_tenants_meet_in_a_lobby(db: Db) {
+    let Some(w) = world(8, db).await else { return };
+    let now = unix_ms();
+    let initech = Tenant {
+        id: "initech".into(),
+        name: "Initech".into(),
+        brand_color: "#fff".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 100,
+    };
+    w.store.create_tenant(&initech, now).await.unwrap();
+    let duel = |tenant: &str, tier: Option<&str>| CatalogueGame {
+        id: format!("{tenant}-duel"),
+        title: format!("Duel on {tenant}"),
+        description: String::new(),
+        art_url: String::new(),
+        runtime: json!({"kind": "builtin", "game": "neon-cycles"}).to_string(),
+        required_tier: tier.map(String::from),
+        max_players: 3,
+        controls: vec![],
+        crossplay_key: Some("duel".into()),
+    };
+    let mut token = std::collections::HashMap::new();
+    for (tenant, name) in [("acme", "Ann"), ("globex", "Gus"), ("initech", "Ida")] {
+        w.store.put_game(tenant, &duel(tenant, None)).await.unwrap();
+        let user = w
+            .store
+            .create_user(tenant, &format!("{name}@{tenant}.test"), "password-1", name, false, now)
+            .await
+            .unwrap();
+        token.insert(tenant, w.store.create_user_token(&user, now + 600_000).await.unwrap());
+    }
+    let ann = Some(token["acme"].as_str());
+    let (gus, ida) = (Some(token["globex"].as_str()), Some(token["initech"].as_str()));
+    let offer = w.store.offer_crossplay("acme", "globex", "duel", now).await.unwrap();
+    w.store.accept_crossplay("globex", &offer.id, now).await.unwrap();
+
+    // A key or a guest cannot open lobbies: they are for players' own accounts.
+    let open = json!({"game": "acme-duel", "rtt_ms": {"local": 5}});
+    assert_eq!(
+        call(&w.app, "POST", "/api/v1/lobbies", Some(&w.acme_key), &[], Some(open.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, lobby) = call(&w.app, "POST", "/api/v1/lobbies", ann, &[], Some(open)).await;
+    assert_eq!(status, StatusCode::CREATED, "{lobby}");
+    let (id, code) = (lobby["id"].as_str().unwrap().to_string(), lobby["code"].as_str().unwrap().to_string());
+    assert_eq!(lobby["members"], json!([{"display_name": "Ann", "tenant": "acme", "seat": 1, "you": true}]));
+
+    // Initech has no agreement: the code answers like one that does not exist.
+    let join = |code: &str| json!({"code": code, "rtt_ms": {"local": 9}});
+    let theirs = call(&w.app, "POST", "/api/v1/lobbies/join", ida, &[], Some(join(&code))).await;
+    let unknown = call(&w.app, "POST", "/api/v1/lobbies/join", ida, &[], Some(join("ZZZZZZZZZZ"))).await;
+    assert_eq!(theirs.0, StatusCode::NOT_FOUND);
+    assert_eq!(theirs, unknown, "indistinguishable from a missing code");
+    let lobby_path = format!("/api/v1/lobbies/{id}");
+    assert_eq!(
+        call(&w.app, "GET", &lobby_path, ida, &[], None).await.0,
+        StatusCode::NOT_FOUND,
+        "not a member"
+    );
+
+    // Gus of Globex joins with his own account: he sees names and platforms, nothing more.
+    let (status, joined) =
+        call(&w.app, "POST", "/api/v1/lobbies/join", gus, &[], Some(join(&code.to_lowercase()))).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(
+        joined["members"],
+        json!([
+            {"display_name": "Ann", "tenant": "acme", "seat": 1, "you": false},
+            {"display_name": "Gus", "tenant": "globex", "seat": 2, "you": true},
+        ])
+    );
+    assert!(!joined.to_string().contains("@"), "no emails: {joined}");
+    let start = format!("{lobby_path}/start");
+    let small_start = json!({"options": {"width": 320, "height": 240, "fps": 30}});
+    assert_eq!(
+        call(&w.app, "POST", &start, gus, &[], Some(small_start.clone())).await.0,
+        StatusCode::FORBIDDEN,
+        "only the owner starts"
+    );
+    let tickets = format!("{lobby_path}/tickets");
+    assert_eq!(
+        call(&w.app, "POST", &tickets, gus, &[], None).await.0,
+        StatusCode::CONFLICT,
+        "not started yet"
+    );
+    let (status, started) = call(&w.app, "POST", &start, ann, &[], Some(small_start.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let session_id = started["session_id"].as_str().unwrap().to_string();
+    for who in [ann, gus] {
+        let (status, ticket) = call(&w.app, "POST", &tickets, who, &[], None).await;
+        assert_eq!(status, StatusCode::CREATED, "{ticket}");
+        assert_eq!(ticket["session_id"], session_id.as_str(), "one session for both");
+        assert!(ticket["ticket"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    assert_eq!(
+        call(&w.app, "POST", &start, ann, &[], Some(small_start)).await.0,
+        StatusCode::CONFLICT,
+        "started once"
+    );
+
+    // Revoked: the next join and the next ticket of Globex's players are refused; the
+    // session itself is untouched.
+    let (status, second) =
+        call(&w.app, "POST", "/api/v1/lobbies", ann, &[], Some(json!({"game": "acme-duel"}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    w.store.revoke_crossplay("globex", &offer.id, unix_ms()).await.unwrap();
+    let refused =
+        call(&w.app, "POST", "/api/v1/lobbies/join", gus, &[], Some(join(second["code"].as_str().unwrap())))
+            .await;
+    assert_eq!(
+        (refused.0, refused.1["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("crossplay_closed"))
+    );
+    assert_eq!(call(&w.app, "POST", &tickets, gus, &[], None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call(&w.app, "POST", &tickets, ann, &[], None).await.0,
+        StatusCode::CREATED,
+        "the owner's side plays on"
+    );
+    let (status, session) =
+        call(&w.app, "GET", &format!("/api/v1/sessions/{session_id}"), ann, &[], None).await;
+    assert_eq!((status, session["state"].as_str()), (StatusCode::OK, Some("placed")));
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -491,4 +619,5 @@ on_both_databases!(
     the_last_slot_goes_to_one_and_the_rest_queue_in_order,
     only_the_owner_a_back_end_or_an_admin_acts_on_a_session,
     crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only,
+    players_of_two_tenants_meet_in_a_lobby,
 );

@@ -63,6 +63,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(crate::accounts::routes())
         .merge(crate::admin::routes())
+        .merge(crate::lobbies::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
 }
@@ -212,7 +213,7 @@ async fn get_game(
     Ok(Json(game_info(game)).into_response())
 }
 
-fn ticket_answer(
+pub(crate) fn ticket_answer(
     control: &ControlPlane,
     headers: &HeaderMap,
     session: &SessionRecord,

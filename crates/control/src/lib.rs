@@ -13,6 +13,7 @@ mod auth;
 mod fleet;
 pub mod http;
 pub mod identity;
+mod lobbies;
 mod openapi;
 pub mod placement;
 pub mod policy;

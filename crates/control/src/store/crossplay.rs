@@ -191,6 +191,28 @@ impl Store {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
+    /// The state of the newest agreement between `a` and `b` for `title_key`, if they
+    /// ever had one.
+    pub async fn crossplay_state(
+        &self,
+        a: &str,
+        b: &str,
+        title_key: &str,
+    ) -> Result<Option<AgreementState>, StoreError> {
+        let mut conn = self.scoped(a).await?;
+        let row = sqlx::query(
+            "SELECT state FROM crossplay_agreements WHERE title_key = $1 \
+             AND ((offered_by = $2 AND offered_to = $3) OR (offered_by = $3 AND offered_to = $2)) \
+             ORDER BY changed_at DESC, created_at DESC LIMIT 1",
+        )
+        .bind(title_key)
+        .bind(a)
+        .bind(b)
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|row| AgreementState::parse(&row.try_get::<String, _>("state")?)).transpose()
+    }
+
     /// The display name of tenant `id` (what another tenant is shown of it).
     pub async fn tenant_name(&self, id: &str) -> Result<String, StoreError> {
         let mut platform = self.pool.acquire().await?;

@@ -17,6 +17,7 @@ use sqlx::{AnyPool, Row};
 use thiserror::Error;
 
 pub use crossplay::{Agreement, AgreementState};
+pub use lobbies::{Lobby, LobbyMember, LobbyState};
 
 use crate::placement::HostSnapshot;
 use crate::random_id;
@@ -25,6 +26,7 @@ mod accounts;
 mod catalogue;
 mod crossplay;
 mod fleet;
+mod lobbies;
 mod sessions;
 
 /// The ordinary role test and benchmark schemas belong to ([`Store::postgres_schema_url`]).
@@ -41,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "host identity", include_str!("../../migrations/0003_host_identity.sql")),
     (4, "sign-up", include_str!("../../migrations/0004_signup.sql")),
     (6, "cross-play", include_str!("../../migrations/0006_crossplay.sql")),
+    (8, "lobbies", include_str!("../../migrations/0008_lobbies.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -51,6 +54,11 @@ const POSTGRES_ONLY: &[(i64, &str, &str)] = &[
         7,
         "cross-play row-level security",
         include_str!("../../migrations/0007_crossplay_row_level_security.postgres.sql"),
+    ),
+    (
+        9,
+        "lobby row-level security",
+        include_str!("../../migrations/0009_lobbies_row_level_security.postgres.sql"),
     ),
 ];
 
