@@ -388,6 +388,31 @@ async function measureRegions() {
 }
 
 // Every host is full: wait in the tenant's queue, showing the place in line.
+// A lobby's members get their tickets from the lobby (a member of another platform has
+// no other way into the session).
+const lobby = params.get('lobby');
+
+function freshTicket(session, player, watchGrant) {
+  if (lobby) return api(`/api/v1/lobbies/${encodeURIComponent(lobby)}/tickets`);
+  const role = player ? 'player' : 'viewer';
+  return api(`/api/v1/sessions/${encodeURIComponent(session.session_id)}/tickets`, { role, watch_grant: watchGrant });
+}
+
+/// The lobby's session once its owner has started it and it has a host.
+async function lobbyTicket() {
+  for (;;) {
+    try {
+      const answer = await api(`/api/v1/lobbies/${encodeURIComponent(lobby)}/tickets`);
+      if (answer.httpStatus === 201) return answer;
+      overlayTitle.textContent = `Your group is #${answer.queue_position} in line`;
+    } catch (e) {
+      if (e.status !== 409) throw e;
+      overlayTitle.textContent = 'Waiting for the lobby\'s owner to start';
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
 async function waitInQueue(queued) {
   stats.state = 'queued';
   const leave = () => fetch(`/api/v1/sessions/${queued.session_id}`, { method: 'DELETE', keepalive: true });
@@ -523,8 +548,7 @@ async function reconnect(session, player, watchGrant) {
         currentPc.close();
         if (currentPc.resource) fetch(currentPc.resource, { method: 'DELETE', keepalive: true }).catch(() => {});
       }
-      const role = player ? 'player' : 'viewer';
-      const ticket = await api(`/api/v1/sessions/${encodeURIComponent(session.session_id)}/tickets`, { role, watch_grant: watchGrant });
+      const ticket = await freshTicket(session, player, watchGrant);
       const attempt = performance.now();
       const pc = await whep(ticket, player); // now the current connection
       // Back when the new connection decodes video (the element alone may show a frame
@@ -563,6 +587,8 @@ async function main() {
   if (watch) {
     const grant = params.get('grant') || undefined;
     session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer', watch_grant: grant });
+  } else if (lobby) {
+    session = await lobbyTicket();
   } else if (resume) {
     session = await api(`/api/v1/sessions/${encodeURIComponent(resume)}/tickets`, { role: 'player' });
   } else {

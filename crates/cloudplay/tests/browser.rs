@@ -1,4 +1,4 @@
-//! The browser client in real headless Chromium (driven by `e2e/player.test.mjs`).
+//! The browser client in real headless Chromium (driven by the `e2e/*.test.mjs` scripts).
 //! Needs Node.js, `npm ci --prefix e2e` and Debian's `chromium`; `.ci/run` installs them.
 //! Without them the test says so and passes locally, but fails under CI (`CI` set).
 
@@ -7,6 +7,7 @@ use std::process::Command;
 
 use cloudplay::app::Server;
 use cloudplay::config::Config;
+use cloudplay_control::store::{CatalogueGame, Tenant};
 
 fn missing_prerequisite(e2e: &Path) -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -103,4 +104,63 @@ fn the_player_page_rides_out_dropped_networks() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!("{stdout}\n{stderr}");
     assert!(output.status.success(), "the network tests in Chromium failed");
+}
+
+/// Cross-play (`e2e/crossplay.test.mjs`): two platforms with an agreement for Neon Cycles,
+/// a player of each signed in to their own portal in their own browser, one lobby, one
+/// session, both players' input in the shared picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_of_two_platforms_meet_from_their_own_portals() {
+    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
+    if let Some(reason) = missing_prerequisite(&e2e) {
+        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
+        eprintln!("SKIPPED the cross-play browser test: {reason}");
+        return;
+    }
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let store = server.control.store().clone();
+    let now = cloudplay_control::unix_ms();
+    for (tenant, player) in [("acme", "Ann"), ("globex", "Gus")] {
+        let record = Tenant {
+            id: tenant.into(),
+            name: tenant.into(),
+            brand_color: "#00e6ff".into(),
+            logo_url: String::new(),
+            max_rtt_ms: 150,
+        };
+        store.create_tenant(&record, now).await.unwrap();
+        let cycles = CatalogueGame {
+            id: format!("{tenant}-cycles"),
+            title: "Neon Cycles".into(),
+            description: String::new(),
+            art_url: String::new(),
+            runtime: r#"{"kind":"builtin","game":"neon-cycles"}"#.into(),
+            required_tier: None,
+            max_players: 4,
+            controls: vec![],
+            crossplay_key: Some("neon-cycles".into()),
+        };
+        store.put_game(tenant, &cycles).await.unwrap();
+        let email = format!("{}@{tenant}.test", player.to_lowercase());
+        store.create_user(tenant, &email, "password-1", player, false, now).await.unwrap();
+    }
+    let offer = store.offer_crossplay("acme", "globex", "neon-cycles", now).await.unwrap();
+    store.accept_crossplay("globex", &offer.id, now).await.unwrap();
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "crossplay.test.mjs"])
+            .current_dir(&e2e)
+            .env("CLOUDPLAY_URL", &url)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "the cross-play browser test failed:\n{stdout}\n{stderr}");
 }
