@@ -599,6 +599,115 @@ async fn players_of_two_tenants_meet_in_a_lobby(db: Db) {
     assert_eq!((status, session["state"].as_str()), (StatusCode::OK, Some("placed")));
 }
 
+/// A request with raw bytes; the answer's status, headers and bytes.
+async fn raw(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::HOST, "play.test")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = app.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    (status, headers, to_bytes(response.into_body(), 4 << 20).await.unwrap().to_vec())
+}
+
+async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
+    let Some(w) = world(8, db).await else { return };
+    let now = unix_ms();
+    let mut tokens = Vec::new();
+    for (tenant, email) in
+        [("acme", "pat@acme.test"), ("acme", "sam@acme.test"), ("globex", "gus@globex.test")]
+    {
+        let user = w.store.create_user(tenant, email, "password-1", "Someone", false, now).await.unwrap();
+        tokens.push(w.store.create_user_token(&user, now + 600_000).await.unwrap());
+    }
+    let (pat, sam, gus) = (&tokens[0], &tokens[1], &tokens[2]);
+    let path = "/api/v1/saves/acme-free/sram";
+    let put = |token: &str, headers: Vec<(&'static str, String)>, body: &[u8]| {
+        let (app, token, body) = (w.app.clone(), token.to_string(), body.to_vec());
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            raw(&app, "PUT", path, &token, &headers, body).await
+        }
+    };
+    let status = |answer: (StatusCode, axum::http::HeaderMap, Vec<u8>)| answer.0;
+    assert_eq!(
+        status(put(pat, vec![], b"first").await),
+        StatusCode::PRECONDITION_REQUIRED,
+        "say what it replaces"
+    );
+    let first = put(pat, vec![("if-none-match", "*".into())], b"first").await;
+    assert_eq!((first.0, first.1["etag"].to_str().unwrap()), (StatusCode::CREATED, "\"1\""));
+
+    let (status_got, headers, bytes) = raw(&w.app, "GET", path, pat, &[], vec![]).await;
+    assert_eq!((status_got, bytes.as_slice()), (StatusCode::OK, &b"first"[..]));
+    assert_eq!(headers["x-checksum-sha256"], cloudplay_control::store::sha256_hex(b"first").as_str());
+
+    // Corrupted on the way (the checksum says otherwise): refused, nothing saved.
+    let lying = vec![
+        ("if-match", "\"1\"".to_string()),
+        ("x-checksum-sha256", cloudplay_control::store::sha256_hex(b"other")),
+    ];
+    assert_eq!(status(put(pat, lying, b"second").await), StatusCode::BAD_REQUEST);
+    let second = put(pat, vec![("if-match", "\"1\"".into())], b"second").await;
+    assert_eq!((second.0, second.1["etag"].to_str().unwrap()), (StatusCode::CREATED, "\"2\""));
+    // A writer that still holds version 1 loses.
+    let stale = put(pat, vec![("if-match", "\"1\"".into())], b"stale").await;
+    assert_eq!(stale.0, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.2, b"second");
+    let (status_restored, restored) =
+        call(&w.app, "POST", &format!("{path}/restore"), Some(pat), &[], Some(json!({"version": 1}))).await;
+    assert_eq!((status_restored, restored["version"].as_u64()), (StatusCode::CREATED, Some(3)));
+    assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.2, b"first");
+    let (_, listed) = call(&w.app, "GET", "/api/v1/saves", Some(pat), &[], None).await;
+    let versions: Vec<u64> =
+        listed["saves"].as_array().unwrap().iter().map(|s| s["version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [3, 2, 1]);
+
+    // Bad input changes nothing.
+    let first_save = vec![("if-none-match", "*".to_string())];
+    let oversized = vec![0u8; cloudplay_control::MAX_SAVE_BYTES + 1];
+    for (uri, body, expected) in [
+        ("/api/v1/saves/acme-free/cartridge", b"x".to_vec(), StatusCode::BAD_REQUEST),
+        ("/api/v1/saves/no-such-game/sram", b"x".to_vec(), StatusCode::NOT_FOUND),
+        ("/api/v1/saves/globex-free/sram", b"x".to_vec(), StatusCode::NOT_FOUND),
+        ("/api/v1/saves/acme-premium/state", oversized, StatusCode::PAYLOAD_TOO_LARGE),
+        ("/api/v1/saves/acme-premium/state", vec![], StatusCode::BAD_REQUEST),
+    ] {
+        let headers: Vec<(&str, &str)> = first_save.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        assert_eq!(raw(&w.app, "PUT", uri, pat, &headers, body).await.0, expected, "{uri}");
+    }
+    assert_eq!(
+        call(&w.app, "GET", "/api/v1/saves", Some(pat), &[], None).await.1["saves"].as_array().unwrap().len(),
+        3
+    );
+
+    // Another player, another platform, a key or a guest: nothing.
+    assert_eq!(raw(&w.app, "GET", path, sam, &[], vec![]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&w.app, "GET", "/api/v1/saves", Some(sam), &[], None).await.1["saves"], json!([]));
+    assert_eq!(
+        raw(&w.app, "GET", path, gus, &[], vec![]).await.0,
+        StatusCode::NOT_FOUND,
+        "not a game of globex"
+    );
+    assert_eq!(
+        call(&w.app, "GET", "/api/v1/saves", Some(&w.acme_key), &[], None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(raw(&w.app, "DELETE", path, pat, &[], vec![]).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.0, StatusCode::NOT_FOUND);
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -620,4 +729,5 @@ on_both_databases!(
     only_the_owner_a_back_end_or_an_admin_acts_on_a_session,
     crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only,
     players_of_two_tenants_meet_in_a_lobby,
+    a_player_keeps_versioned_saves_that_nobody_else_reads,
 );

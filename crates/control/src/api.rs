@@ -65,6 +65,7 @@ pub fn router(control: ControlPlane) -> Router {
         .merge(crate::admin::routes())
         .merge(crate::lobbies::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(crate::saves::routes())
         .with_state(control)
 }
 
@@ -167,6 +168,8 @@ pub(crate) fn internal(e: StoreError) -> ApiError {
         StoreError::Conflict(what) => {
             ApiError(StatusCode::CONFLICT, "conflict", format!("{what} already exists"))
         }
+        StoreError::TooLarge(message) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message),
+        StoreError::Stale(message) => ApiError(StatusCode::PRECONDITION_FAILED, "stale", message),
         other if other.retryable() => {
             ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is busy; retry shortly".into())
         }

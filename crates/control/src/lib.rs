@@ -18,6 +18,7 @@ mod openapi;
 pub mod placement;
 pub mod policy;
 pub mod remote;
+mod saves;
 pub mod sessions;
 pub mod store;
 
@@ -36,6 +37,7 @@ use tracing::{info, warn};
 
 pub use api::{ApiError, ClientIp, router};
 pub use fleet::routes as fleet_routes;
+pub use saves::{MAX_SAVE_BYTES, SAVE_POLICY};
 use store::{CatalogueGame, HostRegistration, Store, StoreError, Tenant};
 
 /// Why a host could not start a session.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use cloudplay_control::store::{CatalogueGame, HostRegistration, Store, StoreError, Tenant, Tier};
+use cloudplay_control::store::{
+    CatalogueGame, HostRegistration, SaveKind, SavePolicy, SavePrecondition, Store, StoreError, Tenant, Tier,
+};
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -67,6 +69,7 @@ suite!(
     api_keys_are_hashed_scoped_and_revocable,
     catalogue_and_entitlements,
     crossplay_agreements_bind_their_two_tenants_only,
+    saves_are_versioned_conditional_and_within_quota,
     fleet_leases_and_slots,
     the_last_slot_goes_to_exactly_one_of_a_hundred,
 );
@@ -232,6 +235,79 @@ async fn crossplay_agreements_bind_their_two_tenants_only(store: Store) {
     store.offer_crossplay("globex", "acme", "neon-cycles", NOW + 4).await.unwrap();
     assert_eq!(store.crossplay_agreements("acme").await.unwrap().len(), 2);
     assert_eq!(store.tenant_name("globex").await.unwrap(), "GLOBEX");
+}
+
+async fn saves_are_versioned_conditional_and_within_quota(store: Store) {
+    for id in ["acme", "globex"] {
+        store.create_tenant(&tenant(id), NOW).await.unwrap();
+    }
+    let pat = store.create_user("acme", "pat@acme.io", "password123", "Pat", false, NOW).await.unwrap();
+    let sam = store.create_user("acme", "sam@acme.io", "password123", "Sam", false, NOW).await.unwrap();
+    let policy = SavePolicy { keep: 2, quota_bytes: 100 };
+    let put = |user: &str, game: &'static str, expected, bytes: &'static [u8]| {
+        let (store, user) = (store.clone(), user.to_string());
+        async move { store.put_save("acme", &user, game, SaveKind::Sram, expected, bytes, policy, NOW).await }
+    };
+    use SavePrecondition::{None as Fresh, Version};
+    assert_eq!(put(&pat.id, "zelda", Fresh, b"one").await.unwrap().version, 1);
+    assert!(
+        matches!(put(&pat.id, "zelda", Fresh, b"again").await, Err(StoreError::Stale(_))),
+        "not a first save"
+    );
+    assert_eq!(put(&pat.id, "zelda", Version(1), b"two").await.unwrap().version, 2);
+    // A writer that read version 1 loses: version 2 stays the newest.
+    assert!(matches!(put(&pat.id, "zelda", Version(1), b"stale").await, Err(StoreError::Stale(_))));
+    let (info, bytes) = store.save("acme", &pat.id, "zelda", SaveKind::Sram, None).await.unwrap();
+    assert_eq!((info.version, bytes.as_slice()), (2, &b"two"[..]));
+    assert_eq!(info.sha256, cloudplay_control::store::sha256_hex(b"two"));
+    // Two versions kept: a third drops the first.
+    put(&pat.id, "zelda", Version(2), b"three").await.unwrap();
+    let versions: Vec<u64> = store.saves("acme", &pat.id).await.unwrap().iter().map(|s| s.version).collect();
+    assert_eq!(versions, [3, 2]);
+    assert!(matches!(
+        store.save("acme", &pat.id, "zelda", SaveKind::Sram, Some(1)).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.save("acme", &pat.id, "zelda", SaveKind::Sram, Some(2)).await.unwrap().1, b"two");
+
+    // The quota counts every kept version; a version about to be dropped does not.
+    static BIG: [u8; 95] = [7; 95];
+    assert!(
+        matches!(put(&pat.id, "metroid", Fresh, &BIG).await, Err(StoreError::TooLarge(_))),
+        "8 + 95 > 100"
+    );
+    let just_one = SavePolicy { keep: 1, quota_bytes: 100 };
+    let sram = SaveKind::Sram;
+    store.put_save("acme", &sam.id, "metroid", sram, Fresh, &BIG, just_one, NOW).await.unwrap();
+    let replaced =
+        store.put_save("acme", &sam.id, "metroid", sram, Version(1), &BIG[..40], just_one, NOW).await;
+    assert_eq!(replaced.unwrap().version, 2, "the 95 bytes it replaces do not count");
+    // Nobody else reads them: another player, another tenant.
+    assert!(store.saves("acme", &sam.id).await.unwrap().iter().all(|s| s.game == "metroid"));
+    assert!(matches!(
+        store.save("acme", &sam.id, "zelda", SaveKind::Sram, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.save("globex", &pat.id, "zelda", SaveKind::Sram, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.saves("globex", &pat.id).await.unwrap().is_empty());
+
+    // Two sessions of one player write the same version at once: one wins, one is told.
+    let policy = SavePolicy { keep: 5, quota_bytes: 1 << 20 };
+    let write = |bytes: &'static [u8]| {
+        let (store, user) = (store.clone(), pat.id.clone());
+        async move { store.put_save("acme", &user, "zelda", SaveKind::Sram, Version(3), bytes, policy, NOW).await }
+    };
+    let (a, b) = tokio::join!(write(b"from host a"), write(b"from host b"));
+    assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    assert!(matches!(a.err().or(b.err()), Some(StoreError::Stale(_))));
+    store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram).await.unwrap();
+    assert!(matches!(
+        store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn fleet_leases_and_slots(store: Store) {

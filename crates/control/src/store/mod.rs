@@ -18,6 +18,7 @@ use thiserror::Error;
 
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
+pub use saves::{SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
 
 use crate::placement::HostSnapshot;
 use crate::random_id;
@@ -27,6 +28,7 @@ mod catalogue;
 mod crossplay;
 mod fleet;
 mod lobbies;
+mod saves;
 mod sessions;
 
 /// The ordinary role test and benchmark schemas belong to ([`Store::postgres_schema_url`]).
@@ -44,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "sign-up", include_str!("../../migrations/0004_signup.sql")),
     (6, "cross-play", include_str!("../../migrations/0006_crossplay.sql")),
     (8, "lobbies", include_str!("../../migrations/0008_lobbies.sql")),
+    (10, "saves", include_str!("../../migrations/0010_saves.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -59,6 +62,11 @@ const POSTGRES_ONLY: &[(i64, &str, &str)] = &[
         9,
         "lobby row-level security",
         include_str!("../../migrations/0009_lobbies_row_level_security.postgres.sql"),
+    ),
+    (
+        11,
+        "save row-level security",
+        include_str!("../../migrations/0011_saves_row_level_security.postgres.sql"),
     ),
 ];
 
@@ -101,6 +109,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A write that would go over a quota.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// A conditional write whose condition no longer holds (someone wrote since).
+    #[error("precondition failed: {0}")]
+    Stale(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
