@@ -675,7 +675,7 @@ async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
     assert_eq!(versions, [3, 2, 1]);
 
     // Bad input changes nothing.
-    let first_save = vec![("if-none-match", "*".to_string())];
+    let first_save = [("if-none-match", "*")];
     let oversized = vec![0u8; cloudplay_control::MAX_SAVE_BYTES + 1];
     for (uri, body, expected) in [
         ("/api/v1/saves/acme-free/cartridge", b"x".to_vec(), StatusCode::BAD_REQUEST),
@@ -684,8 +684,7 @@ async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
         ("/api/v1/saves/acme-premium/state", oversized, StatusCode::PAYLOAD_TOO_LARGE),
         ("/api/v1/saves/acme-premium/state", vec![], StatusCode::BAD_REQUEST),
     ] {
-        let headers: Vec<(&str, &str)> = first_save.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        assert_eq!(raw(&w.app, "PUT", uri, pat, &headers, body).await.0, expected, "{uri}");
+        assert_eq!(raw(&w.app, "PUT", uri, pat, &first_save, body).await.0, expected, "{uri}");
     }
     assert_eq!(
         call(&w.app, "GET", "/api/v1/saves", Some(pat), &[], None).await.1["saves"].as_array().unwrap().len(),
