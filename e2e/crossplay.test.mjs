@@ -29,6 +29,22 @@ test('players of two platforms play one session from their own portals', { timeo
     const ann = await signIn(annBrowser, 'acme', 'ann@acme.test');
     const gus = await signIn(gusBrowser, 'globex', 'gus@globex.test');
 
+    // Her portal keeps her saves: upload one, see it, restore and delete through the page.
+    await ann.fill('#upload-save [name=game]', 'acme-cycles');
+    await ann.setInputFiles('#upload-save [name=file]', { name: 'cycles.srm', mimeType: 'application/octet-stream', buffer: Buffer.from('progress one') });
+    await ann.click('#upload-save button');
+    await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('1 (current)'));
+    await ann.setInputFiles('#upload-save [name=file]', { name: 'cycles.srm', mimeType: 'application/octet-stream', buffer: Buffer.from('progress two') });
+    await ann.fill('#upload-save [name=game]', 'acme-cycles');
+    await ann.click('#upload-save button');
+    await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('2 (current)'));
+    await ann.click('button[data-restore="acme-cycles/sram/1"]');
+    await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('3 (current)'));
+    const restored = await ann.evaluate(async () => (await fetch('/api/v1/saves/acme-cycles/sram')).text());
+    assert.equal(restored, 'progress one');
+    await ann.click('button[data-delete-save="acme-cycles/sram"]');
+    await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('No saves yet'));
+
     await ann.click('button[data-lobby="acme-cycles"]');
     await ann.waitForFunction(() => document.getElementById('lobby-code').textContent.length === 10);
     const code = await ann.textContent('#lobby-code');
