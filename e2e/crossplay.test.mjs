@@ -3,7 +3,8 @@
 // to globex's, each in their own browser; Ann opens a lobby, Gus joins with its code, Ann
 // starts, and both play one session. Each player's input reaches the shared picture: the
 // probe strip reports the sequence number of the last input the game applied (a key press
-// is two: down and up), and only Ann's reach 24 while Gus's stay below 7.
+// is two: down and up), and only Ann's reach 24 while Gus's stay below 7. Before that,
+// Ann manages her cloud saves on her portal.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { launch, waitForStats } from './browser.mjs';
