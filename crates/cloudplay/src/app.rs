@@ -1,7 +1,9 @@
 //! `cloudplay serve`: control plane + one stream host + web client in one process.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use cloudplay_control::{
     ApiError, ClientIp, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable,
     SessionHost, StartError,
 };
+use cloudplay_host::saves::{CommitError, SaveSink};
 use cloudplay_host::{Host, HostConfig, HostError};
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::constant_time_eq;
@@ -28,6 +31,29 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::config::Config;
+
+/// The in-process host commits saves straight to its control plane.
+struct LocalSaves {
+    control: ControlPlane,
+    host_id: String,
+}
+
+impl SaveSink for LocalSaves {
+    fn commit<'a>(
+        &'a self,
+        session_id: &'a str,
+        base_version: Option<u64>,
+        bytes: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<u64, CommitError>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.control.commit_save(&self.host_id, session_id, base_version, bytes).await {
+                Ok(info) => Ok(info.version),
+                Err(e) if e.retryable() => Err(CommitError::Failed(e.to_string())),
+                Err(e) => Err(CommitError::Refused(e.to_string())),
+            }
+        })
+    }
+}
 
 /// The in-process host as the control plane sees it.
 struct LocalHost(Host);
@@ -190,6 +216,8 @@ impl Server {
             )
             .await
             .context("registering the built-in host")?;
+        let saves = LocalSaves { control: control.clone(), host_id: config.host_id.clone() };
+        host.set_save_sink(Arc::new(saves), Duration::from_secs(config.save_sync_secs));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;

@@ -30,6 +30,9 @@ pub struct Config {
     pub max_sessions: usize,
     /// Seconds a session with nobody connected stays alive.
     pub idle_timeout_secs: u64,
+    /// Seconds between commits of a session's changed in-game save to the cloud (and once
+    /// at its end): at most this much progress is lost when a host dies.
+    pub save_sync_secs: u64,
     /// Lifetime of session tickets in seconds (at most 60).
     pub ticket_ttl_secs: u64,
     /// Where the control plane keeps its state: `sqlite://FILE` (created if missing),
@@ -121,6 +124,7 @@ impl Default for Config {
             host_id: "local".into(),
             max_sessions: 8,
             idle_timeout_secs: 60,
+            save_sync_secs: 20,
             ticket_ttl_secs: 30,
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
@@ -251,6 +255,7 @@ impl Config {
                 "HOST_ID" => self.host_id = value,
                 "MAX_SESSIONS" => self.max_sessions = value.parse().map_err(|e| bad(&e))?,
                 "IDLE_TIMEOUT_SECS" => self.idle_timeout_secs = value.parse().map_err(|e| bad(&e))?,
+                "SAVE_SYNC_SECS" => self.save_sync_secs = value.parse().map_err(|e| bad(&e))?,
                 "TICKET_TTL_SECS" => self.ticket_ttl_secs = value.parse().map_err(|e| bad(&e))?,
                 "DATABASE_URL" => self.database_url = value,
                 "REGION" => self.region = value,
@@ -314,6 +319,9 @@ impl Config {
         }
         if !(1..=60).contains(&self.ticket_ttl_secs) {
             bail!("ticket_ttl_secs must be between 1 and 60");
+        }
+        if !(1..=3600).contains(&self.save_sync_secs) {
+            bail!("save_sync_secs must be between 1 and 3600");
         }
         if !(1..=300).contains(&self.header_read_timeout_secs) {
             bail!("header_read_timeout_secs must be between 1 and 300");

@@ -2,7 +2,9 @@
 //! and `cloudplay host` (one stream host that registers with a control plane, keeps its
 //! lease with heartbeats, and runs the sessions the control plane starts on it).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,11 @@ use base64::Engine;
 use cloudplay_control::identity::{Clients, EnrolmentToken, Fingerprint};
 use cloudplay_control::remote::fleet_request;
 use cloudplay_control::{ApiError, ControlPlane};
+use cloudplay_host::saves::{CommitError, SaveSink};
 use cloudplay_host::{Host, HostConfig};
-use cloudplay_proto::fleet::{FLEET_PROTOCOL, Registered, Registration, version_mismatch};
+use cloudplay_proto::fleet::{
+    FLEET_PROTOCOL, Registered, Registration, SaveCommit, SaveCommitted, version_mismatch,
+};
 use cloudplay_runtime::Runtimes;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::Rng;
@@ -171,6 +176,45 @@ impl Membership {
     }
 }
 
+/// A fleet host commits saves to its control plane's fleet listener (mutual TLS; the
+/// control plane takes player and game from its own record of the session).
+struct RemoteSaves {
+    control_url: String,
+    tls: Arc<rustls::ClientConfig>,
+    host_id: String,
+}
+
+impl SaveSink for RemoteSaves {
+    fn commit<'a>(
+        &'a self,
+        session_id: &'a str,
+        base_version: Option<u64>,
+        bytes: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<u64, CommitError>> + Send + 'a>> {
+        Box::pin(async move {
+            let commit = SaveCommit {
+                base_version,
+                sha256: cloudplay_host::saves::sha256_hex(bytes),
+                data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            };
+            let body = serde_json::to_string(&commit).map_err(|e| CommitError::Failed(e.to_string()))?;
+            let path = format!("/internal/v1/hosts/{}/saves/{session_id}", self.host_id);
+            let (status, answer) = fleet_request(&self.control_url, &self.tls, "PUT", &path, Some(body))
+                .await
+                .map_err(CommitError::Failed)?;
+            match status {
+                201 => serde_json::from_slice::<SaveCommitted>(&answer)
+                    .map(|committed| committed.version)
+                    .map_err(|e| CommitError::Failed(format!("the control plane's answer: {e}"))),
+                400..=499 => {
+                    Err(CommitError::Refused(format!("{status}: {}", String::from_utf8_lossy(&answer))))
+                }
+                _ => Err(CommitError::Failed(format!("{status}: {}", String::from_utf8_lossy(&answer)))),
+            }
+        })
+    }
+}
+
 /// What a host keeps in `fleet_dir` besides its identity: its id (when it made one up)
 /// and the fingerprint of the control plane it enrolled with.
 fn remembered(
@@ -274,6 +318,12 @@ impl HostServer {
         };
         let (key, lease) = membership.register().await.context("registering with the control plane")?;
         host.set_ticket_key(key);
+        let saves = RemoteSaves {
+            control_url: membership.control_url.clone(),
+            tls: membership.tls.clone(),
+            host_id: host_id.clone(),
+        };
+        host.set_save_sink(Arc::new(saves), Duration::from_secs(config.save_sync_secs));
         info!(host = %host_id, region = %config.region, control = %control_url, "joined the fleet");
         tokio::spawn(keep_membership(membership, host.clone(), lease));
         Ok(HostServer { http_addr, fleet_addr, host, listeners })

@@ -67,6 +67,18 @@ impl Drop for Running {
 }
 
 async fn start(name: &str, max_sessions: usize) -> Option<Running> {
+    let (running, server) = prepare(name, max_sessions, |config| config).await?;
+    tokio::spawn(server.run(std::future::pending()));
+    Some(running)
+}
+
+/// A server with the catalogue above, its content and save directories under a scratch
+/// root, not yet serving (`adjust` changes its settings).
+async fn prepare(
+    name: &str,
+    max_sessions: usize,
+    adjust: impl FnOnce(Config) -> Config,
+) -> Option<(Running, Server)> {
     let cores = cores_dir()?;
     let root = std::env::temp_dir().join(format!("cloudplay-runtimes-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
@@ -84,10 +96,8 @@ async fn start(name: &str, max_sessions: usize) -> Option<Running> {
         libretro_worker: Some(env!("CARGO_BIN_EXE_cloudplay").into()),
         ..Config::ephemeral()
     };
-    let server = Server::start(config).await.expect("server starts");
-    let addr = server.http_addr;
-    tokio::spawn(server.run(std::future::pending()));
-    Some(Running { addr, root })
+    let server = Server::start(adjust(config)).await.expect("server starts");
+    Some((Running { addr: server.http_addr, root }, server))
 }
 
 fn body(game: &str) -> String {
@@ -450,4 +460,103 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
     })
     .await
     .unwrap();
+}
+
+/// Cloud saves through the whole stack: the player's newest cloud save is in place before
+/// the game starts; a change of the save file is committed within a sync interval; a
+/// session that is behind another device's newer save is refused instead of writing over
+/// it; and a start where the local copy is gone (another host) begins from the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_game_saves_follow_the_player_through_the_cloud() {
+    use cloudplay_control::store::{SaveKind, SavePrecondition};
+    let Some((running, server)) =
+        prepare("cloud-saves", 4, |config| Config { save_sync_secs: 1, ..config }).await
+    else {
+        return;
+    };
+    let store = server.control.store().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let addr = running.addr;
+    let now = cloudplay_control::unix_ms();
+    let user = store.create_user("local", "pat@local.test", "password-1", "Pat", false, now).await.unwrap();
+    let token = store.create_user_token(&user, now + 600_000).await.unwrap();
+    // 8 KiB of battery RAM, the A-frames counter first: what Colour Pad keeps.
+    let sram = |counter: u16| {
+        let mut bytes = vec![0u8; 8192];
+        bytes[..2].copy_from_slice(&counter.to_le_bytes());
+        bytes
+    };
+    let policy = cloudplay_control::SAVE_POLICY;
+    let put = |expected, bytes: Vec<u8>| {
+        let (store, user) = (store.clone(), user.id.clone());
+        async move {
+            store.put_save("local", &user, "colour-pad", SaveKind::Sram, expected, &bytes, policy, now).await
+        }
+    };
+    let newest = || {
+        let (store, user) = (store.clone(), user.id.clone());
+        async move { store.save("local", &user, "colour-pad", SaveKind::Sram, None).await.unwrap() }
+    };
+    put(SavePrecondition::None, sram(0x1234)).await.unwrap();
+
+    let file = running.root.join(format!("saves/local/{}/nestopia/colour-pad.srm", user.id));
+    let play = |token: String| {
+        tokio::task::spawn_blocking(move || {
+            let auth = format!("Bearer {token}");
+            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+            let (status, _, body) =
+                http_request(addr, "POST", "/api/v1/sessions", &headers, self::body("colour-pad").as_bytes())
+                    .unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["session_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    let session = play(token.clone()).await.unwrap();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        sram(0x1234),
+        "the cloud save is in place when the game starts"
+    );
+
+    // The save file changes (as the game writes it): committed within a sync interval.
+    std::fs::write(&file, sram(0x2222)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while newest().await.0.version < 2 {
+        assert!(Instant::now() < deadline, "no commit within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(newest().await.1, sram(0x2222));
+
+    // Another device saved meanwhile: this session's next change is refused, not written
+    // over the newer progress; its file stays on the host.
+    put(SavePrecondition::Version(2), sram(0x3333)).await.unwrap();
+    std::fs::write(&file, sram(0x4444)).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (info, bytes) = newest().await;
+    assert_eq!((info.version, bytes), (3, sram(0x3333)));
+    assert_eq!(std::fs::read(&file).unwrap(), sram(0x4444));
+
+    // Played again where the local copy is gone (another host): from the cloud's newest.
+    let ended = tokio::task::spawn_blocking({
+        let (token, session) = (token.clone(), session.clone());
+        move || {
+            let auth = format!("Bearer {token}");
+            http_request(
+                addr,
+                "DELETE",
+                &format!("/api/v1/sessions/{session}"),
+                &[("Authorization", auth.as_str())],
+                b"",
+            )
+            .unwrap()
+            .0
+        }
+    });
+    assert_eq!(ended.await.unwrap(), 204);
+    std::fs::remove_dir_all(running.root.join("saves")).unwrap();
+    play(token).await.unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), sram(0x3333));
 }

@@ -13,13 +13,15 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use cloudplay_proto::fleet::{FLEET_PROTOCOL, Registered, Registration, version_mismatch};
+use cloudplay_proto::fleet::{
+    FLEET_PROTOCOL, Registered, Registration, SaveCommit, SaveCommitted, version_mismatch,
+};
 use tracing::{info, warn};
 
 use crate::api::{ApiError, internal};
 use crate::identity::{EnrolmentToken, Fingerprint, PeerFingerprint};
 use crate::remote::RemoteHost;
-use crate::store::{HostRegistration, hash_secret};
+use crate::store::{HostRegistration, StoreError, hash_secret};
 use crate::{ControlPlane, unix_ms};
 
 /// The fleet API, for the fleet listener only (never the public one).
@@ -27,6 +29,9 @@ pub fn routes(control: ControlPlane) -> Router {
     Router::new()
         .route("/internal/v1/hosts", post(register))
         .route("/internal/v1/hosts/{id}/heartbeat", post(heartbeat))
+        .route("/internal/v1/hosts/{id}/saves/{session}", axum::routing::put(commit_save))
+        // A commit carries a save (base64): larger than the fleet's other bodies.
+        .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_SAVE_BYTES * 2))
         .with_state(control)
 }
 
@@ -154,18 +159,53 @@ async fn register(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
+/// The host named in the path, if the caller's certificate is the one it enrolled with.
+async fn this_host(
+    control: &ControlPlane,
+    id: &str,
+    peer: Option<Extension<PeerFingerprint>>,
+) -> Result<(), ApiError> {
+    let Some(Extension(PeerFingerprint(peer))) = peer else {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "no client certificate".into()));
+    };
+    let enrolled = control.store().host_credential(id).await.map_err(internal)?;
+    if enrolled.as_deref().and_then(Fingerprint::parse) != Some(peer) {
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", "not this host's certificate".into()));
+    }
+    Ok(())
+}
+
+/// A host commits the in-game save of a session it runs: only its own sessions, and the
+/// player and game are the control plane's record of them.
+async fn commit_save(
+    State(control): State<ControlPlane>,
+    Path((id, session)): Path<(String, String)>,
+    peer: Option<Extension<PeerFingerprint>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    this_host(&control, &id, peer).await?;
+    let commit: SaveCommit = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid save commit: {e}")))?;
+    let bytes =
+        STANDARD.decode(&commit.data).map_err(|e| ApiError::bad_request(format!("save data: {e}")))?;
+    if crate::store::sha256_hex(&bytes) != commit.sha256 {
+        return Err(ApiError::bad_request("the save does not match its checksum: nothing was saved"));
+    }
+    let info =
+        control.commit_save(&id, &session, commit.base_version, &bytes).await.map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("session"),
+            other => internal(other),
+        })?;
+    info!(host = %id, session = %session, version = info.version, "cloud save committed");
+    Ok((StatusCode::CREATED, Json(SaveCommitted { version: info.version })).into_response())
+}
+
 async fn heartbeat(
     State(control): State<ControlPlane>,
     Path(id): Path<String>,
     peer: Option<Extension<PeerFingerprint>>,
 ) -> Result<Response, ApiError> {
-    let Some(Extension(PeerFingerprint(peer))) = peer else {
-        return Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "no client certificate".into()));
-    };
-    let enrolled = control.store().host_credential(&id).await.map_err(internal)?;
-    if enrolled.as_deref().and_then(Fingerprint::parse) != Some(peer) {
-        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", "not this host's certificate".into()));
-    }
+    this_host(&control, &id, peer).await?;
     let known = control.inner.hosts.read().map(|h| h.contains_key(&id)).unwrap_or(false);
     // Unknown here (this control plane restarted) or drained: the host must register again.
     if !known

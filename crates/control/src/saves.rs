@@ -19,6 +19,8 @@ use crate::auth::{Caller, Principal};
 use crate::store::sha256_hex;
 use crate::store::{SaveInfo, SaveKind, SavePolicy, SavePrecondition, StoreError, User};
 use crate::{ControlPlane, unix_ms};
+use cloudplay_proto::runtime::{CloudSave, GameLaunch, RuntimeSpec};
+use tracing::warn;
 
 /// The largest single save (SRAM is kilobytes; emulated machines' states are well under).
 pub const MAX_SAVE_BYTES: usize = 1 << 20;
@@ -192,4 +194,57 @@ async fn delete_save(
         other => internal(other),
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+impl ControlPlane {
+    /// A host's commit of the in-game save of a session it runs (or ran): the next version
+    /// of the session's player's save of its game. Guests' sessions have none.
+    pub async fn commit_save(
+        &self,
+        host_id: &str,
+        session_id: &str,
+        base_version: Option<u64>,
+        bytes: &[u8],
+    ) -> Result<SaveInfo, StoreError> {
+        let store = self.store();
+        let session = store.session_on_host(host_id, session_id).await?;
+        let user = session
+            .user_id
+            .as_deref()
+            .ok_or_else(|| StoreError::Invalid("a guest's session keeps no cloud saves".into()))?;
+        if bytes.len() > MAX_SAVE_BYTES {
+            return Err(StoreError::TooLarge(format!("a save is at most {MAX_SAVE_BYTES} bytes")));
+        }
+        let expected = base_version.map_or(SavePrecondition::None, SavePrecondition::Version);
+        store
+            .put_save(
+                &session.tenant_id,
+                user,
+                &session.game_id,
+                SaveKind::Sram,
+                expected,
+                bytes,
+                SAVE_POLICY,
+                unix_ms(),
+            )
+            .await
+    }
+
+    /// The newest cloud copy of the in-game save a launch should start from, if any. A
+    /// copy that no longer matches its checksum is left out, and the session starts
+    /// without it.
+    pub(crate) async fn cloud_save_for(&self, tenant: &str, launch: &GameLaunch) -> Option<CloudSave> {
+        let (_, user) = launch.save_profile.as_deref()?.split_once('/')?;
+        if !matches!(launch.runtime, RuntimeSpec::Libretro { .. }) {
+            return None;
+        }
+        match self.store().save(tenant, user, &launch.game, SaveKind::Sram, None).await {
+            Ok((info, bytes)) => Some(CloudSave::new(info.version, info.sha256, &bytes)),
+            Err(StoreError::NotFound) => None,
+            Err(e) => {
+                warn!(tenant, user, game = %launch.game, error = %e, "the cloud save cannot be used; starting without it");
+                None
+            }
+        }
+    }
 }

@@ -47,7 +47,7 @@ pub enum Claim {
 /// or why the catalogue entry cannot be run.
 pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Result<GameLaunch, String> {
     let runtime = RuntimeSpec::from_json(&game.runtime)?;
-    let mut launch = GameLaunch { game: game.id.clone(), runtime, save_profile: None };
+    let mut launch = GameLaunch { game: game.id.clone(), runtime, save_profile: None, cloud_save: None };
     if let Some(user) = user {
         launch.save_profile = Some(format!("{tenant}/{user}"));
         if launch.validate().is_err() {
@@ -96,8 +96,11 @@ impl ControlPlane {
         launch: &GameLaunch,
     ) -> Result<(), StartError> {
         let host = session.host_id.as_deref().and_then(|id| self.host(id));
+        // The player's progress follows them: the newest cloud save goes with the launch.
+        let mut launch = launch.clone();
+        launch.cloud_save = self.cloud_save_for(&session.tenant_id, &launch).await;
         let result = match host {
-            Some(host) => host.start_session(&session.id, launch, StoredRequest::of(session).options).await,
+            Some(host) => host.start_session(&session.id, &launch, StoredRequest::of(session).options).await,
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),
         };
         if result.is_err()

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod internal;
 pub mod messages;
 pub mod peers;
+pub mod saves;
 pub mod session;
 pub mod stats;
 pub mod stream;
@@ -195,6 +196,8 @@ struct HostInner {
     offers: Mutex<RateLimiter<IpAddr>>,
     /// Keys the WHEP resource URLs: only the client that got one can end its peer.
     resource_key: [u8; 32],
+    /// Where sessions' in-game saves are committed, and how often (none: they stay here).
+    save_sink: std::sync::OnceLock<(Arc<dyn saves::SaveSink>, Duration)>,
 }
 
 /// Runs [`Host::reap_stalled`] periodically while the host exists.
@@ -247,6 +250,7 @@ impl Host {
                 counters,
                 offers,
                 resource_key: rand::random(),
+                save_sink: std::sync::OnceLock::new(),
             }),
         };
         tokio::spawn(watchdog(Arc::downgrade(&host.inner)));
@@ -385,6 +389,7 @@ impl Host {
             );
         }
         let (started, start_result) = tokio::sync::oneshot::channel();
+        let game_ended = self.cloud_saves(&id, &launch);
         let host = self.clone();
         let driver = self.inner.driver.clone();
         let idle_timeout = self.inner.config.idle_timeout;
@@ -421,6 +426,8 @@ impl Host {
                     run_ahead,
                 });
                 host.forget_session(&session_id);
+                // The game is gone and has flushed its save: the last commit may go.
+                drop(game_ended);
             });
         if let Err(e) = thread {
             self.forget_session(&id);
@@ -437,6 +444,29 @@ impl Host {
                 Err(HostError::Game(RuntimeError::TimedOut("the game did not start".into())))
             }
         }
+    }
+
+    /// Commits sessions' in-game saves to `sink` every `interval` (and at their end);
+    /// set once, before sessions start.
+    pub fn set_save_sink(&self, sink: Arc<dyn saves::SaveSink>, interval: Duration) {
+        let _ = self.inner.save_sink.set((sink, interval));
+    }
+
+    /// Puts the launch's cloud save in place and keeps the session's save file in sync;
+    /// the returned sender says the game has ended.
+    fn cloud_saves(&self, id: &Arc<str>, launch: &GameLaunch) -> Option<tokio::sync::oneshot::Sender<()>> {
+        let path = self.inner.runtimes.sram_file(launch)?;
+        if let Some(save) = &launch.cloud_save
+            && let Err(e) = saves::put_in_place(&path, save)
+        {
+            warn!(session = %id, error = %e, "the cloud save cannot be used; the game starts without it");
+        }
+        let (sink, interval) = self.inner.save_sink.get()?.clone();
+        let base = launch.cloud_save.as_ref().map(|save| (save.version, save.sha256.clone()));
+        let (ended, on_end) = tokio::sync::oneshot::channel();
+        let start = saves::SyncStart { session_id: id.clone(), path, base, interval };
+        tokio::spawn(saves::keep_in_sync(sink, start, on_end));
+        Some(ended)
     }
 
     fn forget_session(&self, id: &str) {

@@ -49,6 +49,27 @@ pub struct StartSession {
     pub seed: u64,
 }
 
+/// `PUT /internal/v1/hosts/{host}/saves/{session}`, host → control plane: the session's
+/// in-game save changed. The control plane takes the player and game from its own record
+/// of the session, never from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveCommit {
+    /// The version this replaces; `None`: the first.
+    pub base_version: Option<u64>,
+    /// SHA-256 of the bytes, lower-case hex.
+    pub sha256: String,
+    /// The bytes, base64.
+    pub data: String,
+}
+
+/// The answer to a [`SaveCommit`]: the version it became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaveCommitted {
+    pub version: u64,
+}
+
 /// `GET /internal/v1/sessions/{id}`, host → control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

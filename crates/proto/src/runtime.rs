@@ -117,6 +117,37 @@ pub struct GameLaunch {
     /// `None` (guests): saves last as long as the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub save_profile: Option<String>,
+    /// The player's newest cloud copy of the game's in-game save (SRAM), which the host
+    /// puts in place before the game starts; only with a `save_profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_save: Option<CloudSave>,
+}
+
+/// One version of a cloud save, as the control plane hands it to a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSave {
+    pub version: u64,
+    /// SHA-256 of the bytes, lower-case hex: the host checks it before using them.
+    pub sha256: String,
+    /// The bytes, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+/// Largest cloud save a launch may carry, in bytes before encoding.
+pub const MAX_CLOUD_SAVE_BYTES: usize = 1 << 20;
+
+impl CloudSave {
+    pub fn new(version: u64, sha256: String, bytes: &[u8]) -> CloudSave {
+        use base64::Engine;
+        CloudSave { version, sha256, data: base64::engine::general_purpose::STANDARD.encode(bytes) }
+    }
+
+    /// The bytes, if the text decodes (the checksum is the receiver's to check).
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(&self.data).map_err(|e| format!("cloud save: {e}"))
+    }
 }
 
 impl GameLaunch {
@@ -126,6 +157,7 @@ impl GameLaunch {
             game: game.into(),
             runtime: RuntimeSpec::Builtin { game: game.into() },
             save_profile: None,
+            cloud_save: None,
         }
     }
 
@@ -136,6 +168,15 @@ impl GameLaunch {
             let parts: Vec<&str> = profile.split('/').collect();
             if parts.len() != 2 || parts.iter().any(|part| check_name("save profile", part).is_err()) {
                 return Err("save profile: tenant/user".into());
+            }
+        }
+        if let Some(save) = &self.cloud_save {
+            if self.save_profile.is_none() {
+                return Err("cloud save: only for a player's save profile".into());
+            }
+            let hex = save.sha256.len() == 64 && save.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex || save.data.len() > MAX_CLOUD_SAVE_BYTES.div_ceil(3) * 4 {
+                return Err(format!("cloud save: a SHA-256 in hex and at most {MAX_CLOUD_SAVE_BYTES} bytes"));
             }
         }
         Ok(())

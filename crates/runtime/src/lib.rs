@@ -209,6 +209,19 @@ impl Runtimes {
         }
     }
 
+    /// The player's save directory of a libretro launch (`None`: guests, other runtimes).
+    fn save_dir(&self, launch: &GameLaunch) -> Option<PathBuf> {
+        let RuntimeSpec::Libretro { core, .. } = &launch.runtime else { return None };
+        launch.save_profile.as_ref().map(|profile| self.config.saves_dir.join(profile).join(core))
+    }
+
+    /// The file a libretro launch keeps its player's in-game save (SRAM) in: what cloud
+    /// saves put in place before the game starts and read back while it runs.
+    pub fn sram_file(&self, launch: &GameLaunch) -> Option<PathBuf> {
+        let RuntimeSpec::Libretro { content, .. } = &launch.runtime else { return None };
+        Some(libretro::sram_file(&self.save_dir(launch)?, &self.config.content_dir.join(content)))
+    }
+
     fn core_path(&self, core: &str) -> PathBuf {
         self.config.cores_dir.join(format!("{core}_libretro.so"))
     }
@@ -233,10 +246,7 @@ impl Runtimes {
             RuntimeSpec::Libretro { core, content, options, .. } => {
                 let core_path = self.core_path(core);
                 let content_path = self.config.content_dir.join(content);
-                let save_dir = launch
-                    .save_profile
-                    .as_ref()
-                    .map(|profile| self.config.saves_dir.join(profile).join(core));
+                let save_dir = self.save_dir(launch);
                 if let Some(worker) = &self.config.libretro_worker {
                     let init = retro_process::WorkerInit {
                         core_path,

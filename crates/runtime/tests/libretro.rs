@@ -65,6 +65,7 @@ fn launch(core: &str, content: &str, profile: Option<&str>) -> GameLaunch {
             run_ahead: 0,
         },
         save_profile: profile.map(str::to_string),
+        cloud_save: None,
     }
 }
 

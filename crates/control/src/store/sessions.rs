@@ -174,6 +174,19 @@ impl Store {
         rows.iter().map(Self::session_from).collect()
     }
 
+    /// The session `id` if it is, or was, placed on `host_id` (whatever its state now):
+    /// what a host may act for.
+    pub async fn session_on_host(&self, host_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
+        let sql = format!("SELECT {} FROM sessions WHERE host_id = $1 AND id = $2", Self::SESSION_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(host_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Self::session_from(&row)
+    }
+
     /// Where a queued session stands in its tenant's queue (1 = next), first in, first out.
     pub async fn queue_position(&self, session: &SessionRecord) -> Result<u32, StoreError> {
         let mut conn = self.scoped(&session.tenant_id).await?;

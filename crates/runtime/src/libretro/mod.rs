@@ -44,6 +44,12 @@ const MAX_CONTENT_BYTES: u64 = 512 * 1024 * 1024;
 /// How often changed in-game saves are written to disk while playing.
 const SRAM_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Where the in-game save (SRAM) of `content` lives in a player's save directory `dir`.
+pub fn sram_file(dir: &Path, content: &Path) -> PathBuf {
+    let stem = content.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!("{stem}.srm"))
+}
+
 /// What the callbacks of one core write into; lives in a `Box` so its address is stable.
 struct Frontend {
     pixel_format: PixelFormat,
@@ -516,9 +522,7 @@ impl LibretroGame {
         self.resampler = Resampler::new(rate, 48_000.0);
 
         if let Some(dir) = &setup.save_dir {
-            let stem =
-                setup.content_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let path = dir.join(format!("{stem}.srm"));
+            let path = sram_file(dir, setup.content_path);
             self.restore_sram(&path);
             self.sram_path = Some(path);
         }
