@@ -428,3 +428,98 @@ fn a_host_is_known_by_its_certificate_alone() {
     ));
     assert!(answer.is_err(), "the host refused a stranger's certificate: {answer:?}");
 }
+
+/// Cloud saves across the fleet: a player's in-game save that changed on one host is
+/// committed to the control plane within a sync interval; that host is killed with
+/// SIGKILL; the player's next session, placed on the other host, starts from the save.
+#[test]
+fn a_players_save_outlives_its_host_and_follows_them_to_another() {
+    let cores =
+        std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into());
+    if !std::path::Path::new(&cores).join("nestopia_libretro.so").is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide the nestopia core");
+        eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
+        return;
+    }
+    let scratch = Scratch::new("saves");
+    let content = scratch.0.join("content");
+    std::fs::create_dir_all(content.join("nes")).unwrap();
+    std::fs::write(content.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
+        .unwrap();
+    let catalogue = scratch.0.join("catalogue.toml");
+    std::fs::write(
+        &catalogue,
+        "[[game]]\nid = \"colour-pad\"\ntitle = \"Colour Pad\"\n\
+         runtime = { kind = \"libretro\", core = \"nestopia\", content = \"nes/colour-pad.nes\" }\n",
+    )
+    .unwrap();
+    let control = control(&scratch, &[("CLOUDPLAY_CATALOGUE".into(), catalogue.to_str().unwrap().into())]);
+    let host = |region: &str| {
+        let envs = [
+            ("CLOUDPLAY_CORES_DIR".to_string(), cores.clone()),
+            ("CLOUDPLAY_CONTENT_DIR".into(), content.to_str().unwrap().into()),
+            ("CLOUDPLAY_SAVES_DIR".into(), scratch.path(&format!("saves-{region}"))),
+            ("CLOUDPLAY_SAVE_SYNC_SECS".into(), "1".into()),
+        ];
+        host(&scratch, &control, region, region, "2", &envs)
+    };
+    let near = host("near");
+    let far = host("far");
+    let regions = |n: usize| {
+        move || get(control.addr, "/api/v1/regions").1["regions"].as_array().is_some_and(|r| r.len() == n)
+    };
+    assert!(eventually(Duration::from_secs(10), regions(2)), "both regions registered");
+
+    let signup = json!({"email": "pat@example.test", "password": "password-1", "display_name": "Pat"});
+    let (status, _, answer) = http_request(
+        control.addr,
+        "POST",
+        "/api/v1/tenants/local/signup",
+        &[("Content-Type", "application/json")],
+        signup.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    let (user, auth) = (
+        answer["user"]["id"].as_str().unwrap().to_string(),
+        format!("Bearer {}", answer["token"].as_str().unwrap()),
+    );
+    let play = || {
+        let request = json!({"game": "colour-pad", "rtt_ms": {"near": 10, "far": 40},
+            "options": {"width": 320, "height": 240, "fps": 30}});
+        let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+        let (status, _, answer) =
+            http_request(control.addr, "POST", "/api/v1/sessions", &headers, request.to_string().as_bytes())
+                .unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        serde_json::from_slice::<Value>(&answer).unwrap()["whep_url"].as_str().unwrap().to_string()
+    };
+    let save_file =
+        |region: &str| scratch.0.join(format!("saves-{region}/local/{user}/nestopia/colour-pad.srm"));
+    let mut sram = vec![0u8; 8192];
+    sram[..2].copy_from_slice(&0x5151u16.to_le_bytes());
+
+    assert!(play().starts_with(&format!("http://{}/", near.addr)), "the first session is near");
+    // The game's save changes on the near host (written here as the core would).
+    std::fs::create_dir_all(save_file("near").parent().unwrap()).unwrap();
+    std::fs::write(save_file("near"), &sram).unwrap();
+    let in_the_cloud = || {
+        let (status, _, bytes) = http_request(
+            control.addr,
+            "GET",
+            "/api/v1/saves/colour-pad/sram",
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .unwrap();
+        status == 200 && bytes == sram
+    };
+    assert!(eventually(Duration::from_secs(10), in_the_cloud), "committed within a sync interval or so");
+
+    // The near host dies; the player's next session goes far and starts from the save.
+    drop(near);
+    assert!(eventually(Duration::from_secs(10), regions(1)), "the near host leaves the fleet");
+    assert!(play().starts_with(&format!("http://{}/", far.addr)), "the next session is far");
+    assert_eq!(std::fs::read(save_file("far")).unwrap(), sram, "the far host put the save in place");
+}

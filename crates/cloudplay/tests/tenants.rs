@@ -705,6 +705,22 @@ async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
     );
     assert_eq!(raw(&w.app, "DELETE", path, pat, &[], vec![]).await.0, StatusCode::NO_CONTENT);
     assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.0, StatusCode::NOT_FOUND);
+
+    // A host commits only for sessions placed on it, and only a player's: the player and
+    // game are the control plane's record, never the host's word.
+    let (status, created) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(pat), &[], Some(small("acme-free"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let session = created["session_id"].as_str().unwrap();
+    let refused = w.control.commit_save("another-host", session, None, b"sneaky").await;
+    assert!(matches!(refused, Err(cloudplay_control::store::StoreError::NotFound)), "{refused:?}");
+    let (_, guest) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.acme_key), &[], Some(small("acme-free"))).await;
+    let guests = w.control.commit_save("local", guest["session_id"].as_str().unwrap(), None, b"x").await;
+    assert!(matches!(guests, Err(cloudplay_control::store::StoreError::Invalid(_))), "{guests:?}");
+    let committed = w.control.commit_save("local", session, None, b"progress").await.unwrap();
+    assert_eq!((committed.game.as_str(), committed.version), ("acme-free", 1));
+    assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.2, b"progress");
 }
 
 macro_rules! on_both_databases {
