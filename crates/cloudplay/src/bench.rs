@@ -222,6 +222,113 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
         );
         scratch.remove().await;
     }
+    lobby_placement(seconds);
+    cloud_save_at_start(database_urls).await
+}
+
+/// The pure part of placing a lobby: 8 members (each with their own measurements and
+/// their tenant's limit) across 4 regions of 20 hosts, `group_rtts` then `place`.
+fn lobby_placement(seconds: u64) {
+    use cloudplay_control::placement::{GroupMember, HostSnapshot, PlacementRequest, group_rtts, place};
+    let fleet: Vec<HostSnapshot> = (0..20)
+        .map(|i| HostSnapshot {
+            id: format!("host-{i}"),
+            region: format!("region-{}", i % 4),
+            capacity: 50,
+            used: (i * 7) % 50,
+            runtimes: vec!["builtin".into()],
+        })
+        .collect();
+    let members: Vec<GroupMember> = (0..8u32)
+        .map(|m| GroupMember {
+            rtt_ms: (0..4u32).map(|r| (format!("region-{r}"), 10 + (m * 13 + r * 29) % 90)).collect(),
+            max_rtt_ms: 100,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(seconds.min(5));
+    let (mut decisions, mut placed) = (0u64, 0u64);
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            let regions = group_rtts(std::hint::black_box(&members)).unwrap_or_default();
+            let ask = PlacementRequest { rtt_ms: regions, max_rtt_ms: u32::MAX, runtime: "builtin".into() };
+            if matches!(
+                place(&ask, std::hint::black_box(&fleet)),
+                cloudplay_control::placement::Placement::Host { .. }
+            ) {
+                placed += 1;
+            }
+            decisions += 1;
+        }
+    }
+    let per_second = decisions as f64 / started.elapsed().as_secs_f64();
+    println!("\nLobby placement (pure function: group_rtts + place), 8 members, 4 regions, 20 hosts:\n");
+    println!("| decisions/s | µs per decision | placed |");
+    println!("|---|---|---|");
+    println!("| {per_second:.0} | {:.2} | {placed} of {decisions} |", 1e6 / per_second);
+}
+
+/// What a cloud save adds to a session's start: the control plane fetches the newest
+/// version (checksum checked) and encodes it into the launch; the host decodes it, checks
+/// it again and puts it in place (a temporary file, then a rename).
+async fn cloud_save_at_start(database_urls: &[String]) -> anyhow::Result<()> {
+    use cloudplay_control::store::{SaveKind, SavePrecondition, Tenant};
+    use cloudplay_proto::runtime::CloudSave;
+    println!("\nCloud save at session start (fetch + encode, decode + check + write), 200 starts each:\n");
+    println!("| database | save size | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    let dir = std::env::temp_dir().join(format!("cloudplay-bench-saves-{}", std::process::id()));
+    for url in database_urls {
+        let (store, scratch) = bench_store(url).await?;
+        let now = cloudplay_control::unix_ms();
+        let tenant = Tenant {
+            id: "bench".into(),
+            name: "bench".into(),
+            brand_color: String::new(),
+            logo_url: String::new(),
+            max_rtt_ms: 200,
+        };
+        store.create_tenant(&tenant, now).await?;
+        let user =
+            store.create_user("bench", "bench@example.test", "password-1", "Bench", false, now).await?;
+        for size in [8 << 10, 128 << 10] {
+            let game = format!("game-{size}");
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let policy = cloudplay_control::SAVE_POLICY;
+            store
+                .put_save(
+                    "bench",
+                    &user.id,
+                    &game,
+                    SaveKind::Sram,
+                    SavePrecondition::None,
+                    &bytes,
+                    policy,
+                    now,
+                )
+                .await?;
+            let mut latencies = Vec::with_capacity(200);
+            for _ in 0..200 {
+                let started = Instant::now();
+                let (info, fetched) = store.save("bench", &user.id, &game, SaveKind::Sram, None).await?;
+                let launch_save = CloudSave::new(info.version, info.sha256, &fetched);
+                cloudplay_host::saves::put_in_place(&dir.join("game.srm"), &launch_save)
+                    .map_err(anyhow::Error::msg)?;
+                latencies.push(started.elapsed().as_micros() as u32);
+            }
+            let summary = percentiles(&mut latencies);
+            let scheme = url.split(':').next().unwrap_or(url);
+            println!(
+                "| {scheme} | {} KiB | {} | {} | {} |",
+                size >> 10,
+                ms(summary.p50_us),
+                ms(summary.p99_us),
+                ms(summary.max_us)
+            );
+        }
+        scratch.remove().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
