@@ -44,7 +44,11 @@ async fn database_url(db: Db) -> Option<String> {
 
 async fn world(max_sessions: usize, db: Db) -> Option<World> {
     let database_url = database_url(db).await?;
-    let server = Server::start(Config { max_sessions, database_url, ..Config::ephemeral() }).await.unwrap();
+    // Every request here comes from one address: the per-address limit on session and
+    // lobby requests is the flood test's (api.rs), not these.
+    let config =
+        Config { max_sessions, database_url, session_requests_per_minute: 1000, ..Config::ephemeral() };
+    let server = Server::start(config).await.unwrap();
     let store = server.control.store().clone();
     let now = unix_ms();
     let mut keys = Vec::new();
@@ -574,6 +578,36 @@ async fn players_of_two_tenants_meet_in_a_lobby(db: Db) {
         StatusCode::CONFLICT,
         "started once"
     );
+
+    // A full lobby, and a member whose own platform's entry needs a tier they lack.
+    let (_, full) =
+        call(&w.app, "POST", "/api/v1/lobbies", ann, &[], Some(json!({"game": "acme-duel"}))).await;
+    let full_code = full["code"].as_str().unwrap().to_string();
+    let mut more = Vec::new();
+    for name in ["Amy", "Abe", "Al"] {
+        let user = w
+            .store
+            .create_user("acme", &format!("{name}@acme.test"), "password-1", name, false, now)
+            .await
+            .unwrap();
+        more.push(w.store.create_user_token(&user, now + 600_000).await.unwrap());
+    }
+    for token in &more[..2] {
+        assert_eq!(
+            call(&w.app, "POST", "/api/v1/lobbies/join", Some(token), &[], Some(join(&full_code))).await.0,
+            StatusCode::OK
+        );
+    }
+    let over =
+        call(&w.app, "POST", "/api/v1/lobbies/join", Some(&more[2]), &[], Some(join(&full_code))).await;
+    assert_eq!((over.0, over.1["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("lobby_full")));
+    w.store.put_game("globex", &duel("globex", Some("premium"))).await.unwrap();
+    let unentitled = call(&w.app, "POST", "/api/v1/lobbies/join", gus, &[], Some(join(&full_code))).await;
+    assert_eq!(
+        (unentitled.0, unentitled.1["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("not_entitled"))
+    );
+    w.store.put_game("globex", &duel("globex", None)).await.unwrap();
 
     // Revoked: the next join and the next ticket of Globex's players are refused; the
     // session itself is untouched.
