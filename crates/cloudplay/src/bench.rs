@@ -132,7 +132,7 @@ pub async fn run(seconds: u64, sizes: &[(u32, u32)]) -> anyhow::Result<()> {
 /// worker then ends its session (freeing the slot) and allocates again.
 pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -> anyhow::Result<()> {
     use cloudplay_control::sessions::Claim;
-    use cloudplay_control::store::{HostRegistration, SessionRecord, SessionState, Tenant};
+    use cloudplay_control::store::{HostRegistration, SessionRecord, SessionState};
     use cloudplay_control::{ControlConfig, ControlPlane, random_id, unix_ms};
     use ed25519_dalek::SigningKey;
 
@@ -144,14 +144,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
     for url in database_urls {
         let (store, scratch) = bench_store(url).await?;
         let now = unix_ms();
-        let tenant = Tenant {
-            id: "bench".into(),
-            name: "bench".into(),
-            brand_color: String::new(),
-            logo_url: String::new(),
-            max_rtt_ms: 200,
-        };
-        store.create_tenant(&tenant, now).await?;
+        let tenant = bench_tenant(&store).await?;
         for i in 0..20 {
             let host = HostRegistration {
                 id: format!("host-{i}"),
@@ -272,7 +265,7 @@ fn lobby_placement(seconds: u64) {
 /// version (checksum checked) and encodes it into the launch; the host decodes it, checks
 /// it again and puts it in place (a temporary file, then a rename).
 async fn cloud_save_at_start(database_urls: &[String]) -> anyhow::Result<()> {
-    use cloudplay_control::store::{SaveKind, SavePrecondition, Tenant};
+    use cloudplay_control::store::{SaveKind, SavePrecondition};
     use cloudplay_proto::runtime::CloudSave;
     println!("\nCloud save at session start (fetch + encode, decode + check + write), 200 starts each:\n");
     println!("| database | save size | p50 ms | p99 ms | max ms |");
@@ -281,14 +274,7 @@ async fn cloud_save_at_start(database_urls: &[String]) -> anyhow::Result<()> {
     for url in database_urls {
         let (store, scratch) = bench_store(url).await?;
         let now = cloudplay_control::unix_ms();
-        let tenant = Tenant {
-            id: "bench".into(),
-            name: "bench".into(),
-            brand_color: String::new(),
-            logo_url: String::new(),
-            max_rtt_ms: 200,
-        };
-        store.create_tenant(&tenant, now).await?;
+        bench_tenant(&store).await?;
         let user =
             store.create_user("bench", "bench@example.test", "password-1", "Bench", false, now).await?;
         for size in [8 << 10, 128 << 10] {
@@ -330,6 +316,21 @@ async fn cloud_save_at_start(database_urls: &[String]) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The tenant the storage benchmarks work in.
+async fn bench_tenant(
+    store: &cloudplay_control::store::Store,
+) -> anyhow::Result<cloudplay_control::store::Tenant> {
+    let tenant = cloudplay_control::store::Tenant {
+        id: "bench".into(),
+        name: "bench".into(),
+        brand_color: String::new(),
+        logo_url: String::new(),
+        max_rtt_ms: 200,
+    };
+    store.create_tenant(&tenant, cloudplay_control::unix_ms()).await?;
+    Ok(tenant)
 }
 
 /// Where a benchmark's scratch database lives, to remove it afterwards.

@@ -283,16 +283,20 @@ fn players_are_placed_nearest_spill_over_queue_and_survive_a_lost_host() {
     assert!(ticket["whep_url"].as_str().unwrap().starts_with(&format!("http://{}/whep/", far.addr)));
 }
 
-#[test]
-fn games_go_only_to_hosts_that_run_their_runtime() {
+/// The libretro cores' directory, if it has nestopia (CI must).
+fn nestopia() -> Option<String> {
     let cores =
         std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into());
-    if !std::path::Path::new(&cores).join("nestopia_libretro.so").is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide the nestopia core");
-        eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
-        return;
+    if std::path::Path::new(&cores).join("nestopia_libretro.so").is_file() {
+        return Some(cores);
     }
-    let scratch = Scratch::new("runtimes");
+    assert!(std::env::var_os("CI").is_none(), "CI must provide the nestopia core");
+    eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
+    None
+}
+
+/// A control plane whose catalogue is Colour Pad, and the content directory with it.
+fn colour_pad_control(scratch: &Scratch) -> (Process, std::path::PathBuf) {
     let content = scratch.0.join("content");
     std::fs::create_dir_all(content.join("nes")).unwrap();
     std::fs::write(content.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
@@ -304,7 +308,14 @@ fn games_go_only_to_hosts_that_run_their_runtime() {
          runtime = { kind = \"libretro\", core = \"nestopia\", content = \"nes/colour-pad.nes\" }\n",
     )
     .unwrap();
-    let control = control(&scratch, &[("CLOUDPLAY_CATALOGUE".into(), catalogue.to_str().unwrap().into())]);
+    (control(scratch, &[("CLOUDPLAY_CATALOGUE".into(), catalogue.to_str().unwrap().into())]), content)
+}
+
+#[test]
+fn games_go_only_to_hosts_that_run_their_runtime() {
+    let Some(cores) = nestopia() else { return };
+    let scratch = Scratch::new("runtimes");
+    let (control, content) = colour_pad_control(&scratch);
     let host = |region: &str, cores: &str| {
         let envs = [
             ("CLOUDPLAY_CORES_DIR".to_string(), cores.to_string()),
@@ -434,26 +445,9 @@ fn a_host_is_known_by_its_certificate_alone() {
 /// SIGKILL; the player's next session, placed on the other host, starts from the save.
 #[test]
 fn a_players_save_outlives_its_host_and_follows_them_to_another() {
-    let cores =
-        std::env::var("CLOUDPLAY_CORES_DIR").unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/libretro".into());
-    if !std::path::Path::new(&cores).join("nestopia_libretro.so").is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI must provide the nestopia core");
-        eprintln!("skipped: no nestopia core (CLOUDPLAY_CORES_DIR)");
-        return;
-    }
+    let Some(cores) = nestopia() else { return };
     let scratch = Scratch::new("saves");
-    let content = scratch.0.join("content");
-    std::fs::create_dir_all(content.join("nes")).unwrap();
-    std::fs::write(content.join("nes/colour-pad.nes"), cloudplay_runtime::homebrew::colour_pad_rom())
-        .unwrap();
-    let catalogue = scratch.0.join("catalogue.toml");
-    std::fs::write(
-        &catalogue,
-        "[[game]]\nid = \"colour-pad\"\ntitle = \"Colour Pad\"\n\
-         runtime = { kind = \"libretro\", core = \"nestopia\", content = \"nes/colour-pad.nes\" }\n",
-    )
-    .unwrap();
-    let control = control(&scratch, &[("CLOUDPLAY_CATALOGUE".into(), catalogue.to_str().unwrap().into())]);
+    let (control, content) = colour_pad_control(&scratch);
     let host = |region: &str| {
         let envs = [
             ("CLOUDPLAY_CORES_DIR".to_string(), cores.clone()),

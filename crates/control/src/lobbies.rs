@@ -60,6 +60,23 @@ fn player(who: &Principal) -> Result<&User, ApiError> {
     })
 }
 
+/// A signed-in player's request that opens or joins a lobby, counted against the
+/// address's session budget before its body is read: the player and the body, or the
+/// `429` to answer.
+fn counted<T: serde::de::DeserializeOwned>(
+    control: &ControlPlane,
+    ip: &ClientIp,
+    who: &Principal,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Result<(User, T), Response>, ApiError> {
+    let user = player(who)?.clone();
+    if let Err(refused) = throttle(control, crate::Throttle::Session, ip) {
+        return Ok(Err(*refused));
+    }
+    Ok(Ok((user, parse_json(headers, body)?)))
+}
+
 fn no_lobby() -> ApiError {
     ApiError::not_found("lobby")
 }
@@ -152,11 +169,10 @@ async fn create_lobby(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = player(&who)?.clone();
-    if let Err(refused) = throttle(&control, crate::Throttle::Session, &ip) {
-        return Ok(*refused);
-    }
-    let request: NewLobby = parse_json(&headers, body)?;
+    let (user, request): (User, NewLobby) = match counted(&control, &ip, &who, &headers, body)? {
+        Ok(asked) => asked,
+        Err(refused) => return Ok(refused),
+    };
     let store = control.store();
     let game = store
         .game(&who.tenant, &request.game)
@@ -217,11 +233,10 @@ async fn join_lobby(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let user = player(&who)?.clone();
-    if let Err(refused) = throttle(&control, crate::Throttle::Session, &ip) {
-        return Ok(*refused);
-    }
-    let request: JoinLobby = parse_json(&headers, body)?;
+    let (user, request): (User, JoinLobby) = match counted(&control, &ip, &who, &headers, body)? {
+        Ok(asked) => asked,
+        Err(refused) => return Ok(refused),
+    };
     let store = control.store();
     let code = request.code.trim().to_ascii_uppercase();
     let lobby = store.lobby_by_code(&code).await.map_err(|e| lobby_error(e, no_lobby))?;

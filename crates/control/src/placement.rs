@@ -132,6 +132,16 @@ mod tests {
         }
     }
 
+    /// A seeded xorshift: `next(n)` is in `0..n`.
+    fn seeded(mut state: u64) -> impl FnMut(u32) -> u32 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as u32
+        }
+    }
+
     fn request(rtts: &[(&str, u32)]) -> PlacementRequest {
         PlacementRequest {
             rtt_ms: rtts.iter().map(|(r, t)| (r.to_string(), *t)).collect(),
@@ -176,13 +186,7 @@ mod tests {
     /// Seeded random fleets and requests: the contract holds every time.
     #[test]
     fn property_never_over_capacity_and_lowest_rtt_with_room() {
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = |n: u32| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as u32
-        };
+        let mut next = seeded(0x853c_49e6_748f_ea9b);
         let regions = ["a", "b", "c", "d"];
         for _ in 0..5_000 {
             let fleet: Vec<HostSnapshot> = (0..next(8))
@@ -251,13 +255,7 @@ mod tests {
     /// given, and no acceptable region is left out.
     #[test]
     fn property_group_regions_suit_every_member() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u32| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as u32
-        };
+        let mut next = seeded(0x2545_f491_4f6c_dd1d);
         let regions = ["a", "b", "c", "d"];
         for _ in 0..5_000 {
             let mut group = Vec::new();
