@@ -1,6 +1,7 @@
 // cloudplay player: WHEP to receive the stream, the input protocol v1 over the "input"
 // data channel, the latency probe strip read from decoded frames, and a stats overlay.
 // Protocol details: docs/protocol.md.
+import { measureRegions } from '/web/regions.js';
 
 const params = new URLSearchParams(location.search);
 const video = document.getElementById('video');
@@ -370,24 +371,6 @@ async function api(path, body, method = 'POST') {
 
 // Round trip to each region, best of three small requests: placement picks the nearest
 // region with room.
-async function measureRegions() {
-  const rtt = {};
-  try {
-    const { regions } = await api('/api/v1/regions', undefined, 'GET');
-    await Promise.all(regions.map(async ({ region, echo_url }) => {
-      let best = Infinity;
-      for (let i = 0; i < 3; i++) {
-        const started = performance.now();
-        await fetch(echo_url, { cache: 'no-store' });
-        best = Math.min(best, performance.now() - started);
-      }
-      if (Number.isFinite(best)) rtt[region] = Math.max(1, Math.round(best));
-    }));
-  } catch { /* without measurements every region is acceptable */ }
-  return rtt;
-}
-
-// Every host is full: wait in the tenant's queue, showing the place in line.
 // A lobby's members get their tickets from the lobby (a member of another platform has
 // no other way into the session).
 const lobby = params.get('lobby');
@@ -413,6 +396,7 @@ async function lobbyTicket() {
   }
 }
 
+// Every host is full: wait in the tenant's queue, showing the place in line.
 async function waitInQueue(queued) {
   stats.state = 'queued';
   const leave = () => fetch(`/api/v1/sessions/${queued.session_id}`, { method: 'DELETE', keepalive: true });

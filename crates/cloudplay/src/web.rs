@@ -24,5 +24,6 @@ pub fn router() -> Router {
         // A tenant's branded portal: sign-up, log-in, catalogue, resume; administration for admins.
         .route("/t/{tenant}", asset!("portal.html", "text/html; charset=utf-8"))
         .route("/web/player.js", asset!("player.js", "text/javascript; charset=utf-8"))
+        .route("/web/regions.js", asset!("regions.js", "text/javascript; charset=utf-8"))
         .route("/web/style.css", asset!("style.css", "text/css; charset=utf-8"))
 }
