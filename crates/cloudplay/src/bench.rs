@@ -182,6 +182,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                             idempotency_key: None,
                             created_at_ms: unix_ms(),
                             owner: "key:bench".into(),
+                            public: false,
                         };
                         store.insert_session(&session).await?;
                         latencies.push(started.elapsed().as_micros() as u32);

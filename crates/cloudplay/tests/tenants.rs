@@ -757,6 +757,60 @@ async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
     assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.2, b"progress");
 }
 
+/// A session is private until its owner makes it public: then anyone of its tenant finds
+/// it live and may watch it, never play it; another tenant sees nothing.
+async fn a_public_session_is_live_for_its_tenant_only(db: Db) {
+    let Some(w) = world(8, db).await else { return };
+    let now = unix_ms();
+    let mut tokens = Vec::new();
+    for (tenant, email) in
+        [("acme", "pat@acme.test"), ("acme", "sam@acme.test"), ("globex", "gus@globex.test")]
+    {
+        let user = w.store.create_user(tenant, email, "password-1", "Someone", false, now).await.unwrap();
+        tokens.push(w.store.create_user_token(&user, now + 600_000).await.unwrap());
+    }
+    let (pat, sam, gus) = (Some(tokens[0].as_str()), Some(tokens[1].as_str()), Some(tokens[2].as_str()));
+    let (status, created) =
+        call(&w.app, "POST", "/api/v1/sessions", pat, &[], Some(small("acme-free"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["session_id"].as_str().unwrap().to_string();
+    let tickets = format!("/api/v1/sessions/{id}/tickets");
+    let viewer = json!({"role": "viewer"});
+    let live = |who| {
+        let app = w.app.clone();
+        async move { call(&app, "GET", "/api/v1/live", who, &[], None).await.1["sessions"].clone() }
+    };
+    assert_eq!(live(sam).await, json!([]), "private by default");
+    assert_eq!(call(&w.app, "POST", &tickets, sam, &[], Some(viewer.clone())).await.0, StatusCode::NOT_FOUND);
+
+    let visibility = format!("/api/v1/sessions/{id}/visibility");
+    assert_eq!(
+        call(&w.app, "PUT", &visibility, sam, &[], Some(json!({"public": true}))).await.0,
+        StatusCode::NOT_FOUND,
+        "only the owner decides"
+    );
+    let (status, _) = call(&w.app, "PUT", &visibility, pat, &[], Some(json!({"public": true}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = live(sam).await;
+    assert_eq!(listed[0]["session_id"], id.as_str(), "{listed}");
+    assert_eq!(
+        (listed[0]["title"].as_str(), listed[0]["players"].as_u64()),
+        (Some("acme acme-free"), Some(0))
+    );
+    assert_eq!(call(&w.app, "POST", &tickets, sam, &[], Some(viewer.clone())).await.0, StatusCode::CREATED);
+    assert_eq!(
+        call(&w.app, "POST", &tickets, sam, &[], Some(json!({"role": "player"}))).await.0,
+        StatusCode::NOT_FOUND,
+        "watch, never play"
+    );
+    assert_eq!(live(gus).await, json!([]), "another tenant sees nothing");
+    assert_eq!(call(&w.app, "POST", &tickets, gus, &[], Some(viewer.clone())).await.0, StatusCode::NOT_FOUND);
+
+    call(&w.app, "PUT", &visibility, pat, &[], Some(json!({"public": false}))).await;
+    assert_eq!(live(sam).await, json!([]));
+    assert_eq!(call(&w.app, "POST", &tickets, sam, &[], Some(viewer)).await.0, StatusCode::NOT_FOUND);
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -779,4 +833,5 @@ on_both_databases!(
     crossplay_is_offered_accepted_and_revoked_by_the_two_admins_only,
     players_of_two_tenants_meet_in_a_lobby,
     a_player_keeps_versioned_saves_that_nobody_else_reads,
+    a_public_session_is_live_for_its_tenant_only,
 );

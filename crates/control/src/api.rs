@@ -58,6 +58,8 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
         .route("/api/v1/sessions/{id}/watch", post(share_session).delete(unshare_session))
+        .route("/api/v1/sessions/{id}/visibility", axum::routing::put(set_visibility))
+        .route("/api/v1/live", get(live_now))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/regions", get(regions))
         .route("/api/v1/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -401,6 +403,7 @@ pub(crate) async fn open_session(
         idempotency_key,
         created_at_ms: unix_ms(),
         owner,
+        public: false,
     };
     if let Err(e) = store.insert_session(&session).await {
         if let Some(host_id) = &host_id {
@@ -635,6 +638,50 @@ async fn unshare_session(
     let session = shareable(&control, &who, &id).await?;
     control.inner.store.set_watch_grant(&session.tenant_id, &id, None).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Visibility {
+    public: bool,
+}
+
+/// The owner makes a session public (on the tenant's "Live now" list, watchable by anyone
+/// of the tenant) or private again (the default).
+async fn set_visibility(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+    JsonBody(request): JsonBody<Visibility>,
+) -> Result<Response, ApiError> {
+    let session = shareable(&control, &who, &id).await?;
+    control
+        .inner
+        .store
+        .set_session_public(&session.tenant_id, &id, request.public)
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({ "session_id": id, "public": request.public })).into_response())
+}
+
+/// Public sessions of the caller's tenant that are playing now, with their audiences.
+async fn live_now(State(control): State<ControlPlane>, Caller(who): Caller) -> Result<Response, ApiError> {
+    require_scope(&who, "catalogue:read")?;
+    let store = &control.inner.store;
+    let mut live = Vec::new();
+    for session in store.public_sessions(&who.tenant, 50).await.map_err(internal)? {
+        let title = store.game(&who.tenant, &session.game_id).await.map(|g| g.title).unwrap_or_default();
+        let Ok(Standing::Running(session, _, view)) = standing_of(&control, session).await else { continue };
+        live.push(json!({
+            "session_id": session.id,
+            "game": session.game_id,
+            "title": title,
+            "players": view.players,
+            "viewers": view.viewers,
+            "since_ms": session.created_at_ms,
+        }));
+    }
+    Ok(Json(json!({ "sessions": live })).into_response())
 }
 
 /// Regions with capacity and where to time a round trip to each (`GET {echo_url}`).

@@ -9,7 +9,8 @@
 //!   API key (a tenant's back end, acting for its users) and an admin act on any session
 //!   of their tenant. A session someone may not touch answers 404, as if it did not exist.
 //! - Watching is a capability of its own: a watch grant from the owner's share link admits
-//!   anyone as a viewer, never as a player, until the owner revokes it.
+//!   anyone as a viewer, never as a player, until the owner revokes it; a session its
+//!   owner made public admits anyone of its tenant as a viewer.
 //!
 //! `docs/api.md` has the route → scope table; `tests/authorization.rs` runs every route
 //! against every kind of caller.
@@ -70,7 +71,12 @@ pub fn authorize(who: &Principal, session: &SessionRecord, action: SessionAction
         return Ok(());
     }
     let owns = who.owner.as_deref().is_some_and(|owner| !owner.is_empty() && owner == session.owner);
-    if owns { Ok(()) } else { Err(ApiError::not_found("session")) }
+    // A public session is watchable by anyone of its tenant, as a viewer only.
+    if owns || (action == SessionAction::Watch && session.public) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("session"))
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +96,7 @@ mod tests {
             idempotency_key: None,
             created_at_ms: 0,
             owner: owner.into(),
+            public: false,
         }
     }
 

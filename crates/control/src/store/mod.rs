@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "cross-play", include_str!("../../migrations/0006_crossplay.sql")),
     (8, "lobbies", include_str!("../../migrations/0008_lobbies.sql")),
     (10, "saves", include_str!("../../migrations/0010_saves.sql")),
+    (12, "public sessions", include_str!("../../migrations/0012_public_sessions.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -276,6 +277,8 @@ pub struct SessionRecord {
     pub created_at_ms: u64,
     /// Who may act on the session: `user:<id>`, `guest:<hash>` or `key:<id>`.
     pub owner: String,
+    /// Listed as live and watchable by anyone of its tenant.
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

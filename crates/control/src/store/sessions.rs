@@ -7,7 +7,7 @@ impl Store {
     /// conflict: the caller returns the existing one instead.
     pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
         let mut conn = self.scoped(&session.tenant_id).await?;
-        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner, public) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
             .bind(&session.id)
             .bind(&session.tenant_id)
             .bind(session.user_id.as_deref())
@@ -18,6 +18,7 @@ impl Store {
             .bind(session.idempotency_key.as_deref())
             .bind(session.created_at_ms as i64)
             .bind(&session.owner)
+            .bind(session.public as i64)
             .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "session"))?;
@@ -36,11 +37,11 @@ impl Store {
             idempotency_key: row.try_get("idempotency_key")?,
             created_at_ms: row.try_get::<i64, _>("created_at")?.max(0) as u64,
             owner: row.try_get("owner")?,
+            public: row.try_get::<i64, _>("public")? != 0,
         })
     }
 
-    const SESSION_COLUMNS: &str =
-        "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner";
+    const SESSION_COLUMNS: &str = "id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner, public";
 
     pub async fn session(&self, tenant_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
@@ -171,6 +172,40 @@ impl Store {
         let sql =
             format!("SELECT {} FROM sessions WHERE host_id = $1 AND state = 'placed'", Self::SESSION_COLUMNS);
         let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::session_from).collect()
+    }
+
+    /// Makes a session public (listed as live, watchable by anyone of its tenant) or
+    /// private again.
+    pub async fn set_session_public(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        public: bool,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE sessions SET public = $1 WHERE tenant_id = $2 AND id = $3")
+            .bind(public as i64)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
+    }
+
+    /// A tenant's public sessions that are playing, newest first.
+    pub async fn public_sessions(
+        &self,
+        tenant_id: &str,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE tenant_id = $1 AND public = 1 AND state = 'placed' \
+             ORDER BY created_at DESC, id LIMIT $2",
+            Self::SESSION_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(tenant_id).bind(limit as i64).fetch_all(&mut *conn).await?;
         rows.iter().map(Self::session_from).collect()
     }
 
