@@ -137,6 +137,9 @@ async fn a_keyframe_request_flood_gets_a_keyframe_per_300_ms_at_most() {
         std::thread::sleep(Duration::from_millis(1_200)); // the next report of the peer
         client.poll(Duration::from_millis(10)).expect("connection stays up");
         let counted = metric("cloudplay_session_keyframe_requests_received_total");
+        let (_, _, all) = http_request(addr, "GET", "/metrics", &[], b"").unwrap();
+        let all = String::from_utf8(all).unwrap();
+        assert!(all.contains("cloudplay_tenant_players{tenant=\"local\"} 1"), "players by tenant:\n{all}");
         eprintln!("{asked} keyframe requests in {flood:?}: {counted} counted, {keyframes} keyframes");
         assert!(counted >= 50, "the flood is counted: {counted}");
         assert!(keyframes <= 3_000 / 300 + 2, "{keyframes} keyframes in 3 s");

@@ -172,6 +172,9 @@ pub struct SessionHandle {
     pub commands: SessionSender,
     pub stats: Arc<SessionStats>,
     pub seats: Arc<Seats>,
+    /// The tenant whose tickets admit to it (learnt from the first admitted ticket), for
+    /// per-tenant counts.
+    pub tenant: std::sync::OnceLock<String>,
 }
 
 /// What the host reports about a session.
@@ -385,6 +388,7 @@ impl Host {
                     commands,
                     stats: stats.clone(),
                     seats: Arc::new(Seats::default()),
+                    tenant: std::sync::OnceLock::new(),
                 }),
             );
         }
@@ -592,6 +596,25 @@ impl Host {
                 "cloudplay_session_info{{session=\"{}\",game=\"{}\",runtime=\"{}\"}} 1",
                 session.id, session.game, session.runtime
             );
+        }
+        // Audiences by tenant: players and viewers connected now.
+        let mut by_tenant: std::collections::BTreeMap<&str, (u32, u32)> = std::collections::BTreeMap::new();
+        for session in &sessions {
+            if let Some(tenant) = session.tenant.get() {
+                let counts = by_tenant.entry(tenant.as_str()).or_default();
+                counts.0 += session.seats.players();
+                counts.1 += session.seats.viewers();
+            }
+        }
+        for (name, help, pick) in [
+            ("cloudplay_tenant_players", "Players connected, by tenant.", 0),
+            ("cloudplay_tenant_viewers", "Viewers connected, by tenant.", 1),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (tenant, counts) in &by_tenant {
+                let value = if pick == 0 { counts.0 } else { counts.1 };
+                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {value}");
+            }
         }
         type Read = fn(&SessionStats) -> u64;
         let gauges: [(&str, &str, Read); 9] = [

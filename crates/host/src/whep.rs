@@ -247,6 +247,9 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
             "the host is overloaded; retry shortly",
         );
     }
+    if !claims.ten.is_empty() {
+        let _ = session.tenant.set(claims.ten.clone());
+    }
     info!(session = %session.id, peer = peer_id, role = ?claims.role, slot, "peer admitted");
     let location = format!("/whep/{}/{}", session.id, host.peer_resource(&session.id, peer_id));
     let mut response = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
