@@ -560,3 +560,62 @@ async fn in_game_saves_follow_the_player_through_the_cloud() {
     play(token).await.unwrap();
     assert_eq!(std::fs::read(&file).unwrap(), sram(0x3333));
 }
+
+/// The core's own save reaches the cloud: a signed-in player holds A in Colour Pad (its
+/// battery RAM counts the frames A was held), ends the session, and the save the core
+/// wrote on its way out is committed with the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_games_own_save_reaches_the_cloud_when_the_session_ends() {
+    use cloudplay_control::store::SaveKind;
+    // No periodic commit within the test: only the one after the game has ended.
+    let Some((running, server)) =
+        prepare("core-save", 4, |config| Config { save_sync_secs: 600, ..config }).await
+    else {
+        return;
+    };
+    let store = server.control.store().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let addr = running.addr;
+    let now = cloudplay_control::unix_ms();
+    let user = store.create_user("local", "ann@local.test", "password-1", "Ann", false, now).await.unwrap();
+    let token = store.create_user_token(&user, now + 600_000).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let auth = format!("Bearer {token}");
+        let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+        let (status, _, answer) =
+            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
+        while !client.input_open() {
+            client.poll(Duration::from_millis(20)).unwrap();
+        }
+        client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap(); // X = A
+        centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
+        let held_since = Instant::now();
+        while held_since.elapsed() < Duration::from_secs(1) {
+            client.poll(Duration::from_millis(50)).unwrap();
+        }
+        client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+        client.poll(Duration::from_millis(300)).unwrap();
+        let path = format!("/api/v1/sessions/{}", session.session_id);
+        let (status, _, _) =
+            http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap();
+        assert_eq!(status, 204);
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (info, bytes) = loop {
+        if let Ok(saved) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
+            break saved;
+        }
+        assert!(Instant::now() < deadline, "no save reached the cloud within 15 s of the end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let frames = u16::from_le_bytes([bytes[0], bytes[1]]);
+    eprintln!("cloud save version {} of {} bytes: A held for {frames} frames", info.version, bytes.len());
+    assert!(frames >= 30, "about a second of A at 60 frames per second: {frames}");
+}
