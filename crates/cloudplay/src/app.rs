@@ -85,6 +85,10 @@ impl SessionHost for LocalHost {
         Box::pin(async move { self.0.stop_session(session_id) })
     }
 
+    fn save_state<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Result<Vec<u8>, String>> {
+        Box::pin(async move { self.0.save_state(session_id).await.map_err(|e| e.to_string()) })
+    }
+
     fn session_view<'a>(
         &'a self,
         session_id: &'a str,

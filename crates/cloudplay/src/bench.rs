@@ -498,8 +498,13 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
     let options = SessionOptions { width: size.0, height: size.1, ..SessionOptions::default() };
     // Each session's game is made on the thread that drives it (native programs are tied to it).
     let run = |spec: &RuntimeSpec, sessions: usize| -> anyhow::Result<Vec<SessionSamples>> {
-        let launch =
-            GameLaunch { game: "bench".into(), runtime: spec.clone(), save_profile: None, cloud_save: None };
+        let launch = GameLaunch {
+            game: "bench".into(),
+            runtime: spec.clone(),
+            save_profile: None,
+            cloud_save: None,
+            cloud_state: None,
+        };
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..sessions)
                 .map(|_| {

@@ -619,3 +619,110 @@ async fn a_games_own_save_reaches_the_cloud_when_the_session_ends() {
     eprintln!("cloud save version {} of {} bytes: A held for {frames} frames", info.version, bytes.len());
     assert!(frames >= 30, "about a second of A at 60 frames per second: {frames}");
 }
+
+/// Save states: a player saves the whole state of their running game to the cloud, and a
+/// later session starts from it. Colour Pad's battery RAM is part of its state: started
+/// from the state (with no in-game save anywhere), the game's own save on the way out
+/// holds the count of the first session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_starts_from_a_save_state_taken_in_another() {
+    use cloudplay_control::store::SaveKind;
+    let Some((running, server)) =
+        prepare("states", 4, |config| Config { save_sync_secs: 600, ..config }).await
+    else {
+        return;
+    };
+    let store = server.control.store().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let addr = running.addr;
+    let now = cloudplay_control::unix_ms();
+    let user = store.create_user("local", "sol@local.test", "password-1", "Sol", false, now).await.unwrap();
+    let auth = format!("Bearer {}", store.create_user_token(&user, now + 600_000).await.unwrap());
+    let (first, state) = tokio::task::spawn_blocking({
+        let auth = auth.clone();
+        move || {
+            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+            let (status, _, answer) =
+                http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes())
+                    .unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+            let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
+            let mut client = StreamClient::connect(addr, &session).unwrap();
+            client.watch = Some((300, 160, 40, 40));
+            let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
+            while !client.input_open() {
+                client.poll(Duration::from_millis(20)).unwrap();
+            }
+            client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap();
+            centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
+            let held_since = Instant::now();
+            while held_since.elapsed() < Duration::from_secs(1) {
+                client.poll(Duration::from_millis(50)).unwrap();
+            }
+            client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+            client.poll(Duration::from_millis(300)).unwrap();
+            let path = format!("/api/v1/sessions/{}/states", session.session_id);
+            let (status, _, saved) =
+                http_request(addr, "POST", &path, &[("Authorization", auth.as_str())], b"").unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&saved));
+            let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+            let path = format!("/api/v1/sessions/{}", session.session_id);
+            assert_eq!(
+                http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap().0,
+                204
+            );
+            (session.session_id, saved)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((state["kind"].as_str(), state["version"].as_u64()), (Some("state"), Some(1)), "{state}");
+
+    // The first session's in-game save reaches the cloud; take it away, and the local copy.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let counted = loop {
+        if let Ok((_, bytes)) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
+            break u16::from_le_bytes([bytes[0], bytes[1]]);
+        }
+        assert!(Instant::now() < deadline, "the first session's save did not reach the cloud ({first})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(counted >= 30, "A held about a second: {counted}");
+    store.delete_save("local", &user.id, "colour-pad", SaveKind::Sram).await.unwrap();
+    std::fs::remove_dir_all(running.root.join("saves")).unwrap();
+
+    // A state that does not exist: 404. Started from the state: the count comes back.
+    tokio::task::spawn_blocking({
+        let auth = auth.clone();
+        move || {
+            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+            let ask = |version: u64| {
+                let request = format!(
+                    r#"{{"game":"colour-pad","from_state":{version},"options":{{"width":640,"height":360,"fps":60}}}}"#
+                );
+                http_request(addr, "POST", "/api/v1/sessions", &headers, request.as_bytes()).unwrap()
+            };
+            assert_eq!(ask(7).0, 404);
+            let (status, _, answer) = ask(1);
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+            let session: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let path = format!("/api/v1/sessions/{}", session["session_id"].as_str().unwrap());
+            assert_eq!(http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap().0, 204);
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let restored = loop {
+        if let Ok((_, bytes)) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
+            break u16::from_le_bytes([bytes[0], bytes[1]]);
+        }
+        assert!(Instant::now() < deadline, "the second session's save did not reach the cloud");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "A counted {counted} frames in the first session; started from its state, the game saved {restored}"
+    );
+    assert_eq!(restored, counted, "the second session started where the state was taken");
+}

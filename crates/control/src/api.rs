@@ -59,6 +59,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions/{id}/tickets", post(create_ticket))
         .route("/api/v1/sessions/{id}/watch", post(share_session).delete(unshare_session))
         .route("/api/v1/sessions/{id}/visibility", axum::routing::put(set_visibility))
+        .route("/api/v1/sessions/{id}/states", post(save_session_state))
         .route("/api/v1/live", get(live_now))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/regions", get(regions))
@@ -376,10 +377,21 @@ pub(crate) async fn open_session(
             format!("this game needs the {tier} subscription"),
         ));
     }
-    let launch = launch_for(&game, &who.tenant, request.user_id.as_deref()).map_err(|e| {
+    let mut launch = launch_for(&game, &who.tenant, request.user_id.as_deref()).map_err(|e| {
         warn!(tenant = %who.tenant, game = %game.id, error = %e, "catalogue entry cannot run");
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "game_unavailable", "this game cannot be started".into())
     })?;
+    if let Some(version) = request.from_state {
+        let user = request.user_id.as_deref().ok_or_else(|| {
+            ApiError(StatusCode::FORBIDDEN, "forbidden", "save states belong to players: sign in".into())
+        })?;
+        let (info, bytes) = store
+            .save(&who.tenant, user, &game.id, crate::store::SaveKind::State, Some(version))
+            .await
+            .map_err(missing("save state"))?;
+        launch.cloud_state =
+            Some(cloudplay_proto::runtime::CloudSave::new(info.version, info.sha256, &bytes));
+    }
     let tenant = store.tenant(&who.tenant).await.map_err(internal)?;
     let stored = StoredRequest { options: request.options, rtt_ms: request.rtt_ms.clone() };
     let claim =
@@ -638,6 +650,57 @@ async fn unshare_session(
     let session = shareable(&control, &who, &id).await?;
     control.inner.store.set_watch_grant(&session.tenant_id, &id, None).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Saves the whole state of the owner's running game as the next version of their save
+/// state of it (cloud saves, kind `state`).
+async fn save_session_state(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Play).await?
+    else {
+        return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
+    };
+    let Some(user) = session.user_id.clone() else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "save states belong to players: sign in".into(),
+        ));
+    };
+    let state =
+        host.save_state(&session.id).await.map_err(|e| ApiError(StatusCode::CONFLICT, "no_state", e))?;
+    if state.len() > crate::MAX_SAVE_BYTES {
+        let message = format!(
+            "this game's state is {} bytes, over the {} a save may hold",
+            state.len(),
+            crate::MAX_SAVE_BYTES
+        );
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
+    }
+    let store = &control.inner.store;
+    let kind = crate::store::SaveKind::State;
+    let newest = match store.save(&session.tenant_id, &user, &session.game_id, kind, None).await {
+        Ok((info, _)) => crate::store::SavePrecondition::Version(info.version),
+        Err(StoreError::NotFound) => crate::store::SavePrecondition::None,
+        Err(e) => return Err(internal(e)),
+    };
+    let info = store
+        .put_save(
+            &session.tenant_id,
+            &user,
+            &session.game_id,
+            kind,
+            newest,
+            &state,
+            crate::SAVE_POLICY,
+            unix_ms(),
+        )
+        .await
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
 #[derive(serde::Deserialize)]

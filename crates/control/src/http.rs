@@ -59,9 +59,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Between fleet members: small JSON answers, quickly.
+    /// Between fleet members: JSON answers, quickly; the largest is a game's save state
+    /// (base64, at most 1 MiB before encoding).
     pub const FLEET: Limits =
-        Limits { connect: Duration::from_secs(3), total: Duration::from_secs(5), max_response: 64 * 1024 };
+        Limits { connect: Duration::from_secs(3), total: Duration::from_secs(5), max_response: 2 << 20 };
     /// A client of the public API (pages and documents included).
     pub const CLIENT: Limits =
         Limits { connect: Duration::from_secs(5), total: Duration::from_secs(10), max_response: 8 << 20 };

@@ -80,6 +80,9 @@ pub trait SessionHost: Send + Sync {
         options: SessionOptions,
     ) -> HostFuture<'a, Result<(), StartError>>;
     fn stop_session<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, bool>;
+    /// The whole state of a running session's game, saved between two ticks; `Err` says
+    /// why there is none (the game cannot save it, the session is gone).
+    fn save_state<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Result<Vec<u8>, String>>;
     /// `Ok(None)` once the session has ended on the host; `Err` when the host cannot be
     /// asked right now (the lease decides whether it is gone).
     fn session_view<'a>(

@@ -330,8 +330,13 @@ async fn start_lobby(
         }
         Some(regions) => regions.into_iter().collect(),
     };
-    let ask =
-        CreateSessionRequest { game: lobby.game_id.clone(), options: request.options, rtt_ms, user_id: None };
+    let ask = CreateSessionRequest {
+        game: lobby.game_id.clone(),
+        options: request.options,
+        rtt_ms,
+        user_id: None,
+        from_state: None,
+    };
     let session = open_session(&control, &who, ask, format!("user:{}", user.id), None).await?;
     if let Err(e) = store.start_lobby(&lobby.id, &session.id).await {
         control.finish(&session, SessionState::Ended).await.map_err(internal)?;

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use cloudplay_proto::api::SessionOptions;
-use cloudplay_proto::fleet::{SessionView, StartSession};
+use cloudplay_proto::fleet::{SavedState, SessionView, StartSession};
 use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
 use rustls::ClientConfig;
@@ -99,6 +100,20 @@ impl SessionHost for RemoteHost {
                 self.request("DELETE", &format!("/internal/v1/sessions/{session_id}"), None).await,
                 Ok((204, _))
             )
+        })
+    }
+
+    fn save_state<'a>(&'a self, session_id: &'a str) -> HostFuture<'a, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            let path = format!("/internal/v1/sessions/{session_id}/state");
+            let (status, body) = self.request("POST", &path, None).await?;
+            if status != 200 {
+                return Err(format!("host answered {status}: {}", String::from_utf8_lossy(&body)));
+            }
+            let state: SavedState = serde_json::from_slice(&body).map_err(|e| format!("bad answer: {e}"))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(&state.data)
+                .map_err(|e| format!("bad answer: {e}"))
         })
     }
 

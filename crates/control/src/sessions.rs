@@ -47,7 +47,13 @@ pub enum Claim {
 /// or why the catalogue entry cannot be run.
 pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Result<GameLaunch, String> {
     let runtime = RuntimeSpec::from_json(&game.runtime)?;
-    let mut launch = GameLaunch { game: game.id.clone(), runtime, save_profile: None, cloud_save: None };
+    let mut launch = GameLaunch {
+        game: game.id.clone(),
+        runtime,
+        save_profile: None,
+        cloud_save: None,
+        cloud_state: None,
+    };
     if let Some(user) = user {
         launch.save_profile = Some(format!("{tenant}/{user}"));
         if launch.validate().is_err() {

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cloudplay_proto::fleet::{SessionView, StartSession};
+use base64::Engine;
+use cloudplay_proto::fleet::{SavedState, SessionView, StartSession};
 
 use crate::whep::error_response;
 use crate::{Host, HostError};
@@ -22,6 +23,7 @@ pub fn router(host: Host) -> Router {
     Router::new()
         .route("/internal/v1/sessions", post(start))
         .route("/internal/v1/sessions/{id}", get(view).delete(stop))
+        .route("/internal/v1/sessions/{id}/state", post(save_state))
         .with_state(Internal { host })
 }
 
@@ -70,5 +72,18 @@ async fn stop(State(internal): State<Internal>, Path(id): Path<String>) -> Respo
         StatusCode::NO_CONTENT.into_response()
     } else {
         error_response(StatusCode::NOT_FOUND, "not_found", "no such session")
+    }
+}
+
+async fn save_state(State(internal): State<Internal>, Path(id): Path<String>) -> Response {
+    if internal.host.session(&id).is_none() {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
+    }
+    match internal.host.save_state(&id).await {
+        Ok(state) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(&state);
+            Json(SavedState { data }).into_response()
+        }
+        Err(e) => error_response(StatusCode::CONFLICT, "no_state", e.to_string()),
     }
 }

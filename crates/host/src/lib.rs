@@ -29,7 +29,7 @@ use cloudplay_media::{h264_built_with_assembly, video_backends};
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::constant_time_eq;
 use cloudplay_proto::ratelimit::{Rate, RateLimiter};
-use cloudplay_proto::runtime::GameLaunch;
+use cloudplay_proto::runtime::{CloudSave, GameLaunch};
 use cloudplay_proto::ticket::TicketVerifier;
 use cloudplay_runtime::{RuntimeError, Runtimes};
 use ed25519_dalek::VerifyingKey;
@@ -110,6 +110,8 @@ pub enum HostError {
     Game(RuntimeError),
 }
 
+/// How long a game may take to save its state.
+const SAVE_STATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time a session start may take beyond the runtime's own startup limit.
 const START_SLACK: Duration = Duration::from_secs(5);
 /// A running session whose game has not ticked for this long is given up as hung.
@@ -201,6 +203,34 @@ struct HostInner {
     resource_key: [u8; 32],
     /// Where sessions' in-game saves are committed, and how often (none: they stay here).
     save_sink: std::sync::OnceLock<(Arc<dyn saves::SaveSink>, Duration)>,
+}
+
+/// Starts the game from a saved state: only bytes that match their checksum, and only a
+/// state the game accepts; otherwise it starts from the beginning, and says so in the log.
+fn load_cloud_state(session: &str, game: &mut dyn cloudplay_game::Game, state: &CloudSave) {
+    let bytes = match state.bytes() {
+        Ok(bytes) if saves::sha256_hex(&bytes) == state.sha256 => bytes,
+        _ => {
+            warn!(
+                session,
+                version = state.version,
+                "the save state does not match its checksum; starting without it"
+            );
+            return;
+        }
+    };
+    // Some cores size their state only once they have run a frame: one step, then again
+    // (the state replaces whatever that frame did).
+    let loaded = game.load_state(&bytes).or_else(|_| {
+        game.step(&[]);
+        game.load_state(&bytes)
+    });
+    match loaded {
+        Ok(()) => info!(session, version = state.version, "started from a save state"),
+        Err(e) => {
+            warn!(session, version = state.version, error = %e, "the game refused the save state; starting without it")
+        }
+    }
 }
 
 /// Runs [`Host::reap_stalled`] periodically while the host exists.
@@ -406,7 +436,10 @@ impl Host {
             .name(format!("session-{}", id.chars().take(8).collect::<String>()))
             .spawn(move || {
                 let game = match host.inner.runtimes.start(&launch, &options, seed) {
-                    Ok(game) => {
+                    Ok(mut game) => {
+                        if let Some(state) = &launch.cloud_state {
+                            load_cloud_state(&session_id, game.as_mut(), state);
+                        }
                         let _ = started.send(Ok(()));
                         game
                     }
@@ -477,6 +510,24 @@ impl Host {
         if let Ok(mut sessions) = self.inner.sessions.lock() {
             sessions.remove(id);
         }
+    }
+
+    /// The whole state of a running session's game, saved between two of its ticks.
+    pub async fn save_state(&self, id: &str) -> Result<Vec<u8>, HostError> {
+        let session = self.session(id).ok_or_else(|| HostError::Start(format!("no session {id:?}")))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        session
+            .commands
+            .send(SessionCommand::SaveState(reply))
+            .map_err(|_| HostError::Start("the session has ended".into()))?;
+        let state = tokio::time::timeout(SAVE_STATE_TIMEOUT, answer)
+            .await
+            .map_err(|_| HostError::Start("the game did not save its state in time".into()))?
+            .map_err(|_| HostError::Start("the session has ended".into()))?;
+        if state.is_empty() {
+            return Err(HostError::Start("this game cannot save its state".into()));
+        }
+        Ok(state)
     }
 
     /// Stops a session; its peers are disconnected. Returns whether it existed.

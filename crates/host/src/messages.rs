@@ -30,6 +30,9 @@ pub enum SessionCommand {
     PeerLeft {
         peer: PeerId,
     },
+    /// Save the game's whole state now, between ticks, and answer it (empty: the game
+    /// cannot save its state).
+    SaveState(tokio::sync::oneshot::Sender<Vec<u8>>),
     Stop,
 }
 

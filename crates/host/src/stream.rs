@@ -270,6 +270,9 @@ impl SessionCore {
                 }
                 self.follow_estimates(now);
             }
+            SessionCommand::SaveState(reply) => {
+                let _ = reply.send(self.game.save_state());
+            }
             SessionCommand::Stop => self.end(None),
         }
     }

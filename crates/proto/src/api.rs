@@ -88,6 +88,10 @@ pub struct CreateSessionRequest {
     /// With a tenant API key: the tenant's user the session is for (entitlements apply).
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Start the game from this version of the player's cloud save state of it (see
+    /// `/api/v1/saves`), instead of from its beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_state: Option<u64>,
 }
 
 /// Answer to `POST /api/v1/sessions` and to `POST /api/v1/sessions/{id}/tickets`.

@@ -70,6 +70,14 @@ pub struct SaveCommitted {
     pub version: u64,
 }
 
+/// `POST /internal/v1/sessions/{id}/state`, the host's answer: the game's whole state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    /// The bytes, base64.
+    pub data: String,
+}
+
 /// `GET /internal/v1/sessions/{id}`, host → control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -121,6 +121,10 @@ pub struct GameLaunch {
     /// puts in place before the game starts; only with a `save_profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_save: Option<CloudSave>,
+    /// A save state of the player's to start the game from, instead of its beginning;
+    /// only with a `save_profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_state: Option<CloudSave>,
 }
 
 /// One version of a cloud save, as the control plane hands it to a host.
@@ -158,6 +162,7 @@ impl GameLaunch {
             runtime: RuntimeSpec::Builtin { game: game.into() },
             save_profile: None,
             cloud_save: None,
+            cloud_state: None,
         }
     }
 
@@ -170,7 +175,7 @@ impl GameLaunch {
                 return Err("save profile: tenant/user".into());
             }
         }
-        if let Some(save) = &self.cloud_save {
+        for save in self.cloud_save.iter().chain(&self.cloud_state) {
             if self.save_profile.is_none() {
                 return Err("cloud save: only for a player's save profile".into());
             }
