@@ -588,11 +588,12 @@ async function main() {
     const mine = await api('/api/v1/sessions', undefined, 'GET').catch(() => ({ sessions: [] }));
     const same = (o) => o && ['width', 'height', 'fps', 'probe'].every((k) => o[k] === options[k]);
     const live = (mine.sessions || []).find((s) => s.game === game && s.state === 'placed' && same(s.options));
-    if (live && params.get('new') !== '1') {
+    const moment = params.get('moment') || undefined;
+    if (live && params.get('new') !== '1' && !moment) {
       session = await api(`/api/v1/sessions/${encodeURIComponent(live.session_id)}/tickets`, { role: 'player' });
     } else {
       const rtt_ms = await measureRegions();
-      session = await api('/api/v1/sessions', { game, options, rtt_ms });
+      session = await api('/api/v1/sessions', { game, options, rtt_ms, from_moment: moment });
       if (session.httpStatus === 202) session = await waitInQueue(session);
     }
   }

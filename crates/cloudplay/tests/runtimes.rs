@@ -726,3 +726,97 @@ async fn a_session_starts_from_a_save_state_taken_in_another() {
     );
     assert_eq!(restored, counted, "the second session started where the state was taken");
 }
+
+/// "Play this moment": Ann captures the moment of her running game; Bob, another player,
+/// starts his own session from her link and is exactly there (Colour Pad's count of
+/// frames with A held is part of the moment, and comes back in Bob's own save).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_player_starts_from_a_captured_moment() {
+    use cloudplay_control::store::SaveKind;
+    let Some((running, server)) =
+        prepare("moments", 4, |config| Config { save_sync_secs: 600, ..config }).await
+    else {
+        return;
+    };
+    let store = server.control.store().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let addr = running.addr;
+    let now = cloudplay_control::unix_ms();
+    let ann = store.create_user("local", "ann@moment.test", "password-1", "Ann", false, now).await.unwrap();
+    let bob = store.create_user("local", "bob@moment.test", "password-1", "Bob", false, now).await.unwrap();
+    let ann_auth = format!("Bearer {}", store.create_user_token(&ann, now + 600_000).await.unwrap());
+    let bob_auth = format!("Bearer {}", store.create_user_token(&bob, now + 600_000).await.unwrap());
+    let moment = tokio::task::spawn_blocking(move || {
+        let headers = [("Content-Type", "application/json"), ("Authorization", ann_auth.as_str())];
+        let (status, _, answer) =
+            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
+        while !client.input_open() {
+            client.poll(Duration::from_millis(20)).unwrap();
+        }
+        client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap();
+        centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
+        let held_since = Instant::now();
+        while held_since.elapsed() < Duration::from_secs(1) {
+            client.poll(Duration::from_millis(50)).unwrap();
+        }
+        client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+        client.poll(Duration::from_millis(300)).unwrap();
+        let path = format!("/api/v1/sessions/{}/moments", session.session_id);
+        let (status, _, answer) =
+            http_request(addr, "POST", &path, &[("Authorization", ann_auth.as_str())], b"").unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let moment: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert!(moment["play_url"].as_str().unwrap().contains("/play?game=colour-pad&moment="), "{moment}");
+        let path = format!("/api/v1/sessions/{}", session.session_id);
+        assert_eq!(
+            http_request(addr, "DELETE", &path, &[("Authorization", ann_auth.as_str())], b"").unwrap().0,
+            204
+        );
+        moment["moment_id"].as_str().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let counted = loop {
+        if let Ok((_, bytes)) = store.save("local", &ann.id, "colour-pad", SaveKind::Sram, None).await {
+            break u16::from_le_bytes([bytes[0], bytes[1]]);
+        }
+        assert!(Instant::now() < deadline, "Ann's save did not reach the cloud");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    tokio::task::spawn_blocking(move || {
+        let headers = [("Content-Type", "application/json"), ("Authorization", bob_auth.as_str())];
+        let ask = |game: &str, moment: &str| {
+            let request = format!(
+                r#"{{"game":"{game}","from_moment":"{moment}","options":{{"width":640,"height":360,"fps":60}}}}"#
+            );
+            http_request(addr, "POST", "/api/v1/sessions", &headers, request.as_bytes()).unwrap()
+        };
+        assert_eq!(ask("colour-pad", "00000000000000000000000000000000").0, 404, "no such moment");
+        assert_eq!(ask("colour-pad-crash", &moment).0, 400, "a moment of another game");
+        let (status, _, answer) = ask("colour-pad", &moment);
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let session: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let path = format!("/api/v1/sessions/{}", session["session_id"].as_str().unwrap());
+        assert_eq!(http_request(addr, "DELETE", &path, &[("Authorization", bob_auth.as_str())], b"").unwrap().0, 204);
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let bobs = loop {
+        if let Ok((_, bytes)) = store.save("local", &bob.id, "colour-pad", SaveKind::Sram, None).await {
+            break u16::from_le_bytes([bytes[0], bytes[1]]);
+        }
+        assert!(Instant::now() < deadline, "Bob's save did not reach the cloud");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("Ann held A for {counted} frames; Bob, started from her moment, saved {bobs}");
+    assert_eq!(bobs, counted, "Bob started exactly where Ann captured the moment");
+}

@@ -60,6 +60,7 @@ pub fn router(control: ControlPlane) -> Router {
         .route("/api/v1/sessions/{id}/watch", post(share_session).delete(unshare_session))
         .route("/api/v1/sessions/{id}/visibility", axum::routing::put(set_visibility))
         .route("/api/v1/sessions/{id}/states", post(save_session_state))
+        .route("/api/v1/sessions/{id}/moments", post(capture_moment))
         .route("/api/v1/live", get(live_now))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/regions", get(regions))
@@ -381,6 +382,15 @@ pub(crate) async fn open_session(
         warn!(tenant = %who.tenant, game = %game.id, error = %e, "catalogue entry cannot run");
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "game_unavailable", "this game cannot be started".into())
     })?;
+    if let Some(id) = &request.from_moment {
+        // Anyone of the tenant with the link starts from it: their own session, their own
+        // entitlement (checked above), the moment's game only.
+        let moment = store.moment(&who.tenant, id, unix_ms()).await.map_err(missing("moment"))?;
+        if moment.game != game.id {
+            return Err(ApiError::bad_request(format!("this moment is of {}", moment.game)));
+        }
+        launch.cloud_state = Some(cloudplay_proto::runtime::CloudSave::new(0, moment.sha256, &moment.data));
+    }
     if let Some(version) = request.from_state {
         let user = request.user_id.as_deref().ok_or_else(|| {
             ApiError(StatusCode::FORBIDDEN, "forbidden", "save states belong to players: sign in".into())
@@ -701,6 +711,49 @@ async fn save_session_state(
         .await
         .map_err(internal)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// How long a captured moment can be played from.
+const MOMENT_LIFETIME_MS: u64 = 7 * 24 * 3_600_000;
+
+/// "Play this moment": captures the running game's whole state and answers a link that
+/// starts a new session from exactly there, for anyone of the tenant who has it. Whoever
+/// may watch the session may capture it (its owner, viewers of a public session, the
+/// tenant's back end and admins).
+async fn capture_moment(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Watch).await?
+    else {
+        return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
+    };
+    let state =
+        host.save_state(&session.id).await.map_err(|e| ApiError(StatusCode::CONFLICT, "no_state", e))?;
+    if state.len() > crate::MAX_SAVE_BYTES {
+        let message = format!(
+            "this game's state is {} bytes, over the {} a moment may hold",
+            state.len(),
+            crate::MAX_SAVE_BYTES
+        );
+        return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
+    }
+    let now = unix_ms();
+    let moment = crate::store::Moment {
+        id: random_id(),
+        game: session.game_id.clone(),
+        sha256: crate::store::sha256_hex(&state),
+        data: state,
+        session_id: session.id.clone(),
+        expires_at_ms: now + MOMENT_LIFETIME_MS,
+    };
+    control.inner.store.create_moment(&session.tenant_id, &moment, now).await.map_err(internal)?;
+    let play_url =
+        format!("{}/play?game={}&moment={}", base_url(&control, &headers), session.game_id, moment.id);
+    let body = json!({ "moment_id": moment.id, "game": session.game_id, "play_url": play_url, "expires_at_ms": moment.expires_at_ms });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 #[derive(serde::Deserialize)]

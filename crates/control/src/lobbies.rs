@@ -336,6 +336,7 @@ async fn start_lobby(
         rtt_ms,
         user_id: None,
         from_state: None,
+        from_moment: None,
     };
     let session = open_session(&control, &who, ask, format!("user:{}", user.id), None).await?;
     if let Err(e) = store.start_lobby(&lobby.id, &session.id).await {

@@ -92,6 +92,9 @@ pub struct CreateSessionRequest {
     /// `/api/v1/saves`), instead of from its beginning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_state: Option<u64>,
+    /// Start the game from a captured moment (`POST /api/v1/sessions/{id}/moments`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_moment: Option<String>,
 }
 
 /// Answer to `POST /api/v1/sessions` and to `POST /api/v1/sessions/{id}/tickets`.

@@ -121,8 +121,8 @@ pub struct GameLaunch {
     /// puts in place before the game starts; only with a `save_profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_save: Option<CloudSave>,
-    /// A save state of the player's to start the game from, instead of its beginning;
-    /// only with a `save_profile`.
+    /// A save state to start the game from, instead of its beginning: the player's own,
+    /// or a moment someone captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_state: Option<CloudSave>,
 }
@@ -176,7 +176,9 @@ impl GameLaunch {
             }
         }
         for save in self.cloud_save.iter().chain(&self.cloud_state) {
-            if self.save_profile.is_none() {
+            // A state to start from may come from someone else's moment; an in-game save
+            // is always the player's own.
+            if self.save_profile.is_none() && self.cloud_save.is_some() {
                 return Err("cloud save: only for a player's save profile".into());
             }
             let hex = save.sha256.len() == 64 && save.sha256.bytes().all(|b| b.is_ascii_hexdigit());

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
-pub use saves::{SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
+pub use saves::{Moment, SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
 
 use crate::placement::HostSnapshot;
 use crate::random_id;
@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "lobbies", include_str!("../../migrations/0008_lobbies.sql")),
     (10, "saves", include_str!("../../migrations/0010_saves.sql")),
     (12, "public sessions", include_str!("../../migrations/0012_public_sessions.sql")),
+    (13, "moments", include_str!("../../migrations/0013_moments.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -68,6 +69,11 @@ const POSTGRES_ONLY: &[(i64, &str, &str)] = &[
         11,
         "save row-level security",
         include_str!("../../migrations/0011_saves_row_level_security.postgres.sql"),
+    ),
+    (
+        14,
+        "moment row-level security",
+        include_str!("../../migrations/0014_moments_row_level_security.postgres.sql"),
     ),
 ];
 

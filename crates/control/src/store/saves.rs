@@ -249,3 +249,74 @@ impl Store {
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 }
+
+/// A captured moment of a running game (its whole state), to start sessions from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moment {
+    pub id: String,
+    pub game: String,
+    pub sha256: String,
+    pub data: Vec<u8>,
+    pub session_id: String,
+    pub expires_at_ms: u64,
+}
+
+impl Store {
+    pub async fn create_moment(
+        &self,
+        tenant_id: &str,
+        moment: &Moment,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_scoped(tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO moments (id, tenant_id, game_id, sha256, data, session_id, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&moment.id)
+        .bind(tenant_id)
+        .bind(&moment.game)
+        .bind(&moment.sha256)
+        .bind(&moment.data)
+        .bind(&moment.session_id)
+        .bind(now_ms as i64)
+        .bind(moment.expires_at_ms as i64)
+        .execute(&mut *tx)
+        .await?;
+        // Expired moments go as new ones come.
+        sqlx::query("DELETE FROM moments WHERE tenant_id = $1 AND expires_at <= $2")
+            .bind(tenant_id)
+            .bind(now_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A tenant's moment that has not expired, checked against its checksum.
+    pub async fn moment(&self, tenant_id: &str, id: &str, now_ms: u64) -> Result<Moment, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT id, game_id, sha256, data, session_id, expires_at FROM moments \
+             WHERE tenant_id = $1 AND id = $2 AND expires_at > $3",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(now_ms as i64)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let moment = Moment {
+            id: row.try_get("id")?,
+            game: row.try_get("game_id")?,
+            sha256: row.try_get("sha256")?,
+            data: row.try_get("data")?,
+            session_id: row.try_get("session_id")?,
+            expires_at_ms: row.try_get::<i64, _>("expires_at")? as u64,
+        };
+        if sha256_hex(&moment.data) != moment.sha256 {
+            return Err(StoreError::Invalid("the moment does not match its checksum".into()));
+        }
+        Ok(moment)
+    }
+}
