@@ -338,6 +338,18 @@ document.getElementById('btn-full').addEventListener('click', () => {
   else document.documentElement.requestFullscreen({ navigationUI: 'hide' }).catch(() => {});
 });
 document.getElementById('btn-lock').addEventListener('click', () => video.requestPointerLock?.());
+document.getElementById('btn-moment').addEventListener('click', async () => {
+  // The game's whole state now: a friend who opens the link plays from exactly here.
+  let url;
+  try {
+    url = (await api(`/api/v1/sessions/${encodeURIComponent(stats.sessionId)}/moments`)).play_url;
+  } catch (e) {
+    alert(`Could not capture this moment: ${e.message}`);
+    return;
+  }
+  try { await navigator.clipboard.writeText(url); } catch { /* clipboard needs a secure context */ }
+  alert(`Anyone on this platform with this link plays from this moment (for 7 days):\n${url}`);
+});
 document.getElementById('btn-share').addEventListener('click', async () => {
   // A watch grant: the link lets people watch, never play; a new link revokes the old one.
   let url;
