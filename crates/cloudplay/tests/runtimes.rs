@@ -561,62 +561,96 @@ async fn in_game_saves_follow_the_player_through_the_cloud() {
     assert_eq!(std::fs::read(&file).unwrap(), sram(0x3333));
 }
 
+/// A signed-in player's Colour Pad session (`auth` is their bearer token), in which they
+/// hold A for about a second; then `finish` runs with the session's id, and the session is
+/// ended.
+fn hold_a_for_a_second(addr: SocketAddr, auth: &str, finish: impl FnOnce(&str)) {
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth)];
+    let (status, _, answer) =
+        http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
+    let mut client = StreamClient::connect(addr, &session).unwrap();
+    client.watch = Some((300, 160, 40, 40));
+    let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
+    while !client.input_open() {
+        client.poll(Duration::from_millis(20)).unwrap();
+    }
+    client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap(); // X = A
+    centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_secs(1) {
+        client.poll(Duration::from_millis(50)).unwrap();
+    }
+    client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+    client.poll(Duration::from_millis(300)).unwrap();
+    finish(&session.session_id);
+    end_session(addr, auth, &session.session_id);
+}
+
+fn end_session(addr: SocketAddr, auth: &str, id: &str) {
+    let path = format!("/api/v1/sessions/{id}");
+    assert_eq!(http_request(addr, "DELETE", &path, &[("Authorization", auth)], b"").unwrap().0, 204);
+}
+
+/// Starts Colour Pad for the player of `auth` with `extra` fields in the request; the
+/// answer's status and body.
+fn start_colour_pad(addr: SocketAddr, auth: &str, extra: &str) -> (u16, serde_json::Value) {
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth)];
+    let request =
+        format!(r#"{{"game":"colour-pad",{extra}"options":{{"width":640,"height":360,"fps":60}}}}"#);
+    let (status, _, answer) =
+        http_request(addr, "POST", "/api/v1/sessions", &headers, request.as_bytes()).unwrap();
+    (status, serde_json::from_slice(&answer).unwrap_or_default())
+}
+
+/// The count of frames with A held in the player's newest in-game save in the cloud, once
+/// there is one (within 15 s).
+async fn cloud_count(store: &cloudplay_control::store::Store, user: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let saved =
+            store.save("local", user, "colour-pad", cloudplay_control::store::SaveKind::Sram, None).await;
+        if let Ok((_, bytes)) = saved {
+            return u16::from_le_bytes([bytes[0], bytes[1]]);
+        }
+        assert!(Instant::now() < deadline, "no in-game save of {user} reached the cloud within 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A server for cloud-save tests without periodic commits (only the one after a game has
+/// ended), and bearer tokens for new players of the default tenant.
+async fn cloud_server(
+    name: &str,
+    players: &[&str],
+) -> Option<(Running, cloudplay_control::store::Store, Vec<(String, String)>)> {
+    let (running, server) = prepare(name, 4, |config| Config { save_sync_secs: 600, ..config }).await?;
+    let store = server.control.store().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    let now = cloudplay_control::unix_ms();
+    let mut users = Vec::new();
+    for player in players {
+        let user = store
+            .create_user("local", &format!("{player}@{name}.test"), "password-1", player, false, now)
+            .await
+            .unwrap();
+        let auth = format!("Bearer {}", store.create_user_token(&user, now + 600_000).await.unwrap());
+        users.push((user.id, auth));
+    }
+    Some((running, store, users))
+}
+
 /// The core's own save reaches the cloud: a signed-in player holds A in Colour Pad (its
 /// battery RAM counts the frames A was held), ends the session, and the save the core
 /// wrote on its way out is committed with the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_games_own_save_reaches_the_cloud_when_the_session_ends() {
-    use cloudplay_control::store::SaveKind;
-    // No periodic commit within the test: only the one after the game has ended.
-    let Some((running, server)) =
-        prepare("core-save", 4, |config| Config { save_sync_secs: 600, ..config }).await
-    else {
-        return;
-    };
-    let store = server.control.store().clone();
-    tokio::spawn(server.run(std::future::pending()));
-    let addr = running.addr;
-    let now = cloudplay_control::unix_ms();
-    let user = store.create_user("local", "ann@local.test", "password-1", "Ann", false, now).await.unwrap();
-    let token = store.create_user_token(&user, now + 600_000).await.unwrap();
-    tokio::task::spawn_blocking(move || {
-        let auth = format!("Bearer {token}");
-        let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
-        let (status, _, answer) =
-            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-        let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
-        let mut client = StreamClient::connect(addr, &session).unwrap();
-        client.watch = Some((300, 160, 40, 40));
-        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
-        while !client.input_open() {
-            client.poll(Duration::from_millis(20)).unwrap();
-        }
-        client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap(); // X = A
-        centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
-        let held_since = Instant::now();
-        while held_since.elapsed() < Duration::from_secs(1) {
-            client.poll(Duration::from_millis(50)).unwrap();
-        }
-        client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
-        client.poll(Duration::from_millis(300)).unwrap();
-        let path = format!("/api/v1/sessions/{}", session.session_id);
-        let (status, _, _) =
-            http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap();
-        assert_eq!(status, 204);
-    })
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (info, bytes) = loop {
-        if let Ok(saved) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
-            break saved;
-        }
-        assert!(Instant::now() < deadline, "no save reached the cloud within 15 s of the end");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let frames = u16::from_le_bytes([bytes[0], bytes[1]]);
-    eprintln!("cloud save version {} of {} bytes: A held for {frames} frames", info.version, bytes.len());
+    let Some((running, store, users)) = cloud_server("core-save", &["ann"]).await else { return };
+    let (addr, (user, auth)) = (running.addr, users[0].clone());
+    tokio::task::spawn_blocking(move || hold_a_for_a_second(addr, &auth, |_| {})).await.unwrap();
+    let frames = cloud_count(&store, &user).await;
+    eprintln!("the cloud save counts {frames} frames with A held");
     assert!(frames >= 30, "about a second of A at 60 frames per second: {frames}");
 }
 
@@ -626,101 +660,42 @@ async fn a_games_own_save_reaches_the_cloud_when_the_session_ends() {
 /// holds the count of the first session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_starts_from_a_save_state_taken_in_another() {
-    use cloudplay_control::store::SaveKind;
-    let Some((running, server)) =
-        prepare("states", 4, |config| Config { save_sync_secs: 600, ..config }).await
-    else {
-        return;
-    };
-    let store = server.control.store().clone();
-    tokio::spawn(server.run(std::future::pending()));
-    let addr = running.addr;
-    let now = cloudplay_control::unix_ms();
-    let user = store.create_user("local", "sol@local.test", "password-1", "Sol", false, now).await.unwrap();
-    let auth = format!("Bearer {}", store.create_user_token(&user, now + 600_000).await.unwrap());
-    let (first, state) = tokio::task::spawn_blocking({
+    let Some((running, store, users)) = cloud_server("states", &["sol"]).await else { return };
+    let (addr, (user, auth)) = (running.addr, users[0].clone());
+    let state = tokio::task::spawn_blocking({
         let auth = auth.clone();
         move || {
-            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
-            let (status, _, answer) =
-                http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes())
-                    .unwrap();
-            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-            let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
-            let mut client = StreamClient::connect(addr, &session).unwrap();
-            client.watch = Some((300, 160, 40, 40));
-            let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
-            while !client.input_open() {
-                client.poll(Duration::from_millis(20)).unwrap();
-            }
-            client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap();
-            centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
-            let held_since = Instant::now();
-            while held_since.elapsed() < Duration::from_secs(1) {
-                client.poll(Duration::from_millis(50)).unwrap();
-            }
-            client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
-            client.poll(Duration::from_millis(300)).unwrap();
-            let path = format!("/api/v1/sessions/{}/states", session.session_id);
-            let (status, _, saved) =
-                http_request(addr, "POST", &path, &[("Authorization", auth.as_str())], b"").unwrap();
-            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&saved));
-            let saved: serde_json::Value = serde_json::from_slice(&saved).unwrap();
-            let path = format!("/api/v1/sessions/{}", session.session_id);
-            assert_eq!(
-                http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap().0,
-                204
-            );
-            (session.session_id, saved)
+            let mut state = serde_json::Value::Null;
+            hold_a_for_a_second(addr, &auth, |id| {
+                let path = format!("/api/v1/sessions/{id}/states");
+                let (status, _, saved) =
+                    http_request(addr, "POST", &path, &[("Authorization", &auth)], b"").unwrap();
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&saved));
+                state = serde_json::from_slice(&saved).unwrap();
+            });
+            state
         }
     })
     .await
     .unwrap();
     assert_eq!((state["kind"].as_str(), state["version"].as_u64()), (Some("state"), Some(1)), "{state}");
-
     // The first session's in-game save reaches the cloud; take it away, and the local copy.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let counted = loop {
-        if let Ok((_, bytes)) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
-            break u16::from_le_bytes([bytes[0], bytes[1]]);
-        }
-        assert!(Instant::now() < deadline, "the first session's save did not reach the cloud ({first})");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let counted = cloud_count(&store, &user).await;
     assert!(counted >= 30, "A held about a second: {counted}");
-    store.delete_save("local", &user.id, "colour-pad", SaveKind::Sram).await.unwrap();
+    store.delete_save("local", &user, "colour-pad", cloudplay_control::store::SaveKind::Sram).await.unwrap();
     std::fs::remove_dir_all(running.root.join("saves")).unwrap();
 
     // A state that does not exist: 404. Started from the state: the count comes back.
-    tokio::task::spawn_blocking({
-        let auth = auth.clone();
-        move || {
-            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
-            let ask = |version: u64| {
-                let request = format!(
-                    r#"{{"game":"colour-pad","from_state":{version},"options":{{"width":640,"height":360,"fps":60}}}}"#
-                );
-                http_request(addr, "POST", "/api/v1/sessions", &headers, request.as_bytes()).unwrap()
-            };
-            assert_eq!(ask(7).0, 404);
-            let (status, _, answer) = ask(1);
-            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-            let session: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-            std::thread::sleep(Duration::from_millis(500));
-            let path = format!("/api/v1/sessions/{}", session["session_id"].as_str().unwrap());
-            assert_eq!(http_request(addr, "DELETE", &path, &[("Authorization", auth.as_str())], b"").unwrap().0, 204);
-        }
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(start_colour_pad(addr, &auth, r#""from_state":7,"#).0, 404);
+        let (status, session) = start_colour_pad(addr, &auth, r#""from_state":1,"#);
+        assert_eq!(status, 201, "{session}");
+        std::thread::sleep(Duration::from_millis(500));
+        end_session(addr, &auth, session["session_id"].as_str().unwrap());
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let restored = loop {
-        if let Ok((_, bytes)) = store.save("local", &user.id, "colour-pad", SaveKind::Sram, None).await {
-            break u16::from_le_bytes([bytes[0], bytes[1]]);
-        }
-        assert!(Instant::now() < deadline, "the second session's save did not reach the cloud");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let restored = cloud_count(&store, &user).await;
     eprintln!(
         "A counted {counted} frames in the first session; started from its state, the game saved {restored}"
     );
@@ -732,91 +707,49 @@ async fn a_session_starts_from_a_save_state_taken_in_another() {
 /// frames with A held is part of the moment, and comes back in Bob's own save).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_player_starts_from_a_captured_moment() {
-    use cloudplay_control::store::SaveKind;
-    let Some((running, server)) =
-        prepare("moments", 4, |config| Config { save_sync_secs: 600, ..config }).await
-    else {
-        return;
-    };
-    let store = server.control.store().clone();
-    tokio::spawn(server.run(std::future::pending()));
+    let Some((running, store, users)) = cloud_server("moments", &["ann", "bob"]).await else { return };
     let addr = running.addr;
-    let now = cloudplay_control::unix_ms();
-    let ann = store.create_user("local", "ann@moment.test", "password-1", "Ann", false, now).await.unwrap();
-    let bob = store.create_user("local", "bob@moment.test", "password-1", "Bob", false, now).await.unwrap();
-    let ann_auth = format!("Bearer {}", store.create_user_token(&ann, now + 600_000).await.unwrap());
-    let bob_auth = format!("Bearer {}", store.create_user_token(&bob, now + 600_000).await.unwrap());
+    let ((ann, ann_auth), (bob, bob_auth)) = (users[0].clone(), users[1].clone());
     let moment = tokio::task::spawn_blocking(move || {
-        let headers = [("Content-Type", "application/json"), ("Authorization", ann_auth.as_str())];
-        let (status, _, answer) =
-            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-        let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
-        let mut client = StreamClient::connect(addr, &session).unwrap();
-        client.watch = Some((300, 160, 40, 40));
-        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
-        while !client.input_open() {
-            client.poll(Duration::from_millis(20)).unwrap();
-        }
-        client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap();
-        centre_luma(&mut client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
-        let held_since = Instant::now();
-        while held_since.elapsed() < Duration::from_secs(1) {
-            client.poll(Duration::from_millis(50)).unwrap();
-        }
-        client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
-        client.poll(Duration::from_millis(300)).unwrap();
-        let path = format!("/api/v1/sessions/{}/moments", session.session_id);
-        let (status, _, answer) =
-            http_request(addr, "POST", &path, &[("Authorization", ann_auth.as_str())], b"").unwrap();
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-        let moment: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-        assert!(moment["play_url"].as_str().unwrap().contains("/play?game=colour-pad&moment="), "{moment}");
-        let path = format!("/api/v1/sessions/{}", session.session_id);
-        assert_eq!(
-            http_request(addr, "DELETE", &path, &[("Authorization", ann_auth.as_str())], b"").unwrap().0,
-            204
-        );
-        moment["moment_id"].as_str().unwrap().to_string()
+        let mut moment = String::new();
+        hold_a_for_a_second(addr, &ann_auth, |id| {
+            let path = format!("/api/v1/sessions/{id}/moments");
+            let (status, _, answer) =
+                http_request(addr, "POST", &path, &[("Authorization", &ann_auth)], b"").unwrap();
+            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+            assert!(
+                answer["play_url"].as_str().unwrap().contains("/play?game=colour-pad&moment="),
+                "{answer}"
+            );
+            moment = answer["moment_id"].as_str().unwrap().to_string();
+        });
+        moment
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let counted = loop {
-        if let Ok((_, bytes)) = store.save("local", &ann.id, "colour-pad", SaveKind::Sram, None).await {
-            break u16::from_le_bytes([bytes[0], bytes[1]]);
-        }
-        assert!(Instant::now() < deadline, "Ann's save did not reach the cloud");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let counted = cloud_count(&store, &ann).await;
 
     tokio::task::spawn_blocking(move || {
+        let none = r#""from_moment":"00000000000000000000000000000000","#;
+        assert_eq!(start_colour_pad(addr, &bob_auth, none).0, 404, "no such moment");
+        let from = format!(r#""from_moment":"{moment}","#);
         let headers = [("Content-Type", "application/json"), ("Authorization", bob_auth.as_str())];
-        let ask = |game: &str, moment: &str| {
-            let request = format!(
-                r#"{{"game":"{game}","from_moment":"{moment}","options":{{"width":640,"height":360,"fps":60}}}}"#
-            );
-            http_request(addr, "POST", "/api/v1/sessions", &headers, request.as_bytes()).unwrap()
-        };
-        assert_eq!(ask("colour-pad", "00000000000000000000000000000000").0, 404, "no such moment");
-        assert_eq!(ask("colour-pad-crash", &moment).0, 400, "a moment of another game");
-        let (status, _, answer) = ask("colour-pad", &moment);
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-        let session: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        let other =
+            format!(r#"{{"game":"colour-pad-crash",{from}"options":{{"width":640,"height":360,"fps":60}}}}"#);
+        assert_eq!(
+            http_request(addr, "POST", "/api/v1/sessions", &headers, other.as_bytes()).unwrap().0,
+            400,
+            "another game"
+        );
+        let (status, session) = start_colour_pad(addr, &bob_auth, &from);
+        assert_eq!(status, 201, "{session}");
         std::thread::sleep(Duration::from_millis(500));
-        let path = format!("/api/v1/sessions/{}", session["session_id"].as_str().unwrap());
-        assert_eq!(http_request(addr, "DELETE", &path, &[("Authorization", bob_auth.as_str())], b"").unwrap().0, 204);
+        end_session(addr, &bob_auth, session["session_id"].as_str().unwrap());
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let bobs = loop {
-        if let Ok((_, bytes)) = store.save("local", &bob.id, "colour-pad", SaveKind::Sram, None).await {
-            break u16::from_le_bytes([bytes[0], bytes[1]]);
-        }
-        assert!(Instant::now() < deadline, "Bob's save did not reach the cloud");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let bobs = cloud_count(&store, &bob).await;
     eprintln!("Ann held A for {counted} frames; Bob, started from her moment, saved {bobs}");
     assert_eq!(bobs, counted, "Bob started exactly where Ann captured the moment");
 }
