@@ -219,13 +219,7 @@ fn load_cloud_state(session: &str, game: &mut dyn cloudplay_game::Game, state: &
             return;
         }
     };
-    // Some cores size their state only once they have run a frame: one step, then again
-    // (the state replaces whatever that frame did).
-    let loaded = game.load_state(&bytes).or_else(|_| {
-        game.step(&[]);
-        game.load_state(&bytes)
-    });
-    match loaded {
+    match game.load_state(&bytes) {
         Ok(()) => info!(session, version = state.version, "started from a save state"),
         Err(e) => {
             warn!(session, version = state.version, error = %e, "the game refused the save state; starting without it")

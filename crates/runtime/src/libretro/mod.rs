@@ -683,7 +683,14 @@ impl Game for LibretroGame {
         if bytes.len() != 8 + size {
             return Err(StateError::Corrupt);
         }
-        let expected = self.call(|api| unsafe { (api.serialize_size)() });
+        let mut expected = self.call(|api| unsafe { (api.serialize_size)() });
+        if size != expected {
+            // Some cores (nestopia) size their state only once they have run a frame, as
+            // when a session starts from a state: run one (the state replaces what it did)
+            // and ask again.
+            self.call(|api| unsafe { (api.run)() });
+            expected = self.call(|api| unsafe { (api.serialize_size)() });
+        }
         if size != expected {
             return Err(StateError::WrongFormat);
         }
