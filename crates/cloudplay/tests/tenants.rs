@@ -339,6 +339,31 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
         ];
         assert_eq!(got, expected, "{who}: GET, player ticket, viewer ticket, share");
     }
+    // Visibility, a save state, a moment: the owner (or a back end or admin) decides and
+    // saves; whoever may watch may capture a moment. The built-in game saves its state.
+    let visibility = format!("/api/v1/sessions/{id}/visibility");
+    let states = format!("/api/v1/sessions/{id}/states");
+    let moments = format!("/api/v1/sessions/{id}/moments");
+    let private = json!({"public": false});
+    // caller, visibility, save state, moment
+    let matrix: [(&str, Option<&str>, [S; 3]); 8] = [
+        ("owner", Some(&alice_token), [S::OK, S::CREATED, S::CREATED]),
+        ("another player", Some(&bob_token), [S::NOT_FOUND; 3]),
+        ("a guest", None, [S::NOT_FOUND; 3]),
+        ("catalogue:read key", Some(&catalogue_key), [S::FORBIDDEN; 3]),
+        ("sessions:read key", Some(&read_key), [S::FORBIDDEN, S::FORBIDDEN, S::CREATED]),
+        ("sessions:write key", Some(&w.acme_key), [S::OK, S::CREATED, S::CREATED]),
+        ("admin key", Some(&admin_key), [S::OK, S::CREATED, S::CREATED]),
+        ("another tenant", Some(&w.globex_key), [S::NOT_FOUND; 3]),
+    ];
+    for (who, credential, expected) in matrix {
+        let got = [
+            call(&w.app, "PUT", &visibility, credential, &[], Some(private.clone())).await.0,
+            call(&w.app, "POST", &states, credential, &[], None).await.0,
+            call(&w.app, "POST", &moments, credential, &[], None).await.0,
+        ];
+        assert_eq!(got, expected, "{who}: visibility, save state, moment");
+    }
     // The share link made last (by the admin key) is the only one that works now.
     let (status, fresh) = call(&w.app, "POST", &watch, Some(&alice_token), &[], None).await;
     assert_eq!(status, S::CREATED);

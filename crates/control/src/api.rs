@@ -666,9 +666,14 @@ async fn unshare_session(
 /// state of it (cloud saves, kind `state`).
 async fn save_session_state(
     State(control): State<ControlPlane>,
+    ip: ClientIp,
     Path(id): Path<String>,
     Caller(who): Caller,
 ) -> Result<Response, ApiError> {
+    // A capture stops the game for a moment and stores a blob: counted like a session request.
+    if let Err(refused) = throttle(&control, crate::Throttle::Session, &ip) {
+        return Ok(*refused);
+    }
     let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Play).await?
     else {
         return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
@@ -722,10 +727,14 @@ const MOMENT_LIFETIME_MS: u64 = 7 * 24 * 3_600_000;
 /// tenant's back end and admins).
 async fn capture_moment(
     State(control): State<ControlPlane>,
+    ip: ClientIp,
     Path(id): Path<String>,
     Caller(who): Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Err(refused) = throttle(&control, crate::Throttle::Session, &ip) {
+        return Ok(*refused);
+    }
     let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Watch).await?
     else {
         return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
