@@ -600,6 +600,10 @@ async fn create_ticket(
     let empty = body.as_ref().is_ok_and(|b| b.is_empty());
     let request: TicketRequest = if empty { TicketRequest::default() } else { parse_json(&headers, body)? };
     let role = request.role.unwrap_or(TicketRole::Player);
+    if role == TicketRole::Publisher {
+        // Publishing is for channels, with their stream key (WHIP); a game has no publisher.
+        return Err(ApiError::bad_request("a session's tickets are for players and viewers"));
+    }
     let standing = match &request.watch_grant {
         Some(grant) => {
             if role != TicketRole::Viewer {

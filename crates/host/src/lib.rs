@@ -81,13 +81,20 @@ pub struct HostLimits {
     /// Players and viewers of all sessions together (each costs SRTP and a share of the
     /// uplink).
     pub peers: u32,
-    /// WHEP offers from one address (IPv6: one /64).
+    /// WHEP and WHIP offers from one address (IPv6: one /64).
     pub offers_per_address: Rate,
+    /// Broadcasts (creators live by WHIP) at once; they do not take game slots.
+    pub broadcasts: u32,
 }
 
 impl Default for HostLimits {
     fn default() -> Self {
-        HostLimits { viewers_per_session: 50, peers: 256, offers_per_address: Rate::new(20, 60) }
+        HostLimits {
+            viewers_per_session: 50,
+            peers: 256,
+            offers_per_address: Rate::new(20, 60),
+            broadcasts: 16,
+        }
     }
 }
 
@@ -100,6 +107,8 @@ pub enum HostError {
     InvalidOptions(String),
     #[error("this host is full ({0} sessions)")]
     Full(usize),
+    #[error("this host carries as many broadcasts as it may ({0})")]
+    BroadcastsFull(u32),
     #[error("session {0:?} already exists")]
     Duplicate(String),
     #[error("could not start the session: {0}")]
@@ -177,6 +186,8 @@ pub struct SessionHandle {
     /// The tenant whose tickets admit to it (learnt from the first admitted ticket), for
     /// per-tenant counts.
     pub tenant: std::sync::OnceLock<String>,
+    /// A creator's broadcast (WHIP): pictures come from its publisher, not a game.
+    pub broadcast: bool,
 }
 
 /// What the host reports about a session.
@@ -394,8 +405,9 @@ impl Host {
         {
             let mut sessions =
                 self.inner.sessions.lock().map_err(|_| HostError::Start("registry poisoned".into()))?;
-            if sessions.len() >= self.inner.config.max_sessions {
-                return Err(HostError::Full(sessions.len()));
+            let games = sessions.values().filter(|s| !s.broadcast).count();
+            if games >= self.inner.config.max_sessions {
+                return Err(HostError::Full(games));
             }
             if sessions.contains_key(&id) {
                 return Err(HostError::Duplicate(id.to_string()));
@@ -413,6 +425,7 @@ impl Host {
                     stats: stats.clone(),
                     seats: Arc::new(Seats::default()),
                     tenant: std::sync::OnceLock::new(),
+                    broadcast: false,
                 }),
             );
         }
@@ -498,6 +511,62 @@ impl Host {
         let start = saves::SyncStart { session_id: id.clone(), path, base, interval };
         tokio::spawn(saves::keep_in_sync(sink, start, on_end));
         Some(ended)
+    }
+
+    /// Opens broadcast `id` for a publisher about to connect (its WHIP offer is being
+    /// answered). It lasts until its publisher leaves or [`Host::stop_session`] ends it.
+    pub(crate) fn open_broadcast(&self, id: &str) -> Result<Arc<SessionHandle>, HostError> {
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let handle = Arc::new(SessionHandle {
+            id: id.into(),
+            game: "broadcast".into(),
+            runtime: "whip",
+            options: SessionOptions::default(),
+            created_at_ms: unix_ms(),
+            commands,
+            stats: Arc::new(SessionStats::default()),
+            seats: Arc::new(Seats::default()),
+            tenant: std::sync::OnceLock::new(),
+            broadcast: true,
+        });
+        {
+            let mut sessions =
+                self.inner.sessions.lock().map_err(|_| HostError::Start("registry poisoned".into()))?;
+            if sessions.contains_key(id) {
+                return Err(HostError::Duplicate(id.to_string()));
+            }
+            let limit = self.inner.config.limits.broadcasts;
+            if sessions.values().filter(|s| s.broadcast).count() >= limit as usize {
+                return Err(HostError::BroadcastsFull(limit));
+            }
+            sessions.insert(handle.id.clone(), handle.clone());
+        }
+        // A broadcast has no session loop; this keeper only waits for its end.
+        let (host, broadcast) = (self.clone(), handle.id.clone());
+        let keeper = std::thread::Builder::new()
+            .name(format!("broadcast-{}", id.chars().take(8).collect::<String>()))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                loop {
+                    match receiver.recv() {
+                        Ok(SessionCommand::Stop) => {
+                            let reason = Some(Arc::from("the broadcast was ended"));
+                            let end = DriverCommand::EndSession { session: broadcast.clone(), reason };
+                            let _ = host.inner.driver.blocking_send(end);
+                            break;
+                        }
+                        Ok(SessionCommand::PublisherLeft) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                host.forget_session(&broadcast);
+                info!(%broadcast, "broadcast ended");
+            });
+        if let Err(e) = keeper {
+            self.forget_session(&handle.id);
+            return Err(HostError::Start(e.to_string()));
+        }
+        Ok(handle)
     }
 
     fn forget_session(&self, id: &str) {

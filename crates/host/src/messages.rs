@@ -30,6 +30,8 @@ pub enum SessionCommand {
     PeerLeft {
         peer: PeerId,
     },
+    /// A broadcast's publisher left (or never connected): the broadcast is over.
+    PublisherLeft,
     /// Save the game's whole state now, between ticks, and answer it (empty: the game
     /// cannot save its state).
     SaveState(tokio::sync::oneshot::Sender<Vec<u8>>),

@@ -22,6 +22,17 @@
 //!   copy comes first.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
+//!
+//! A broadcast (a creator live by WHIP) is a session whose pictures come from its
+//! publisher peer instead of an encoder; the set forwards them as they are:
+//!
+//! - Each frame the publisher sends (depacketized by str0m) is written to every connected
+//!   viewer of the broadcast, under the viewer's own payload type; nothing is transcoded.
+//! - A viewer gets no video before a keyframe; viewers' keyframe needs (joining, loss,
+//!   a PLI) become one PLI upstream at most every [`UPSTREAM_KEYFRAME_INTERVAL`].
+//! - What a publisher sends beyond [`INGEST_BUDGET_BPS`] in a second is dropped (its
+//!   viewers then wait for the next keyframe); a publisher cannot flood the host's uplink.
+//! - When the publisher leaves, its viewers are disconnected and the broadcast ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +44,7 @@ use cloudplay_proto::{InputMessage, TicketRole};
 use str0m::bwe::BweKind;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
@@ -55,6 +66,10 @@ pub const PEER_SILENCE_LIMIT: Duration = Duration::from_secs(3);
 pub const END_MESSAGE_GRACE: Duration = Duration::from_millis(300);
 /// The longest the set sleeps without being asked to look at its peers.
 const IDLE_WAKEUP: Duration = Duration::from_millis(100);
+/// The most often a broadcast's publisher is asked for a keyframe, however many viewers ask.
+pub const UPSTREAM_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// What a publisher may send per second (video and audio); more is dropped.
+pub const INGEST_BUDGET_BPS: u64 = 25_000_000;
 
 /// A peer whose offer was accepted, ready to connect.
 pub struct NewPeer {
@@ -70,6 +85,8 @@ pub struct NewPeer {
     pub seats: Arc<crate::Seats>,
     /// The session's statistics, where the peer's reports of the path go.
     pub stats: Arc<SessionStats>,
+    /// The session is a broadcast: its pictures come from its publisher peer.
+    pub broadcast: bool,
 }
 
 /// What the set asks of its shell.
@@ -92,11 +109,21 @@ pub struct PeerSet {
     /// The peer `poll_output` is draining.
     cursor: usize,
     earliest: Option<Instant>,
+    /// A broadcast's frame was written to peers during this round of draining.
+    forwarded: bool,
 }
 
 impl PeerSet {
     pub fn new(local: SocketAddr, counters: Arc<HostCounters>) -> PeerSet {
-        PeerSet { peers: Vec::new(), local, counters, sent_frames: Vec::new(), cursor: 0, earliest: None }
+        PeerSet {
+            peers: Vec::new(),
+            local,
+            counters,
+            sent_frames: Vec::new(),
+            cursor: 0,
+            earliest: None,
+            forwarded: false,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -122,6 +149,9 @@ impl PeerSet {
             needs_keyframe: true,
             close_at: None,
             reported: (0, 0),
+            wants_keyframe: false,
+            upstream: UpstreamKeyframes::default(),
+            ingest: IngestBudget::default(),
         });
     }
 
@@ -168,7 +198,7 @@ impl PeerSet {
                 if peer.connected && now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME {
                     debug!(peer = peer.setup.id, "heard again after a silence: keyframe");
                     peer.needs_keyframe = true;
-                    peer.tell_session(SessionCommand::KeyframeRequest);
+                    peer.ask_keyframe();
                 }
                 peer.last_heard = now;
                 peer.handle_input(input);
@@ -190,13 +220,34 @@ impl PeerSet {
 
     /// The next datagram to send, or when to call again; call until it is `Timeout`.
     pub fn poll_output(&mut self, now: Instant) -> PeerOutput {
+        loop {
+            if let Some(transmit) = self.drain_peers() {
+                return PeerOutput::Transmit(transmit);
+            }
+            // Frames forwarded to peers already drained this round: drain them again.
+            if !std::mem::take(&mut self.forwarded) {
+                break;
+            }
+        }
+        self.ask_publishers_for_keyframes(now);
+        self.finish_round(now)
+    }
+
+    /// Polls peers from the cursor on: the next datagram, or `None` when every peer is
+    /// drained (their timeouts gathered in `earliest`).
+    fn drain_peers(&mut self) -> Option<Transmit> {
         while let Some(peer) = self.peers.get_mut(self.cursor) {
             if !peer.setup.rtc.is_alive() {
                 self.cursor += 1;
                 continue;
             }
             match peer.setup.rtc.poll_output() {
-                Ok(Output::Transmit(transmit)) => return PeerOutput::Transmit(transmit),
+                Ok(Output::Transmit(transmit)) => return Some(transmit),
+                Ok(Output::Event(Event::MediaData(data))) if peer.setup.role == TicketRole::Publisher => {
+                    let session = peer.setup.session.clone();
+                    let within_budget = peer.ingest.take(data.network_time, data.data.len());
+                    self.forward(&session, data, within_budget);
+                }
                 Ok(Output::Event(event)) => peer.handle_event(event, &self.counters),
                 Ok(Output::Timeout(at)) => {
                     self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
@@ -209,6 +260,72 @@ impl PeerSet {
             }
         }
         self.cursor = 0;
+        None
+    }
+
+    /// One frame from the publisher of broadcast `session`, to each of its viewers.
+    fn forward(&mut self, session: &Arc<str>, data: MediaData, within_budget: bool) {
+        let video = data.params.spec().codec.is_video();
+        if !within_budget {
+            self.counters.ingest_dropped.fetch_add(1, Ordering::Relaxed);
+            if video {
+                // What follows refers to the dropped frame: viewers wait for a keyframe.
+                for viewer in self.peers.iter_mut().filter(|p| &p.setup.session == session) {
+                    viewer.needs_keyframe = true;
+                    viewer.wants_keyframe = true;
+                }
+            }
+            return;
+        }
+        self.counters.ingest_frames.fetch_add(1, Ordering::Relaxed);
+        let keyframe = video && data.is_keyframe();
+        for viewer in self.peers.iter_mut() {
+            if &viewer.setup.session != session || viewer.setup.role != TicketRole::Viewer {
+                continue;
+            }
+            if video && !data.contiguous {
+                // Packets were lost on the way in: the picture is broken until a keyframe.
+                viewer.wants_keyframe = true;
+            }
+            if viewer.forward(&data, video, keyframe) {
+                self.forwarded = true;
+            }
+        }
+    }
+
+    /// Viewers' keyframe needs become one PLI to their broadcast's publisher, at most every
+    /// [`UPSTREAM_KEYFRAME_INTERVAL`].
+    fn ask_publishers_for_keyframes(&mut self, now: Instant) {
+        let mut wanted: Vec<Arc<str>> = Vec::new();
+        for viewer in self.peers.iter_mut() {
+            if std::mem::take(&mut viewer.wants_keyframe) && !wanted.contains(&viewer.setup.session) {
+                wanted.push(viewer.setup.session.clone());
+            }
+        }
+        for publisher in self.peers.iter_mut().filter(|p| p.setup.role == TicketRole::Publisher) {
+            if wanted.contains(&publisher.setup.session) {
+                publisher.upstream.pending = true;
+            }
+            if !publisher.connected || !publisher.upstream.due(now) {
+                continue;
+            }
+            let Some((mid, _)) = publisher.video else { continue };
+            let Some(mut writer) = publisher.setup.rtc.writer(mid) else { continue };
+            match writer.request_keyframe(None, KeyframeRequestKind::Pli) {
+                Ok(()) => {
+                    publisher.upstream = UpstreamKeyframes { pending: false, last: Some(now) };
+                    self.counters.ingest_keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                    // The request leaves as RTCP on the publisher's next timeout: now.
+                    self.earliest = Some(now);
+                }
+                Err(e) => debug!(peer = publisher.setup.id, error = %e, "keyframe request failed"),
+            }
+        }
+    }
+
+    /// After every peer is drained: time the frames sent, drop peers that left, and say
+    /// when to call again.
+    fn finish_round(&mut self, now: Instant) -> PeerOutput {
         // Every peer has handed over what it had to send: the frames' send stage ends now.
         for (captured, encoded, stats) in self.sent_frames.drain(..) {
             stats.record(Stage::Send, now.saturating_duration_since(encoded));
@@ -218,6 +335,7 @@ impl PeerSet {
             peer.close_at = None;
             peer.rtc().disconnect();
         }
+        let mut broadcasts_over = Vec::new();
         self.peers.retain(|peer| {
             let timed_out = !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT;
             let silent =
@@ -226,14 +344,28 @@ impl PeerSet {
                 return true;
             }
             info!(peer = peer.setup.id, session = %peer.setup.session, "peer left");
-            peer.tell_session(SessionCommand::PeerLeft { peer: peer.setup.id });
-            peer.setup.seats.release(peer.setup.id, peer.setup.role == TicketRole::Player);
+            if peer.setup.role == TicketRole::Publisher {
+                peer.tell_session(SessionCommand::PublisherLeft);
+                broadcasts_over.push(peer.setup.session.clone());
+            } else {
+                peer.tell_session(SessionCommand::PeerLeft { peer: peer.setup.id });
+                peer.setup.seats.release(peer.setup.id, peer.setup.role == TicketRole::Player);
+            }
             false
         });
+        for session in broadcasts_over {
+            info!(%session, "the publisher left: the broadcast is over");
+            self.end_session(now, &session, None);
+        }
         let mut at = self.earliest.take().unwrap_or(now + IDLE_WAKEUP).min(now + IDLE_WAKEUP);
         for peer in &self.peers {
             if let Some(close_at) = peer.close_at {
                 at = at.min(close_at);
+            }
+            if peer.upstream.pending
+                && let Some(last) = peer.upstream.last
+            {
+                at = at.min(last + UPSTREAM_KEYFRAME_INTERVAL);
             }
             if !peer.connected {
                 at = at.min(peer.created + CONNECT_TIMEOUT + Duration::from_millis(1));
@@ -292,6 +424,46 @@ struct Peer {
     close_at: Option<Instant>,
     /// The peer's NACKs and keyframe requests counted so far (its reports are cumulative).
     reported: (u64, u64),
+    /// A broadcast's viewer needs a keyframe from the publisher.
+    wants_keyframe: bool,
+    /// A publisher's keyframe requests from upstream.
+    upstream: UpstreamKeyframes,
+    /// A publisher's bytes this second.
+    ingest: IngestBudget,
+}
+
+/// When a publisher was last asked for a keyframe, and whether viewers wait for one.
+#[derive(Debug, Default, Clone, Copy)]
+struct UpstreamKeyframes {
+    pending: bool,
+    last: Option<Instant>,
+}
+
+impl UpstreamKeyframes {
+    fn due(&self, now: Instant) -> bool {
+        self.pending
+            && self.last.is_none_or(|last| now.saturating_duration_since(last) >= UPSTREAM_KEYFRAME_INTERVAL)
+    }
+}
+
+/// What a publisher sent in the current one-second window.
+#[derive(Debug, Default, Clone, Copy)]
+struct IngestBudget {
+    window_start: Option<Instant>,
+    bytes: u64,
+}
+
+impl IngestBudget {
+    /// Counts a frame of `len` bytes that arrived at `at`; `false` when it is over budget.
+    fn take(&mut self, at: Instant, len: usize) -> bool {
+        let window = Duration::from_secs(1);
+        if self.window_start.is_none_or(|start| at.saturating_duration_since(start) >= window) {
+            self.window_start = Some(at);
+            self.bytes = 0;
+        }
+        self.bytes += len as u64;
+        self.bytes * 8 <= INGEST_BUDGET_BPS
+    }
 }
 
 impl Peer {
@@ -320,6 +492,38 @@ impl Peer {
         let _ = self.setup.commands.send(command);
     }
 
+    /// The peer needs a keyframe: from its session's encoder, or a broadcast's publisher.
+    fn ask_keyframe(&mut self) {
+        if self.setup.broadcast {
+            self.wants_keyframe = true;
+        } else {
+            self.tell_session(SessionCommand::KeyframeRequest);
+        }
+    }
+
+    /// Writes one of a broadcast's frames as it came from the publisher; whether it was.
+    fn forward(&mut self, data: &MediaData, video: bool, keyframe: bool) -> bool {
+        if !self.connected || (video && self.needs_keyframe && !keyframe) {
+            return false;
+        }
+        let Some((mid, chosen)) = (if video { self.video } else { self.audio }) else { return false };
+        let Some(writer) = self.setup.rtc.writer(mid) else { return false };
+        // The viewer's payload type for the publisher's codec and profile, else its own pick.
+        let pt = writer.match_params(data.params).unwrap_or(chosen);
+        match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            Ok(()) => {
+                if keyframe {
+                    self.needs_keyframe = false;
+                }
+                true
+            }
+            Err(e) => {
+                debug!(peer = self.setup.id, error = %e, "forwarding failed");
+                false
+            }
+        }
+    }
+
     fn handle_input(&mut self, input: Input) {
         if let Err(e) = self.setup.rtc.handle_input(input) {
             debug!(peer = self.setup.id, error = %e, "peer input failed; disconnecting");
@@ -334,7 +538,7 @@ impl Peer {
                 self.connected = true;
                 self.needs_keyframe = true;
                 counters.peers_connected.fetch_add(1, Ordering::Relaxed);
-                self.tell_session(SessionCommand::KeyframeRequest);
+                self.ask_keyframe();
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.rtc().disconnect(),
             Event::MediaAdded(added) => {
@@ -347,7 +551,7 @@ impl Peer {
                     MediaKind::Audio => self.audio = Some((added.mid, pt)),
                 }
             }
-            Event::KeyframeRequest(_) => self.tell_session(SessionCommand::KeyframeRequest),
+            Event::KeyframeRequest(_) => self.ask_keyframe(),
             Event::MediaEgressStats(egress) if self.video.is_some_and(|(mid, _)| mid == egress.mid) => {
                 // Cumulative per peer: the session gets what is new since the last report.
                 let stats = &self.setup.stats;

@@ -157,6 +157,12 @@ pub struct HostCounters {
     pub peers_connected: AtomicU64,
     /// Sessions whose game stopped ticking (hung) and were given up.
     pub sessions_stalled: AtomicU64,
+    /// Creators' frames (video and audio) forwarded to broadcasts' viewers.
+    pub ingest_frames: AtomicU64,
+    /// Creators' frames dropped for going over the ingest bitrate budget.
+    pub ingest_dropped: AtomicU64,
+    /// Keyframe requests sent upstream to creators (after the rate limit).
+    pub ingest_keyframe_requests: AtomicU64,
 }
 
 /// `at` as microseconds on a monotonic clock shared by the whole process (never 0).

@@ -274,6 +274,8 @@ impl SessionCore {
                 let _ = reply.send(self.game.save_state());
             }
             SessionCommand::Stop => self.end(None),
+            // Games have no publisher.
+            SessionCommand::PublisherLeft => {}
         }
     }
 

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
-use cloudplay_proto::{Ticket, TicketRole};
+use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use rand::Rng;
 use str0m::change::SdpOffer;
 use str0m::rtp::Extension;
@@ -42,6 +42,9 @@ pub fn router(host: Host) -> Router {
     Router::new()
         .route("/whep/{session}", post(offer).patch(trickle_not_supported).options(preflight))
         .route("/whep/{session}/{peer}", delete(leave).patch(trickle_not_supported).options(preflight))
+        // A creator's WHIP offer, relayed by the control plane with a publisher ticket.
+        .route("/ingest/{broadcast}", post(publish).options(preflight))
+        .route("/ingest/{broadcast}/{peer}", delete(leave).patch(trickle_not_supported).options(preflight))
         // Clients time a few requests here to measure their round trip to this host's region.
         .route(
             "/echo",
@@ -81,26 +84,12 @@ async fn offer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = connection
-        && let Err(retry_after) = host.throttle_offer(peer.ip())
-    {
-        host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut response = error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many offers from this address; retry in {retry_after} s"),
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        return response;
+    if let Some(refused) = throttled(&host, connection) {
+        return refused;
     }
     let response = match body {
         Ok(body) => accept_offer(&host, &session_id, &headers, &body),
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("an offer is at most {MAX_OFFER_BYTES} bytes"),
-        ),
-        Err(rejection) => error_response(StatusCode::BAD_REQUEST, "bad_offer", rejection.to_string()),
+        Err(rejection) => body_refused(rejection),
     };
     if response.status() != StatusCode::CREATED {
         host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -108,127 +97,185 @@ async fn offer(
     response
 }
 
-fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let unauthorized = |message: &str| error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+/// What every offer, WHEP or WHIP, must carry: a ticket that verifies, and an SDP body.
+fn read_offer(host: &Host, headers: &HeaderMap, body: &[u8]) -> Result<(Ticket, SdpOffer, String), Response> {
     let Some(ticket) = bearer(headers) else {
-        return unauthorized("an Authorization: Bearer <ticket> header is required");
+        return Err(unauthorized("an Authorization: Bearer <ticket> header is required"));
     };
     // Check the ticket before looking at anything else, without consuming it yet.
     if let Err(e) = ticket.verify(&host.ticket_key(), unix_ms()) {
-        return unauthorized(&e.to_string());
+        return Err(unauthorized(&e.to_string()));
     }
     let is_sdp = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/sdp"));
     if !is_sdp {
-        return error_response(
+        return Err(error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "the offer must be application/sdp",
-        );
+        ));
     }
-    let offer = match std::str::from_utf8(body).ok().map(SdpOffer::from_sdp_string) {
-        Some(Ok(offer)) => offer,
-        Some(Err(e)) => {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(error_response(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"));
+    };
+    match SdpOffer::from_sdp_string(text) {
+        Ok(offer) => Ok((ticket, offer, text.to_string())),
+        Err(e) => {
             // The parser's own message can carry internal details (addresses): log it only.
             debug!(error = %e, "malformed SDP offer");
-            return error_response(StatusCode::BAD_REQUEST, "bad_offer", "malformed SDP offer");
+            Err(error_response(StatusCode::BAD_REQUEST, "bad_offer", "malformed SDP offer"))
         }
-        None => return error_response(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"),
-    };
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    error_response(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+fn registry_unavailable() -> Response {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ticket registry unavailable")
+}
+
+/// The ticket's claims if it admits to `session_id` here; checked, not yet used up.
+fn check_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<TicketClaims, Response> {
+    match host.inner.verifier.lock().map(|v| v.check(ticket, session_id, unix_ms())) {
+        Ok(Ok(claims)) => Ok(claims),
+        Ok(Err(e)) => Err(unauthorized(&e.to_string())),
+        Err(_) => Err(registry_unavailable()),
+    }
+}
+
+/// Uses the ticket up: it admits once.
+fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Response> {
+    match host.inner.verifier.lock().map(|mut v| v.admit(ticket, session_id, unix_ms())) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unauthorized(&e.to_string())),
+        Err(_) => Err(registry_unavailable()),
+    }
+}
+
+/// A peer's connection, ICE lite on the host's one media port, H.264 and Opus only.
+fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Response> {
+    let mut builder = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_stats_interval(Some(STATS_INTERVAL));
+    if !receive_only {
+        builder = builder
+            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
+            .set_extension(12, Extension::PlayoutDelay);
+    }
+    let mut rtc = builder.build(Instant::now());
+    if !receive_only {
+        rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
+    }
+    let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
+        error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
+    })?;
+    rtc.add_local_candidate(candidate);
+    Ok(rtc)
+}
+
+/// Hands the peer to the driver and answers `201` with the SDP and its resource's URL.
+fn admit(
+    host: &Host,
+    peer: NewPeer,
+    answer: String,
+    route: &str,
+    tenant: &str,
+) -> Result<Response, Response> {
+    let (session, peer_id) = (peer.session.clone(), peer.id);
+    if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the host is overloaded; retry shortly",
+        ));
+    }
+    if !tenant.is_empty()
+        && let Some(handle) = host.session(&session)
+    {
+        let _ = handle.tenant.set(tenant.to_string());
+    }
+    let location = format!("/{route}/{session}/{}", host.peer_resource(&session, peer_id));
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    accept_viewer_or_player(host, session_id, headers, body).unwrap_or_else(|refused| refused)
+}
+
+fn accept_viewer_or_player(
+    host: &Host,
+    session_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
+    let (ticket, offer, _) = read_offer(host, headers, body)?;
     let Some(session) = host.session(session_id) else {
-        return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
+        return Err(error_response(StatusCode::NOT_FOUND, "not_found", "no such session"));
     };
     // Checked now, used up only once the offer is accepted: a refused offer keeps its ticket.
-    let claims = match host.inner.verifier.lock().map(|v| v.check(&ticket, session_id, unix_ms())) {
-        Ok(Ok(claims)) => claims,
-        Ok(Err(e)) => return unauthorized(&e.to_string()),
-        Err(_) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "ticket registry unavailable",
-            );
-        }
+    let claims = check_ticket(host, &ticket, session_id)?;
+    let role_fits = match claims.role {
+        TicketRole::Player => !session.broadcast,
+        TicketRole::Viewer => true,
+        TicketRole::Publisher => false,
     };
+    if !role_fits {
+        let message = "this ticket does not admit to this stream by WHEP";
+        return Err(error_response(StatusCode::FORBIDDEN, "wrong_role", message));
+    }
 
     let limits = host.inner.config.limits;
     if host.peer_count() >= limits.peers {
-        return error_response(
+        return Err(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "host_full",
             "this host serves as many peers as it can",
-        );
+        ));
     }
     let peer_id: u64 = rand::thread_rng().r#gen();
     let slot = match claims.role {
         TicketRole::Player => match session.seats.take_player_seat(peer_id) {
             Some(slot) => slot,
             None => {
-                return error_response(StatusCode::CONFLICT, "session_full", "all player seats are taken");
+                return Err(error_response(
+                    StatusCode::CONFLICT,
+                    "session_full",
+                    "all player seats are taken",
+                ));
             }
         },
-        TicketRole::Viewer => {
+        _ => {
             if !session.seats.add_viewer(limits.viewers_per_session) {
                 let message = format!("this session has its {} viewers", limits.viewers_per_session);
-                return error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message);
+                return Err(error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message));
             }
             0
         }
     };
     let release = || session.seats.release(peer_id, claims.role == TicketRole::Player);
-
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(true)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_opus(true, false)
-        .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
-        .set_extension(12, Extension::PlayoutDelay)
-        .set_stats_interval(Some(STATS_INTERVAL))
-        .build(Instant::now());
-    let max_bps = session.options.max_bitrate_kbps as u64 * 1000;
-    rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
-    let candidate = match Candidate::host(host.media_addr(), "udp") {
-        Ok(candidate) => candidate,
-        Err(e) => {
-            release();
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("bad media address: {e}"),
-            );
-        }
-    };
-    rtc.add_local_candidate(candidate);
-    let answer = match rtc.sdp_api().accept_offer(offer) {
-        Ok(answer) => answer,
-        Err(e) => {
-            release();
-            debug!(error = %e, "offer refused");
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_offer",
-                "offer refused: no usable H.264 video",
-            );
-        }
-    };
-    match host.inner.verifier.lock().map(|mut v| v.admit(&ticket, session_id, unix_ms())) {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            release();
-            return unauthorized(&e.to_string());
-        }
-        Err(_) => {
-            release();
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "ticket registry unavailable",
-            );
-        }
-    }
+    let answered =
+        new_rtc(host, false, session.options.max_bitrate_kbps as u64 * 1000).and_then(|mut rtc| {
+            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+                debug!(error = %e, "offer refused");
+                error_response(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+            })?;
+            use_ticket(host, &ticket, session_id)?;
+            Ok((rtc, answer))
+        });
+    let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,
         session: session.id.clone(),
@@ -238,27 +285,135 @@ fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8])
         commands: session.commands.clone(),
         seats: session.seats.clone(),
         stats: session.stats.clone(),
+        broadcast: session.broadcast,
     };
-    if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
-        release();
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the host is overloaded; retry shortly",
-        );
-    }
-    if !claims.ten.is_empty() {
-        let _ = session.tenant.set(claims.ten.clone());
-    }
+    let response =
+        admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
     info!(session = %session.id, peer = peer_id, role = ?claims.role, slot, "peer admitted");
-    let location = format!("/whep/{}/{}", session.id, host.peer_resource(&session.id, peer_id));
-    let mut response = (StatusCode::CREATED, answer.to_sdp_string()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// Whether an SDP offer carries H.264 video at all (what a broadcast forwards).
+fn offers_h264(sdp: &str) -> bool {
+    sdp.lines().any(|line| {
+        line.strip_prefix("a=rtpmap:")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .is_some_and(|codec| codec.to_ascii_lowercase().starts_with("h264/"))
+    })
+}
+
+/// A publisher's WHIP offer, forwarded by the control plane with a publisher ticket:
+/// opens broadcast `broadcast_id` and answers.
+fn accept_publisher(
+    host: &Host,
+    broadcast_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Response> {
+    let (ticket, offer, sdp) = read_offer(host, headers, body)?;
+    let claims = check_ticket(host, &ticket, broadcast_id)?;
+    if claims.role != TicketRole::Publisher {
+        return Err(error_response(StatusCode::FORBIDDEN, "wrong_role", "this ticket does not publish"));
+    }
+    if !offers_h264(&sdp) {
+        let message = "the offer carries no H.264 video (publish H.264 and Opus)";
+        return Err(error_response(StatusCode::NOT_ACCEPTABLE, "no_h264", message));
+    }
+    if host.peer_count() >= host.inner.config.limits.peers {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "host_full",
+            "this host serves as many peers as it can",
+        ));
+    }
+    let session = match host.open_broadcast(broadcast_id) {
+        Ok(session) => session,
+        Err(crate::HostError::Duplicate(_)) => {
+            return Err(error_response(
+                StatusCode::CONFLICT,
+                "already_live",
+                "this broadcast has its publisher",
+            ));
+        }
+        Err(e) => return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())),
+    };
+    let answered = new_rtc(host, true, 0).and_then(|mut rtc| {
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            debug!(error = %e, "publisher's offer refused");
+            error_response(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+        })?;
+        use_ticket(host, &ticket, broadcast_id)?;
+        Ok((rtc, answer))
+    });
+    let end = || host.stop_session(broadcast_id);
+    let (rtc, answer) = answered.inspect_err(|_| {
+        end();
+    })?;
+    let peer_id: u64 = rand::thread_rng().r#gen();
+    let peer = NewPeer {
+        id: peer_id,
+        session: session.id.clone(),
+        role: TicketRole::Publisher,
+        slot: 0,
+        rtc,
+        commands: session.commands.clone(),
+        seats: session.seats.clone(),
+        stats: session.stats.clone(),
+        broadcast: true,
+    };
+    let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
+        end();
+    })?;
+    info!(broadcast = %session.id, peer = peer_id, "publisher admitted");
+    Ok(response)
+}
+
+async fn publish(
+    State(host): State<Host>,
+    Path(broadcast_id): Path<String>,
+    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(refused) = throttled(&host, connection) {
+        return refused;
+    }
+    let response = match body {
+        Ok(body) => accept_publisher(&host, &broadcast_id, &headers, &body).unwrap_or_else(|refused| refused),
+        Err(rejection) => body_refused(rejection),
+    };
+    if response.status() != StatusCode::CREATED {
+        host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     response
+}
+
+/// `429` when the caller's address offers too often.
+fn throttled(
+    host: &Host,
+    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Option<Response> {
+    let axum::Extension(axum::extract::ConnectInfo(peer)) = connection?;
+    let retry_after = host.throttle_offer(peer.ip()).err()?;
+    host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many offers from this address; retry in {retry_after} s"),
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    Some(response)
+}
+
+fn body_refused(rejection: BytesRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("an offer is at most {MAX_OFFER_BYTES} bytes"),
+        );
+    }
+    error_response(StatusCode::BAD_REQUEST, "bad_offer", rejection.to_string())
 }
 
 async fn leave(State(host): State<Host>, Path((session_id, peer)): Path<(String, String)>) -> Response {

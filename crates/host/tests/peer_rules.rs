@@ -88,6 +88,7 @@ fn net(role: TicketRole) -> Net {
             commands,
             seats: seats.clone(),
             stats: Default::default(),
+            broadcast: false,
         },
     );
     Net {

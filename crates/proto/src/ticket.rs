@@ -28,6 +28,8 @@ pub enum TicketRole {
     Player,
     /// Receives the stream only.
     Viewer,
+    /// Sends a creator's stream into a broadcast (WHIP), receives nothing.
+    Publisher,
 }
 
 /// The signed content of a ticket.
