@@ -17,7 +17,7 @@ use cloudplay_control::identity::{Fingerprint, Identity, PeerFingerprint};
 use cloudplay_control::store::Store;
 use cloudplay_control::{
     ApiError, ClientIp, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable,
-    SessionHost, StartError,
+    PublishOffer, PublishResult, SessionHost, StartError,
 };
 use cloudplay_host::saves::{CommitError, SaveSink};
 use cloudplay_host::{Host, HostConfig, HostError};
@@ -100,6 +100,10 @@ impl SessionHost for LocalHost {
                 frames_encoded: info.frames_encoded,
             }))
         })
+    }
+
+    fn publish<'a>(&'a self, broadcast_id: &'a str, offer: PublishOffer) -> HostFuture<'a, PublishResult> {
+        Box::pin(cloudplay_host::whep::publish_offer(&self.0, broadcast_id, offer))
     }
 }
 

@@ -14,7 +14,8 @@ use cloudplay_proto::fleet::PeerMessage;
 use cloudplay_proto::{InputMessage, ProbeData, ProbeStrip};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -372,4 +373,189 @@ fn whep_path(url: &str) -> String {
         Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
         None => url.to_string(),
     }
+}
+
+/// A native WHIP publisher: what a creator's OBS or browser does, in a few lines. It
+/// offers H.264 and Opus (send only), encodes a flat grey picture whose brightness the
+/// caller picks per frame (so a viewer can tell which frame it sees), and answers the
+/// host's keyframe requests. Used by the tests and benchmarks of broadcasts.
+pub struct Publisher {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    video: Mid,
+    audio: Mid,
+    encoder: cloudplay_media::OpenH264Encoder,
+    audio_encoder: cloudplay_media::AudioEncoder,
+    picture: cloudplay_media::I420Frame,
+    rgba: Vec<u8>,
+    width: u32,
+    encoded: Vec<u8>,
+    buffer: Vec<u8>,
+    started: Instant,
+    audio_sent: u64,
+    force_keyframe: bool,
+    /// Keyframe requests (PLI/FIR) that reached the publisher.
+    pub keyframe_requests: u64,
+    /// The broadcast's resource at the host (`DELETE` ends it).
+    pub location: String,
+}
+
+/// A publisher's offer before its answer: the connection, its socket, its media and the
+/// SDP to send.
+pub struct PublisherOffer {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    video: Option<Mid>,
+    audio: Mid,
+    pending: SdpPendingOffer,
+    pub sdp: String,
+}
+
+/// A publisher's SDP offer: video (when `video`) and audio, send only.
+pub fn publisher_offer(video: bool) -> anyhow::Result<PublisherOffer> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let local = socket.local_addr()?;
+    let mut rtc =
+        Rtc::builder().clear_codecs().enable_h264(video).enable_opus(true, false).build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut change = rtc.sdp_api();
+    let video = video.then(|| change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+    let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("nothing to offer"))?;
+    Ok(PublisherOffer { rtc, socket, local, video, audio, pending, sdp: offer.to_sdp_string() })
+}
+
+impl Publisher {
+    /// Goes live on `channel` with its stream key (`POST /whip/{channel}`), sending
+    /// `width`×`height` pictures.
+    pub fn connect(
+        http: SocketAddr,
+        channel: &str,
+        key: &str,
+        width: u32,
+        height: u32,
+    ) -> anyhow::Result<Publisher> {
+        let PublisherOffer { mut rtc, socket, local, video, audio, pending, sdp: offer } =
+            publisher_offer(true)?;
+        let video = video.context("no video")?;
+        let auth = format!("Bearer {key}");
+        let headers = [("Content-Type", "application/sdp"), ("Authorization", auth.as_str())];
+        let (status, response_headers, body) =
+            http_request(http, "POST", &format!("/whip/{channel}"), &headers, offer.as_bytes())?;
+        if status != 201 {
+            bail!("WHIP answered {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let location = response_headers
+            .iter()
+            .find(|(name, _)| name == "location")
+            .map(|(_, value)| value.clone())
+            .context("no Location in the WHIP answer")?;
+        let answer = SdpAnswer::from_sdp_string(std::str::from_utf8(&body)?)?;
+        rtc.sdp_api().accept_answer(pending, answer)?;
+        let config = cloudplay_media::VideoEncoderConfig { width, height, fps: 30, bitrate_bps: 1_500_000 };
+        Ok(Publisher {
+            rtc,
+            socket,
+            local,
+            video,
+            audio,
+            encoder: cloudplay_media::OpenH264Encoder::new(config)?,
+            audio_encoder: cloudplay_media::AudioEncoder::new(64_000)?,
+            picture: cloudplay_media::I420Frame::new(width, height),
+            rgba: vec![255; (width * height * 4) as usize],
+            width,
+            encoded: Vec::new(),
+            buffer: vec![0; 2048],
+            started: Instant::now(),
+            audio_sent: 0,
+            force_keyframe: true,
+            keyframe_requests: 0,
+            location,
+        })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.rtc.is_connected()
+    }
+
+    /// Encodes and sends one picture of grey level `luma`, and the audio due by now.
+    pub fn send_frame(&mut self, luma: u8) -> anyhow::Result<()> {
+        for pixel in self.rgba.chunks_exact_mut(4) {
+            pixel[..3].fill(luma);
+        }
+        self.picture.convert_from_rgba(&self.rgba, self.width as usize * 4)?;
+        use cloudplay_media::VideoEncoder as _;
+        let keyframe = std::mem::take(&mut self.force_keyframe);
+        let frame = self.encoder.encode(&self.picture, keyframe, &mut self.encoded)?;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.started);
+        if frame.len > 0 {
+            let time = MediaTime::new((elapsed.as_micros() * 9 / 100) as u64, Frequency::NINETY_KHZ);
+            let pt = payload_type(&mut self.rtc, self.video, Codec::H264)?;
+            let writer = self.rtc.writer(self.video).ok_or_else(|| anyhow!("no video"))?;
+            writer.write(pt, now, time, self.encoded[..frame.len].to_vec())?;
+        }
+        // 10 ms Opus packets of silence, as many as the time elapsed asks for.
+        let due = elapsed.as_millis() as u64 / 10;
+        let silence = [0f32; cloudplay_media::OPUS_FRAME_SAMPLES * 2];
+        while self.audio_sent < due {
+            let packet = self.audio_encoder.encode(&silence)?.to_vec();
+            let time = MediaTime::new(self.audio_sent * 480, Frequency::FORTY_EIGHT_KHZ);
+            let pt = payload_type(&mut self.rtc, self.audio, Codec::Opus)?;
+            let writer = self.rtc.writer(self.audio).ok_or_else(|| anyhow!("no audio"))?;
+            writer.write(pt, now, time, packet)?;
+            self.audio_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs the connection for up to `budget`.
+    pub fn poll(&mut self, budget: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + budget;
+        loop {
+            let timeout = loop {
+                match self.rtc.poll_output()? {
+                    Output::Timeout(at) => break at,
+                    Output::Transmit(t) => {
+                        let _ = self.socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(Event::KeyframeRequest(_)) => {
+                        self.keyframe_requests += 1;
+                        self.force_keyframe = true;
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            if !self.rtc.is_alive() {
+                bail!("connection closed");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let wait = timeout.min(deadline).saturating_duration_since(now).max(Duration::from_millis(1));
+            self.socket.set_read_timeout(Some(wait))?;
+            match self.socket.recv_from(&mut self.buffer) {
+                Ok((len, source)) => {
+                    if let Ok(contents) = self.buffer[..len].try_into() {
+                        let receive =
+                            Receive { proto: Protocol::Udp, source, destination: self.local, contents };
+                        self.rtc.handle_input(Input::Receive(Instant::now(), receive))?;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    self.rtc.handle_input(Input::Timeout(Instant::now()))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn payload_type(rtc: &mut Rtc, mid: Mid, codec: Codec) -> anyhow::Result<str0m::media::Pt> {
+    let writer = rtc.writer(mid).ok_or_else(|| anyhow!("no such media"))?;
+    let found = writer.payload_params().find(|p| p.spec().codec == codec).map(|p| p.pt());
+    found.ok_or_else(|| anyhow!("{codec:?} was not negotiated"))
 }

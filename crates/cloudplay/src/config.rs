@@ -97,6 +97,8 @@ pub struct Config {
     pub viewers_per_session: u32,
     /// Players and viewers of all sessions of this host together.
     pub max_peers: u32,
+    /// Creators' broadcasts (WHIP) this host carries at once.
+    pub max_broadcasts: u32,
     /// WHEP offers one address may make per minute (IPv6: one /64).
     pub offers_per_minute: u32,
     /// Session requests one address may make per minute without an API key.
@@ -152,6 +154,7 @@ impl Default for Config {
             sessions_per_player: 2,
             viewers_per_session: 50,
             max_peers: 256,
+            max_broadcasts: 16,
             offers_per_minute: 20,
             session_requests_per_minute: 10,
             signups_per_minute: 5,
@@ -184,6 +187,7 @@ impl Config {
             viewers_per_session: self.viewers_per_session,
             peers: self.max_peers,
             offers_per_address: Rate::new(self.offers_per_minute, self.offers_per_minute),
+            broadcasts: self.max_broadcasts,
         }
     }
 
@@ -288,6 +292,7 @@ impl Config {
                 "SESSIONS_PER_PLAYER" => self.sessions_per_player = value.parse().map_err(|e| bad(&e))?,
                 "VIEWERS_PER_SESSION" => self.viewers_per_session = value.parse().map_err(|e| bad(&e))?,
                 "MAX_PEERS" => self.max_peers = value.parse().map_err(|e| bad(&e))?,
+                "MAX_BROADCASTS" => self.max_broadcasts = value.parse().map_err(|e| bad(&e))?,
                 "OFFERS_PER_MINUTE" => self.offers_per_minute = value.parse().map_err(|e| bad(&e))?,
                 "SESSION_REQUESTS_PER_MINUTE" => {
                     self.session_requests_per_minute = value.parse().map_err(|e| bad(&e))?

@@ -68,6 +68,7 @@ pub fn router(control: ControlPlane) -> Router {
         .merge(crate::accounts::routes())
         .merge(crate::admin::routes())
         .merge(crate::lobbies::routes())
+        .merge(crate::channels::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(crate::saves::routes())
         .with_state(control)
@@ -810,7 +811,8 @@ async fn live_now(State(control): State<ControlPlane>, Caller(who): Caller) -> R
             "since_ms": session.created_at_ms,
         }));
     }
-    Ok(Json(json!({ "sessions": live })).into_response())
+    let channels = crate::channels::live_channels(&control, &who.tenant).await?;
+    Ok(Json(json!({ "sessions": live, "channels": channels })).into_response())
 }
 
 /// Regions with capacity and where to time a round trip to each (`GET {echo_url}`).

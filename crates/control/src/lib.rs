@@ -10,6 +10,7 @@ mod accounts;
 mod admin;
 mod api;
 mod auth;
+mod channels;
 mod fleet;
 pub mod http;
 pub mod identity;
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cloudplay_proto::api::SessionOptions;
+pub use cloudplay_proto::fleet::{PublishAnswer, PublishOffer};
 use cloudplay_proto::ratelimit::{Rate, RateLimiter};
 use cloudplay_proto::runtime::GameLaunch;
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
@@ -89,7 +91,13 @@ pub trait SessionHost: Send + Sync {
         &'a self,
         session_id: &'a str,
     ) -> HostFuture<'a, Result<Option<HostSessionView>, HostUnreachable>>;
+    /// Relays a creator's WHIP offer, with the publisher ticket signed for it, to the host:
+    /// its answer, or its refusal (status and the API's JSON error).
+    fn publish<'a>(&'a self, broadcast_id: &'a str, offer: PublishOffer) -> HostFuture<'a, PublishResult>;
 }
+
+/// A host's answer to a relayed WHIP offer.
+pub type PublishResult = Result<PublishAnswer, (u16, cloudplay_proto::api::ApiErrorBody)>;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -172,6 +180,15 @@ struct Inner {
     signing_key: SigningKey,
     store: Store,
     hosts: RwLock<HashMap<String, Arc<dyn SessionHost>>>,
+}
+
+/// What a ticket admits to: a stream (a session or a broadcast) on a host.
+#[derive(Debug, Clone, Copy)]
+struct TicketStream<'a> {
+    host_id: &'a str,
+    id: &'a str,
+    game: &'a str,
+    tenant: &'a str,
 }
 
 /// The control plane. Cheap to clone.
@@ -288,6 +305,14 @@ impl ControlPlane {
         self.inner.hosts.read().ok()?.get(id).cloned()
     }
 
+    /// Where a new broadcast goes: this process's own host if it has one, else any
+    /// attached host (a broadcast costs forwarding, not a game slot).
+    fn broadcast_host(&self) -> Option<Arc<dyn SessionHost>> {
+        let hosts = self.inner.hosts.read().ok()?;
+        let local = hosts.values().find(|h| h.endpoint().is_none());
+        local.or_else(|| hosts.values().min_by_key(|h| h.host_id())).cloned()
+    }
+
     /// Renews the leases of attached hosts and reconciles sessions with them: a session
     /// its host no longer runs (idle, stopped, crashed) ends and frees its slot. Call
     /// periodically, well within the lease.
@@ -349,19 +374,31 @@ impl ControlPlane {
         role: TicketRole,
     ) -> Result<(Ticket, u64), String> {
         let host_id = session.host_id.as_deref().ok_or("the session is not placed")?;
+        let stream =
+            TicketStream { host_id, id: &session.id, game: &session.game_id, tenant: &session.tenant_id };
+        self.sign_ticket(stream, role, session.user_id.clone())
+    }
+
+    /// Signs a ticket that admits `role` to `stream`, for the user `sub` if any.
+    fn sign_ticket(
+        &self,
+        stream: TicketStream<'_>,
+        role: TicketRole,
+        sub: Option<String>,
+    ) -> Result<(Ticket, u64), String> {
         let now = unix_ms();
         let expires_at =
             now + self.inner.config.ticket_ttl_ms.min(cloudplay_proto::ticket::MAX_TICKET_LIFETIME_MS);
         let claims = TicketClaims {
-            aud: host_id.into(),
-            sid: session.id.clone(),
-            game: session.game_id.clone(),
+            aud: stream.host_id.into(),
+            sid: stream.id.into(),
+            game: stream.game.into(),
             role,
             jti: random_id(),
             nbf_ms: now,
             exp_ms: expires_at,
-            ten: session.tenant_id.clone(),
-            sub: session.user_id.clone(),
+            ten: stream.tenant.into(),
+            sub,
         };
         let ticket = Ticket::sign(&claims, &self.inner.signing_key).map_err(|e| e.to_string())?;
         Ok((ticket, expires_at))

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use base64::Engine;
 use cloudplay_proto::api::SessionOptions;
-use cloudplay_proto::fleet::{SavedState, SessionView, StartSession};
+use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
+use cloudplay_proto::fleet::{PublishAnswer, PublishOffer, SavedState, SessionView, StartSession};
 use cloudplay_proto::runtime::GameLaunch;
 use rand::Rng;
 use rustls::ClientConfig;
 
 use crate::http::{self, Limits, Target};
-use crate::{HostFuture, HostSessionView, HostUnreachable, SessionHost, StartError};
+use crate::{HostFuture, HostSessionView, HostUnreachable, PublishResult, SessionHost, StartError};
 
 pub struct RemoteHost {
     pub id: String,
@@ -138,6 +139,28 @@ impl SessionHost for RemoteHost {
                 viewers: view.viewers,
                 frames_encoded: view.frames_encoded,
             }))
+        })
+    }
+
+    fn publish<'a>(&'a self, broadcast_id: &'a str, offer: PublishOffer) -> HostFuture<'a, PublishResult> {
+        Box::pin(async move {
+            let unreachable = |message: String| {
+                let error = ApiErrorDetail { code: "host_unreachable".into(), message };
+                (502, ApiErrorBody { error })
+            };
+            let body = serde_json::to_string(&offer).map_err(|e| unreachable(e.to_string()))?;
+            let path = format!("/internal/v1/broadcasts/{broadcast_id}");
+            let (status, answer) = self.request("POST", &path, Some(body)).await.map_err(unreachable)?;
+            if status == 201 {
+                let mut answer: PublishAnswer =
+                    serde_json::from_slice(&answer).map_err(|e| unreachable(format!("bad answer: {e}")))?;
+                // The publisher ends its broadcast at the host's public listener.
+                answer.location = format!("{}{}", self.public_url.trim_end_matches('/'), answer.location);
+                return Ok(answer);
+            }
+            let error = serde_json::from_slice(&answer)
+                .map_err(|_| unreachable(format!("host answered {status}")))?;
+            Err((status, error))
         })
     }
 }

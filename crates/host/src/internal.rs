@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use cloudplay_proto::fleet::{SavedState, SessionView, StartSession};
+use cloudplay_proto::fleet::{PublishOffer, SavedState, SessionView, StartSession};
 
 use crate::whep::error_response;
 use crate::{Host, HostError};
@@ -24,6 +24,7 @@ pub fn router(host: Host) -> Router {
         .route("/internal/v1/sessions", post(start))
         .route("/internal/v1/sessions/{id}", get(view).delete(stop))
         .route("/internal/v1/sessions/{id}/state", post(save_state))
+        .route("/internal/v1/broadcasts/{id}", post(publish))
         .with_state(Internal { host })
 }
 
@@ -52,6 +53,25 @@ async fn start(State(internal): State<Internal>, body: axum::body::Bytes) -> Res
             error_response(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())
         }
         Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", e.to_string()),
+    }
+}
+
+/// A creator's WHIP offer the control plane relays, with the publisher ticket it signed.
+async fn publish(
+    State(internal): State<Internal>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let offer: PublishOffer = match serde_json::from_slice(&body) {
+        Ok(offer) => offer,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
+    };
+    match crate::whep::publish_offer(&internal.host, &id, offer).await {
+        Ok(answer) => (StatusCode::CREATED, Json(answer)).into_response(),
+        Err((status, error)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(error)).into_response()
+        }
     }
 }
 

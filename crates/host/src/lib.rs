@@ -669,6 +669,21 @@ impl Host {
                 "Peers that completed ICE and DTLS.",
                 &counters.peers_connected,
             ),
+            (
+                "cloudplay_ingest_frames_total",
+                "Creators' frames forwarded to their broadcasts' viewers.",
+                &counters.ingest_frames,
+            ),
+            (
+                "cloudplay_ingest_dropped_total",
+                "Creators' frames dropped for going over the ingest budget.",
+                &counters.ingest_dropped,
+            ),
+            (
+                "cloudplay_ingest_keyframe_requests_total",
+                "Keyframe requests sent upstream to creators.",
+                &counters.ingest_keyframe_requests,
+            ),
         ];
         for (name, help, value) in host_counters {
             let value = value.load(Ordering::Relaxed);
@@ -712,22 +727,23 @@ impl Host {
             );
         }
         // Audiences by tenant: players and viewers connected now.
-        let mut by_tenant: std::collections::BTreeMap<&str, (u32, u32)> = std::collections::BTreeMap::new();
+        let mut by_tenant: std::collections::BTreeMap<&str, [u32; 3]> = std::collections::BTreeMap::new();
         for session in &sessions {
             if let Some(tenant) = session.tenant.get() {
                 let counts = by_tenant.entry(tenant.as_str()).or_default();
-                counts.0 += session.seats.players();
-                counts.1 += session.seats.viewers();
+                counts[0] += session.seats.players();
+                counts[1] += session.seats.viewers();
+                counts[2] += session.broadcast as u32;
             }
         }
         for (name, help, pick) in [
             ("cloudplay_tenant_players", "Players connected, by tenant.", 0),
-            ("cloudplay_tenant_viewers", "Viewers connected, by tenant.", 1),
+            ("cloudplay_tenant_viewers", "Viewers connected (of games and broadcasts), by tenant.", 1),
+            ("cloudplay_tenant_broadcasts", "Creators' broadcasts on the air, by tenant.", 2),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (tenant, counts) in &by_tenant {
-                let value = if pick == 0 { counts.0 } else { counts.1 };
-                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {value}");
+                let _ = writeln!(out, "{name}{{tenant=\"{tenant}\"}} {}", counts[pick]);
             }
         }
         type Read = fn(&SessionStats) -> u64;

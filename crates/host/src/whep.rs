@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
+use cloudplay_proto::fleet::{PublishAnswer, PublishOffer};
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use rand::Rng;
 use str0m::change::SdpOffer;
@@ -99,7 +100,16 @@ async fn offer(
 
 /// What every offer, WHEP or WHIP, must carry: a ticket that verifies, and an SDP body.
 fn read_offer(host: &Host, headers: &HeaderMap, body: &[u8]) -> Result<(Ticket, SdpOffer, String), Response> {
-    let Some(ticket) = bearer(headers) else {
+    read_offer_of(host, bearer(headers), headers, body)
+}
+
+fn read_offer_of(
+    host: &Host,
+    ticket: Option<Ticket>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Ticket, SdpOffer, String), Response> {
+    let Some(ticket) = ticket else {
         return Err(unauthorized("an Authorization: Bearer <ticket> header is required"));
     };
     // Check the ticket before looking at anything else, without consuming it yet.
@@ -302,15 +312,46 @@ fn offers_h264(sdp: &str) -> bool {
     })
 }
 
-/// A publisher's WHIP offer, forwarded by the control plane with a publisher ticket:
-/// opens broadcast `broadcast_id` and answers.
+/// A creator's WHIP offer, relayed by the control plane with a publisher ticket (in
+/// process, or over the fleet API): opens broadcast `broadcast_id` and answers, or says
+/// why not (status and the API's JSON error).
+pub async fn publish_offer(
+    host: &Host,
+    broadcast_id: &str,
+    offer: PublishOffer,
+) -> Result<PublishAnswer, (u16, ApiErrorBody)> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+    let ticket = Some(Ticket(offer.ticket));
+    let answer = accept_publisher(host, broadcast_id, ticket, &headers, offer.sdp.as_bytes());
+    let response = match answer {
+        Ok(response) => response,
+        Err(refused) => refused,
+    };
+    let status = response.status();
+    let location = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = axum::body::to_bytes(response.into_body(), MAX_OFFER_BYTES * 2).await.unwrap_or_default();
+    match (status, location) {
+        (StatusCode::CREATED, Some(location)) => {
+            Ok(PublishAnswer { sdp: String::from_utf8_lossy(&body).into_owned(), location })
+        }
+        _ => {
+            let error = serde_json::from_slice(&body).unwrap_or_else(|_| ApiErrorBody {
+                error: ApiErrorDetail { code: "internal".into(), message: "the host refused".into() },
+            });
+            Err((status.as_u16(), error))
+        }
+    }
+}
+
 fn accept_publisher(
     host: &Host,
     broadcast_id: &str,
+    ticket: Option<Ticket>,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Response> {
-    let (ticket, offer, sdp) = read_offer(host, headers, body)?;
+    let (ticket, offer, sdp) = read_offer_of(host, ticket, headers, body)?;
     let claims = check_ticket(host, &ticket, broadcast_id)?;
     if claims.role != TicketRole::Publisher {
         return Err(error_response(StatusCode::FORBIDDEN, "wrong_role", "this ticket does not publish"));
@@ -379,7 +420,8 @@ async fn publish(
         return refused;
     }
     let response = match body {
-        Ok(body) => accept_publisher(&host, &broadcast_id, &headers, &body).unwrap_or_else(|refused| refused),
+        Ok(body) => accept_publisher(&host, &broadcast_id, bearer(&headers), &headers, &body)
+            .unwrap_or_else(|refused| refused),
         Err(rejection) => body_refused(rejection),
     };
     if response.status() != StatusCode::CREATED {

@@ -78,6 +78,24 @@ pub struct SavedState {
     pub data: String,
 }
 
+/// `POST /internal/v1/broadcasts/{id}`, control plane → host: a creator's WHIP offer,
+/// relayed with the publisher ticket the control plane signed for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishOffer {
+    pub ticket: String,
+    pub sdp: String,
+}
+
+/// The host's answer to a [`PublishOffer`]: the SDP answer, and the path of the
+/// publisher's resource on the host's public listener (`DELETE` ends the broadcast).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishAnswer {
+    pub sdp: String,
+    pub location: String,
+}
+
 /// `GET /internal/v1/sessions/{id}`, host → control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,6 +16,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 use thiserror::Error;
 
+pub use channels::{Channel, MAX_CHANNELS_PER_CREATOR};
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
 pub use saves::{Moment, SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
@@ -25,6 +26,7 @@ use crate::random_id;
 
 mod accounts;
 mod catalogue;
+mod channels;
 mod crossplay;
 mod fleet;
 mod lobbies;
@@ -49,6 +51,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "saves", include_str!("../../migrations/0010_saves.sql")),
     (12, "public sessions", include_str!("../../migrations/0012_public_sessions.sql")),
     (13, "moments", include_str!("../../migrations/0013_moments.sql")),
+    (15, "channels", include_str!("../../migrations/0015_channels.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -74,6 +77,11 @@ const POSTGRES_ONLY: &[(i64, &str, &str)] = &[
         14,
         "moment row-level security",
         include_str!("../../migrations/0014_moments_row_level_security.postgres.sql"),
+    ),
+    (
+        16,
+        "channel row-level security",
+        include_str!("../../migrations/0016_channels_row_level_security.postgres.sql"),
     ),
 ];
 

@@ -1,0 +1,221 @@
+//! Going live end to end over loopback: a creator's channel, a native WHIP publisher
+//! (str0m sending openh264 pictures and Opus), viewers by WHEP who decode what the
+//! creator sends, "Live now", and what is refused: wrong, missing and rotated keys, an
+//! offer without H.264, a second publisher, another tenant, a banned creator.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cloudplay::app::Server;
+use cloudplay::client::{Publisher, StreamClient, http_request, publisher_offer};
+use cloudplay::config::Config;
+use cloudplay_control::store::Tenant;
+use cloudplay_control::unix_ms;
+use cloudplay_proto::api::SessionCreated;
+use serde_json::{Value, json};
+
+struct World {
+    addr: SocketAddr,
+    admin_key: String,
+    creator: String,
+    creator_id: String,
+    player: String,
+    stranger: String,
+}
+
+async fn world() -> World {
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let store = server.control.store().clone();
+    let now = unix_ms();
+    let tenant = Tenant {
+        id: "globex".into(),
+        name: "Globex".into(),
+        brand_color: "#0f0".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 100,
+    };
+    store.create_tenant(&tenant, now).await.unwrap();
+    let admin_key = store.create_api_key("local", &["admin"], now).await.unwrap().1;
+    let cleo = store.create_user("local", "cleo@local.test", "password-1", "Cleo", false, now).await.unwrap();
+    let pat = store.create_user("local", "pat@local.test", "password-1", "Pat", false, now).await.unwrap();
+    let gus = store.create_user("globex", "gus@globex.test", "password-1", "Gus", false, now).await.unwrap();
+    let world = World {
+        addr: server.http_addr,
+        admin_key,
+        creator: store.create_user_token(&cleo, now + 600_000).await.unwrap(),
+        creator_id: cleo.id.clone(),
+        player: store.create_user_token(&pat, now + 600_000).await.unwrap(),
+        stranger: store.create_user_token(&gus, now + 600_000).await.unwrap(),
+    };
+    tokio::spawn(server.run(std::future::pending()));
+    world
+}
+
+fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, _, answer) = http_request(addr, method, path, &headers, body.as_bytes()).unwrap();
+    (status, serde_json::from_slice(&answer).unwrap_or(Value::Null))
+}
+
+/// Status of a WHIP offer of `sdp` to `channel` with `key`.
+fn whip(addr: SocketAddr, channel: &str, key: Option<&str>, sdp: &str) -> (u16, Value) {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Content-Type", "application/sdp")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let (status, _, answer) =
+        http_request(addr, "POST", &format!("/whip/{channel}"), &headers, sdp.as_bytes()).unwrap();
+    (status, serde_json::from_slice(&answer).unwrap_or(Value::Null))
+}
+
+/// Publishes and watches until `viewer` has decoded a frame of grey `luma` (±12).
+fn publish_until_seen(
+    publisher: &mut Publisher,
+    viewer: &mut StreamClient,
+    luma: u8,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        publisher.send_frame(luma).unwrap();
+        publisher.poll(Duration::from_millis(15)).unwrap();
+        for frame in viewer.poll(Duration::from_millis(15)).unwrap() {
+            if frame.watched_luma.is_some_and(|seen| seen.abs_diff(luma) <= 12) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn watch(addr: SocketAddr, channel: &str, token: Option<&str>) -> StreamClient {
+    let (status, ticket) = call(addr, "POST", &format!("/api/v1/channels/{channel}/tickets"), token, None);
+    assert_eq!(status, 201, "{ticket}");
+    let ticket: SessionCreated = serde_json::from_value(ticket).unwrap();
+    let mut viewer = StreamClient::connect(addr, &ticket).unwrap();
+    viewer.watch = Some((100, 80, 120, 80));
+    viewer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creator_goes_live_by_whip_and_viewers_watch_what_they_send() {
+    let w = world().await;
+    let addr = w.addr;
+    tokio::task::spawn_blocking(move || {
+        // Only creators make channels; an admin makes one.
+        let (status, body) =
+            call(addr, "POST", "/api/v1/channels", Some(&w.creator), Some(json!({"title": "Cleo"})));
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_a_creator")));
+        let path = format!("/api/v1/admin/creators/{}", w.creator_id);
+        let (status, _) = call(addr, "PUT", &path, Some(&w.player), Some(json!({"creator": true})));
+        assert_eq!(status, 403, "a player is no admin");
+        let (status, _) = call(addr, "PUT", &path, Some(&w.admin_key), Some(json!({"creator": true})));
+        assert_eq!(status, 200);
+        let (status, channel) =
+            call(addr, "POST", "/api/v1/channels", Some(&w.creator), Some(json!({"title": "Cleo plays"})));
+        assert_eq!(status, 201, "{channel}");
+        let id = channel["channel_id"].as_str().unwrap().to_string();
+        let key = channel["stream_key"].as_str().unwrap().to_string();
+        assert_eq!(channel["live"], false);
+
+        // What a publisher gets wrong is refused, and nothing goes live.
+        let offer = publisher_offer(true).unwrap().sdp;
+        assert_eq!(whip(addr, &id, None, &offer).0, 401, "no key");
+        assert_eq!(whip(addr, &id, Some("cps_0000"), &offer).0, 401, "a wrong key");
+        assert_eq!(
+            whip(addr, "0123456789abcdef0123456789abcdef", Some(&key), &offer).0,
+            401,
+            "another channel"
+        );
+        let audio_only = publisher_offer(false).unwrap().sdp;
+        let (status, body) = whip(addr, &id, Some(&key), &audio_only);
+        assert_eq!((status, body["error"]["code"].as_str()), (406, Some("no_h264")), "{body}");
+        assert_eq!(whip(addr, &id, Some(&key), "v=0 garbage").0, 400, "not SDP");
+        let (_, live) = call(addr, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"], json!([]), "nothing is live after refused offers");
+
+        // Live: viewers (a guest, a player) decode the creator's pictures and hear them.
+        let mut publisher = Publisher::connect(addr, &id, &key, 320, 240).unwrap();
+        let (status, _) = whip(addr, &id, Some(&key), &publisher_offer(true).unwrap().sdp);
+        assert_eq!(status, 409, "one publisher at a time");
+        let (_, live) = call(addr, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"][0]["channel_id"], id.as_str(), "{live}");
+        assert_eq!(live["channels"][0]["creator"], "Cleo");
+        let mut guest = watch(addr, &id, None);
+        let started = Instant::now();
+        assert!(
+            publish_until_seen(&mut publisher, &mut guest, 200, Duration::from_secs(10)),
+            "the guest sees it"
+        );
+        let first_frame = started.elapsed();
+        assert!(
+            publish_until_seen(&mut publisher, &mut guest, 60, Duration::from_secs(5)),
+            "and its changes"
+        );
+        assert!(guest.audio_packets > 0, "and hears it");
+        let mut player = watch(addr, &id, Some(&w.player));
+        assert!(
+            publish_until_seen(&mut publisher, &mut player, 140, Duration::from_secs(10)),
+            "a second viewer"
+        );
+        assert!(publisher.keyframe_requests >= 1, "viewers joining asked the creator for keyframes");
+        let (_, live) = call(addr, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"][0]["viewers"], 2, "{live}");
+        eprintln!("first frame {first_frame:?} after the viewer's offer");
+
+        // Another tenant's player neither sees the channel nor watches it.
+        let (status, _) =
+            call(addr, "POST", &format!("/api/v1/channels/{id}/tickets"), Some(&w.stranger), None);
+        assert_eq!(status, 404);
+        let (_, theirs) = call(addr, "GET", "/api/v1/live", Some(&w.stranger), None);
+        assert_eq!(theirs["channels"], json!([]));
+
+        // Rotating the key ends the broadcast; the old key publishes nothing.
+        let (status, rotated) =
+            call(addr, "POST", &format!("/api/v1/channels/{id}/key"), Some(&w.creator), None);
+        assert_eq!(status, 200);
+        let new_key = rotated["stream_key"].as_str().unwrap().to_string();
+        assert_ne!(new_key, key);
+        assert_eq!(rotated["live"], false);
+        // The old publisher's pictures reach nobody any more (the host dropped both ends).
+        let mut after = Vec::new();
+        for _ in 0..30 {
+            let _ = publisher.send_frame(255);
+            let _ = publisher.poll(Duration::from_millis(15));
+            after.push(guest.poll(Duration::from_millis(15)).map_or(0, |frames| frames.len()));
+        }
+        assert!(after[5..].iter().all(|&n| n == 0), "frames after the broadcast ended: {after:?}");
+        assert_eq!(whip(addr, &id, Some(&key), &publisher_offer(true).unwrap().sdp).0, 401, "the old key");
+
+        // A banned creator goes off the air and cannot go live again.
+        let mut publisher = Publisher::connect(addr, &id, &new_key, 320, 240).unwrap();
+        let mut viewer = watch(addr, &id, None);
+        assert!(publish_until_seen(&mut publisher, &mut viewer, 90, Duration::from_secs(10)));
+        let (status, banned) = call(addr, "PUT", &path, Some(&w.admin_key), Some(json!({"creator": false})));
+        assert_eq!((status, banned["broadcasts_ended"].as_u64()), (200, Some(1)), "{banned}");
+        let (status, _) = whip(addr, &id, Some(&new_key), &publisher_offer(true).unwrap().sdp);
+        assert_eq!(status, 403);
+
+        let (_, _, metrics) = http_request(addr, "GET", "/metrics", &[], b"").unwrap();
+        let metrics = String::from_utf8(metrics).unwrap();
+        let forwarded: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cloudplay_ingest_frames_total ")?.parse().ok())
+            .expect("ingest metric");
+        assert!(forwarded > 10, "{forwarded}");
+    })
+    .await
+    .unwrap();
+}
