@@ -98,8 +98,15 @@ async fn offer(
     response
 }
 
+/// A refused offer's answer, boxed: refusals are the rare path.
+type Refused = Box<Response>;
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Refused {
+    Box::new(error_response(status, code, message))
+}
+
 /// What every offer, WHEP or WHIP, must carry: a ticket that verifies, and an SDP body.
-fn read_offer(host: &Host, headers: &HeaderMap, body: &[u8]) -> Result<(Ticket, SdpOffer, String), Response> {
+fn read_offer(host: &Host, headers: &HeaderMap, body: &[u8]) -> Result<(Ticket, SdpOffer, String), Refused> {
     read_offer_of(host, bearer(headers), headers, body)
 }
 
@@ -108,7 +115,7 @@ fn read_offer_of(
     ticket: Option<Ticket>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(Ticket, SdpOffer, String), Response> {
+) -> Result<(Ticket, SdpOffer, String), Refused> {
     let Some(ticket) = ticket else {
         return Err(unauthorized("an Authorization: Bearer <ticket> header is required"));
     };
@@ -121,35 +128,35 @@ fn read_offer_of(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/sdp"));
     if !is_sdp {
-        return Err(error_response(
+        return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "the offer must be application/sdp",
         ));
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return Err(error_response(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"));
+        return Err(refuse(StatusCode::BAD_REQUEST, "bad_offer", "the offer is not UTF-8"));
     };
     match SdpOffer::from_sdp_string(text) {
         Ok(offer) => Ok((ticket, offer, text.to_string())),
         Err(e) => {
             // The parser's own message can carry internal details (addresses): log it only.
             debug!(error = %e, "malformed SDP offer");
-            Err(error_response(StatusCode::BAD_REQUEST, "bad_offer", "malformed SDP offer"))
+            Err(refuse(StatusCode::BAD_REQUEST, "bad_offer", "malformed SDP offer"))
         }
     }
 }
 
-fn unauthorized(message: &str) -> Response {
-    error_response(StatusCode::UNAUTHORIZED, "unauthorized", message)
+fn unauthorized(message: &str) -> Refused {
+    refuse(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-fn registry_unavailable() -> Response {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ticket registry unavailable")
+fn registry_unavailable() -> Refused {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", "ticket registry unavailable")
 }
 
 /// The ticket's claims if it admits to `session_id` here; checked, not yet used up.
-fn check_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<TicketClaims, Response> {
+fn check_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<TicketClaims, Refused> {
     match host.inner.verifier.lock().map(|v| v.check(ticket, session_id, unix_ms())) {
         Ok(Ok(claims)) => Ok(claims),
         Ok(Err(e)) => Err(unauthorized(&e.to_string())),
@@ -158,7 +165,7 @@ fn check_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<Ticket
 }
 
 /// Uses the ticket up: it admits once.
-fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Response> {
+fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Refused> {
     match host.inner.verifier.lock().map(|mut v| v.admit(ticket, session_id, unix_ms())) {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(unauthorized(&e.to_string())),
@@ -167,7 +174,7 @@ fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Resp
 }
 
 /// A peer's connection, ICE lite on the host's one media port, H.264 and Opus only.
-fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Response> {
+fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Refused> {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
         .clear_codecs()
@@ -184,27 +191,17 @@ fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Respons
         rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
     }
     let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
-        error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
+        refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
     })?;
     rtc.add_local_candidate(candidate);
     Ok(rtc)
 }
 
 /// Hands the peer to the driver and answers `201` with the SDP and its resource's URL.
-fn admit(
-    host: &Host,
-    peer: NewPeer,
-    answer: String,
-    route: &str,
-    tenant: &str,
-) -> Result<Response, Response> {
+fn admit(host: &Host, peer: NewPeer, answer: String, route: &str, tenant: &str) -> Result<Response, Refused> {
     let (session, peer_id) = (peer.session.clone(), peer.id);
     if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
-        return Err(error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the host is overloaded; retry shortly",
-        ));
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", "the host is overloaded; retry shortly"));
     }
     if !tenant.is_empty()
         && let Some(handle) = host.session(&session)
@@ -222,7 +219,7 @@ fn admit(
 }
 
 fn accept_offer(host: &Host, session_id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    accept_viewer_or_player(host, session_id, headers, body).unwrap_or_else(|refused| refused)
+    accept_viewer_or_player(host, session_id, headers, body).unwrap_or_else(|refused| *refused)
 }
 
 fn accept_viewer_or_player(
@@ -230,10 +227,10 @@ fn accept_viewer_or_player(
     session_id: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Response, Response> {
+) -> Result<Response, Refused> {
     let (ticket, offer, _) = read_offer(host, headers, body)?;
     let Some(session) = host.session(session_id) else {
-        return Err(error_response(StatusCode::NOT_FOUND, "not_found", "no such session"));
+        return Err(refuse(StatusCode::NOT_FOUND, "not_found", "no such session"));
     };
     // Checked now, used up only once the offer is accepted: a refused offer keeps its ticket.
     let claims = check_ticket(host, &ticket, session_id)?;
@@ -244,12 +241,12 @@ fn accept_viewer_or_player(
     };
     if !role_fits {
         let message = "this ticket does not admit to this stream by WHEP";
-        return Err(error_response(StatusCode::FORBIDDEN, "wrong_role", message));
+        return Err(refuse(StatusCode::FORBIDDEN, "wrong_role", message));
     }
 
     let limits = host.inner.config.limits;
     if host.peer_count() >= limits.peers {
-        return Err(error_response(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "host_full",
             "this host serves as many peers as it can",
@@ -260,17 +257,13 @@ fn accept_viewer_or_player(
         TicketRole::Player => match session.seats.take_player_seat(peer_id) {
             Some(slot) => slot,
             None => {
-                return Err(error_response(
-                    StatusCode::CONFLICT,
-                    "session_full",
-                    "all player seats are taken",
-                ));
+                return Err(refuse(StatusCode::CONFLICT, "session_full", "all player seats are taken"));
             }
         },
         _ => {
             if !session.seats.add_viewer(limits.viewers_per_session) {
                 let message = format!("this session has its {} viewers", limits.viewers_per_session);
-                return Err(error_response(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message));
+                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, "too_many_viewers", message));
             }
             0
         }
@@ -280,7 +273,7 @@ fn accept_viewer_or_player(
         new_rtc(host, false, session.options.max_bitrate_kbps as u64 * 1000).and_then(|mut rtc| {
             let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
                 debug!(error = %e, "offer refused");
-                error_response(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+                refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
             })?;
             use_ticket(host, &ticket, session_id)?;
             Ok((rtc, answer))
@@ -324,10 +317,7 @@ pub async fn publish_offer(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
     let ticket = Some(Ticket(offer.ticket));
     let answer = accept_publisher(host, broadcast_id, ticket, &headers, offer.sdp.as_bytes());
-    let response = match answer {
-        Ok(response) => response,
-        Err(refused) => refused,
-    };
+    let response = answer.unwrap_or_else(|refused| *refused);
     let status = response.status();
     let location = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = axum::body::to_bytes(response.into_body(), MAX_OFFER_BYTES * 2).await.unwrap_or_default();
@@ -350,18 +340,18 @@ fn accept_publisher(
     ticket: Option<Ticket>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Response, Response> {
+) -> Result<Response, Refused> {
     let (ticket, offer, sdp) = read_offer_of(host, ticket, headers, body)?;
     let claims = check_ticket(host, &ticket, broadcast_id)?;
     if claims.role != TicketRole::Publisher {
-        return Err(error_response(StatusCode::FORBIDDEN, "wrong_role", "this ticket does not publish"));
+        return Err(refuse(StatusCode::FORBIDDEN, "wrong_role", "this ticket does not publish"));
     }
     if !offers_h264(&sdp) {
         let message = "the offer carries no H.264 video (publish H.264 and Opus)";
-        return Err(error_response(StatusCode::NOT_ACCEPTABLE, "no_h264", message));
+        return Err(refuse(StatusCode::NOT_ACCEPTABLE, "no_h264", message));
     }
     if host.peer_count() >= host.inner.config.limits.peers {
-        return Err(error_response(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "host_full",
             "this host serves as many peers as it can",
@@ -370,18 +360,14 @@ fn accept_publisher(
     let session = match host.open_broadcast(broadcast_id) {
         Ok(session) => session,
         Err(crate::HostError::Duplicate(_)) => {
-            return Err(error_response(
-                StatusCode::CONFLICT,
-                "already_live",
-                "this broadcast has its publisher",
-            ));
+            return Err(refuse(StatusCode::CONFLICT, "already_live", "this broadcast has its publisher"));
         }
-        Err(e) => return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())),
+        Err(e) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())),
     };
     let answered = new_rtc(host, true, 0).and_then(|mut rtc| {
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
             debug!(error = %e, "publisher's offer refused");
-            error_response(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
         })?;
         use_ticket(host, &ticket, broadcast_id)?;
         Ok((rtc, answer))
@@ -421,7 +407,7 @@ async fn publish(
     }
     let response = match body {
         Ok(body) => accept_publisher(&host, &broadcast_id, bearer(&headers), &headers, &body)
-            .unwrap_or_else(|refused| refused),
+            .unwrap_or_else(|refused| *refused),
         Err(rejection) => body_refused(rejection),
     };
     if response.status() != StatusCode::CREATED {
