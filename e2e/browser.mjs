@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export async function launch() {
+export async function launch(extraArgs = []) {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   const userDataDir = mkdtempSync(join(tmpdir(), 'cloudplay-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
@@ -16,6 +16,7 @@ export async function launch() {
       '--disable-sync', '--no-first-run', '--disable-quic', '--autoplay-policy=no-user-gesture-required',
       // Keep the renderer's timers honest in the background.
       '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
+      ...extraArgs,
     ],
   });
   // The profile is thrown away with the browser.

@@ -386,9 +386,12 @@ async function api(path, body, method = 'POST') {
 // A lobby's members get their tickets from the lobby (a member of another platform has
 // no other way into the session).
 const lobby = params.get('lobby');
+// A creator's live channel: watched like a session, its pictures come from the creator.
+const channelId = params.get('channel');
 
 function freshTicket(session, player, watchGrant) {
   if (lobby) return api(`/api/v1/lobbies/${encodeURIComponent(lobby)}/tickets`);
+  if (channelId) return api(`/api/v1/channels/${encodeURIComponent(channelId)}/tickets`);
   const role = player ? 'player' : 'viewer';
   return api(`/api/v1/sessions/${encodeURIComponent(session.session_id)}/tickets`, { role, watch_grant: watchGrant });
 }
@@ -577,10 +580,15 @@ async function reconnect(session, player, watchGrant) {
 }
 
 async function main() {
-  const watch = params.get('watch');
+  const watch = params.get('watch') || channelId;
   const resume = params.get('resume');
   let session;
-  if (watch) {
+  if (channelId) {
+    // A creator's picture: nothing to share from here but the page's own link.
+    document.getElementById('btn-moment').hidden = true;
+    document.getElementById('btn-share').hidden = true;
+    session = await freshTicket(null, false);
+  } else if (watch) {
     const grant = params.get('grant') || undefined;
     session = await api(`/api/v1/sessions/${encodeURIComponent(watch)}/tickets`, { role: 'viewer', watch_grant: grant });
   } else if (lobby) {
@@ -614,7 +622,7 @@ async function main() {
   await whep(session, !watch);
   video.requestVideoFrameCallback(onVideoFrame);
   setInterval(() => updateStats(currentPc).catch(() => {}), 1000); // a closed one has none
-  watchConnection(session, !watch, watch ? params.get('grant') || undefined : undefined);
+  watchConnection(session, !watch, watch && !channelId ? params.get('grant') || undefined : undefined);
   video.addEventListener('playing', () => {
     stats.state = 'playing';
     overlayTitle.textContent = watch ? 'Watching' : 'Ready';

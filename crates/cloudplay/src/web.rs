@@ -21,6 +21,8 @@ pub fn router() -> Router {
     Router::new()
         .route("/", asset!("index.html", "text/html; charset=utf-8"))
         .route("/play", asset!("play.html", "text/html; charset=utf-8"))
+        // Creators publish a camera, a screen or a window to their channel by WHIP.
+        .route("/golive", asset!("golive.html", "text/html; charset=utf-8"))
         // A tenant's branded portal: sign-up, log-in, catalogue, resume; administration for admins.
         .route("/t/{tenant}", asset!("portal.html", "text/html; charset=utf-8"))
         .route("/web/player.js", asset!("player.js", "text/javascript; charset=utf-8"))

@@ -164,3 +164,37 @@ async fn players_of_two_platforms_meet_from_their_own_portals() {
     println!("{stdout}\n{stderr}");
     assert!(output.status.success(), "the cross-play browser test failed:\n{stdout}\n{stderr}");
 }
+
+/// Going live from the browser (`e2e/golive.test.mjs`): a creator signs in, makes a
+/// channel, and publishes Chromium's fake camera and microphone from the Go live page by
+/// WHIP; a guest in another browser finds it live and watches it on the player page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creator_goes_live_from_the_go_live_page_and_a_guest_watches() {
+    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
+    if let Some(reason) = missing_prerequisite(&e2e) {
+        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
+        eprintln!("SKIPPED the browser test: {reason}");
+        return;
+    }
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let store = server.control.store().clone();
+    let now = cloudplay_control::unix_ms();
+    let cleo = store.create_user("local", "cleo@local.test", "password-1", "Cleo", false, now).await.unwrap();
+    store.set_creator("local", &cleo.id, false, now).await.unwrap();
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "golive.test.mjs"])
+            .current_dir(&e2e)
+            .env("CLOUDPLAY_URL", &url)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "the go-live browser test failed:\n{stdout}\n{stderr}");
+}
