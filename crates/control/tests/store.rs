@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use cloudplay_control::store::{
-    CatalogueGame, HostRegistration, SaveKind, SavePolicy, SavePrecondition, Store, StoreError, Tenant, Tier,
+    CatalogueGame, HostRegistration, MAX_CHANNELS_PER_CREATOR, SaveKind, SavePolicy, SavePrecondition, Store,
+    StoreError, Tenant, Tier,
 };
 
 const NOW: u64 = 1_800_000_000_000;
@@ -72,7 +73,55 @@ suite!(
     saves_are_versioned_conditional_and_within_quota,
     fleet_leases_and_slots,
     the_last_slot_goes_to_exactly_one_of_a_hundred,
+    channels_belong_to_their_creator_and_carry_one_broadcast,
 );
+
+async fn channels_belong_to_their_creator_and_carry_one_broadcast(store: Store) {
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    let cleo = store.create_user("acme", "cleo@acme.io", "password123", "Cleo", false, NOW).await.unwrap();
+    assert_eq!(store.creator_standing("acme", &cleo.id).await.unwrap(), None);
+    assert!(matches!(store.set_creator("globex", &cleo.id, false, NOW).await, Err(StoreError::NotFound)));
+    store.set_creator("acme", &cleo.id, false, NOW).await.unwrap();
+    assert_eq!(store.creator_standing("acme", &cleo.id).await.unwrap(), Some(true));
+    assert_eq!(store.creator_standing("globex", &cleo.id).await.unwrap(), None, "a standing is its tenant's");
+
+    let channel = store.create_channel("acme", &cleo.id, "c1", "Cleo live", "hash-1", NOW).await.unwrap();
+    assert_eq!((channel.owner_name.as_str(), channel.broadcast_id.as_deref()), ("Cleo", None));
+    for i in 2..=MAX_CHANNELS_PER_CREATOR {
+        store.create_channel("acme", &cleo.id, &format!("c{i}"), "more", "h", NOW).await.unwrap();
+    }
+    let over = store.create_channel("acme", &cleo.id, "c-over", "one too many", "h", NOW).await;
+    assert!(matches!(over, Err(StoreError::TooLarge(_))), "{over:?}");
+    assert!(matches!(store.channel("globex", "c1").await, Err(StoreError::NotFound)), "another tenant's");
+    assert_eq!(store.channel_for_publishing("c1").await.unwrap().1, "hash-1");
+
+    // One broadcast at a time: of two publishers claiming at once, one wins.
+    let (a, b) = tokio::join!(
+        store.claim_channel("acme", "c1", "b-1", "host-a", NOW),
+        store.claim_channel("acme", "c1", "b-2", "host-a", NOW),
+    );
+    assert!(a.unwrap() ^ b.unwrap(), "exactly one claim wins");
+    assert!(!store.claim_channel("globex", "c1", "b-3", "host-a", NOW).await.unwrap(), "not across tenants");
+    let live = store.live_channels("acme", 10).await.unwrap();
+    assert_eq!(live.len(), 1);
+    let on_air = live[0].broadcast_id.clone().unwrap();
+    assert!(store.live_channels("globex", 10).await.unwrap().is_empty());
+    // Releasing another broadcast than the one on the air changes nothing.
+    store.release_channel("acme", "c1", "b-old").await.unwrap();
+    assert_eq!(store.channel("acme", "c1").await.unwrap().broadcast_id.as_deref(), Some(on_air.as_str()));
+    store.release_channel("acme", "c1", &on_air).await.unwrap();
+    assert!(store.live_channels("acme", 10).await.unwrap().is_empty());
+
+    store.set_channel_key("acme", "c1", "hash-2").await.unwrap();
+    assert_eq!(store.channel_for_publishing("c1").await.unwrap().1, "hash-2");
+    assert!(matches!(store.set_channel_key("globex", "c1", "x").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete_channel("globex", "c1").await, Err(StoreError::NotFound)));
+    store.delete_channel("acme", "c1").await.unwrap();
+    assert_eq!(store.channels_of("acme", &cleo.id).await.unwrap().len() as u32, MAX_CHANNELS_PER_CREATOR - 1);
+    store.set_creator("acme", &cleo.id, true, NOW).await.unwrap();
+    assert_eq!(store.creator_standing("acme", &cleo.id).await.unwrap(), Some(false), "banned");
+}
 
 async fn tenants_and_users_are_isolated(store: Store) {
     store.create_tenant(&tenant("acme"), NOW).await.unwrap();
