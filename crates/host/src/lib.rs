@@ -133,6 +133,8 @@ const WATCHDOG_PERIOD: Duration = Duration::from_secs(2);
 pub struct Seats {
     players: Mutex<[Option<PeerId>; MAX_PLAYERS as usize]>,
     viewers: AtomicU32,
+    /// A player opened the free seats: a viewer who asks plays at once.
+    open: std::sync::atomic::AtomicBool,
 }
 
 impl Seats {
@@ -165,6 +167,22 @@ impl Seats {
 
     pub fn players(&self) -> u32 {
         self.players.lock().map_or(0, |p| p.iter().flatten().count() as u32)
+    }
+
+    /// A viewer takes the lowest free player seat (and stops counting as a viewer).
+    pub fn seat_viewer(&self, peer: PeerId) -> Option<u8> {
+        let slot = self.take_player_seat(peer)?;
+        self.release(peer, false);
+        Some(slot)
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Relaxed);
+    }
+
+    /// Whether a viewer who asks for a seat gets it without a player's grant.
+    pub fn open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn viewers(&self) -> u32 {

@@ -22,6 +22,10 @@
 //!   copy comes first.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
+//! - A viewer of a game may ask for a seat ([`PeerRequest::AskSeat`] on its input channel,
+//!   at most every [`SEAT_ASK_INTERVAL`]); the players are asked, and a player's grant
+//!   within [`SEAT_ASK_VALIDITY`] (or seats a player opened) makes the viewer a player on
+//!   the same connection: a free seat, its input from then on. Only players grant.
 //!
 //! A broadcast (a creator live by WHIP) is a session whose pictures come from its
 //! publisher peer instead of an encoder; the set forwards them as they are:
@@ -39,7 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cloudplay_proto::fleet::PeerMessage;
+use cloudplay_proto::fleet::{PeerMessage, PeerRequest};
 use cloudplay_proto::{InputMessage, TicketRole};
 use str0m::bwe::BweKind;
 use str0m::channel::ChannelId;
@@ -70,6 +74,12 @@ const IDLE_WAKEUP: Duration = Duration::from_millis(100);
 pub const UPSTREAM_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// What a publisher may send per second (video and audio); more is dropped.
 pub const INGEST_BUDGET_BPS: u64 = 25_000_000;
+/// The most often a viewer may ask for a seat.
+pub const SEAT_ASK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the players may take to grant a viewer's ask.
+pub const SEAT_ASK_VALIDITY: Duration = Duration::from_secs(60);
+/// Requests (text messages) a peer may have waiting between two rounds.
+const MAX_PENDING_REQUESTS: usize = 4;
 
 /// A peer whose offer was accepted, ready to connect.
 pub struct NewPeer {
@@ -152,6 +162,8 @@ impl PeerSet {
             wants_keyframe: false,
             upstream: UpstreamKeyframes::default(),
             ingest: IngestBudget::default(),
+            requests: Vec::new(),
+            seat_asked: None,
         });
     }
 
@@ -230,7 +242,83 @@ impl PeerSet {
             }
         }
         self.ask_publishers_for_keyframes(now);
+        if self.answer_requests(now) {
+            // Seat messages were written: send them before sleeping.
+            self.earliest = Some(now);
+        }
         self.finish_round(now)
+    }
+
+    /// Peers' requests on their input channels (seats); whether anything was sent.
+    fn answer_requests(&mut self, now: Instant) -> bool {
+        let mut sent = false;
+        for index in 0..self.peers.len() {
+            for request in std::mem::take(&mut self.peers[index].requests) {
+                sent |= self.answer_request(now, index, request);
+            }
+        }
+        sent
+    }
+
+    fn answer_request(&mut self, now: Instant, index: usize, request: PeerRequest) -> bool {
+        let (role, session, id) = {
+            let peer = &self.peers[index];
+            (peer.setup.role, peer.setup.session.clone(), peer.setup.id)
+        };
+        match (request, role) {
+            (PeerRequest::AskSeat, TicketRole::Viewer) if !self.peers[index].setup.broadcast => {
+                let viewer = &mut self.peers[index];
+                if viewer.seat_asked.is_some_and(|at| now.saturating_duration_since(at) < SEAT_ASK_INTERVAL) {
+                    return false;
+                }
+                viewer.seat_asked = Some(now);
+                if viewer.setup.seats.open() {
+                    return self.seat(index);
+                }
+                let ask = PeerMessage::SeatRequest { request: format!("{id:016x}") };
+                let mut sent = false;
+                for player in self.peers.iter_mut().filter(|p| p.setup.session == session) {
+                    if player.setup.role == TicketRole::Player {
+                        sent |= player.tell(&ask);
+                    }
+                }
+                sent
+            }
+            (PeerRequest::GrantSeat { request }, TicketRole::Player) => {
+                let Ok(wanted) = u64::from_str_radix(&request, 16) else { return false };
+                let asking = self.peers.iter().position(|p| {
+                    p.setup.id == wanted
+                        && p.setup.session == session
+                        && p.setup.role == TicketRole::Viewer
+                        && p.seat_asked.is_some_and(|at| now.saturating_duration_since(at) < SEAT_ASK_VALIDITY)
+                });
+                asking.is_some_and(|viewer| self.seat(viewer))
+            }
+            (PeerRequest::OpenSeats { open }, TicketRole::Player) => {
+                info!(%session, open, "seats opened to viewers who ask");
+                self.peers[index].setup.seats.set_open(open);
+                false
+            }
+            (request, role) => {
+                debug!(peer = id, ?role, ?request, "request not for this peer's role: ignored");
+                false
+            }
+        }
+    }
+
+    /// Makes viewer `index` a player in the lowest free seat, or tells it there is none.
+    fn seat(&mut self, index: usize) -> bool {
+        let viewer = &mut self.peers[index];
+        match viewer.setup.seats.seat_viewer(viewer.setup.id) {
+            Some(slot) => {
+                viewer.seat_asked = None;
+                info!(peer = viewer.setup.id, session = %viewer.setup.session, slot, "a viewer takes a seat");
+                viewer.setup.role = TicketRole::Player;
+                viewer.setup.slot = slot;
+                viewer.tell(&PeerMessage::Seated { slot })
+            }
+            None => viewer.tell(&PeerMessage::SeatRefused { reason: "every seat is taken".into() }),
+        }
     }
 
     /// Polls peers from the cursor on: the next datagram, or `None` when every peer is
@@ -430,6 +518,10 @@ struct Peer {
     upstream: UpstreamKeyframes,
     /// A publisher's bytes this second.
     ingest: IngestBudget,
+    /// Requests that came on the input channel, for the set to answer.
+    requests: Vec<PeerRequest>,
+    /// When a viewer last asked for a seat (pending until granted or too old).
+    seat_asked: Option<Instant>,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -490,6 +582,14 @@ impl Peer {
 
     fn tell_session(&self, command: SessionCommand) {
         let _ = self.setup.commands.send(command);
+    }
+
+    /// Sends `message` on the peer's input channel; whether it could.
+    fn tell(&mut self, message: &PeerMessage) -> bool {
+        let (Some(channel), Ok(text)) = (self.input_channel, serde_json::to_string(message)) else {
+            return false;
+        };
+        self.setup.rtc.channel(channel).is_some_and(|mut channel| channel.write(false, text.as_bytes()).is_ok())
     }
 
     /// The peer needs a keyframe: from its session's encoder, or a broadcast's publisher.
@@ -575,15 +675,30 @@ impl Peer {
                     bps: estimate.as_u64(),
                 });
             }
+            // A viewer's channels too: it may be seated later, on the same connection.
             Event::ChannelOpen(id, label)
-                if label == INPUT_CHANNEL_LABEL && self.setup.role == TicketRole::Player =>
+                if label == INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
             {
                 self.input_channel = Some(id);
             }
             Event::ChannelOpen(id, label)
-                if label == FAST_INPUT_CHANNEL_LABEL && self.setup.role == TicketRole::Player =>
+                if label == FAST_INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
             {
                 self.fast_input_channel = Some(id);
+            }
+            Event::ChannelData(data) if !data.binary && Some(data.id) == self.input_channel => {
+                // Requests are small JSON texts; anything else is dropped and counted.
+                let request = (data.data.len() <= 256).then(|| serde_json::from_slice::<PeerRequest>(&data.data));
+                match request {
+                    Some(Ok(request)) if self.requests.len() < MAX_PENDING_REQUESTS => self.requests.push(request),
+                    _ => {
+                        counters.input_malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Event::ChannelData(_) if self.setup.role != TicketRole::Player => {
+                // A viewer's input steers nothing.
+                counters.input_malformed.fetch_add(1, Ordering::Relaxed);
             }
             Event::ChannelData(data) => {
                 let decoded = if Some(data.id) == self.input_channel {

@@ -112,12 +112,31 @@ pub fn version_mismatch(theirs: u32) -> String {
     )
 }
 
-/// A WebRTC peer's messages on the input channel, host → browser.
+/// A WebRTC peer's messages on the input channel, host → browser (JSON text; input itself
+/// is binary).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerMessage {
     /// The session is over; `reason` says why when the game stopped by itself.
     Ended { reason: String },
+    /// To the players: a viewer asks to play; `request` names them in a grant.
+    SeatRequest { request: String },
+    /// To a viewer: you play now, in seat `slot` (0-based); your input counts from here on.
+    Seated { slot: u8 },
+    /// To a viewer: no seat for you now.
+    SeatRefused { reason: String },
+}
+
+/// What a browser may ask of the host on the input channel (JSON text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerRequest {
+    /// A viewer asks for a seat.
+    AskSeat,
+    /// A player lets the viewer of a [`PeerMessage::SeatRequest`] play.
+    GrantSeat { request: String },
+    /// A player opens the session's free seats to any viewer who asks (or closes them).
+    OpenSeats { open: bool },
 }
 
 #[cfg(test)]

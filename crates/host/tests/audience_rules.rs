@@ -1,6 +1,7 @@
-//! A broadcast's rules in virtual time: a publisher (as OBS or a browser sends by WHIP) and
-//! viewers, all real str0m peers, talk to one [`PeerSet`] through an in-memory network.
-//! Nothing sleeps.
+//! The rules of a session's audience in virtual time: a broadcast's publisher (as OBS or a
+//! browser sends by WHIP) and its viewers, and a game's players and the viewers who ask
+//! them for a seat; all real str0m peers talking to one [`PeerSet`] through an in-memory
+//! network. Nothing sleeps.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +14,13 @@ use cloudplay_host::messages::SessionCommand;
 use cloudplay_host::peers::{INGEST_BUDGET_BPS, NewPeer, PEER_SILENCE_LIMIT, PeerOutput, PeerSet};
 use cloudplay_host::stats::HostCounters;
 use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
-use cloudplay_proto::TicketRole;
+use cloudplay_proto::input::key;
+use cloudplay_proto::{InputEvent, InputMessage, TicketRole};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use serde_json::{Value, json};
+use str0m::channel::ChannelId;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 const HOST: &str = "10.0.0.1:5000";
@@ -34,9 +38,14 @@ struct Client {
     audio_frames: usize,
     /// Keyframe requests that reached it (the publisher).
     keyframe_requests: usize,
+    /// Its input channel (players and viewers) and the texts the host sent on it.
+    input: Option<ChannelId>,
+    messages: Vec<Value>,
 }
 
 struct Broadcast {
+    /// A creator's broadcast (else a game's session).
+    broadcast: bool,
     set: PeerSet,
     now: Instant,
     host_addr: SocketAddr,
@@ -49,10 +58,20 @@ struct Broadcast {
 
 impl Broadcast {
     fn new() -> Broadcast {
+        Broadcast::of(true)
+    }
+
+    /// A game's session: players and viewers, no publisher.
+    fn game() -> Broadcast {
+        Broadcast::of(false)
+    }
+
+    fn of(broadcast: bool) -> Broadcast {
         let counters = Arc::new(HostCounters::default());
         let host_addr: SocketAddr = HOST.parse().unwrap();
         let (commands, session) = channel();
         Broadcast {
+            broadcast,
             set: PeerSet::new(host_addr, counters.clone()),
             now: Instant::now(),
             host_addr,
@@ -75,6 +94,9 @@ impl Broadcast {
         let mut change = rtc.sdp_api();
         let video = change.add_media(MediaKind::Video, direction, None, None, None);
         let audio = change.add_media(MediaKind::Audio, direction, None, None, None);
+        if role != TicketRole::Publisher {
+            change.add_channel("input".into());
+        }
         let (offer, pending) = change.apply().unwrap();
         let mut host = Rtc::builder()
             .set_ice_lite(true)
@@ -85,21 +107,27 @@ impl Broadcast {
         host.add_local_candidate(Candidate::host(self.host_addr, "udp").unwrap());
         let answer = host.sdp_api().accept_offer(offer).unwrap();
         rtc.sdp_api().accept_answer(pending, answer).unwrap();
-        if role == TicketRole::Viewer {
-            assert!(self.seats.add_viewer(100));
-        }
+        let id = index as u64 + 1;
+        let slot = match role {
+            TicketRole::Viewer => {
+                assert!(self.seats.add_viewer(100));
+                0
+            }
+            TicketRole::Player => self.seats.take_player_seat(id).unwrap(),
+            TicketRole::Publisher => 0,
+        };
         self.set.add_peer(
             self.now,
             NewPeer {
-                id: index as u64 + 1,
+                id,
                 session: "b".into(),
                 role,
-                slot: 0,
+                slot,
                 rtc: host,
                 commands: self.commands.clone(),
                 seats: self.seats.clone(),
                 stats: Default::default(),
-                broadcast: true,
+                broadcast: self.broadcast,
             },
         );
         self.clients.push(Client {
@@ -112,13 +140,16 @@ impl Broadcast {
             frames: Vec::new(),
             audio_frames: 0,
             keyframe_requests: 0,
+            input: None,
+            messages: Vec::new(),
         });
         let deadline = self.now + Duration::from_secs(5);
-        while self.now < deadline && !self.clients[index].connected {
+        let ready = |c: &Client| c.connected && (role == TicketRole::Publisher || c.input.is_some());
+        while self.now < deadline && !ready(&self.clients[index]) {
             let step = self.now + Duration::from_millis(20);
             self.run_until(step);
         }
-        assert!(self.clients[index].connected, "client {index} connected");
+        assert!(ready(&self.clients[index]), "client {index} connected");
         index
     }
 
@@ -198,6 +229,33 @@ impl Broadcast {
     fn commands(&self) -> Vec<SessionCommand> {
         self.session.try_iter().collect()
     }
+
+    /// Client `index` sends `text` (a request) or `binary` (input) on its input channel;
+    /// then 50 ms pass.
+    fn say(&mut self, index: usize, message: Option<Value>, input: Option<u32>) {
+        let client = &mut self.clients[index];
+        let mut channel = client.rtc.channel(client.input.unwrap()).unwrap();
+        if let Some(message) = message {
+            channel.write(false, message.to_string().as_bytes()).unwrap();
+        }
+        if let Some(seq) = input {
+            let event = InputEvent::Key { usage: key::ARROW_UP, down: true, repeat: false };
+            channel.write(true, &InputMessage { seq, event }.encode()).unwrap();
+        }
+        let until = self.now + Duration::from_millis(50);
+        self.run_until(until);
+    }
+
+    /// The seats of the players whose input reached the session since the last look.
+    fn input_seats(&self) -> Vec<u8> {
+        self.commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                SessionCommand::Input { player, .. } => Some(player),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Client {
@@ -207,6 +265,10 @@ impl Client {
             Event::MediaData(data) if data.mid == self.video => self.frames.push(data.is_keyframe()),
             Event::MediaData(data) if data.mid == self.audio => self.audio_frames += 1,
             Event::KeyframeRequest(_) => self.keyframe_requests += 1,
+            Event::ChannelOpen(id, _) => self.input = Some(id),
+            Event::ChannelData(data) if !data.binary => {
+                self.messages.push(serde_json::from_slice(&data.data).unwrap());
+            }
             _ => {}
         }
     }
@@ -331,4 +393,67 @@ fn when_the_publisher_goes_its_viewers_are_let_go_and_the_broadcast_ends() {
     assert!(commands.iter().any(|c| matches!(c, SessionCommand::PeerLeft { peer: 2 })), "{commands:?}");
     assert_eq!(broadcast.set.len(), 0, "nobody is left");
     assert_eq!(broadcast.seats.viewers(), 0, "the viewer's place is free");
+}
+
+#[test]
+fn a_viewer_asks_a_player_grants_and_the_viewer_plays_on_the_same_connection() {
+    let mut session = Broadcast::game();
+    let player = session.join(TicketRole::Player);
+    let viewer = session.join(TicketRole::Viewer);
+    let other = session.join(TicketRole::Viewer);
+    let _ = session.commands();
+    // A viewer's input steers nothing.
+    session.say(viewer, None, Some(1));
+    assert!(session.input_seats().is_empty(), "a viewer's input is dropped");
+
+    session.say(viewer, Some(json!({"type": "ask_seat"})), None);
+    let asked = session.clients[player].messages.pop().expect("the player is asked");
+    assert_eq!(asked["type"], "seat_request", "{asked}");
+    let request = asked["request"].as_str().unwrap().to_string();
+    assert!(session.clients[other].messages.is_empty(), "other viewers are not asked");
+    // A viewer cannot grant, nor open seats; a grant names only one who asked.
+    session.say(other, Some(json!({"type": "grant_seat", "request": request})), None);
+    session.say(other, Some(json!({"type": "open_seats", "open": true})), None);
+    assert!(session.clients[viewer].messages.is_empty() && !session.seats.open());
+    session.say(player, Some(json!({"type": "grant_seat", "request": format!("{:016x}", other as u64 + 1)})), None);
+    assert!(session.clients[other].messages.is_empty(), "it did not ask");
+
+    session.say(player, Some(json!({"type": "grant_seat", "request": request})), None);
+    assert_eq!(session.clients[viewer].messages, [json!({"type": "seated", "slot": 1})]);
+    assert_eq!((session.seats.players(), session.seats.viewers()), (2, 1));
+    // Its input now drives its own seat, on the connection it had.
+    session.say(viewer, None, Some(2));
+    assert_eq!(session.input_seats(), [1]);
+    // Malformed or oversized requests are dropped and counted.
+    let malformed = session.counters.input_malformed.load(Ordering::Relaxed);
+    session.say(other, Some(json!({"type": "ask_seat", "extra": "x".repeat(300)})), None);
+    assert!(session.counters.input_malformed.load(Ordering::Relaxed) > malformed);
+}
+
+#[test]
+fn open_seats_go_to_whoever_asks_until_they_are_taken() {
+    let mut session = Broadcast::game();
+    let player = session.join(TicketRole::Player);
+    let viewers: Vec<usize> = (0..4).map(|_| session.join(TicketRole::Viewer)).collect();
+    session.say(player, Some(json!({"type": "open_seats", "open": true})), None);
+    assert!(session.seats.open());
+    for (i, &viewer) in viewers.iter().enumerate() {
+        session.say(viewer, Some(json!({"type": "ask_seat"})), None);
+        let answer = session.clients[viewer].messages.pop().expect("an answer");
+        if i < 3 {
+            assert_eq!(answer, json!({"type": "seated", "slot": i + 1}));
+        } else {
+            assert_eq!(answer["type"], "seat_refused", "four seats: {answer}");
+        }
+    }
+    assert!(session.clients[player].messages.is_empty(), "open seats ask nobody");
+    // Asking again at once is not answered (one ask per viewer every 5 s).
+    session.say(viewers[3], Some(json!({"type": "ask_seat"})), None);
+    assert!(session.clients[viewers[3]].messages.is_empty());
+    // A broadcast has no seats at all.
+    let mut broadcast = Broadcast::new();
+    let _publisher = broadcast.join(TicketRole::Publisher);
+    let viewer = broadcast.join(TicketRole::Viewer);
+    broadcast.say(viewer, Some(json!({"type": "ask_seat"})), None);
+    assert!(broadcast.clients[viewer].messages.is_empty() && broadcast.seats.players() == 0);
 }
