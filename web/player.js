@@ -49,8 +49,11 @@ const recentInputs = []; // the latest messages, repeated on the fast channel
 let nextSeq = 1;
 const pendingClicks = []; // [seq, sentAt] awaiting their frame
 
+// Whether this page plays (a viewer the players let in plays from then on).
+let seated = false;
+
 function send(kind, writePayload, payloadLength) {
-  if (!channel || channel.readyState !== 'open') return;
+  if (!seated || !channel || channel.readyState !== 'open') return;
   const buffer = new ArrayBuffer(6 + payloadLength);
   const view = new DataView(buffer);
   const seq = nextSeq++;
@@ -364,6 +367,60 @@ document.getElementById('btn-share').addEventListener('click', async () => {
   alert(`Anyone with this link can watch (not play):\n${url}`);
 });
 
+// ---------------------------------------------------------------- seats for viewers
+// A viewer asks the players for a seat; a player lets them in (or opens the free seats to
+// anyone who asks), and the viewer plays on the same connection (docs/protocol.md).
+const seatButton = document.getElementById('btn-seat');
+const openButton = document.getElementById('btn-open');
+const seatPrompt = document.getElementById('seat-prompt');
+let seatRequest = null;
+const request = (message) => channel?.readyState === 'open' && channel.send(JSON.stringify(message));
+
+function onSeatMessage(message) {
+  switch (message.type) {
+    case 'seat_request':
+      seatRequest = message.request;
+      seatPrompt.hidden = false;
+      return true;
+    case 'seated':
+      seated = true;
+      stats.seat = message.slot;
+      seatButton.hidden = true;
+      openButton.hidden = false;
+      overlay.classList.remove('hidden');
+      overlayTitle.textContent = 'You play now';
+      overlayText.textContent = `Seat ${message.slot + 1}: keyboard, gamepad or touch.`;
+      setTimeout(() => overlay.classList.add('hidden'), 1500);
+      return true;
+    case 'seat_refused':
+      seatButton.disabled = false;
+      seatButton.textContent = 'Ask to play';
+      overlayText.textContent = message.reason;
+      return true;
+    default:
+      return false;
+  }
+}
+
+seatButton.addEventListener('click', () => {
+  request({ type: 'ask_seat' });
+  seatButton.disabled = true;
+  seatButton.textContent = 'Asked…';
+  // The players may say nothing: ask again later.
+  setTimeout(() => { if (!seated) { seatButton.disabled = false; seatButton.textContent = 'Ask to play'; } }, 6_000);
+});
+document.getElementById('seat-yes').addEventListener('click', () => {
+  if (seatRequest) request({ type: 'grant_seat', request: seatRequest });
+  seatPrompt.hidden = true;
+});
+document.getElementById('seat-no').addEventListener('click', () => { seatPrompt.hidden = true; });
+let seatsOpen = false;
+openButton.addEventListener('click', () => {
+  seatsOpen = !seatsOpen;
+  request({ type: 'open_seats', open: seatsOpen });
+  openButton.textContent = seatsOpen ? 'Close seats' : 'Open seats';
+});
+
 // ---------------------------------------------------------------- WHEP
 async function api(path, body, method = 'POST') {
   const response = await fetch(path, {
@@ -440,7 +497,9 @@ async function whep(session, player) {
     h264.sort((a, b) => (b.sdpFmtpLine || '').includes('42e01f') - (a.sdpFmtpLine || '').includes('42e01f'));
     if (h264.length) videoTransceiver.setCodecPreferences([...h264, ...rest]);
   }
-  if (player) {
+  seated = player;
+  // Viewers of a game open the channels too: the players may seat them on this connection.
+  if (player || !channelId) {
     channel = pc.createDataChannel('input', { ordered: true });
     channel.binaryType = 'arraybuffer';
     fastChannel = pc.createDataChannel('input-fast', { ordered: false, maxRetransmits: 0 });
@@ -450,6 +509,7 @@ async function whep(session, player) {
       if (typeof e.data !== 'string') return;
       try {
         const message = JSON.parse(e.data);
+        if (onSeatMessage(message)) return;
         if (message.type === 'ended') {
           stats.endedReason = String(message.reason);
           fail(stats.endedReason, 'The game ended');
@@ -619,6 +679,8 @@ async function main() {
   }
   stats.sessionId = session.session_id;
   playStarted = performance.now();
+  seatButton.hidden = !watch || !!channelId;
+  openButton.hidden = !!watch;
   await whep(session, !watch);
   video.requestVideoFrameCallback(onVideoFrame);
   setInterval(() => updateStats(currentPc).catch(() => {}), 1000); // a closed one has none

@@ -198,3 +198,32 @@ async fn a_creator_goes_live_from_the_go_live_page_and_a_guest_watches() {
     println!("{stdout}\n{stderr}");
     assert!(output.status.success(), "the go-live browser test failed:\n{stdout}\n{stderr}");
 }
+
+/// Spectators who join (`e2e/seats.test.mjs`): a viewer of a public session asks to play,
+/// the player lets them in from the page, and the viewer plays without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spectator_joins_the_game_they_watch() {
+    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
+    if let Some(reason) = missing_prerequisite(&e2e) {
+        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
+        eprintln!("SKIPPED the browser test: {reason}");
+        return;
+    }
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "seats.test.mjs"])
+            .current_dir(&e2e)
+            .env("CLOUDPLAY_URL", &url)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "the seats browser test failed:\n{stdout}\n{stderr}");
+}

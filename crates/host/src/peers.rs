@@ -290,7 +290,8 @@ impl PeerSet {
                     p.setup.id == wanted
                         && p.setup.session == session
                         && p.setup.role == TicketRole::Viewer
-                        && p.seat_asked.is_some_and(|at| now.saturating_duration_since(at) < SEAT_ASK_VALIDITY)
+                        && p.seat_asked
+                            .is_some_and(|at| now.saturating_duration_since(at) < SEAT_ASK_VALIDITY)
                 });
                 asking.is_some_and(|viewer| self.seat(viewer))
             }
@@ -589,7 +590,10 @@ impl Peer {
         let (Some(channel), Ok(text)) = (self.input_channel, serde_json::to_string(message)) else {
             return false;
         };
-        self.setup.rtc.channel(channel).is_some_and(|mut channel| channel.write(false, text.as_bytes()).is_ok())
+        self.setup
+            .rtc
+            .channel(channel)
+            .is_some_and(|mut channel| channel.write(false, text.as_bytes()).is_ok())
     }
 
     /// The peer needs a keyframe: from its session's encoder, or a broadcast's publisher.
@@ -688,9 +692,12 @@ impl Peer {
             }
             Event::ChannelData(data) if !data.binary && Some(data.id) == self.input_channel => {
                 // Requests are small JSON texts; anything else is dropped and counted.
-                let request = (data.data.len() <= 256).then(|| serde_json::from_slice::<PeerRequest>(&data.data));
+                let request =
+                    (data.data.len() <= 256).then(|| serde_json::from_slice::<PeerRequest>(&data.data));
                 match request {
-                    Some(Ok(request)) if self.requests.len() < MAX_PENDING_REQUESTS => self.requests.push(request),
+                    Some(Ok(request)) if self.requests.len() < MAX_PENDING_REQUESTS => {
+                        self.requests.push(request)
+                    }
                     _ => {
                         counters.input_malformed.fetch_add(1, Ordering::Relaxed);
                     }

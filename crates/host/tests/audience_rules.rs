@@ -16,11 +16,11 @@ use cloudplay_host::stats::HostCounters;
 use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
 use cloudplay_proto::input::key;
 use cloudplay_proto::{InputEvent, InputMessage, TicketRole};
+use serde_json::{Value, json};
+use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use serde_json::{Value, json};
-use str0m::channel::ChannelId;
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 const HOST: &str = "10.0.0.1:5000";
@@ -415,7 +415,11 @@ fn a_viewer_asks_a_player_grants_and_the_viewer_plays_on_the_same_connection() {
     session.say(other, Some(json!({"type": "grant_seat", "request": request})), None);
     session.say(other, Some(json!({"type": "open_seats", "open": true})), None);
     assert!(session.clients[viewer].messages.is_empty() && !session.seats.open());
-    session.say(player, Some(json!({"type": "grant_seat", "request": format!("{:016x}", other as u64 + 1)})), None);
+    session.say(
+        player,
+        Some(json!({"type": "grant_seat", "request": format!("{:016x}", other as u64 + 1)})),
+        None,
+    );
     assert!(session.clients[other].messages.is_empty(), "it did not ask");
 
     session.say(player, Some(json!({"type": "grant_seat", "request": request})), None);
