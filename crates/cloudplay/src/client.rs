@@ -118,22 +118,27 @@ pub struct StreamClient {
     pub ended_reason: Option<String>,
 }
 
-impl StreamClient {
-    /// Sends a WHEP offer (video, audio and the input channel) for `session` and applies
-    /// the answer. The connection completes while [`StreamClient::poll`] runs.
-    pub fn connect(http: SocketAddr, session: &SessionCreated) -> anyhow::Result<StreamClient> {
-        StreamClient::connect_via(http, session, Ok)
-    }
+/// A WHEP exchange done: the client's connection (video, audio and the two input channels
+/// offered), its socket, and the resource to `DELETE`. It connects while it is polled.
+pub struct WhepConnection {
+    pub rtc: Rtc,
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+    pub video: Mid,
+    pub audio: Mid,
+    pub input: ChannelId,
+    pub fast_input: ChannelId,
+    pub location: String,
+}
 
-    /// [`StreamClient::connect`] through another path: `route` is given the host's media
-    /// address from the answer and returns where to send instead (say, a network
-    /// emulator's relay, [`cloudplay_netem::relay::Relay`]); the answer's candidates are
-    /// rewritten to it.
-    pub fn connect_via(
+impl WhepConnection {
+    /// Offers to `session`'s WHEP URL with its ticket and applies the answer, whose
+    /// candidates go where `route` says (see [`StreamClient::connect_via`]).
+    pub fn open(
         http: SocketAddr,
         session: &SessionCreated,
         route: impl FnOnce(SocketAddr) -> anyhow::Result<SocketAddr>,
-    ) -> anyhow::Result<StreamClient> {
+    ) -> anyhow::Result<WhepConnection> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         let local = socket.local_addr()?;
         let mut rtc =
@@ -170,15 +175,36 @@ impl StreamClient {
         let answer = reroute_candidates(std::str::from_utf8(&body)?, route)?;
         let answer = SdpAnswer::from_sdp_string(&answer)?;
         rtc.sdp_api().accept_answer(pending, answer)?;
-        socket.set_read_timeout(Some(Duration::from_millis(2)))?;
+        Ok(WhepConnection { rtc, socket, local, video, audio, input, fast_input, location })
+    }
+}
+
+impl StreamClient {
+    /// Sends a WHEP offer (video, audio and the input channel) for `session` and applies
+    /// the answer. The connection completes while [`StreamClient::poll`] runs.
+    pub fn connect(http: SocketAddr, session: &SessionCreated) -> anyhow::Result<StreamClient> {
+        StreamClient::connect_via(http, session, Ok)
+    }
+
+    /// [`StreamClient::connect`] through another path: `route` is given the host's media
+    /// address from the answer and returns where to send instead (say, a network
+    /// emulator's relay, [`cloudplay_netem::relay::Relay`]); the answer's candidates are
+    /// rewritten to it.
+    pub fn connect_via(
+        http: SocketAddr,
+        session: &SessionCreated,
+        route: impl FnOnce(SocketAddr) -> anyhow::Result<SocketAddr>,
+    ) -> anyhow::Result<StreamClient> {
+        let connection = WhepConnection::open(http, session, route)?;
+        connection.socket.set_read_timeout(Some(Duration::from_millis(2)))?;
         Ok(StreamClient {
-            rtc,
-            socket,
-            local,
-            video,
-            audio,
-            input,
-            fast_input,
+            rtc: connection.rtc,
+            socket: connection.socket,
+            local: connection.local,
+            video: connection.video,
+            audio: connection.audio,
+            input: connection.input,
+            fast_input: connection.fast_input,
             recent_inputs: Vec::new(),
             input_open: false,
             decoder: H264Decoder::new()?,
@@ -189,7 +215,7 @@ impl StreamClient {
             next_seq: 1,
             watch: None,
             audio_packets: 0,
-            location,
+            location: connection.location,
             ended_reason: None,
         })
     }

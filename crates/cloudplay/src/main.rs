@@ -135,6 +135,10 @@ enum Command {
         /// (all but outage-20 when none is named), at the first of --sizes.
         #[arg(long, value_delimiter = ',', num_args = 0..)]
         network: Option<Vec<String>>,
+        /// Measure one session's audience instead: add viewers up to each of these counts
+        /// (at the first of --sizes) and print host CPU and send latency per step.
+        #[arg(long, value_delimiter = ',')]
+        viewers: Vec<usize>,
         /// With --runtimes: also run this many sessions of each runtime at once.
         #[arg(long, value_delimiter = ',')]
         sessions: Vec<usize>,
@@ -311,6 +315,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { seconds, sizes, network: Some(keys), .. } => {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
             runtime.block_on(cloudplay::bench::network(seconds, size, &keys))
+        }
+        Command::Bench { seconds, sizes, viewers, .. } if !viewers.is_empty() => {
+            let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
+            runtime.block_on(cloudplay::bench::viewers(seconds, size, &viewers))
         }
         Command::Bench { seconds, placement, workers, .. } if !placement.is_empty() => {
             runtime.block_on(cloudplay::bench::placement(&placement, seconds, workers))

@@ -9,6 +9,9 @@ use anyhow::{Context, bail};
 use cloudplay_host::Host;
 use cloudplay_host::stats::{Stage, StageSummary, percentiles};
 
+mod audience;
+pub use audience::viewers;
+
 use crate::app::Server;
 use crate::client::{StreamClient, create_guest_session, guest_headers, http_request};
 use crate::config::Config;
