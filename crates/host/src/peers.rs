@@ -38,6 +38,7 @@
 //!   viewers then wait for the next keyframe); a publisher cannot flood the host's uplink.
 //! - When the publisher leaves, its viewers are disconnected and the broadcast ends.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -121,6 +122,9 @@ pub struct PeerSet {
     earliest: Option<Instant>,
     /// A broadcast's frame was written to peers during this round of draining.
     forwarded: bool,
+    /// Which peer a remote address belongs to, so a datagram finds its peer at once
+    /// (checked with `accepts`; a miss falls back to asking every peer).
+    by_source: HashMap<SocketAddr, PeerId>,
 }
 
 impl PeerSet {
@@ -133,6 +137,7 @@ impl PeerSet {
             cursor: 0,
             earliest: None,
             forwarded: false,
+            by_source: HashMap::new(),
         }
     }
 
@@ -164,6 +169,8 @@ impl PeerSet {
             ingest: IngestBudget::default(),
             requests: Vec::new(),
             seat_asked: None,
+            dirty: true,
+            next_timeout: now,
         });
     }
 
@@ -205,7 +212,14 @@ impl PeerSet {
         };
         let input =
             Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: self.local, contents });
-        match self.peers.iter_mut().find(|peer| peer.setup.rtc.accepts(&input)) {
+        let known =
+            self.by_source.get(&source).and_then(|id| self.peers.iter().position(|p| p.setup.id == *id));
+        let index = known.filter(|&i| self.peers[i].setup.rtc.accepts(&input)).or_else(|| {
+            let index = self.peers.iter().position(|peer| peer.setup.rtc.accepts(&input))?;
+            self.by_source.insert(source, self.peers[index].setup.id);
+            Some(index)
+        });
+        match index.map(|i| &mut self.peers[i]) {
             Some(peer) => {
                 if peer.connected && now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME {
                     debug!(peer = peer.setup.id, "heard again after a silence: keyframe");
@@ -223,9 +237,9 @@ impl PeerSet {
         }
     }
 
-    /// Time passed: every peer's timers run.
+    /// Time passed: the timers of the peers whose deadline it is run.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for peer in &mut self.peers {
+        for peer in self.peers.iter_mut().filter(|p| p.next_timeout <= now) {
             peer.handle_input(Input::Timeout(now));
         }
     }
@@ -326,7 +340,8 @@ impl PeerSet {
     /// drained (their timeouts gathered in `earliest`).
     fn drain_peers(&mut self) -> Option<Transmit> {
         while let Some(peer) = self.peers.get_mut(self.cursor) {
-            if !peer.setup.rtc.is_alive() {
+            // A peer nothing happened to since it was drained has nothing to say.
+            if !peer.dirty || !peer.setup.rtc.is_alive() {
                 self.cursor += 1;
                 continue;
             }
@@ -339,7 +354,8 @@ impl PeerSet {
                 }
                 Ok(Output::Event(event)) => peer.handle_event(event, &self.counters),
                 Ok(Output::Timeout(at)) => {
-                    self.earliest = Some(self.earliest.map_or(at, |e| e.min(at)));
+                    peer.dirty = false;
+                    peer.next_timeout = at;
                     self.cursor += 1;
                 }
                 Err(e) => {
@@ -399,12 +415,14 @@ impl PeerSet {
                 continue;
             }
             let Some((mid, _)) = publisher.video else { continue };
+            // The request leaves as RTCP at the publisher's next timeout: make that now.
+            publisher.dirty = true;
+            publisher.next_timeout = now;
             let Some(mut writer) = publisher.setup.rtc.writer(mid) else { continue };
             match writer.request_keyframe(None, KeyframeRequestKind::Pli) {
                 Ok(()) => {
                     publisher.upstream = UpstreamKeyframes { pending: false, last: Some(now) };
                     self.counters.ingest_keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                    // The request leaves as RTCP on the publisher's next timeout: now.
                     self.earliest = Some(now);
                 }
                 Err(e) => debug!(peer = publisher.setup.id, error = %e, "keyframe request failed"),
@@ -425,6 +443,7 @@ impl PeerSet {
             peer.rtc().disconnect();
         }
         let mut broadcasts_over = Vec::new();
+        let mut left = Vec::new();
         self.peers.retain(|peer| {
             let timed_out = !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT;
             let silent =
@@ -433,6 +452,7 @@ impl PeerSet {
                 return true;
             }
             info!(peer = peer.setup.id, session = %peer.setup.session, "peer left");
+            left.push(peer.setup.id);
             if peer.setup.role == TicketRole::Publisher {
                 peer.tell_session(SessionCommand::PublisherLeft);
                 broadcasts_over.push(peer.setup.session.clone());
@@ -442,12 +462,16 @@ impl PeerSet {
             }
             false
         });
+        if !left.is_empty() {
+            self.by_source.retain(|_, id| !left.contains(id));
+        }
         for session in broadcasts_over {
             info!(%session, "the publisher left: the broadcast is over");
             self.end_session(now, &session, None);
         }
         let mut at = self.earliest.take().unwrap_or(now + IDLE_WAKEUP).min(now + IDLE_WAKEUP);
         for peer in &self.peers {
+            at = at.min(peer.next_timeout);
             if let Some(close_at) = peer.close_at {
                 at = at.min(close_at);
             }
@@ -523,6 +547,10 @@ struct Peer {
     requests: Vec<PeerRequest>,
     /// When a viewer last asked for a seat (pending until granted or too old).
     seat_asked: Option<Instant>,
+    /// Something was handed to its connection since it was last drained.
+    dirty: bool,
+    /// When its connection's timers next want to run.
+    next_timeout: Instant,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -561,12 +589,14 @@ impl IngestBudget {
 
 impl Peer {
     fn rtc(&mut self) -> &mut Rtc {
+        self.dirty = true;
         &mut self.setup.rtc
     }
 
     /// Ends the peer's part in a session: with a reason, the player hears it on the input
     /// channel and is disconnected a moment later (so the message is delivered).
     fn end(&mut self, now: Instant, reason: Option<&str>) {
+        self.dirty = true;
         let channel = self.input_channel;
         if let (Some(reason), Some(channel)) = (reason, channel)
             && let Some(mut channel) = self.setup.rtc.channel(channel)
@@ -587,6 +617,7 @@ impl Peer {
 
     /// Sends `message` on the peer's input channel; whether it could.
     fn tell(&mut self, message: &PeerMessage) -> bool {
+        self.dirty = true;
         let (Some(channel), Ok(text)) = (self.input_channel, serde_json::to_string(message)) else {
             return false;
         };
@@ -607,6 +638,7 @@ impl Peer {
 
     /// Writes one of a broadcast's frames as it came from the publisher; whether it was.
     fn forward(&mut self, data: &MediaData, video: bool, keyframe: bool) -> bool {
+        self.dirty = true;
         if !self.connected || (video && self.needs_keyframe && !keyframe) {
             return false;
         }
@@ -629,6 +661,7 @@ impl Peer {
     }
 
     fn handle_input(&mut self, input: Input) {
+        self.dirty = true;
         if let Err(e) = self.setup.rtc.handle_input(input) {
             debug!(peer = self.setup.id, error = %e, "peer input failed; disconnecting");
             self.setup.rtc.disconnect();
@@ -759,6 +792,7 @@ impl Peer {
     }
 
     fn write_video(&mut self, video: &VideoPacket) {
+        self.dirty = true;
         if !self.connected || (self.needs_keyframe && !video.keyframe) {
             return;
         }
@@ -774,6 +808,7 @@ impl Peer {
     }
 
     fn write_audio(&mut self, audio: &AudioPacket) {
+        self.dirty = true;
         if !self.connected {
             return;
         }

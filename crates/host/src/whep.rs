@@ -27,6 +27,9 @@ use crate::{Host, unix_ms};
 const MAX_OFFER_BYTES: usize = 64 * 1024;
 /// Where the bandwidth estimate starts before the first feedback.
 const INITIAL_ESTIMATE_KBPS: u64 = 3_000;
+/// A session's first viewers get a bandwidth estimate (used while no player is connected);
+/// later ones do not.
+const VIEWERS_WITH_ESTIMATES: u32 = 4;
 /// How often each peer reports its path (RTCP NACKs, keyframe requests, loss, RTT).
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -174,7 +177,7 @@ fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Refu
 }
 
 /// A peer's connection, ICE lite on the host's one media port, H.264 and Opus only.
-fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Refused> {
+fn new_rtc(host: &Host, receive_only: bool, bwe: bool, max_bps: u64) -> Result<Rtc, Refused> {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
         .clear_codecs()
@@ -182,12 +185,13 @@ fn new_rtc(host: &Host, receive_only: bool, max_bps: u64) -> Result<Rtc, Refused
         .enable_opus(true, false)
         .set_stats_interval(Some(STATS_INTERVAL));
     if !receive_only {
-        builder = builder
-            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
-            .set_extension(12, Extension::PlayoutDelay);
+        builder = builder.set_extension(12, Extension::PlayoutDelay);
+    }
+    if bwe {
+        builder = builder.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
     }
     let mut rtc = builder.build(Instant::now());
-    if !receive_only {
+    if bwe {
         rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
     }
     let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
@@ -269,15 +273,24 @@ fn accept_viewer_or_player(
         }
     };
     let release = || session.seats.release(peer_id, claims.role == TicketRole::Player);
-    let answered =
-        new_rtc(host, false, session.options.max_bitrate_kbps as u64 * 1000).and_then(|mut rtc| {
-            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-                debug!(error = %e, "offer refused");
-                refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-            })?;
-            use_ticket(host, &ticket, session_id)?;
-            Ok((rtc, answer))
-        });
+    // A bandwidth estimate per peer costs as much as the rest of its sending (measured by
+    // `cloudplay bench --viewers`); a crowd's do not steer the encode anyway (a player's do,
+    // and the first viewers' while no player is connected).
+    let estimates = claims.role == TicketRole::Player || session.seats.viewers() <= VIEWERS_WITH_ESTIMATES;
+    let answered = new_rtc(
+        host,
+        false,
+        claims.role == TicketRole::Player,
+        session.options.max_bitrate_kbps as u64 * 1000,
+    )
+    .and_then(|mut rtc| {
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            debug!(error = %e, "offer refused");
+            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+        })?;
+        use_ticket(host, &ticket, session_id)?;
+        Ok((rtc, answer))
+    });
     let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,
@@ -364,7 +377,7 @@ fn accept_publisher(
         }
         Err(e) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())),
     };
-    let answered = new_rtc(host, true, 0).and_then(|mut rtc| {
+    let answered = new_rtc(host, true, false, 0).and_then(|mut rtc| {
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
             debug!(error = %e, "publisher's offer refused");
             refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
