@@ -139,6 +139,10 @@ enum Command {
         /// (at the first of --sizes) and print host CPU and send latency per step.
         #[arg(long, value_delimiter = ',')]
         viewers: Vec<usize>,
+        /// Measure a creator's stream instead: a native WHIP publisher's picture to a
+        /// native viewer's decoded frame, and the start of watching.
+        #[arg(long)]
+        ingest: bool,
         /// With --runtimes: also run this many sessions of each runtime at once.
         #[arg(long, value_delimiter = ',')]
         sessions: Vec<usize>,
@@ -316,6 +320,7 @@ fn main() -> anyhow::Result<()> {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
             runtime.block_on(cloudplay::bench::network(seconds, size, &keys))
         }
+        Command::Bench { seconds, ingest: true, .. } => runtime.block_on(cloudplay::bench::ingest(seconds)),
         Command::Bench { seconds, sizes, viewers, .. } if !viewers.is_empty() => {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
             runtime.block_on(cloudplay::bench::viewers(seconds, size, &viewers))

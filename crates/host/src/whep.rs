@@ -277,20 +277,16 @@ fn accept_viewer_or_player(
     // `cloudplay bench --viewers`); a crowd's do not steer the encode anyway (a player's do,
     // and the first viewers' while no player is connected).
     let estimates = claims.role == TicketRole::Player || session.seats.viewers() <= VIEWERS_WITH_ESTIMATES;
-    let answered = new_rtc(
-        host,
-        false,
-        claims.role == TicketRole::Player,
-        session.options.max_bitrate_kbps as u64 * 1000,
-    )
-    .and_then(|mut rtc| {
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-            debug!(error = %e, "offer refused");
-            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-        })?;
-        use_ticket(host, &ticket, session_id)?;
-        Ok((rtc, answer))
-    });
+    let answered = new_rtc(host, false, estimates, session.options.max_bitrate_kbps as u64 * 1000).and_then(
+        |mut rtc| {
+            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+                debug!(error = %e, "offer refused");
+                refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+            })?;
+            use_ticket(host, &ticket, session_id)?;
+            Ok((rtc, answer))
+        },
+    );
     let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,

@@ -246,3 +246,122 @@ fn measure(
     let _ = http_request(http, "DELETE", &format!("/api/v1/sessions/{}", session.session_id), &headers, b"");
     Ok(rows)
 }
+
+/// `cloudplay bench --ingest`: a native WHIP publisher's picture to a native WHEP viewer's
+/// decoded frame, on loopback through one host. The publisher flips its picture between
+/// two greys every 15 frames and notes when; the viewer notes when it has decoded the new
+/// grey (the creator's picture carries no probe strip: the pattern is the clock). Also
+/// the start of watching: a viewer's ticket request to its first decoded frame.
+pub async fn ingest(seconds: u64) -> anyhow::Result<()> {
+    let server = Server::start(Config { session_requests_per_minute: 10_000, ..Config::ephemeral() }).await?;
+    let store = server.control.store().clone();
+    let now = cloudplay_control::unix_ms();
+    let creator =
+        store.create_user("local", "creator@bench.test", "password-1", "Creator", false, now).await?;
+    store.set_creator("local", &creator.id, false, now).await?;
+    let token = store.create_user_token(&creator, now + 3_600_000).await?;
+    let http = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+    let (latencies, starts) =
+        tokio::task::spawn_blocking(move || measure_ingest(http, &token, seconds)).await??;
+    let mut latencies = latencies;
+    let mut starts = starts;
+    let row = |name: &str, samples: &mut Vec<u32>| {
+        let s = cloudplay_host::stats::percentiles(samples);
+        let p95 = samples.get((samples.len().saturating_sub(1)) * 95 / 100).copied().unwrap_or(0);
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {} |",
+            s.p50_us as f64 / 1000.0,
+            p95 as f64 / 1000.0,
+            s.p99_us as f64 / 1000.0,
+            s.samples
+        );
+    };
+    println!("\nCreators' streams on loopback, 320x240 30 fps publisher (ms):\n");
+    println!("| measure | p50 | p95 | p99 | samples |");
+    println!("|---|---|---|---|---|");
+    row("publisher's picture → viewer's decoded frame", &mut latencies);
+    row("viewer's ticket request → first decoded frame", &mut starts);
+    Ok(())
+}
+
+fn measure_ingest(http: SocketAddr, token: &str, seconds: u64) -> anyhow::Result<(Vec<u32>, Vec<u32>)> {
+    use std::sync::Mutex;
+
+    use crate::client::{Publisher, StreamClient};
+
+    let auth = format!("Bearer {token}");
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let (status, _, body) =
+        http_request(http, "POST", "/api/v1/channels", &headers, br#"{"title":"bench"}"#)?;
+    anyhow::ensure!(status == 201, "channel: {status} {}", String::from_utf8_lossy(&body));
+    let channel: serde_json::Value = serde_json::from_slice(&body)?;
+    let id = channel["channel_id"].as_str().context("channel id")?.to_string();
+    let key = channel["stream_key"].as_str().context("stream key")?.to_string();
+    let mut publisher = Publisher::connect(http, &id, &key, 320, 240)?;
+    let flips: Arc<Mutex<Vec<(Instant, u8)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let (flips, stop) = (flips.clone(), stop.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let mut frame = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let level = if (frame / 15) % 2 == 0 { 40 } else { 200 };
+                if frame % 15 == 0 {
+                    flips.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((Instant::now(), level));
+                }
+                publisher.send_frame(level)?;
+                publisher.poll(Duration::from_millis(33))?;
+                frame += 1;
+            }
+            Ok(())
+        })
+    };
+    let path = format!("/api/v1/channels/{id}/tickets");
+    let watch = || -> anyhow::Result<(StreamClient, Duration)> {
+        let asked = Instant::now();
+        let (status, _, body) = http_request(http, "POST", &path, &[], b"")?;
+        anyhow::ensure!(status == 201, "ticket: {status}");
+        let mut viewer = StreamClient::connect(http, &serde_json::from_slice(&body)?)?;
+        viewer.watch = Some((100, 80, 120, 80));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(frame) = viewer.poll(Duration::from_millis(2))?.first() {
+                return Ok((viewer, frame.received_at + frame.decode_time - asked));
+            }
+        }
+        anyhow::bail!("no first frame in 10 s")
+    };
+    // Viewers arriving a second apart, each one's keyframe request its own (the host asks
+    // the creator for one at most every 500 ms, however many arrive at once).
+    let mut starts = Vec::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
+        starts.push(watch()?.1.as_micros() as u32);
+    }
+    let (mut viewer, _) = watch()?;
+    let mut seen: Vec<(Instant, u8)> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        for frame in viewer.poll(Duration::from_millis(2))? {
+            let Some(luma) = frame.watched_luma else { continue };
+            let level = if luma < 120 { 40 } else { 200 };
+            if seen.last().is_none_or(|&(_, last)| last != level) {
+                seen.push((frame.received_at + frame.decode_time, level));
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publishing.join().map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let flips = flips.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let latencies = seen
+        .iter()
+        .filter_map(|&(at, level)| {
+            // The flip to this grey just before it was seen.
+            let sent = flips.iter().rev().find(|&&(t, l)| l == level && t <= at)?.0;
+            Some(at.duration_since(sent).as_micros() as u32)
+        })
+        .skip(1)
+        .collect();
+    Ok((latencies, starts))
+}

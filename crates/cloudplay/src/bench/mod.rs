@@ -10,7 +10,7 @@ use cloudplay_host::Host;
 use cloudplay_host::stats::{Stage, StageSummary, percentiles};
 
 mod audience;
-pub use audience::viewers;
+pub use audience::{ingest, viewers};
 
 use crate::app::Server;
 use crate::client::{StreamClient, create_guest_session, guest_headers, http_request};
