@@ -147,6 +147,8 @@ fn rest_bodies_get_an_answer_not_a_panic() {
         ("POST", "/api/v1/admin/api-keys".into()),
         ("PUT", "/api/v1/admin/signup".into()),
         ("POST", "/api/v1/admin/invites".into()),
+        ("POST", "/api/v1/channels".into()),
+        ("PUT", "/api/v1/admin/creators/nobody".into()),
     ];
     let strategy = (prop::sample::select(routes), body(), any::<bool>(), any::<[u8; 4]>());
     let started = Instant::now();
@@ -332,4 +334,62 @@ fn sdp_offers_reach_seats_or_are_refused() {
         })
         .unwrap();
     assert!(admitted.into_inner() > 0, "some offers (the unchanged ones at least) were admitted");
+}
+
+/// A publisher's offer as the base (send-only H.264 and Opus), changed as above, through
+/// the WHIP route with the channel's key: refused with 4xx, or live (then ended again);
+/// nothing panics and the channel is never live twice.
+#[test]
+fn whip_offers_go_live_or_are_refused() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = Config { session_requests_per_minute: 100_000, ..Config::ephemeral() };
+    let (server, key) = runtime.block_on(async {
+        let server = Server::start(config).await.unwrap();
+        let store = server.control.store().clone();
+        let now = unix_ms();
+        let cleo =
+            store.create_user("local", "cleo@fuzz.test", "password-1", "Cleo", false, now).await.unwrap();
+        store.set_creator("local", &cleo.id, false, now).await.unwrap();
+        let token = store.create_user_token(&cleo, now + 600_000).await.unwrap();
+        let request = Request::post("/api/v1/channels")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"title":"fuzz"}"#))
+            .unwrap();
+        let (status, body) = send(&server.router, request).await;
+        assert_eq!(status, StatusCode::CREATED);
+        (server, serde_json::from_slice::<Value>(&body).unwrap())
+    });
+    let (channel, stream_key) =
+        (key["channel_id"].as_str().unwrap().to_string(), key["stream_key"].as_str().unwrap().to_string());
+    let app = server.router.clone();
+    let base = cloudplay::client::publisher_offer(true).unwrap().sdp;
+    let live = std::sync::atomic::AtomicU32::new(0);
+    runner(96)
+        .run(&prop::collection::vec(mutation(), 0..4), |mutations| {
+            let request = Request::post(format!("/whip/{channel}"))
+                .header(header::AUTHORIZATION, format!("Bearer {stream_key}"))
+                .header(header::CONTENT_TYPE, "application/sdp")
+                .body(Body::from(mutate(&base, &mutations)))
+                .unwrap();
+            let response = runtime.block_on(app.clone().oneshot(request)).unwrap();
+            let status = response.status();
+            let location = response.headers().get(header::LOCATION).map(|l| l.to_str().unwrap().to_string());
+            prop_assert!(matches!(status.as_u16(), 201 | 400 | 406), "{}", status);
+            if let Some(location) = location {
+                live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Off the air again, at once: the next offer finds the channel free.
+                let (status, _) =
+                    runtime.block_on(send(&app, Request::delete(location).body(Body::empty()).unwrap()));
+                prop_assert_eq!(status, StatusCode::OK);
+                let deadline = Instant::now() + std::time::Duration::from_secs(2);
+                while server.host.peer_count() > 0 || !server.host.session_ids().is_empty() {
+                    prop_assert!(Instant::now() < deadline, "the broadcast ends");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(live.into_inner() > 0, "some offers (the unchanged ones at least) went live");
 }
