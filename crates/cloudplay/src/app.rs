@@ -17,7 +17,7 @@ use cloudplay_control::identity::{Fingerprint, Identity, PeerFingerprint};
 use cloudplay_control::store::Store;
 use cloudplay_control::{
     ApiError, ClientIp, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable,
-    PublishOffer, PublishResult, SessionHost, StartError,
+    PublishOffer, PublishResult, PushTarget, SessionHost, StartError,
 };
 use cloudplay_host::saves::{CommitError, SaveSink};
 use cloudplay_host::{Host, HostConfig, HostError};
@@ -104,6 +104,10 @@ impl SessionHost for LocalHost {
 
     fn publish<'a>(&'a self, broadcast_id: &'a str, offer: PublishOffer) -> HostFuture<'a, PublishResult> {
         Box::pin(cloudplay_host::whep::publish_offer(&self.0, broadcast_id, offer))
+    }
+
+    fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>> {
+        Box::pin(async move { crate::push::push(&self.0, session_id, &push).await })
     }
 }
 
@@ -444,6 +448,7 @@ pub async fn control_plane(
         host_lease_ms: config.host_lease_secs * 1000,
         fleet,
         limits: config.control_limits(),
+        push_allowed: config.push_allowed.clone(),
         ..ControlConfig::default()
     };
     let control = ControlPlane::new(control_config, signing_key, store);

@@ -99,6 +99,9 @@ pub struct Config {
     pub max_peers: u32,
     /// Creators' broadcasts (WHIP) this host carries at once.
     pub max_broadcasts: u32,
+    /// WHIP endpoints that sessions and channels may be pushed to, as URL prefixes
+    /// (empty: pushing is off).
+    pub push_allowed: Vec<String>,
     /// WHEP offers one address may make per minute (IPv6: one /64).
     pub offers_per_minute: u32,
     /// Session requests one address may make per minute without an API key.
@@ -155,6 +158,7 @@ impl Default for Config {
             viewers_per_session: 50,
             max_peers: 256,
             max_broadcasts: 16,
+            push_allowed: Vec::new(),
             offers_per_minute: 20,
             session_requests_per_minute: 10,
             signups_per_minute: 5,
@@ -293,6 +297,10 @@ impl Config {
                 "VIEWERS_PER_SESSION" => self.viewers_per_session = value.parse().map_err(|e| bad(&e))?,
                 "MAX_PEERS" => self.max_peers = value.parse().map_err(|e| bad(&e))?,
                 "MAX_BROADCASTS" => self.max_broadcasts = value.parse().map_err(|e| bad(&e))?,
+                "PUSH_ALLOWED" => {
+                    self.push_allowed =
+                        value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+                }
                 "OFFERS_PER_MINUTE" => self.offers_per_minute = value.parse().map_err(|e| bad(&e))?,
                 "SESSION_REQUESTS_PER_MINUTE" => {
                     self.session_requests_per_minute = value.parse().map_err(|e| bad(&e))?

@@ -219,3 +219,69 @@ async fn a_creator_goes_live_by_whip_and_viewers_watch_what_they_send() {
     .await
     .unwrap();
 }
+
+/// An edge: server A pushes a game session by WHIP into a creator's channel on server B
+/// (another cloudplay), and B's viewers watch A's game, probe strip and all. A pushes only
+/// where its operator allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_serves_viewers_of_the_first_ones_session() {
+    let edge = world().await;
+    let origin =
+        Server::start(Config { push_allowed: vec!["http://127.0.0.1:".into()], ..Config::ephemeral() })
+            .await
+            .expect("origin starts");
+    let origin_addr = origin.http_addr;
+    tokio::spawn(origin.run(std::future::pending()));
+    let (b, creator, admin) = (edge.addr, edge.creator.clone(), edge.admin_key.clone());
+    let creator_path = format!("/api/v1/admin/creators/{}", edge.creator_id);
+    tokio::task::spawn_blocking(move || {
+        let (status, _) = call(b, "PUT", &creator_path, Some(&admin), Some(json!({"creator": true})));
+        assert_eq!(status, 200);
+        let (_, channel) =
+            call(b, "POST", "/api/v1/channels", Some(&creator), Some(json!({"title": "Relay"})));
+        let (id, key) = (channel["channel_id"].as_str().unwrap(), channel["stream_key"].as_str().unwrap());
+
+        let body = r#"{"game":"neon-cycles","options":{"probe":true,"width":640,"height":360,"fps":60}}"#;
+        let (session, guest) = cloudplay::client::create_guest_session(origin_addr, body).unwrap();
+        let headers = cloudplay::client::guest_headers(origin_addr, &guest);
+        let mut headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.push(("Content-Type", "application/json"));
+        let push = |url: String| {
+            let body = json!({"whip_url": url, "token": key}).to_string();
+            let path = format!("/api/v1/sessions/{}/pushes", session.session_id);
+            let (status, _, answer) =
+                http_request(origin_addr, "POST", &path, &headers, body.as_bytes()).unwrap();
+            (status, serde_json::from_slice::<Value>(&answer).unwrap_or(Value::Null))
+        };
+        let (status, refused) = push(format!("http://localhost:{}/whip/{id}", b.port()));
+        assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("push_not_allowed")), "{refused}");
+        // The player keeps playing on the origin; the edge serves the audience.
+        let mut player = StreamClient::connect(origin_addr, &session).unwrap();
+        let (status, pushed) = push(format!("http://127.0.0.1:{}/whip/{id}", b.port()));
+        assert_eq!(status, 201, "{pushed}");
+        assert!(pushed["location"].as_str().unwrap().contains("/ingest/"), "{pushed}");
+
+        let (_, live) = call(b, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"][0]["channel_id"], id, "the pushed session is live on the edge: {live}");
+        let mut viewer = watch(b, id, None);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seqs = Vec::new();
+        while Instant::now() < deadline && seqs.len() < 30 {
+            let _ = player.poll(Duration::from_millis(10)).unwrap();
+            for frame in viewer.poll(Duration::from_millis(10)).unwrap() {
+                if let Some(probe) = frame.probe {
+                    assert_eq!(
+                        (frame.width, frame.height),
+                        (640, 360),
+                        "the origin's picture, as encoded there"
+                    );
+                    seqs.push(probe.frame_seq);
+                }
+            }
+        }
+        assert!(seqs.len() >= 30, "the edge's viewer decodes the origin's game: {} frames", seqs.len());
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "frames in order, advancing: {seqs:?}");
+    })
+    .await
+    .unwrap();
+}

@@ -487,6 +487,21 @@ enum Standing {
     Queued(SessionRecord),
 }
 
+/// The host of a running session its caller may share (its owner, admins): for pushing it
+/// onward.
+pub(crate) async fn running_host(
+    control: &ControlPlane,
+    who: &Principal,
+    id: &str,
+) -> Result<Arc<dyn SessionHost>, ApiError> {
+    match standing(control, who, id, SessionAction::Share).await? {
+        Standing::Running(_, host, _) => Ok(host),
+        Standing::Queued(_) => {
+            Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()))
+        }
+    }
+}
+
 /// A running or queued session that `who` may act on as `action`, or 404 (also for other
 /// tenants' sessions, others' sessions and ended ones).
 async fn standing(

@@ -29,7 +29,9 @@ use crate::api::{ApiError, ClientIp, JsonBody, base_url, internal, missing, thro
 use crate::auth::{Caller, Principal};
 use crate::policy::require_scope;
 use crate::store::{Channel, User, hash_secret};
-use crate::{ControlPlane, HostSessionView, PublishOffer, SessionHost, TicketStream, random_id, unix_ms};
+use crate::{
+    ControlPlane, HostSessionView, PublishOffer, PushTarget, SessionHost, TicketStream, random_id, unix_ms,
+};
 
 /// The `game` a broadcast's tickets name.
 const BROADCAST_GAME: &str = "broadcast";
@@ -45,6 +47,8 @@ pub fn routes() -> Router<ControlPlane> {
         .route("/api/v1/channels/{id}/key", post(rotate_key))
         .route("/api/v1/channels/{id}/live", axum::routing::delete(end_live))
         .route("/api/v1/channels/{id}/tickets", post(watch_ticket))
+        .route("/api/v1/channels/{id}/pushes", post(push_channel))
+        .route("/api/v1/sessions/{id}/pushes", post(push_session))
         .route("/api/v1/admin/creators/{user}", put(set_creator))
         .route(
             "/whip/{channel}",
@@ -301,6 +305,63 @@ async fn set_creator(
     }
     Ok(Json(json!({ "user_id": user_id, "creator": request.creator, "broadcasts_ended": ended }))
         .into_response())
+}
+
+/// Refuses a push target the operator did not allow (a host would POST to it).
+fn allowed_target(control: &ControlPlane, push: &PushTarget) -> Result<(), ApiError> {
+    let url = push.whip_url.as_str();
+    let well_formed = url.len() <= 512
+        && (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !well_formed {
+        return Err(ApiError::bad_request("whip_url must be an http:// or https:// URL"));
+    }
+    if push.token.as_ref().is_some_and(|t| t.len() > 512 || t.chars().any(char::is_control)) {
+        return Err(ApiError::bad_request("the token is at most 512 visible characters"));
+    }
+    let allowed = &control.inner.config.push_allowed;
+    if !allowed.iter().any(|prefix| url.starts_with(prefix.as_str())) {
+        let message =
+            "this server pushes only to the WHIP endpoints its operator allows (push_allowed)".to_string();
+        return Err(ApiError(StatusCode::FORBIDDEN, "push_not_allowed", message));
+    }
+    Ok(())
+}
+
+async fn push_to(host: Arc<dyn SessionHost>, stream: &str, push: PushTarget) -> Result<Response, ApiError> {
+    let url = push.whip_url.clone();
+    let location =
+        host.push(stream, push).await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "push_failed", e))?;
+    info!(%stream, %url, "pushed onward");
+    Ok((StatusCode::CREATED, Json(json!({ "whip_url": url, "location": location }))).into_response())
+}
+
+/// Its owner pushes a live session onward to a WHIP endpoint (another cloudplay's channel,
+/// an SFU, a CDN), which then serves its own audience.
+async fn push_session(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+    JsonBody(push): JsonBody<PushTarget>,
+) -> Result<Response, ApiError> {
+    allowed_target(&control, &push)?;
+    let host = crate::api::running_host(&control, &who, &id).await?;
+    push_to(host, &id, push).await
+}
+
+/// The creator pushes their live channel onward, as [`push_session`].
+async fn push_channel(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+    JsonBody(push): JsonBody<PushTarget>,
+) -> Result<Response, ApiError> {
+    allowed_target(&control, &push)?;
+    let channel = owned(&control, &who, &id).await?;
+    let Some((host, broadcast, _)) = on_air(&control, &channel).await? else {
+        return Err(ApiError(StatusCode::CONFLICT, "not_live", "the channel is not on the air".into()));
+    };
+    push_to(host, &broadcast, push).await
 }
 
 /// The tenant's live channels with their audiences, for "Live now".

@@ -94,7 +94,12 @@ pub trait SessionHost: Send + Sync {
     /// Relays a creator's WHIP offer, with the publisher ticket signed for it, to the host:
     /// its answer, or its refusal (status and the API's JSON error).
     fn publish<'a>(&'a self, broadcast_id: &'a str, offer: PublishOffer) -> HostFuture<'a, PublishResult>;
+    /// Pushes a session (or a broadcast) onward to a WHIP endpoint, with `token` as its
+    /// bearer token: the resource's URL there, or why not.
+    fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>>;
 }
+
+pub use cloudplay_proto::fleet::PushTarget;
 
 /// A host's answer to a relayed WHIP offer.
 pub type PublishResult = Result<PublishAnswer, (u16, cloudplay_proto::api::ApiErrorBody)>;
@@ -116,6 +121,10 @@ pub struct ControlConfig {
     pub fleet: Option<Arc<identity::Identity>>,
     /// What one caller may ask for.
     pub limits: Limits,
+    /// WHIP endpoints sessions and channels may be pushed to, as URL prefixes
+    /// (`http://cdn.example:8080/whip/`); empty: pushing is off. A host POSTs wherever an
+    /// owner asks, so only the operator's own distribution tier belongs here.
+    pub push_allowed: Vec<String>,
 }
 
 /// Limits on what one caller can trigger; over them the API answers `429`.
@@ -170,6 +179,7 @@ impl Default for ControlConfig {
             host_lease_ms: 15_000,
             fleet: None,
             limits: Limits::default(),
+            push_allowed: Vec::new(),
         }
     }
 }

@@ -13,7 +13,9 @@ use rand::Rng;
 use rustls::ClientConfig;
 
 use crate::http::{self, Limits, Target};
-use crate::{HostFuture, HostSessionView, HostUnreachable, PublishResult, SessionHost, StartError};
+use crate::{
+    HostFuture, HostSessionView, HostUnreachable, PublishResult, PushTarget, SessionHost, StartError,
+};
 
 pub struct RemoteHost {
     pub id: String,
@@ -161,6 +163,21 @@ impl SessionHost for RemoteHost {
             let error = serde_json::from_slice(&answer)
                 .map_err(|_| unreachable(format!("host answered {status}")))?;
             Err((status, error))
+        })
+    }
+
+    fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let body = serde_json::to_string(&push).map_err(|e| e.to_string())?;
+            let path = format!("/internal/v1/sessions/{session_id}/pushes");
+            let (status, answer) = self.request("POST", &path, Some(body)).await?;
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            match (status, answer["location"].as_str()) {
+                (201, Some(location)) => Ok(location.to_string()),
+                _ => Err(answer["error"]["message"]
+                    .as_str()
+                    .map_or_else(|| format!("host answered {status}"), str::to_string)),
+            }
         })
     }
 }

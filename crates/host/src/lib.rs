@@ -208,6 +208,17 @@ pub struct SessionHandle {
     pub broadcast: bool,
 }
 
+/// A push of a session onward by WHIP, offered and waiting for its answer.
+pub struct PushOffer {
+    rtc: str0m::Rtc,
+    pending: str0m::change::SdpPendingOffer,
+    /// The offer to POST to the WHIP endpoint.
+    pub sdp: String,
+    session: Arc<SessionHandle>,
+    peer: PeerId,
+    offered: Vec<(str0m::media::Mid, str0m::media::MediaKind)>,
+}
+
 /// What the host reports about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSessionInfo {
@@ -585,6 +596,76 @@ impl Host {
             return Err(HostError::Start(e.to_string()));
         }
         Ok(handle)
+    }
+
+    /// The first half of pushing session `id` onward by WHIP (to another cloudplay's
+    /// channel, or any WHIP-speaking SFU or CDN): a send-only connection from this host's
+    /// media port, and its offer. The caller POSTs the offer and hands the answer to
+    /// [`Host::complete_push`]. The push counts as a viewer of the session.
+    pub fn prepare_push(&self, id: &str) -> Result<PushOffer, HostError> {
+        let session = self.session(id).ok_or_else(|| HostError::Start(format!("no session {id:?}")))?;
+        let limits = self.inner.config.limits;
+        if self.peer_count() >= limits.peers || !session.seats.add_viewer(limits.viewers_per_session) {
+            return Err(HostError::Start("no room for another viewer".into()));
+        }
+        let mut rtc = str0m::Rtc::builder()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .build(std::time::Instant::now());
+        let offer = str0m::Candidate::host(self.media_addr(), "udp").map(|candidate| {
+            rtc.add_local_candidate(candidate);
+            let mut change = rtc.sdp_api();
+            let (video, audio) = (str0m::media::MediaKind::Video, str0m::media::MediaKind::Audio);
+            let send = str0m::media::Direction::SendOnly;
+            let offered = vec![
+                (change.add_media(video, send, None, None, None), video),
+                (change.add_media(audio, send, None, None, None), audio),
+            ];
+            change.apply().map(|applied| (applied, offered))
+        });
+        match offer {
+            Ok(Some(((offer, pending), offered))) => {
+                let sdp = offer.to_sdp_string();
+                Ok(PushOffer { rtc, pending, sdp, session, peer: rand::random(), offered })
+            }
+            _ => {
+                session.seats.release(0, false);
+                Err(HostError::Start("could not make an offer".into()))
+            }
+        }
+    }
+
+    /// Applies the WHIP endpoint's answer to a [`Host::prepare_push`] offer and starts
+    /// sending the session there.
+    pub fn complete_push(&self, push: PushOffer, answer: &str) -> Result<(), HostError> {
+        let PushOffer { mut rtc, pending, session, peer, offered, .. } = push;
+        let refused = |message: String| {
+            session.seats.release(peer, false);
+            HostError::Start(message)
+        };
+        let answer = str0m::change::SdpAnswer::from_sdp_string(answer)
+            .map_err(|e| refused(format!("the WHIP endpoint's answer is not SDP: {e}")))?;
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| refused(format!("the answer does not fit: {e}")))?;
+        let peer = driver::NewPeer {
+            id: peer,
+            session: session.id.clone(),
+            role: cloudplay_proto::TicketRole::Viewer,
+            slot: 0,
+            rtc,
+            commands: session.commands.clone(),
+            seats: session.seats.clone(),
+            stats: session.stats.clone(),
+            broadcast: session.broadcast,
+            offered,
+        };
+        if self.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
+            return Err(refused("the host is overloaded; retry shortly".into()));
+        }
+        info!(session = %session.id, "pushing the session onward by WHIP");
+        Ok(())
     }
 
     fn forget_session(&self, id: &str) {

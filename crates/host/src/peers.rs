@@ -98,6 +98,9 @@ pub struct NewPeer {
     pub stats: Arc<SessionStats>,
     /// The session is a broadcast: its pictures come from its publisher peer.
     pub broadcast: bool,
+    /// Media this host offered itself (a push onward by WHIP), already negotiated; an
+    /// answered peer's media come as it connects.
+    pub offered: Vec<(Mid, MediaKind)>,
 }
 
 /// What the set asks of its shell.
@@ -172,6 +175,11 @@ impl PeerSet {
             dirty: true,
             next_timeout: now,
         });
+        if let Some(peer) = self.peers.last_mut() {
+            for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
+                peer.media_added(mid, kind);
+            }
+        }
     }
 
     /// The peer left (its WHEP resource was deleted).
@@ -678,16 +686,7 @@ impl Peer {
                 self.ask_keyframe();
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.rtc().disconnect(),
-            Event::MediaAdded(added) => {
-                let Some(pt) = self.choose_payload_type(added.mid, added.kind) else {
-                    warn!(peer = self.setup.id, kind = ?added.kind, "no usable codec offered");
-                    return;
-                };
-                match added.kind {
-                    MediaKind::Video => self.video = Some((added.mid, pt)),
-                    MediaKind::Audio => self.audio = Some((added.mid, pt)),
-                }
-            }
+            Event::MediaAdded(added) => self.media_added(added.mid, added.kind),
             Event::KeyframeRequest(_) => self.ask_keyframe(),
             Event::MediaEgressStats(egress) if self.video.is_some_and(|(mid, _)| mid == egress.mid) => {
                 // Cumulative per peer: the session gets what is new since the last report.
@@ -768,6 +767,17 @@ impl Peer {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn media_added(&mut self, mid: Mid, kind: MediaKind) {
+        let Some(pt) = self.choose_payload_type(mid, kind) else {
+            warn!(peer = self.setup.id, ?kind, "no usable codec offered");
+            return;
+        };
+        match kind {
+            MediaKind::Video => self.video = Some((mid, pt)),
+            MediaKind::Audio => self.audio = Some((mid, pt)),
         }
     }
 

@@ -298,6 +298,7 @@ fn accept_viewer_or_player(
         seats: session.seats.clone(),
         stats: session.stats.clone(),
         broadcast: session.broadcast,
+        offered: Vec::new(),
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -396,6 +397,7 @@ fn accept_publisher(
         seats: session.seats.clone(),
         stats: session.stats.clone(),
         broadcast: true,
+        offered: Vec::new(),
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

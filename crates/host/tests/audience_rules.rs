@@ -128,6 +128,7 @@ impl Broadcast {
                 seats: self.seats.clone(),
                 stats: Default::default(),
                 broadcast: self.broadcast,
+                offered: Vec::new(),
             },
         );
         self.clients.push(Client {

@@ -89,6 +89,7 @@ fn net(role: TicketRole) -> Net {
             seats: seats.clone(),
             stats: Default::default(),
             broadcast: false,
+            offered: Vec::new(),
         },
     );
     Net {

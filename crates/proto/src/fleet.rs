@@ -87,6 +87,16 @@ pub struct PublishOffer {
     pub sdp: String,
 }
 
+/// `POST /internal/v1/sessions/{id}/pushes`, control plane → host: push the session onward
+/// to this WHIP endpoint (an allowed one: the control plane checked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushTarget {
+    pub whip_url: String,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
 /// The host's answer to a [`PublishOffer`]: the SDP answer, and the path of the
 /// publisher's resource on the host's public listener (`DELETE` ends the broadcast).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
