@@ -306,8 +306,8 @@ fn measure_ingest(http: SocketAddr, token: &str, seconds: u64) -> anyhow::Result
         std::thread::spawn(move || -> anyhow::Result<()> {
             let mut frame = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let level = if (frame / 15) % 2 == 0 { 40 } else { 200 };
-                if frame % 15 == 0 {
+                let level = if (frame / 15).is_multiple_of(2) { 40 } else { 200 };
+                if frame.is_multiple_of(15) {
                     flips.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((Instant::now(), level));
                 }
                 publisher.send_frame(level)?;
