@@ -9,6 +9,25 @@ use cloudplay::app::Server;
 use cloudplay::config::Config;
 use cloudplay_control::store::{CatalogueGame, Tenant};
 
+/// Runs `e2e/{script}` with node against the server at `url`, and fails with its output
+/// if it fails.
+async fn run_script(e2e: PathBuf, script: &'static str, url: String, what: &str) {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", script])
+            .current_dir(&e2e)
+            .env("CLOUDPLAY_URL", &url)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "{what}:\n{stdout}\n{stderr}");
+}
+
 fn missing_prerequisite(e2e: &Path) -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !PathBuf::from(&chromium).exists() {
@@ -149,20 +168,7 @@ async fn players_of_two_platforms_meet_from_their_own_portals() {
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
 
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "crossplay.test.mjs"])
-            .current_dir(&e2e)
-            .env("CLOUDPLAY_URL", &url)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(output.status.success(), "the cross-play browser test failed:\n{stdout}\n{stderr}");
+    run_script(e2e, "crossplay.test.mjs", url, "the cross-play browser test failed").await;
 }
 
 /// Going live from the browser (`e2e/golive.test.mjs`): a creator signs in, makes a
@@ -183,20 +189,7 @@ async fn a_creator_goes_live_from_the_go_live_page_and_a_guest_watches() {
     store.set_creator("local", &cleo.id, false, now).await.unwrap();
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "golive.test.mjs"])
-            .current_dir(&e2e)
-            .env("CLOUDPLAY_URL", &url)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(output.status.success(), "the go-live browser test failed:\n{stdout}\n{stderr}");
+    run_script(e2e, "golive.test.mjs", url, "the go-live browser test failed").await;
 }
 
 /// Spectators who join (`e2e/seats.test.mjs`): a viewer of a public session asks to play,
@@ -212,18 +205,5 @@ async fn a_spectator_joins_the_game_they_watch() {
     let server = Server::start(Config::ephemeral()).await.expect("server starts");
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "seats.test.mjs"])
-            .current_dir(&e2e)
-            .env("CLOUDPLAY_URL", &url)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(output.status.success(), "the seats browser test failed:\n{stdout}\n{stderr}");
+    run_script(e2e, "seats.test.mjs", url, "the seats browser test failed").await;
 }

@@ -81,18 +81,31 @@ fn bearer(headers: &HeaderMap) -> Option<Ticket> {
     Some(Ticket(token.trim().to_string()))
 }
 
+type Connection = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
 async fn offer(
     State(host): State<Host>,
     Path(session_id): Path<String>,
-    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    connection: Connection,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(refused) = throttled(&host, connection) {
+    answer_offer(&host, connection, body, |body| accept_offer(&host, &session_id, &headers, body))
+}
+
+/// What WHEP and WHIP offers share: the per-address limit, the body's limits, and the
+/// count of refusals.
+fn answer_offer(
+    host: &Host,
+    connection: Connection,
+    body: Result<Bytes, BytesRejection>,
+    accept: impl FnOnce(&[u8]) -> Response,
+) -> Response {
+    if let Some(refused) = throttled(host, connection) {
         return refused;
     }
     let response = match body {
-        Ok(body) => accept_offer(&host, &session_id, &headers, &body),
+        Ok(body) => accept(&body),
         Err(rejection) => body_refused(rejection),
     };
     if response.status() != StatusCode::CREATED {
@@ -409,29 +422,18 @@ fn accept_publisher(
 async fn publish(
     State(host): State<Host>,
     Path(broadcast_id): Path<String>,
-    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    connection: Connection,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(refused) = throttled(&host, connection) {
-        return refused;
-    }
-    let response = match body {
-        Ok(body) => accept_publisher(&host, &broadcast_id, bearer(&headers), &headers, &body)
-            .unwrap_or_else(|refused| *refused),
-        Err(rejection) => body_refused(rejection),
-    };
-    if response.status() != StatusCode::CREATED {
-        host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    response
+    answer_offer(&host, connection, body, |body| {
+        accept_publisher(&host, &broadcast_id, bearer(&headers), &headers, body)
+            .unwrap_or_else(|refused| *refused)
+    })
 }
 
 /// `429` when the caller's address offers too often.
-fn throttled(
-    host: &Host,
-    connection: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-) -> Option<Response> {
+fn throttled(host: &Host, connection: Connection) -> Option<Response> {
     let axum::Extension(axum::extract::ConnectInfo(peer)) = connection?;
     let retry_after = host.throttle_offer(peer.ip()).err()?;
     host.counters().whep_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
