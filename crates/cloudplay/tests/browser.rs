@@ -28,6 +28,18 @@ async fn run_script(e2e: PathBuf, script: &'static str, url: String, what: &str)
     assert!(output.status.success(), "{what}:\n{stdout}\n{stderr}");
 }
 
+/// The `e2e/` folder, or `None` (saying why) where the browser tests cannot run; under CI
+/// they must.
+fn e2e_or_skip() -> Option<PathBuf> {
+    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
+    if let Some(reason) = missing_prerequisite(&e2e) {
+        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
+        eprintln!("SKIPPED the browser test: {reason}");
+        return None;
+    }
+    Some(e2e)
+}
+
 fn missing_prerequisite(e2e: &Path) -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !PathBuf::from(&chromium).exists() {
@@ -44,12 +56,7 @@ fn missing_prerequisite(e2e: &Path) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_page_plays_in_headless_chromium() {
-    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
-    if let Some(reason) = missing_prerequisite(&e2e) {
-        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
-        eprintln!("SKIPPED the browser test: {reason}");
-        return;
-    }
+    let Some(e2e) = e2e_or_skip() else { return };
     let mut config = Config::ephemeral();
     // With a libretro core and Xvfb (as under CI), the page also plays an emulated game and
     // a native one that quits.
@@ -107,12 +114,7 @@ async fn the_player_page_plays_in_headless_chromium() {
 /// processes (this build) and relay.
 #[test]
 fn the_player_page_rides_out_dropped_networks() {
-    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
-    if let Some(reason) = missing_prerequisite(&e2e) {
-        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
-        eprintln!("SKIPPED the browser test: {reason}");
-        return;
-    }
+    let Some(e2e) = e2e_or_skip() else { return };
     let output = Command::new("node")
         .args(["--test", "--test-reporter=spec", "network.test.mjs"])
         .current_dir(&e2e)
@@ -176,12 +178,7 @@ async fn players_of_two_platforms_meet_from_their_own_portals() {
 /// WHIP; a guest in another browser finds it live and watches it on the player page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_creator_goes_live_from_the_go_live_page_and_a_guest_watches() {
-    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
-    if let Some(reason) = missing_prerequisite(&e2e) {
-        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
-        eprintln!("SKIPPED the browser test: {reason}");
-        return;
-    }
+    let Some(e2e) = e2e_or_skip() else { return };
     let server = Server::start(Config::ephemeral()).await.expect("server starts");
     let store = server.control.store().clone();
     let now = cloudplay_control::unix_ms();
@@ -196,12 +193,7 @@ async fn a_creator_goes_live_from_the_go_live_page_and_a_guest_watches() {
 /// the player lets them in from the page, and the viewer plays without reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spectator_joins_the_game_they_watch() {
-    let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
-    if let Some(reason) = missing_prerequisite(&e2e) {
-        assert!(std::env::var_os("CI").is_none(), "browser test cannot run under CI: {reason}");
-        eprintln!("SKIPPED the browser test: {reason}");
-        return;
-    }
+    let Some(e2e) = e2e_or_skip() else { return };
     let server = Server::start(Config::ephemeral()).await.expect("server starts");
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
