@@ -107,7 +107,15 @@ impl SessionHost for LocalHost {
     }
 
     fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>> {
-        Box::pin(async move { crate::push::push(&self.0, session_id, &push).await })
+        Box::pin(async move { crate::relay::push(&self.0, session_id, &push).await })
+    }
+
+    fn pull<'a>(
+        &'a self,
+        broadcast_id: &'a str,
+        origin: PushTarget,
+    ) -> HostFuture<'a, Result<String, String>> {
+        Box::pin(async move { crate::relay::pull(&self.0, broadcast_id, &origin).await })
     }
 }
 

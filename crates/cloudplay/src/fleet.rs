@@ -290,7 +290,7 @@ impl HostServer {
             .route("/metrics", axum::routing::get(crate::app::metrics).with_state(metrics))
             .fallback(|| async { ApiError::not_found("resource") });
         let fleet_router = cloudplay_host::internal::router(host.clone())
-            .merge(crate::push::internal_route(host.clone()))
+            .merge(crate::relay::internal_routes(host.clone()))
             .fallback(|| async { ApiError::not_found("resource") });
         let fleet_tls = identity.server_config(Clients::Only(pin))?;
         let listeners = Listeners::bind(&config, true, router, fleet_router, fleet_tls).await?;

@@ -7,5 +7,5 @@ pub mod catalogue;
 pub mod client;
 pub mod config;
 pub mod fleet;
-pub mod push;
+pub mod relay;
 pub mod web;

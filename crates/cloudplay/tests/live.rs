@@ -263,25 +263,80 @@ async fn a_second_server_serves_viewers_of_the_first_ones_session() {
 
         let (_, live) = call(b, "GET", "/api/v1/live", None, None);
         assert_eq!(live["channels"][0]["channel_id"], id, "the pushed session is live on the edge: {live}");
-        let mut viewer = watch(b, id, None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let mut seqs = Vec::new();
-        while Instant::now() < deadline && seqs.len() < 30 {
-            let _ = player.poll(Duration::from_millis(10)).unwrap();
-            for frame in viewer.poll(Duration::from_millis(10)).unwrap() {
-                if let Some(probe) = frame.probe {
-                    assert_eq!(
-                        (frame.width, frame.height),
-                        (640, 360),
-                        "the origin's picture, as encoded there"
-                    );
-                    seqs.push(probe.frame_seq);
-                }
-            }
-        }
-        assert!(seqs.len() >= 30, "the edge's viewer decodes the origin's game: {} frames", seqs.len());
-        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "frames in order, advancing: {seqs:?}");
+        assert_decodes_the_origins_game(&mut watch(b, id, None), &mut player);
     })
     .await
     .unwrap();
+}
+
+/// An edge the other way round: server B pulls server A's game session by WHEP (with a
+/// viewer ticket of A) into a creator's channel, and B's viewers watch A's game.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_pulls_an_origins_session_for_its_own_viewers() {
+    let origin = Server::start(Config::ephemeral()).await.expect("origin starts");
+    let origin_addr = origin.http_addr;
+    tokio::spawn(origin.run(std::future::pending()));
+    let edge =
+        Server::start(Config { push_allowed: vec!["http://127.0.0.1:".into()], ..Config::ephemeral() })
+            .await
+            .expect("edge starts");
+    let store = edge.control.store().clone();
+    let now = unix_ms();
+    let cleo = store.create_user("local", "cleo@edge.test", "password-1", "Cleo", false, now).await.unwrap();
+    store.set_creator("local", &cleo.id, false, now).await.unwrap();
+    let creator = store.create_user_token(&cleo, now + 600_000).await.unwrap();
+    let b = edge.http_addr;
+    tokio::spawn(edge.run(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let (_, channel) =
+            call(b, "POST", "/api/v1/channels", Some(&creator), Some(json!({"title": "Edge"})));
+        let id = channel["channel_id"].as_str().unwrap();
+        let body = r#"{"game":"neon-cycles","options":{"probe":true,"width":640,"height":360,"fps":60}}"#;
+        let (session, guest) = cloudplay::client::create_guest_session(origin_addr, body).unwrap();
+        let mut player = StreamClient::connect(origin_addr, &session).unwrap();
+        let headers = cloudplay::client::guest_headers(origin_addr, &guest);
+        let mut headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.push(("Content-Type", "application/json"));
+        let path = format!("/api/v1/sessions/{}/tickets", session.session_id);
+        let (status, _, ticket) =
+            http_request(origin_addr, "POST", &path, &headers, br#"{"role":"viewer"}"#).unwrap();
+        assert_eq!(status, 201);
+        let ticket: SessionCreated = serde_json::from_slice(&ticket).unwrap();
+
+        let pull = json!({"whip_url": ticket.whep_url, "token": ticket.ticket});
+        let (status, pulled) =
+            call(b, "POST", &format!("/api/v1/channels/{id}/pull"), Some(&creator), Some(pull));
+        assert_eq!(status, 201, "{pulled}");
+        let (status, _) = call(
+            b,
+            "POST",
+            &format!("/api/v1/channels/{id}/pull"),
+            Some(&creator),
+            Some(json!({"whip_url": ticket.whep_url})),
+        );
+        assert_eq!(status, 409, "the channel is live from the origin");
+        let (_, live) = call(b, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"][0]["channel_id"], id, "{live}");
+        assert_decodes_the_origins_game(&mut watch(b, id, None), &mut player);
+    })
+    .await
+    .unwrap();
+}
+
+/// The edge's viewer decodes the origin's game: its probe strip, at the origin's size, in
+/// order (the origin's player keeps its session going meanwhile).
+fn assert_decodes_the_origins_game(viewer: &mut StreamClient, player: &mut StreamClient) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seqs = Vec::new();
+    while Instant::now() < deadline && seqs.len() < 30 {
+        let _ = player.poll(Duration::from_millis(10)).unwrap();
+        for frame in viewer.poll(Duration::from_millis(10)).unwrap() {
+            if let Some(probe) = frame.probe {
+                assert_eq!((frame.width, frame.height), (640, 360), "the origin's picture, as encoded there");
+                seqs.push(probe.frame_seq);
+            }
+        }
+    }
+    assert!(seqs.len() >= 30, "the edge's viewer decodes the origin's game: {} frames", seqs.len());
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "frames in order, advancing: {seqs:?}");
 }

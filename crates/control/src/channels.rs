@@ -48,6 +48,7 @@ pub fn routes() -> Router<ControlPlane> {
         .route("/api/v1/channels/{id}/live", axum::routing::delete(end_live))
         .route("/api/v1/channels/{id}/tickets", post(watch_ticket))
         .route("/api/v1/channels/{id}/pushes", post(push_channel))
+        .route("/api/v1/channels/{id}/pull", post(pull_into_channel))
         .route("/api/v1/sessions/{id}/pushes", post(push_session))
         .route("/api/v1/admin/creators/{user}", put(set_creator))
         .route(
@@ -362,6 +363,54 @@ async fn push_channel(
         return Err(ApiError(StatusCode::CONFLICT, "not_live", "the channel is not on the air".into()));
     };
     push_to(host, &broadcast, push).await
+}
+
+/// The creator (or an admin) puts an origin's WHEP stream on the channel: this server
+/// becomes an edge, its viewers watch what the origin (another cloudplay, a WHEP server)
+/// streams. The channel must be off the air; `token` is the origin's bearer (a viewer
+/// ticket of another cloudplay).
+async fn pull_into_channel(
+    State(control): State<ControlPlane>,
+    Path(id): Path<String>,
+    Caller(who): Caller,
+    JsonBody(origin): JsonBody<PushTarget>,
+) -> Result<Response, ApiError> {
+    allowed_target(&control, &origin)?;
+    let channel = owned(&control, &who, &id).await?;
+    if on_air(&control, &channel).await?.is_some() {
+        return Err(whip_error(
+            StatusCode::CONFLICT,
+            "already_live",
+            "the channel is live from another publisher",
+        ));
+    }
+    let host = control.broadcast_host().ok_or_else(|| {
+        whip_error(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host can take a broadcast")
+    })?;
+    let (host_id, broadcast) = (host.host_id(), random_id());
+    let store = &control.inner.store;
+    if !store
+        .claim_channel(&who.tenant, &channel.id, &broadcast, &host_id, unix_ms())
+        .await
+        .map_err(internal)?
+    {
+        return Err(whip_error(
+            StatusCode::CONFLICT,
+            "already_live",
+            "the channel is live from another publisher",
+        ));
+    }
+    let url = origin.whip_url.clone();
+    match host.pull(&broadcast, origin).await {
+        Ok(location) => {
+            info!(channel = %channel.id, %broadcast, %url, "channel fed from an origin");
+            Ok((StatusCode::CREATED, Json(json!({ "whep_url": url, "location": location }))).into_response())
+        }
+        Err(e) => {
+            store.release_channel(&who.tenant, &channel.id, &broadcast).await.map_err(internal)?;
+            Err(ApiError(StatusCode::BAD_GATEWAY, "pull_failed", e))
+        }
+    }
 }
 
 /// The tenant's live channels with their audiences, for "Live now".

@@ -97,6 +97,13 @@ pub trait SessionHost: Send + Sync {
     /// Pushes a session (or a broadcast) onward to a WHIP endpoint, with `token` as its
     /// bearer token: the resource's URL there, or why not.
     fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>>;
+    /// Opens broadcast `broadcast_id`, fed by pulling an origin's WHEP stream (an edge):
+    /// the resource's URL at the origin, or why not.
+    fn pull<'a>(
+        &'a self,
+        broadcast_id: &'a str,
+        origin: PushTarget,
+    ) -> HostFuture<'a, Result<String, String>>;
 }
 
 pub use cloudplay_proto::fleet::PushTarget;

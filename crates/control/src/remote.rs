@@ -167,17 +167,29 @@ impl SessionHost for RemoteHost {
     }
 
     fn push<'a>(&'a self, session_id: &'a str, push: PushTarget) -> HostFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            let body = serde_json::to_string(&push).map_err(|e| e.to_string())?;
-            let path = format!("/internal/v1/sessions/{session_id}/pushes");
-            let (status, answer) = self.request("POST", &path, Some(body)).await?;
-            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
-            match (status, answer["location"].as_str()) {
-                (201, Some(location)) => Ok(location.to_string()),
-                _ => Err(answer["error"]["message"]
-                    .as_str()
-                    .map_or_else(|| format!("host answered {status}"), str::to_string)),
-            }
-        })
+        Box::pin(self.relay(format!("/internal/v1/sessions/{session_id}/pushes"), push))
+    }
+
+    fn pull<'a>(
+        &'a self,
+        broadcast_id: &'a str,
+        origin: PushTarget,
+    ) -> HostFuture<'a, Result<String, String>> {
+        Box::pin(self.relay(format!("/internal/v1/broadcasts/{broadcast_id}/pulls"), origin))
+    }
+}
+
+impl RemoteHost {
+    /// Asks the host to relay to or from `target` (its fleet route at `path`).
+    async fn relay(&self, path: String, target: PushTarget) -> Result<String, String> {
+        let body = serde_json::to_string(&target).map_err(|e| e.to_string())?;
+        let (status, answer) = self.request("POST", &path, Some(body)).await?;
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        match (status, answer["location"].as_str()) {
+            (201, Some(location)) => Ok(location.to_string()),
+            _ => Err(answer["error"]["message"]
+                .as_str()
+                .map_or_else(|| format!("host answered {status}"), str::to_string)),
+        }
     }
 }

@@ -208,14 +208,16 @@ pub struct SessionHandle {
     pub broadcast: bool,
 }
 
-/// A push of a session onward by WHIP, offered and waiting for its answer.
-pub struct PushOffer {
+/// A relay between this host and another WHIP or WHEP endpoint (a push of a session
+/// onward, or a pull of an origin into a broadcast), offered and waiting for its answer.
+pub struct RelayOffer {
     rtc: str0m::Rtc,
     pending: str0m::change::SdpPendingOffer,
     /// The offer to POST to the WHIP endpoint.
     pub sdp: String,
     session: Arc<SessionHandle>,
     peer: PeerId,
+    role: cloudplay_proto::TicketRole,
     offered: Vec<(str0m::media::Mid, str0m::media::MediaKind)>,
 }
 
@@ -601,13 +603,34 @@ impl Host {
     /// The first half of pushing session `id` onward by WHIP (to another cloudplay's
     /// channel, or any WHIP-speaking SFU or CDN): a send-only connection from this host's
     /// media port, and its offer. The caller POSTs the offer and hands the answer to
-    /// [`Host::complete_push`]. The push counts as a viewer of the session.
-    pub fn prepare_push(&self, id: &str) -> Result<PushOffer, HostError> {
+    /// [`Host::complete_relay`]. The push counts as a viewer of the session.
+    pub fn prepare_push(&self, id: &str) -> Result<RelayOffer, HostError> {
         let session = self.session(id).ok_or_else(|| HostError::Start(format!("no session {id:?}")))?;
         let limits = self.inner.config.limits;
         if self.peer_count() >= limits.peers || !session.seats.add_viewer(limits.viewers_per_session) {
             return Err(HostError::Start("no room for another viewer".into()));
         }
+        self.relay_offer(session, cloudplay_proto::TicketRole::Viewer, str0m::media::Direction::SendOnly)
+    }
+
+    /// The first half of pulling an origin by WHEP into broadcast `id` (an edge: this
+    /// host's viewers watch what another cloudplay, or any WHEP server, streams): a
+    /// receive-only connection from this host's media port, and its offer, as
+    /// [`Host::prepare_push`]. The pulled stream is the broadcast's publisher.
+    pub fn prepare_pull(&self, id: &str) -> Result<RelayOffer, HostError> {
+        if self.peer_count() >= self.inner.config.limits.peers {
+            return Err(HostError::Start("this host serves as many peers as it can".into()));
+        }
+        let session = self.open_broadcast(id)?;
+        self.relay_offer(session, cloudplay_proto::TicketRole::Publisher, str0m::media::Direction::RecvOnly)
+    }
+
+    fn relay_offer(
+        &self,
+        session: Arc<SessionHandle>,
+        role: cloudplay_proto::TicketRole,
+        direction: str0m::media::Direction,
+    ) -> Result<RelayOffer, HostError> {
         let mut rtc = str0m::Rtc::builder()
             .clear_codecs()
             .enable_h264(true)
@@ -617,42 +640,55 @@ impl Host {
             rtc.add_local_candidate(candidate);
             let mut change = rtc.sdp_api();
             let (video, audio) = (str0m::media::MediaKind::Video, str0m::media::MediaKind::Audio);
-            let send = str0m::media::Direction::SendOnly;
             let offered = vec![
-                (change.add_media(video, send, None, None, None), video),
-                (change.add_media(audio, send, None, None, None), audio),
+                (change.add_media(video, direction, None, None, None), video),
+                (change.add_media(audio, direction, None, None, None), audio),
             ];
             change.apply().map(|applied| (applied, offered))
         });
         match offer {
             Ok(Some(((offer, pending), offered))) => {
                 let sdp = offer.to_sdp_string();
-                Ok(PushOffer { rtc, pending, sdp, session, peer: rand::random(), offered })
+                Ok(RelayOffer { rtc, pending, sdp, session, peer: rand::random(), role, offered })
             }
             _ => {
-                session.seats.release(0, false);
+                self.end_relay(&session, role);
                 Err(HostError::Start("could not make an offer".into()))
             }
         }
     }
 
-    /// Applies the WHIP endpoint's answer to a [`Host::prepare_push`] offer and starts
-    /// sending the session there.
-    pub fn complete_push(&self, push: PushOffer, answer: &str) -> Result<(), HostError> {
-        let PushOffer { mut rtc, pending, session, peer, offered, .. } = push;
+    /// Gives a prepared relay up (the other end refused or did not answer).
+    pub fn abandon_relay(&self, relay: RelayOffer) {
+        self.end_relay(&relay.session, relay.role);
+    }
+
+    /// Undoes what preparing a relay took: a viewer's place, or the broadcast opened.
+    fn end_relay(&self, session: &SessionHandle, role: cloudplay_proto::TicketRole) {
+        if role == cloudplay_proto::TicketRole::Publisher {
+            self.stop_session(&session.id);
+        } else {
+            session.seats.release(0, false);
+        }
+    }
+
+    /// Applies the other end's answer to a [`Host::prepare_push`] or [`Host::prepare_pull`]
+    /// offer, and starts the relay.
+    pub fn complete_relay(&self, relay: RelayOffer, answer: &str) -> Result<(), HostError> {
+        let RelayOffer { mut rtc, pending, session, peer, role, offered, .. } = relay;
         let refused = |message: String| {
-            session.seats.release(peer, false);
+            self.end_relay(&session, role);
             HostError::Start(message)
         };
         let answer = str0m::change::SdpAnswer::from_sdp_string(answer)
-            .map_err(|e| refused(format!("the WHIP endpoint's answer is not SDP: {e}")))?;
+            .map_err(|e| refused(format!("the other end's answer is not SDP: {e}")))?;
         rtc.sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| refused(format!("the answer does not fit: {e}")))?;
         let peer = driver::NewPeer {
             id: peer,
             session: session.id.clone(),
-            role: cloudplay_proto::TicketRole::Viewer,
+            role,
             slot: 0,
             rtc,
             commands: session.commands.clone(),
@@ -664,7 +700,7 @@ impl Host {
         if self.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
         }
-        info!(session = %session.id, "pushing the session onward by WHIP");
+        info!(session = %session.id, ?role, "relaying");
         Ok(())
     }
 
