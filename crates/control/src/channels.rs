@@ -3,10 +3,10 @@
 //! A tenant's admin makes a user a creator (or bans one). A creator makes channels, each
 //! with a stream key shown once (only its hash is kept; rotating it ends the broadcast on
 //! the air). `POST /whip/{channel}` with the key as bearer token and an SDP offer
-//! (H.264 and Opus) opens a broadcast on a host: the control plane claims the channel
-//! (one publisher at a time: `409` for a second), signs a publisher ticket and relays the
-//! offer to the host, whose answer comes back with a `Location` at the host; `DELETE`
-//! there ends it. Anyone of the tenant finds live channels on `GET /api/v1/live` and
+//! (H.264 and Opus) opens a broadcast on a host: the control plane signs a publisher
+//! ticket and relays the offer to the host, then claims the channel for that broadcast
+//! (one publisher at a time: `409` for a second, whose broadcast ends); the host's answer
+//! comes back with a `Location` at the host, and `DELETE` there ends it. Anyone of the tenant finds live channels on `GET /api/v1/live` and
 //! watches by WHEP with a viewer ticket from `POST /api/v1/channels/{id}/tickets`.
 
 use std::sync::Arc;
@@ -388,29 +388,36 @@ async fn pull_into_channel(
         whip_error(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host can take a broadcast")
     })?;
     let (host_id, broadcast) = (host.host_id(), random_id());
+    let url = origin.whip_url.clone();
+    let location = host
+        .pull(&broadcast, origin)
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "pull_failed", e))?;
+    claim(&control, &channel, host.as_ref(), &host_id, &broadcast).await?;
+    info!(channel = %channel.id, %broadcast, %url, "channel fed from an origin");
+    Ok((StatusCode::CREATED, Json(json!({ "whep_url": url, "location": location }))).into_response())
+}
+
+/// Puts broadcast `broadcast`, already on its host, on the channel; when another was
+/// first, the broadcast ends and the answer is `409`. Claiming only what a host carries
+/// keeps a look at the channel meanwhile from taking a broadcast off it that is starting.
+async fn claim(
+    control: &ControlPlane,
+    channel: &Channel,
+    host: &dyn SessionHost,
+    host_id: &str,
+    broadcast: &str,
+) -> Result<(), ApiError> {
     let store = &control.inner.store;
-    if !store
-        .claim_channel(&who.tenant, &channel.id, &broadcast, &host_id, unix_ms())
+    if store
+        .claim_channel(&channel.tenant_id, &channel.id, broadcast, host_id, unix_ms())
         .await
         .map_err(internal)?
     {
-        return Err(whip_error(
-            StatusCode::CONFLICT,
-            "already_live",
-            "the channel is live from another publisher",
-        ));
+        return Ok(());
     }
-    let url = origin.whip_url.clone();
-    match host.pull(&broadcast, origin).await {
-        Ok(location) => {
-            info!(channel = %channel.id, %broadcast, %url, "channel fed from an origin");
-            Ok((StatusCode::CREATED, Json(json!({ "whep_url": url, "location": location }))).into_response())
-        }
-        Err(e) => {
-            store.release_channel(&who.tenant, &channel.id, &broadcast).await.map_err(internal)?;
-            Err(ApiError(StatusCode::BAD_GATEWAY, "pull_failed", e))
-        }
-    }
+    host.stop_session(broadcast).await;
+    Err(whip_error(StatusCode::CONFLICT, "already_live", "the channel is live from another publisher"))
 }
 
 /// The tenant's live channels with their audiences, for "Live now".
@@ -513,13 +520,6 @@ async fn publish(
     })?;
     let (host_id, broadcast) = (host.host_id(), random_id());
     let tenant = channel.tenant_id.clone();
-    if !store.claim_channel(&tenant, &channel.id, &broadcast, &host_id, unix_ms()).await.map_err(internal)? {
-        return Err(whip_error(
-            StatusCode::CONFLICT,
-            "already_live",
-            "the channel is live from another publisher",
-        ));
-    }
     let stream = TicketStream { host_id: &host_id, id: &broadcast, game: BROADCAST_GAME, tenant: &tenant };
     let signed = control.sign_ticket(stream, TicketRole::Publisher, Some(channel.owner_id.clone()));
     let answer = match signed {
@@ -529,12 +529,12 @@ async fn publish(
     let answer = match answer {
         Ok(answer) => answer,
         Err((status, error)) => {
-            store.release_channel(&tenant, &channel.id, &broadcast).await.map_err(internal)?;
             // The host's refusal (a bad offer, no H.264, full) is the publisher's answer.
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             return Ok((status, Json(error)).into_response());
         }
     };
+    claim(&control, &channel, host.as_ref(), &host_id, &broadcast).await?;
     info!(channel = %channel.id, %broadcast, host = %host_id, "channel live");
     let mut response = (StatusCode::CREATED, answer.sdp).into_response();
     let headers = response.headers_mut();
