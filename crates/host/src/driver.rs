@@ -36,11 +36,14 @@ pub enum DriverCommand {
     },
 }
 
-/// Runs the driver until the command channel closes.
+/// Runs the driver until the sessions' channel closes. `commands` brings the sessions'
+/// frames; `peers` peers joining and leaving, on a queue of their own so that a host
+/// busy fanning frames out still takes new viewers.
 pub async fn run_driver(
     socket: UdpSocket,
     candidate_addr: SocketAddr,
     mut commands: mpsc::Receiver<DriverCommand>,
+    mut peers_commands: mpsc::Receiver<DriverCommand>,
     counters: Arc<HostCounters>,
 ) {
     let mut peers = PeerSet::new(candidate_addr, counters);
@@ -56,17 +59,11 @@ pub async fn run_driver(
             }
         };
         tokio::select! {
+            biased;
+            Some(command) = peers_commands.recv() => handle(&mut peers, command),
             command = commands.recv() => {
                 let Some(command) = command else { break };
-                match command {
-                    DriverCommand::AddPeer(setup) => peers.add_peer(Instant::now(), *setup),
-                    DriverCommand::RemovePeer(id) => peers.remove_peer(id),
-                    DriverCommand::Video { session, video } => peers.video(&session, video),
-                    DriverCommand::Audio { session, audio } => peers.audio(&session, &audio),
-                    DriverCommand::EndSession { session, reason } => {
-                        peers.end_session(Instant::now(), &session, reason.as_deref());
-                    }
-                }
+                handle(&mut peers, command);
             }
             received = socket.recv_from(&mut buffer) => {
                 if let Ok((len, source)) = received {
@@ -76,5 +73,17 @@ pub async fn run_driver(
             _ = tokio::time::sleep_until(timeout.into()) => {}
         }
         peers.handle_timeout(Instant::now());
+    }
+}
+
+fn handle(peers: &mut PeerSet, command: DriverCommand) {
+    match command {
+        DriverCommand::AddPeer(setup) => peers.add_peer(Instant::now(), *setup),
+        DriverCommand::RemovePeer(id) => peers.remove_peer(id),
+        DriverCommand::Video { session, video } => peers.video(&session, video),
+        DriverCommand::Audio { session, audio } => peers.audio(&session, &audio),
+        DriverCommand::EndSession { session, reason } => {
+            peers.end_session(Instant::now(), &session, reason.as_deref());
+        }
     }
 }

@@ -46,6 +46,9 @@ pub use crate::stream::Schedule;
 /// How many commands (mostly encoded frames) may wait for the driver. Small on purpose:
 /// a frame that cannot be sent soon is better dropped than delivered late.
 const DRIVER_QUEUE: usize = 64;
+/// Peers joining, leaving and sessions ending may wait apart from the frames: a host busy
+/// with a crowd still admits the next viewer.
+const PEER_QUEUE: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -238,6 +241,8 @@ struct HostInner {
     media_addr: SocketAddr,
     sessions: Mutex<HashMap<Arc<str>, Arc<SessionHandle>>>,
     driver: mpsc::Sender<DriverCommand>,
+    /// The driver's queue for peers and session ends (see [`PEER_QUEUE`]).
+    peers: mpsc::Sender<DriverCommand>,
     verifier: Mutex<TicketVerifier>,
     counters: Arc<HostCounters>,
     offers: Mutex<RateLimiter<IpAddr>>,
@@ -304,7 +309,8 @@ impl Host {
         }
         let counters = Arc::new(HostCounters::default());
         let (driver, commands) = mpsc::channel(DRIVER_QUEUE);
-        tokio::spawn(run_driver(socket, media_addr, commands, counters.clone()));
+        let (peers, peer_commands) = mpsc::channel(PEER_QUEUE);
+        tokio::spawn(run_driver(socket, media_addr, commands, peer_commands, counters.clone()));
         info!(host = %config.host_id, media = %media_addr, runtimes = ?runtimes.kinds(), "stream host started");
         let verifier = Mutex::new(TicketVerifier::new(config.ticket_key, config.host_id.clone()));
         let offers = Mutex::new(RateLimiter::new(config.limits.offers_per_address, 65_536));
@@ -315,6 +321,7 @@ impl Host {
                 media_addr,
                 sessions: Mutex::new(HashMap::new()),
                 driver,
+                peers,
                 verifier,
                 counters,
                 offers,
@@ -376,7 +383,7 @@ impl Host {
             let reason: Arc<str> = status.to_string().into();
             let _ = self
                 .inner
-                .driver
+                .peers
                 .try_send(DriverCommand::EndSession { session: session.id.clone(), reason: Some(reason) });
         }
     }
@@ -583,7 +590,7 @@ impl Host {
                         Ok(SessionCommand::Stop) => {
                             let reason = Some(Arc::from("the broadcast was ended"));
                             let end = DriverCommand::EndSession { session: broadcast.clone(), reason };
-                            let _ = host.inner.driver.blocking_send(end);
+                            let _ = host.inner.peers.blocking_send(end);
                             break;
                         }
                         Ok(SessionCommand::PublisherLeft) | Err(_) => break,
@@ -697,7 +704,7 @@ impl Host {
             broadcast: session.broadcast,
             offered,
         };
-        if self.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
+        if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
         }
         info!(session = %session.id, ?role, "relaying");

@@ -217,7 +217,7 @@ fn new_rtc(host: &Host, receive_only: bool, bwe: bool, max_bps: u64) -> Result<R
 /// Hands the peer to the driver and answers `201` with the SDP and its resource's URL.
 fn admit(host: &Host, peer: NewPeer, answer: String, route: &str, tenant: &str) -> Result<Response, Refused> {
     let (session, peer_id) = (peer.session.clone(), peer.id);
-    if host.inner.driver.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
+    if host.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "busy", "the host is overloaded; retry shortly"));
     }
     if !tenant.is_empty()
@@ -466,7 +466,7 @@ async fn leave(State(host): State<Host>, Path((session_id, peer)): Path<(String,
         return error_response(StatusCode::NOT_FOUND, "not_found", "no such session");
     }
     debug!(session = %session_id, peer = peer_id, "peer leaving by DELETE");
-    let _ = host.inner.driver.send(DriverCommand::RemovePeer(peer_id)).await;
+    let _ = host.inner.peers.send(DriverCommand::RemovePeer(peer_id)).await;
     StatusCode::OK.into_response()
 }
 

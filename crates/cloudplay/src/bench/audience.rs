@@ -125,7 +125,10 @@ fn join(http: SocketAddr, session: &str, guest: &str) -> anyhow::Result<WhepConn
         let ticket = viewer_ticket(http, session, guest)?;
         match WhepConnection::open(http, &ticket, Ok) {
             Ok(connection) => return Ok(connection),
-            Err(e) if e.to_string().contains("503") => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) if e.to_string().contains("503") => {
+                eprintln!("the host was busy; asking again");
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => return Err(e),
         }
     }
