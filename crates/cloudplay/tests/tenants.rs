@@ -364,6 +364,53 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
         ];
         assert_eq!(got, expected, "{who}: visibility, save state, moment");
     }
+    // A creator's channel: anyone of the tenant looks it up; only its creator (or an
+    // admin) rotates its key, ends its broadcast or pushes it onward (this server allows
+    // no push target, which only they learn); another tenant sees nothing.
+    w.store.set_creator("acme", &alice.id, false, now).await.unwrap();
+    let (status, channel) =
+        call(&w.app, "POST", "/api/v1/channels", Some(&alice_token), &[], Some(json!({"title": "Alice"})))
+            .await;
+    assert_eq!(status, S::CREATED, "{channel}");
+    let channel_id = channel["channel_id"].as_str().unwrap();
+    let (channel, key_path) =
+        (format!("/api/v1/channels/{channel_id}"), format!("/api/v1/channels/{channel_id}/key"));
+    let (live, pushes) =
+        (format!("/api/v1/channels/{channel_id}/live"), format!("/api/v1/channels/{channel_id}/pushes"));
+    let push = json!({"whip_url": "http://edge.test/whip/x"});
+    // caller, GET channel, new key, end broadcast, push
+    let matrix: [(&str, Option<&str>, [S; 4]); 8] = [
+        ("creator", Some(&alice_token), [S::OK, S::OK, S::CONFLICT, S::FORBIDDEN]),
+        ("another player", Some(&bob_token), [S::OK, S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND]),
+        ("a guest of another tenant", None, [S::NOT_FOUND; 4]),
+        ("catalogue:read key", Some(&catalogue_key), [S::OK, S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND]),
+        ("sessions:read key", Some(&read_key), [S::OK, S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND]),
+        ("sessions:write key", Some(&w.acme_key), [S::OK, S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND]),
+        ("admin key", Some(&admin_key), [S::OK, S::OK, S::CONFLICT, S::FORBIDDEN]),
+        ("another tenant", Some(&w.globex_key), [S::NOT_FOUND; 4]),
+    ];
+    for (who, credential, expected) in matrix {
+        let got = [
+            call(&w.app, "GET", &channel, credential, &[], None).await.0,
+            call(&w.app, "POST", &key_path, credential, &[], None).await.0,
+            call(&w.app, "DELETE", &live, credential, &[], None).await.0,
+            call(&w.app, "POST", &pushes, credential, &[], Some(push.clone())).await.0,
+        ];
+        assert_eq!(got, expected, "{who}: GET channel, new key, end broadcast, push");
+    }
+    // Only creators make channels; pushing a session is its owner's.
+    let (status, _) =
+        call(&w.app, "POST", "/api/v1/channels", Some(&bob_token), &[], Some(json!({"title": "Bob"}))).await;
+    assert_eq!(status, S::FORBIDDEN, "bob is no creator");
+    let session_pushes = format!("/api/v1/sessions/{id}/pushes");
+    assert_eq!(
+        call(&w.app, "POST", &session_pushes, Some(&bob_token), &[], Some(push.clone())).await.0,
+        S::NOT_FOUND
+    );
+    assert_eq!(
+        call(&w.app, "POST", &session_pushes, Some(&alice_token), &[], Some(push.clone())).await.0,
+        S::FORBIDDEN
+    );
     // The share link made last (by the admin key) is the only one that works now.
     let (status, fresh) = call(&w.app, "POST", &watch, Some(&alice_token), &[], None).await;
     assert_eq!(status, S::CREATED);

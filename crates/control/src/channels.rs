@@ -345,8 +345,9 @@ async fn push_session(
     Caller(who): Caller,
     JsonBody(push): JsonBody<PushTarget>,
 ) -> Result<Response, ApiError> {
-    allowed_target(&control, &push)?;
+    // Whose it is first: a stranger learns nothing of the server's relay settings.
     let host = crate::api::running_host(&control, &who, &id).await?;
+    allowed_target(&control, &push)?;
     push_to(host, &id, push).await
 }
 
@@ -357,8 +358,8 @@ async fn push_channel(
     Caller(who): Caller,
     JsonBody(push): JsonBody<PushTarget>,
 ) -> Result<Response, ApiError> {
-    allowed_target(&control, &push)?;
     let channel = owned(&control, &who, &id).await?;
+    allowed_target(&control, &push)?;
     let Some((host, broadcast, _)) = on_air(&control, &channel).await? else {
         return Err(ApiError(StatusCode::CONFLICT, "not_live", "the channel is not on the air".into()));
     };
@@ -375,8 +376,8 @@ async fn pull_into_channel(
     Caller(who): Caller,
     JsonBody(origin): JsonBody<PushTarget>,
 ) -> Result<Response, ApiError> {
-    allowed_target(&control, &origin)?;
     let channel = owned(&control, &who, &id).await?;
+    allowed_target(&control, &origin)?;
     if on_air(&control, &channel).await?.is_some() {
         return Err(whip_error(
             StatusCode::CONFLICT,
