@@ -52,15 +52,15 @@ async function measure(key) {
       await sleep(80 + ((i * 37) % 80));
     }
     await sleep(1_100); // the overlay's getStats runs once a second
-    const { shown, widths, c2p, network } = await page.evaluate(() => ({
+    const { shown, widths, c2p, network, copies } = await page.evaluate(() => ({
       shown: window.benchShown, widths: window.benchWidths, c2p: window.cloudplayStats.clickToPhoton,
-      network: window.cloudplayStats.network,
+      network: window.cloudplayStats.network, copies: window.cloudplayStats.copies,
     }));
     const gaps = shown.slice(1).map((t, i) => t - shown[i]);
     const span = (shown[shown.length - 1] - shown[0]) / 1000;
     return {
       key, firstFrame, fps: (shown.length - 1) / span, gapsOver100: gaps.filter((g) => g > 100).length,
-      widths, maxGap: Math.max(...gaps), c2p50: pct(c2p, 0.5), c2p95: pct(c2p, 0.95), samples: c2p.length, network,
+      widths, maxGap: Math.max(...gaps), c2p50: pct(c2p, 0.5), c2p95: pct(c2p, 0.95), samples: c2p.length, network, copies,
     };
   } finally {
     await context.close();
@@ -73,9 +73,9 @@ for (const key of scenarios) {
   rows.push(await measure(key));
 }
 console.log(`\nBrowser (headless Chromium, software decode) through cloudplay netem, Neon Cycles ${width}x${height} at 60 fps, ${seconds} s each:\n`);
-console.log('| scenario | fps shown | gaps > 100 ms | longest gap ms | click-to-photon p50 / p95 ms (samples) | first frame ms | lost / NACKs / resent | freezes (s) | keyframes asked | picture width |');
-console.log('|---|---|---|---|---|---|---|---|---|---|');
+console.log('| scenario | fps shown | gaps > 100 ms | longest gap ms | click-to-photon p50 / p95 ms (samples) | first frame ms | lost / NACKs / resent | freezes (s) | keyframes asked | picture width | copies at the end |');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const n = r.network || {};
-  console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} |`);
+  console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} | ${r.copies ? 'on' : 'off'} |`);
 }

@@ -29,6 +29,8 @@ const stats = (window.cloudplayStats = {
   // The widest picture seen and the current one: narrower means the host lowered it.
   widestFrame: 0,
   frameSize: null,
+  // The host sends each media packet twice (the link loses too much).
+  copies: false,
   error: null,
 });
 
@@ -396,6 +398,13 @@ function onSeatMessage(message) {
       seatButton.disabled = false;
       seatButton.textContent = 'Ask to play';
       overlayText.textContent = message.reason;
+      return true;
+    case 'copies':
+      // The host sends each media packet twice while this link loses too much.
+      stats.copies = message.on;
+      document.getElementById('s-copies').textContent = message.on
+        ? `on (link lost ${(message.loss_permille / 10).toFixed(1)} %)`
+        : 'off';
       return true;
     default:
       return false;

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod internal;
 pub mod messages;
 pub mod peers;
+pub mod redundancy;
 pub mod saves;
 pub mod session;
 pub mod stats;
@@ -889,7 +890,7 @@ impl Host {
             }
         }
         type Read = fn(&SessionStats) -> u64;
-        let gauges: [(&str, &str, Read); 9] = [
+        let gauges: [(&str, &str, Read); 11] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),
@@ -920,6 +921,14 @@ impl Host {
             }),
             ("cloudplay_session_rtt_microseconds", "Round trip to a peer as last measured.", |s| {
                 SessionStats::count(&s.rtt_us)
+            }),
+            (
+                "cloudplay_session_copying_peers",
+                "Players whose path loses enough that each media packet goes twice.",
+                |s| SessionStats::count(&s.copying_peers),
+            ),
+            ("cloudplay_session_copies_sent_total", "Copies of media packets sent under loss.", |s| {
+                SessionStats::count(&s.copies_sent)
             }),
         ];
         for (name, help, value) in gauges {

@@ -20,6 +20,9 @@
 //!   comes on a reliable channel and, for speed under loss, on an unreliable one whose
 //!   datagrams repeat the latest messages; each sequence number is applied once, whichever
 //!   copy comes first.
+//! - A player whose path loses more than [`crate::redundancy::ON_LOSS`] of its packets
+//!   gets each media packet twice, the copy after its frame, and its picture half its
+//!   estimate ([`crate::redundancy`]): a loss costs no round trip.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
 //! - A viewer of a game may ask for a seat ([`PeerRequest::AskSeat`] on its input channel,
@@ -55,6 +58,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
 use crate::messages::{AudioPacket, PeerId, SessionCommand, VideoPacket};
+use crate::redundancy::Redundancy;
 use crate::stats::{HostCounters, SessionStats, Stage};
 
 /// Label of the data channel that carries input.
@@ -128,6 +132,8 @@ pub struct PeerSet {
     /// Which peer a remote address belongs to, so a datagram finds its peer at once
     /// (checked with `accepts`; a miss falls back to asking every peer).
     by_source: HashMap<SocketAddr, PeerId>,
+    /// Some peer sends copies: look for due ones before draining.
+    copying: bool,
 }
 
 impl PeerSet {
@@ -141,6 +147,7 @@ impl PeerSet {
             earliest: None,
             forwarded: false,
             by_source: HashMap::new(),
+            copying: false,
         }
     }
 
@@ -174,6 +181,8 @@ impl PeerSet {
             seat_asked: None,
             dirty: true,
             next_timeout: now,
+            media_pts: Vec::new(),
+            redundancy: Redundancy::default(),
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -255,7 +264,10 @@ impl PeerSet {
     /// The next datagram to send, or when to call again; call until it is `Timeout`.
     pub fn poll_output(&mut self, now: Instant) -> PeerOutput {
         loop {
-            if let Some(transmit) = self.drain_peers() {
+            if let Some(copy) = self.due_copy(now) {
+                return PeerOutput::Transmit(copy);
+            }
+            if let Some(transmit) = self.drain_peers(now) {
                 return PeerOutput::Transmit(transmit);
             }
             // Frames forwarded to peers already drained this round: drain them again.
@@ -269,6 +281,18 @@ impl PeerSet {
             self.earliest = Some(now);
         }
         self.finish_round(now)
+    }
+
+    /// A copy of a media packet whose time has come (see [`crate::redundancy`]).
+    fn due_copy(&mut self, now: Instant) -> Option<Transmit> {
+        if !self.copying {
+            return None;
+        }
+        self.peers.iter_mut().find_map(|peer| {
+            let copy = peer.redundancy.poll_copy(now)?;
+            peer.setup.stats.copies_sent.fetch_add(1, Ordering::Relaxed);
+            Some(copy)
+        })
     }
 
     /// Peers' requests on their input channels (seats); whether anything was sent.
@@ -346,7 +370,7 @@ impl PeerSet {
 
     /// Polls peers from the cursor on: the next datagram, or `None` when every peer is
     /// drained (their timeouts gathered in `earliest`).
-    fn drain_peers(&mut self) -> Option<Transmit> {
+    fn drain_peers(&mut self, now: Instant) -> Option<Transmit> {
         while let Some(peer) = self.peers.get_mut(self.cursor) {
             // A peer nothing happened to since it was drained has nothing to say.
             if !peer.dirty || !peer.setup.rtc.is_alive() {
@@ -354,7 +378,10 @@ impl PeerSet {
                 continue;
             }
             match peer.setup.rtc.poll_output() {
-                Ok(Output::Transmit(transmit)) => return Some(transmit),
+                Ok(Output::Transmit(transmit)) => {
+                    peer.redundancy.sent(now, &transmit, &peer.media_pts);
+                    return Some(transmit);
+                }
                 Ok(Output::Event(Event::MediaData(data))) if peer.setup.role == TicketRole::Publisher => {
                     let session = peer.setup.session.clone();
                     let within_budget = peer.ingest.take(data.network_time, data.data.len());
@@ -461,6 +488,11 @@ impl PeerSet {
             }
             info!(peer = peer.setup.id, session = %peer.setup.session, "peer left");
             left.push(peer.setup.id);
+            if peer.redundancy.is_on() {
+                let copying = &peer.setup.stats.copying_peers;
+                let _ =
+                    copying.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+            }
             if peer.setup.role == TicketRole::Publisher {
                 peer.tell_session(SessionCommand::PublisherLeft);
                 broadcasts_over.push(peer.setup.session.clone());
@@ -478,8 +510,12 @@ impl PeerSet {
             self.end_session(now, &session, None);
         }
         let mut at = self.earliest.take().unwrap_or(now + IDLE_WAKEUP).min(now + IDLE_WAKEUP);
+        self.copying = self.peers.iter().any(|p| p.redundancy.is_on());
         for peer in &self.peers {
             at = at.min(peer.next_timeout);
+            if let Some(due) = peer.redundancy.next_due() {
+                at = at.min(due);
+            }
             if let Some(close_at) = peer.close_at {
                 at = at.min(close_at);
             }
@@ -559,6 +595,10 @@ struct Peer {
     dirty: bool,
     /// When its connection's timers next want to run.
     next_timeout: Instant,
+    /// The payload types of its media (not their resends), as written on the wire.
+    media_pts: Vec<u8>,
+    /// Copies of its media packets, while its path loses too much.
+    redundancy: Redundancy,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -703,12 +743,29 @@ impl Peer {
                 if let Some(rtt) = egress.rtt {
                     stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
                 }
+                // Copies are a player's: a viewer does not set the picture's rate, so its
+                // copies could not be paid for.
+                if self.setup.role == TicketRole::Player
+                    && self.redundancy.report(egress.timestamp, egress.loss, egress.packets, nacks)
+                {
+                    let on = self.redundancy.is_on();
+                    info!(peer = self.setup.id, on, loss = ?egress.loss, "copies of media packets");
+                    let loss_permille = (egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32;
+                    if on {
+                        stats.copying_peers.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let _ = stats.copying_peers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+                    }
+                    self.tell(&PeerMessage::Copies { on, loss_permille });
+                }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.tell_session(SessionCommand::BitrateEstimate {
                     viewer: self.setup.role == TicketRole::Viewer,
                     peer: self.setup.id,
-                    bps: estimate.as_u64(),
+                    bps: (estimate.as_u64() as f64 * self.redundancy.share()) as u64,
                 });
             }
             // A viewer's channels too: it may be seated later, on the same connection.
@@ -775,6 +832,9 @@ impl Peer {
             warn!(peer = self.setup.id, ?kind, "no usable codec offered");
             return;
         };
+        if let Some(writer) = self.setup.rtc.writer(mid) {
+            self.media_pts.extend(writer.payload_params().map(|p| *p.pt()));
+        }
         match kind {
             MediaKind::Video => self.video = Some((mid, pt)),
             MediaKind::Audio => self.audio = Some((mid, pt)),

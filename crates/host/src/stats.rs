@@ -86,6 +86,10 @@ pub struct SessionStats {
     pub loss_permille: AtomicU64,
     /// The round trip to a peer as last measured, µs.
     pub rtt_us: AtomicU64,
+    /// Players whose media packets go twice (their path loses too much), and the copies
+    /// sent ([`crate::redundancy`]).
+    pub copying_peers: AtomicU64,
+    pub copies_sent: AtomicU64,
 }
 
 impl Default for SessionStats {
@@ -106,6 +110,8 @@ impl Default for SessionStats {
             keyframe_requests_received: AtomicU64::new(0),
             loss_permille: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
+            copying_peers: AtomicU64::new(0),
+            copies_sent: AtomicU64::new(0),
         }
     }
 }

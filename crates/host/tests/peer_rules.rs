@@ -42,6 +42,31 @@ struct Net {
     /// Text the client received on data channels.
     messages: Vec<String>,
     client_alive: bool,
+    /// Share of the host's media packets the path loses on the way to the client.
+    loss: Option<Loss>,
+    /// The session's statistics, as the host keeps them.
+    stats: Arc<SessionStats>,
+}
+
+/// Random loss of RTP packets (RTCP, STUN and DTLS pass), from a fixed seed.
+struct Loss {
+    share: f64,
+    state: u64,
+    dropped: u64,
+}
+
+impl Loss {
+    fn drops(&mut self, datagram: &[u8]) -> bool {
+        let rtp = datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1]);
+        // xorshift64*: deterministic, good enough for a coin.
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let coin = (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        let drop = rtp && coin < self.share;
+        self.dropped += drop as u64;
+        drop
+    }
 }
 
 /// A client (as a browser would offer) and the host's side of it, added to a fresh set.
@@ -67,6 +92,7 @@ fn net(role: TicketRole) -> Net {
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
+        .set_stats_interval(Some(Duration::from_secs(1)))
         .build(now);
     host.add_local_candidate(Candidate::host(host_addr, "udp").unwrap());
     let answer = host.sdp_api().accept_offer(offer).unwrap();
@@ -77,6 +103,7 @@ fn net(role: TicketRole) -> Net {
     let (commands, session) = channel();
     let seats = Arc::new(Seats::default());
     let slot = if role == TicketRole::Player { seats.take_player_seat(1).unwrap() } else { 0 };
+    let stats = Arc::new(SessionStats::default());
     set.add_peer(
         now,
         NewPeer {
@@ -87,7 +114,7 @@ fn net(role: TicketRole) -> Net {
             rtc: host,
             commands,
             seats: seats.clone(),
-            stats: Default::default(),
+            stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
         },
@@ -107,6 +134,8 @@ fn net(role: TicketRole) -> Net {
         frames: Vec::new(),
         messages: Vec::new(),
         client_alive: true,
+        loss: None,
+        stats,
     }
 }
 
@@ -118,7 +147,8 @@ impl Net {
             loop {
                 match self.set.poll_output(self.now) {
                     PeerOutput::Transmit(t) => {
-                        if self.client_alive {
+                        let lost = self.loss.as_mut().is_some_and(|loss| loss.drops(&t.contents));
+                        if self.client_alive && !lost {
                             let contents = t.contents.as_ref().try_into().unwrap();
                             let receive = Receive {
                                 proto: Protocol::Udp,
@@ -422,4 +452,51 @@ fn datagrams_of_nobody_are_counted_and_dropped() {
     assert!(!net.set.receive(now, net.client_addr, &[]));
     assert_eq!(net.counters.udp_unmatched.load(std::sync::atomic::Ordering::Relaxed), 2);
     net.connect();
+}
+
+/// Sends `count` frames at 60 fps (a keyframe first, then the same P-frames over again).
+fn play(net: &mut Net, frames: &[(Vec<u8>, bool)], count: usize) {
+    for i in 0..count {
+        let (data, keyframe) = if i == 0 { &frames[0] } else { &frames[1 + (i - 1) % (frames.len() - 1)] };
+        let now = net.now;
+        net.set.video("s", packet(data, *keyframe, now, 1_500 * i as u64));
+        net.run_until(now + Duration::from_micros(16_667));
+    }
+}
+
+/// A player on a path that loses a tenth of its packets gets each media packet twice, and
+/// then asks again for far fewer; once the path heals, the copies stop.
+#[test]
+fn a_lossy_path_gets_copies_until_it_heals() {
+    use cloudplay_host::redundancy::OFF_AFTER;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let frames = encoded_frames(30);
+    play(&mut net, &frames, 120);
+    assert_eq!(net.stats.copies_sent.load(Relaxed), 0, "a clean path gets no copies");
+
+    net.loss = Some(Loss { share: 0.1, state: 0x9e37_79b9_7f4a_7c15, dropped: 0 });
+    play(&mut net, &frames, 180);
+    assert_eq!(net.stats.copying_peers.load(Relaxed), 1, "10 % loss turns copies on within 3 s");
+    assert!(net.messages.iter().any(|m| m.contains(r#""type":"copies","on":true"#)), "the player is told");
+
+    let (copies, nacks) = (net.stats.copies_sent.load(Relaxed), net.stats.nacks_received.load(Relaxed));
+    let dropped = net.loss.as_ref().map_or(0, |l| l.dropped);
+    play(&mut net, &frames, 180);
+    assert!(net.stats.copies_sent.load(Relaxed) > copies + 180, "every frame's packets went twice");
+    let copied_nacks = net.stats.nacks_received.load(Relaxed) - nacks;
+    // Without copies each lost packet is asked for again; with them, only a packet lost
+    // with its copy is.
+    let lost = net.loss.as_ref().map_or(0, |l| l.dropped) - dropped;
+    assert!(copied_nacks * 4 < lost, "{copied_nacks} NACKs for {lost} packets lost on the way");
+    assert!(net.frames.len() > 450, "frames keep coming: {}", net.frames.len());
+
+    net.loss = None;
+    play(&mut net, &frames, (OFF_AFTER.as_secs() as usize + 3) * 60);
+    assert_eq!(net.stats.copying_peers.load(Relaxed), 0, "the healed path's copies stopped");
+    assert!(net.messages.iter().any(|m| m.contains(r#""type":"copies","on":false"#)));
+    let copies = net.stats.copies_sent.load(Relaxed);
+    play(&mut net, &frames, 60);
+    assert_eq!(net.stats.copies_sent.load(Relaxed), copies);
 }

@@ -135,6 +135,9 @@ pub enum PeerMessage {
     Seated { slot: u8 },
     /// To a viewer: no seat for you now.
     SeatRefused { reason: String },
+    /// To a player: its path loses so much (`loss_permille` as last reported) that each
+    /// media packet now goes twice, at half the picture's bitrate; or no longer (`on` false).
+    Copies { on: bool, loss_permille: u32 },
 }
 
 /// What a browser may ask of the host on the input channel (JSON text).
