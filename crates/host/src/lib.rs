@@ -827,6 +827,11 @@ impl Host {
                 "Keyframe requests sent upstream to creators.",
                 &counters.ingest_keyframe_requests,
             ),
+            (
+                "cloudplay_keyframe_requests_ignored_total",
+                "Peers' keyframe requests not passed on (another came less than 100 ms before).",
+                &counters.keyframe_requests_ignored,
+            ),
         ];
         for (name, help, value) in host_counters {
             let value = value.load(Ordering::Relaxed);

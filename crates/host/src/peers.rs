@@ -79,6 +79,8 @@ const IDLE_WAKEUP: Duration = Duration::from_millis(100);
 pub const UPSTREAM_KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// What a publisher may send per second (video and audio); more is dropped.
 pub const INGEST_BUDGET_BPS: u64 = 25_000_000;
+/// The most often a peer's keyframe requests (PLI, FIR, joining) reach its session.
+pub const KEYFRAME_ASK_INTERVAL: Duration = Duration::from_millis(100);
 /// The most often a viewer may ask for a seat.
 pub const SEAT_ASK_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the players may take to grant a viewer's ask.
@@ -183,6 +185,7 @@ impl PeerSet {
             next_timeout: now,
             media_pts: Vec::new(),
             redundancy: Redundancy::default(),
+            keyframe_asked: None,
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -241,7 +244,8 @@ impl PeerSet {
                 if peer.connected && now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME {
                     debug!(peer = peer.setup.id, "heard again after a silence: keyframe");
                     peer.needs_keyframe = true;
-                    peer.ask_keyframe();
+                    peer.last_heard = now;
+                    peer.ask_keyframe(&self.counters);
                 }
                 peer.last_heard = now;
                 peer.handle_input(input);
@@ -489,9 +493,7 @@ impl PeerSet {
             info!(peer = peer.setup.id, session = %peer.setup.session, "peer left");
             left.push(peer.setup.id);
             if peer.redundancy.is_on() {
-                let copying = &peer.setup.stats.copying_peers;
-                let _ =
-                    copying.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+                peer.setup.stats.copying_peers.fetch_sub(1, Ordering::Relaxed);
             }
             if peer.setup.role == TicketRole::Publisher {
                 peer.tell_session(SessionCommand::PublisherLeft);
@@ -599,6 +601,8 @@ struct Peer {
     media_pts: Vec<u8>,
     /// Copies of its media packets, while its path loses too much.
     redundancy: Redundancy,
+    /// When it last asked its session for a keyframe.
+    keyframe_asked: Option<Instant>,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -676,12 +680,34 @@ impl Peer {
     }
 
     /// The peer needs a keyframe: from its session's encoder, or a broadcast's publisher.
-    fn ask_keyframe(&mut self) {
+    /// At most one ask per [`KEYFRAME_ASK_INTERVAL`] reaches the session: its encoder
+    /// answers the first with a keyframe anyway, and a flood of PLIs would fill its queue.
+    fn ask_keyframe(&mut self, counters: &HostCounters) {
         if self.setup.broadcast {
             self.wants_keyframe = true;
-        } else {
-            self.tell_session(SessionCommand::KeyframeRequest);
+            return;
         }
+        // The time of the datagram that asked (or of the event that made the peer ask).
+        let now = self.last_heard;
+        if self.keyframe_asked.is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_ASK_INTERVAL) {
+            counters.keyframe_requests_ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.keyframe_asked = Some(now);
+        self.tell_session(SessionCommand::KeyframeRequest);
+    }
+
+    /// Copies went on or off: counted, and the player told.
+    fn copies_changed(&mut self, loss_permille: u32) {
+        let on = self.redundancy.is_on();
+        // Each peer counts itself once as copies go on, and takes itself off once.
+        let copying = &self.setup.stats.copying_peers;
+        if on {
+            copying.fetch_add(1, Ordering::Relaxed);
+        } else {
+            copying.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.tell(&PeerMessage::Copies { on, loss_permille });
     }
 
     /// Writes one of a broadcast's frames as it came from the publisher; whether it was.
@@ -723,11 +749,11 @@ impl Peer {
                 self.connected = true;
                 self.needs_keyframe = true;
                 counters.peers_connected.fetch_add(1, Ordering::Relaxed);
-                self.ask_keyframe();
+                self.ask_keyframe(counters);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.rtc().disconnect(),
             Event::MediaAdded(added) => self.media_added(added.mid, added.kind),
-            Event::KeyframeRequest(_) => self.ask_keyframe(),
+            Event::KeyframeRequest(_) => self.ask_keyframe(counters),
             Event::MediaEgressStats(egress) if self.video.is_some_and(|(mid, _)| mid == egress.mid) => {
                 // Cumulative per peer: the session gets what is new since the last report.
                 let stats = &self.setup.stats;
@@ -748,20 +774,15 @@ impl Peer {
                 if self.setup.role == TicketRole::Player
                     && self.redundancy.report(egress.timestamp, egress.loss, egress.packets, nacks)
                 {
-                    let on = self.redundancy.is_on();
-                    info!(peer = self.setup.id, on, loss = ?egress.loss, "copies of media packets");
-                    let loss_permille = (egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32;
-                    if on {
-                        stats.copying_peers.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        let _ = stats.copying_peers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            Some(n.saturating_sub(1))
-                        });
-                    }
-                    self.tell(&PeerMessage::Copies { on, loss_permille });
+                    info!(peer = self.setup.id, on = self.redundancy.is_on(), loss = ?egress.loss, "copies of media packets");
+                    self.copies_changed((egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32);
                 }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if self.redundancy.estimate(estimate.as_u64()) {
+                    info!(peer = self.setup.id, bps = estimate.as_u64(), "copies off: the path narrowed");
+                    self.copies_changed(0);
+                }
                 self.tell_session(SessionCommand::BitrateEstimate {
                     viewer: self.setup.role == TicketRole::Viewer,
                     peer: self.setup.id,

@@ -17,6 +17,10 @@
 //!   stayed under [`OFF_LOSS`] for [`OFF_AFTER`].
 //! - While on, the peer's share of its estimate is half ([`Redundancy::share`]): the copies
 //!   are paid for out of the picture's bitrate, never on top of what the path carries.
+//! - Only on a path with room: not while the peer's estimate is under
+//!   [`MIN_ESTIMATE_BPS`], and off at once when it falls under it. Loss on a narrow path is
+//!   mostly its queue overflowing; copies would not get through it either, and half its
+//!   rate would leave the picture too little.
 //! - At most [`MAX_WAITING_COPIES`] wait; more are not made (a frame that big gets none).
 
 use std::collections::VecDeque;
@@ -30,6 +34,8 @@ pub const ON_LOSS: f64 = 0.02;
 pub const OFF_LOSS: f64 = 0.005;
 /// How long the loss must stay under [`OFF_LOSS`] before copies stop.
 pub const OFF_AFTER: Duration = Duration::from_secs(10);
+/// The estimate under which a path gets no copies.
+pub const MIN_ESTIMATE_BPS: u64 = 2_000_000;
 /// The longest a copy waits for the end of its frame.
 pub const COPY_DELAY: Duration = Duration::from_millis(6);
 /// Copies that may wait at once.
@@ -44,6 +50,8 @@ pub struct Redundancy {
     /// Packets sent and NACKs received at the last report (cumulative).
     last_counts: Option<(u64, u64)>,
     waiting: VecDeque<(Instant, Transmit)>,
+    /// The peer's last bandwidth estimate, if it has one.
+    estimate_bps: Option<u64>,
     /// Copies sent so far.
     pub copies_sent: u64,
 }
@@ -83,6 +91,26 @@ impl Redundancy {
         if self.on { 0.5 } else { 1.0 }
     }
 
+    /// The peer's bandwidth estimate changed; whether copies went off (too narrow a path).
+    pub fn estimate(&mut self, bps: u64) -> bool {
+        self.estimate_bps = Some(bps);
+        if self.on && bps < MIN_ESTIMATE_BPS {
+            self.turn_off();
+            return true;
+        }
+        false
+    }
+
+    fn room(&self) -> bool {
+        self.estimate_bps.is_none_or(|bps| bps >= MIN_ESTIMATE_BPS)
+    }
+
+    fn turn_off(&mut self) {
+        self.on = false;
+        self.lossy_at = None;
+        self.waiting.clear();
+    }
+
     /// A report of the path: the loss in the peer's receiver reports (if any came), and the
     /// packets sent and NACK messages received so far. Returns whether copies went on or off.
     pub fn report(&mut self, now: Instant, reported_loss: Option<f32>, packets: u64, nacks: u64) -> bool {
@@ -95,7 +123,7 @@ impl Redundancy {
         let lost = reported_loss.map_or(0.0, |l| l.clamp(0.0, 1.0) as f64).max(asked_again.min(1.0));
         if !self.on {
             // Off, what goes missing is the path's loss.
-            if lost > ON_LOSS {
+            if lost > ON_LOSS && self.room() {
                 self.on = true;
                 self.lossy_at = Some(now);
                 return true;
@@ -108,9 +136,7 @@ impl Redundancy {
             self.lossy_at = Some(now);
         }
         if self.lossy_at.is_none_or(|at| now.saturating_duration_since(at) >= OFF_AFTER) {
-            self.on = false;
-            self.lossy_at = None;
-            self.waiting.clear();
+            self.turn_off();
             return true;
         }
         false
@@ -224,6 +250,19 @@ mod tests {
             assert!(now - healed <= OFF_AFTER + Duration::from_secs(1), "off within OFF_AFTER");
         }
         assert!(now - healed >= OFF_AFTER, "not before OFF_AFTER");
+        assert_eq!(r.share(), 1.0);
+    }
+
+    #[test]
+    fn a_narrow_path_gets_no_copies() {
+        let now = Instant::now();
+        let mut r = Redundancy::default();
+        r.estimate(MIN_ESTIMATE_BPS - 1);
+        assert!(!r.report(now, Some(0.1), 100, 10), "a lossy narrow path is congested: no copies");
+        r.estimate(MIN_ESTIMATE_BPS);
+        assert!(r.report(now + Duration::from_secs(1), Some(0.1), 200, 20));
+        assert!(r.estimate(1_000_000), "the estimate falls: copies off at once");
+        assert!(!r.is_on());
         assert_eq!(r.share(), 1.0);
     }
 

@@ -169,6 +169,9 @@ pub struct HostCounters {
     pub ingest_dropped: AtomicU64,
     /// Keyframe requests sent upstream to creators (after the rate limit).
     pub ingest_keyframe_requests: AtomicU64,
+    /// Peers' keyframe requests not passed on: another came less than
+    /// [`crate::peers::KEYFRAME_ASK_INTERVAL`] before.
+    pub keyframe_requests_ignored: AtomicU64,
 }
 
 /// `at` as microseconds on a monotonic clock shared by the whole process (never 0).

@@ -46,6 +46,9 @@ struct Net {
     loss: Option<Loss>,
     /// The session's statistics, as the host keeps them.
     stats: Arc<SessionStats>,
+    /// RTP packets the host sent, by payload type, while counting.
+    count_rtp: Option<std::collections::HashMap<u8, u64>>,
+    video_mid: str0m::media::Mid,
 }
 
 /// Random loss of RTP packets (RTCP, STUN and DTLS pass), from a fixed seed.
@@ -76,7 +79,7 @@ fn net(role: TicketRole) -> Net {
     let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
     client.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
     let mut change = client.sdp_api();
-    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let video_mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     change.add_channel("input".into());
     change.add_channel_with_config(ChannelConfig {
@@ -136,6 +139,8 @@ fn net(role: TicketRole) -> Net {
         client_alive: true,
         loss: None,
         stats,
+        count_rtp: None,
+        video_mid,
     }
 }
 
@@ -147,6 +152,13 @@ impl Net {
             loop {
                 match self.set.poll_output(self.now) {
                     PeerOutput::Transmit(t) => {
+                        if let Some(counts) = self.count_rtp.as_mut()
+                            && t.contents.len() >= 12
+                            && t.contents[0] >> 6 == 2
+                            && !(192..=223).contains(&t.contents[1])
+                        {
+                            *counts.entry(t.contents[1] & 0x7f).or_default() += 1;
+                        }
                         let lost = self.loss.as_mut().is_some_and(|loss| loss.drops(&t.contents));
                         if self.client_alive && !lost {
                             let contents = t.contents.as_ref().try_into().unwrap();
@@ -499,4 +511,59 @@ fn a_lossy_path_gets_copies_until_it_heals() {
     let copies = net.stats.copies_sent.load(Relaxed);
     play(&mut net, &frames, 60);
     assert_eq!(net.stats.copies_sent.load(Relaxed), copies);
+}
+
+/// A client that floods PLIs gets at most one keyframe request to its session per
+/// [`KEYFRAME_ASK_INTERVAL`]; the rest are counted and dropped.
+#[test]
+fn a_flood_of_keyframe_requests_reaches_the_session_rate_limited() {
+    use cloudplay_host::peers::KEYFRAME_ASK_INTERVAL;
+    use std::sync::atomic::Ordering::Relaxed;
+    use str0m::media::KeyframeRequestKind;
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let frames = encoded_frames(4);
+    play(&mut net, &frames, 10); // the client learns the stream it asks about
+    net.commands();
+    let mid = net.video_mid;
+    let start = net.now;
+    let mut asked = 0;
+    while net.now < start + Duration::from_secs(1) {
+        if let Some(stream) = net.client.direct_api().stream_rx_by_mid(mid, None) {
+            stream.request_keyframe(KeyframeRequestKind::Pli);
+            asked += 1;
+        }
+        let next = net.now + Duration::from_millis(2);
+        net.run_until(next);
+    }
+    let passed = net.commands().iter().filter(|c| matches!(c, SessionCommand::KeyframeRequest)).count();
+    let per_second = (Duration::from_secs(1).as_millis() / KEYFRAME_ASK_INTERVAL.as_millis()) as usize;
+    let ignored = net.counters.keyframe_requests_ignored.load(Relaxed);
+    assert!(asked >= 400, "the client asked {asked} times");
+    assert!(passed >= 1 && passed <= per_second + 1, "{passed} of the flood reached the session");
+    assert!(ignored >= 100, "the rest are counted: {ignored}");
+}
+
+/// Resends answer NACKs within a budget: on a path that loses half its packets (the client
+/// NACKs every other one), what is resent stays a fraction of what is sent.
+#[test]
+fn resends_stay_within_a_budget_whatever_is_nacked() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let frames = encoded_frames(30);
+    play(&mut net, &frames, 30);
+    net.loss = Some(Loss { share: 0.5, state: 0x2545_f491_4f6c_dd1d, dropped: 0 });
+    net.count_rtp = Some(Default::default());
+    play(&mut net, &frames, 300);
+    let counted = net.count_rtp.take().unwrap();
+    let resend_pts = resend_payload_types(&net.client);
+    let resent: u64 = counted.iter().filter(|(pt, _)| resend_pts.contains(pt)).map(|(_, n)| n).sum();
+    let all: u64 = counted.values().sum();
+    assert!(all > 300, "media went out: {counted:?}");
+    // str0m's cap: resends stop while they exceed 15 % of the bytes sent.
+    assert!(resent * 4 < all, "{resent} resends of {all} packets");
+}
+
+fn resend_payload_types(client: &Rtc) -> Vec<u8> {
+    client.codec_config().params().iter().filter_map(|p| p.resend()).map(|pt| *pt).collect()
 }
