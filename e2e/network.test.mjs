@@ -26,19 +26,19 @@ test('a player rides out a 20 s outage back into the same session and seat', { t
     const page = await context.newPage();
     await play(page, server.url);
     const session = await page.evaluate(() => window.cloudplayStats.sessionId);
-    assert.ok(Date.now() - relayStarted < 8_000, 'playing before the outage starts (at 8 s)');
+    assert.ok(Date.now() - relayStarted < 15_000, 'playing before the outage starts (at 15 s)');
 
-    // The link goes down at 8 s: the player is told within 3 s of the last frame.
+    // The link goes down at 15 s: the player is told within 3 s of the last frame.
     await page.waitForFunction(() => !document.getElementById('overlay').classList.contains('hidden')
-      && document.getElementById('overlay-title').textContent === 'Connection lost', null, { timeout: 20_000, polling: 50 });
+      && document.getElementById('overlay-title').textContent === 'Connection lost', null, { timeout: 30_000, polling: 50 });
     const silentFor = await page.evaluate(() => performance.now() - window.cloudplayStats.lastFrameAt);
     console.log(`told at ${(Date.now() - relayStarted) / 1000} s, ${silentFor} ms after the last frame`);
     assert.ok(silentFor <= 3_000, `told ${silentFor.toFixed(0)} ms after the last frame`);
 
-    // Back at 28 s: the page reconnects by itself, to the same session.
+    // Back at 35 s: the page reconnects by itself, to the same session.
     await waitForStats(page, () => window.cloudplayStats.reconnects >= 1, 60_000, 'a reconnection');
     const back = Date.now() - relayStarted;
-    assert.ok(back >= 28_000, `back only once the link is (at 28 s): ${back} ms`);
+    assert.ok(back >= 35_000, `back only once the link is (at 35 s): ${back} ms`);
     const decodedBefore = (await page.evaluate(() => window.cloudplayStats)).framesDecoded;
     await sleep(1_000);
     const decodedAfter = (await page.evaluate(() => window.cloudplayStats)).framesDecoded;
@@ -54,7 +54,7 @@ test('a player rides out a 20 s outage back into the same session and seat', { t
     await waitForStats(page, (s) => window.cloudplayStats.lastProbe.inputSeq > s, 5_000, 'input after the outage');
     const info = await page.evaluate(async (id) => (await fetch(`/api/v1/sessions/${id}`)).json(), session);
     assert.equal(info.players, 1, `one player seat in use: ${JSON.stringify(info)}`);
-    console.log(`back in session ${session} ${(back / 1000).toFixed(1)} s after the relay started (link back at 28 s); input seq ${seq} → ${after.lastProbe.inputSeq}+`);
+    console.log(`back in session ${session} ${(back / 1000).toFixed(1)} s after the relay started (link back at 35 s); input seq ${seq} → ${after.lastProbe.inputSeq}+`);
   } finally {
     await context.close();
     await server.stop();

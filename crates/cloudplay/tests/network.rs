@@ -34,6 +34,8 @@ struct Played {
     lost: u64,
     sent: u64,
     nacks: u64,
+    /// Copies of media packets the host sent under loss.
+    copies: u64,
     /// Keyframes the client asked for because it could not decode.
     keyframes_asked: u64,
 }
@@ -79,8 +81,16 @@ fn play_through(addr: SocketAddr, scenario: Scenario, seconds: u64) -> Played {
     std::thread::sleep(Duration::from_millis(1_200));
     client.poll(Duration::from_millis(10)).expect("connection stays up");
     let nacks = session_metric(addr, "cloudplay_session_nacks_received_total", &session.session_id);
+    let copies = session_metric(addr, "cloudplay_session_copies_sent_total", &session.session_id);
     let (_, down) = relay.expect("relayed").counters();
-    Played { arrivals, lost: down.lost, sent: down.sent, nacks, keyframes_asked: client.keyframes_asked }
+    Played {
+        arrivals,
+        lost: down.lost,
+        sent: down.sent,
+        nacks,
+        copies,
+        keyframes_asked: client.keyframes_asked,
+    }
 }
 
 fn longest_gap(arrivals: &[Instant]) -> Duration {
@@ -93,7 +103,7 @@ async fn the_picture_keeps_coming_through_delay_jitter_and_loss() {
     tokio::task::spawn_blocking(move || {
         let ms = Duration::from_millis;
         let lossy = Conditions::default().delay(ms(25), ms(5)).loss(Loss::Random(0.05));
-        let Played { arrivals, lost, sent, nacks, keyframes_asked } =
+        let Played { arrivals, lost, sent, nacks, copies, keyframes_asked } =
             play_through(addr, Scenario::steady("loss-5", "5 % loss", lossy), 6);
         assert!(arrivals.len() > 30, "frames decode through the lossy path: {}", arrivals.len());
         // After the first frame: how steady the picture is.
@@ -101,10 +111,11 @@ async fn the_picture_keeps_coming_through_delay_jitter_and_loss() {
         let span = (*shown.last().unwrap() - shown[0]).as_secs_f64();
         let fps = (shown.len() - 1) as f64 / span.max(1e-3);
         let gap = longest_gap(shown);
-        eprintln!("25 ms ±5, 5 % loss: {} frames in {span:.1} s ({fps:.1} fps), longest gap {gap:?}; {lost} of {sent} packets lost, {nacks} NACKs counted, {keyframes_asked} keyframes asked", shown.len());
+        eprintln!("25 ms ±5, 5 % loss: {} frames in {span:.1} s ({fps:.1} fps), longest gap {gap:?}; {lost} of {sent} packets lost, {nacks} NACKs counted, {copies} copies sent, {keyframes_asked} keyframes asked", shown.len());
         assert!(lost > 0, "the emulator lost packets");
         assert!(nacks > 0, "the host counts the client's NACKs (cloudplay_session_nacks_received_total)");
         assert!(gap < Duration::from_secs(1), "no freeze over 1 s: {gap:?}");
+        assert!(copies > 0, "5 % loss turns copies on (cloudplay_session_copies_sent_total)");
     })
     .await
     .unwrap();

@@ -321,8 +321,9 @@ impl Scenario {
             },
             Scenario {
                 key: "outage-20",
-                name: "25 ms ±5, 20 s outage at 8 s",
-                steps: vec![(Duration::ZERO, wan), (ms(8_000), wan.down()), (ms(28_000), wan)],
+                // Late enough for a busy machine to be playing before it.
+                name: "25 ms ±5, 20 s outage at 15 s",
+                steps: vec![(Duration::ZERO, wan), (ms(15_000), wan.down()), (ms(35_000), wan)],
             },
         ]
     }
