@@ -70,14 +70,14 @@ test('players of two platforms play one session from their own portals', { timeo
     const sent = (page) => page.evaluate(() => window.cloudplayStats.inputsSent);
     // Gus's first press (his sequence numbers 1 and 2) shows in the shared picture.
     await gus.keyboard.press('Space');
-    await waitForStats(gus, () => window.cloudplayStats.lastProbe.inputSeq === 2, 10_000, "Gus's input");
+    await waitForStats(gus, () => window.cloudplayStats.lastProbe.inputSeq === 2, 30_000, "Gus's input");
     // Ann's twelve presses: only she sends sequence numbers that high; Gus sees them too.
     for (let i = 0; i < 12; i++) {
       await ann.keyboard.press(i % 2 ? 'ArrowUp' : 'ArrowRight');
       await ann.waitForTimeout(60);
     }
     assert.equal(await sent(ann), 24);
-    await waitForStats(ann, () => window.cloudplayStats.lastProbe.inputSeq === 24, 10_000, "Ann's inputs");
+    await waitForStats(ann, () => window.cloudplayStats.lastProbe.inputSeq === 24, 30_000, "Ann's inputs");
     await waitForStats(gus, () => window.cloudplayStats.lastProbe.inputSeq === 24, 10_000, "Ann's inputs on Gus's screen");
     // Gus again (3 to 6): the picture's last input goes back to his, on Ann's screen too.
     await gus.keyboard.press('ArrowLeft');
