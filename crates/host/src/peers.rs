@@ -241,13 +241,13 @@ impl PeerSet {
         });
         match index.map(|i| &mut self.peers[i]) {
             Some(peer) => {
-                if peer.connected && now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME {
+                let silent = now.saturating_duration_since(peer.last_heard) >= SILENCE_FOR_KEYFRAME;
+                peer.last_heard = now;
+                if peer.connected && silent {
                     debug!(peer = peer.setup.id, "heard again after a silence: keyframe");
                     peer.needs_keyframe = true;
-                    peer.last_heard = now;
                     peer.ask_keyframe(&self.counters);
                 }
-                peer.last_heard = now;
                 peer.handle_input(input);
                 true
             }

@@ -65,11 +65,17 @@ pub enum Datagram {
     Other,
 }
 
+/// Whether `datagram` is an RTP packet: version 2 and not one of RTCP's packet types
+/// (192–223), which share the port (RFC 5761). Its header is in the clear under SRTP.
+pub fn is_rtp(datagram: &[u8]) -> bool {
+    datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1])
+}
+
 impl Datagram {
-    /// Reads `datagram`'s header: RTP (version 2, not RTCP's payload types 192–223), no
-    /// padding, and its payload type in `media` (a resend has its RTX payload type).
+    /// Reads `datagram`'s header: RTP, no padding, and its payload type in `media` (a
+    /// resend has its RTX payload type).
     pub fn classify(datagram: &[u8], media: &[u8]) -> Datagram {
-        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (192..=223).contains(&datagram[1]) {
+        if !is_rtp(datagram) {
             return Datagram::Other;
         }
         let padded = datagram[0] & 0x20 != 0;

@@ -13,6 +13,7 @@ use cloudplay_host::peers::{
     CONNECT_TIMEOUT, END_MESSAGE_GRACE, NewPeer, PEER_SILENCE_LIMIT, PeerOutput, PeerSet,
     SILENCE_FOR_KEYFRAME,
 };
+use cloudplay_host::redundancy::is_rtp;
 use cloudplay_host::stats::{HostCounters, SessionStats};
 use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
 use cloudplay_proto::input::key;
@@ -60,7 +61,7 @@ struct Loss {
 
 impl Loss {
     fn drops(&mut self, datagram: &[u8]) -> bool {
-        let rtp = datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1]);
+        let rtp = is_rtp(datagram);
         // xorshift64*: deterministic, good enough for a coin.
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
@@ -153,9 +154,7 @@ impl Net {
                 match self.set.poll_output(self.now) {
                     PeerOutput::Transmit(t) => {
                         if let Some(counts) = self.count_rtp.as_mut()
-                            && t.contents.len() >= 12
-                            && t.contents[0] >> 6 == 2
-                            && !(192..=223).contains(&t.contents[1])
+                            && is_rtp(&t.contents)
                         {
                             *counts.entry(t.contents[1] & 0x7f).or_default() += 1;
                         }
