@@ -131,7 +131,6 @@ fn the_player_page_rides_out_dropped_networks() {
 /// a player of each signed in to their own portal in their own browser, one lobby, one
 /// session, both players' input in the shared picture.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent: the second lobby player's input sometimes never reaches the session (or its page never decodes); run with --run-ignored until it is found"]
 async fn players_of_two_platforms_meet_from_their_own_portals() {
     let e2e = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../e2e");
     if let Some(reason) = missing_prerequisite(&e2e) {

@@ -3,7 +3,7 @@
 //! media to the peer driver without ever queueing behind it.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudplay_game::Game;
@@ -82,6 +82,12 @@ pub fn run_session(setup: SessionSetup) {
         }
     };
     let reason = loop {
+        // Commands first, without waiting: a game too heavy for its frame rate has a frame
+        // due at every turn, so the core never says `Timeout`, and inputs left for that
+        // would wait until it caught up (13 s on a loaded machine).
+        if !take_commands(&mut core, &commands) {
+            break None;
+        }
         match core.poll_output(Instant::now()) {
             CoreOutput::Video(video) => {
                 match driver.try_send(DriverCommand::Video { session: id.clone(), video }) {
@@ -102,15 +108,25 @@ pub fn run_session(setup: SessionSetup) {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break None,
                 }
-                for command in commands.try_iter().take(DRAIN_AT_ONCE) {
-                    core.handle_input(Instant::now(), command);
-                }
             }
         }
     };
     // The end must reach the driver (peers are told why); wait briefly if it is busy.
     let _ = driver.blocking_send(DriverCommand::EndSession { session: id.clone(), reason });
     info!(session = %id, frames = core.frames(), "session ended");
+}
+
+/// Hands the core what has arrived, up to [`DRAIN_AT_ONCE`]; `false` once every sender is
+/// gone.
+fn take_commands(core: &mut SessionCore, commands: &Receiver<SessionCommand>) -> bool {
+    for _ in 0..DRAIN_AT_ONCE {
+        match commands.try_recv() {
+            Ok(command) => core.handle_input(Instant::now(), command),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 /// A sender for session commands that never blocks the caller.
