@@ -7,6 +7,7 @@
 //! A [`Host`] ties them together and is what the binary (and the control plane's
 //! connector) talks to.
 
+pub mod climb;
 pub mod driver;
 pub mod internal;
 pub mod messages;
@@ -704,6 +705,7 @@ impl Host {
             stats: session.stats.clone(),
             broadcast: session.broadcast,
             offered,
+            probe_up_to: None,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
@@ -831,6 +833,11 @@ impl Host {
                 "cloudplay_keyframe_requests_ignored_total",
                 "Peers' keyframe requests not passed on (another came less than 100 ms before).",
                 &counters.keyframe_requests_ignored,
+            ),
+            (
+                "cloudplay_bandwidth_probes_total",
+                "Bandwidth probes asked for by peers whose estimate sat below the session's cap.",
+                &counters.bandwidth_probes,
             ),
         ];
         for (name, help, value) in host_counters {

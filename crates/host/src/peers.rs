@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use cloudplay_proto::fleet::{PeerMessage, PeerRequest};
 use cloudplay_proto::{InputMessage, TicketRole};
-use str0m::bwe::BweKind;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
@@ -57,6 +57,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use crate::climb::Climb;
 use crate::messages::{AudioPacket, PeerId, SessionCommand, VideoPacket};
 use crate::redundancy::Redundancy;
 use crate::stats::{HostCounters, SessionStats, Stage};
@@ -107,6 +108,9 @@ pub struct NewPeer {
     /// Media this host offered itself (a push onward by WHIP), already negotiated; an
     /// answered peer's media come as it connects.
     pub offered: Vec<(Mid, MediaKind)>,
+    /// The desired bitrate its estimator was given, when it runs one: its climb back after
+    /// a narrow spell is probed ([`crate::climb`]).
+    pub probe_up_to: Option<u64>,
 }
 
 /// What the set asks of its shell.
@@ -163,6 +167,7 @@ impl PeerSet {
 
     pub fn add_peer(&mut self, now: Instant, setup: NewPeer) {
         setup.commands.send(SessionCommand::PeerJoined { peer: setup.id }).ok();
+        let climb = setup.probe_up_to.map(Climb::new);
         self.peers.push(Peer {
             setup,
             created: now,
@@ -186,6 +191,7 @@ impl PeerSet {
             media_pts: Vec::new(),
             redundancy: Redundancy::default(),
             keyframe_asked: None,
+            climb,
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -391,7 +397,7 @@ impl PeerSet {
                     let within_budget = peer.ingest.take(data.network_time, data.data.len());
                     self.forward(&session, data, within_budget);
                 }
-                Ok(Output::Event(event)) => peer.handle_event(event, &self.counters),
+                Ok(Output::Event(event)) => peer.handle_event(now, event, &self.counters),
                 Ok(Output::Timeout(at)) => {
                     peer.dirty = false;
                     peer.next_timeout = at;
@@ -601,6 +607,8 @@ struct Peer {
     media_pts: Vec<u8>,
     /// Copies of its media packets, while its path loses too much.
     redundancy: Redundancy,
+    /// Probes for room after a narrow spell (peers with an estimate; [`crate::climb`]).
+    climb: Option<Climb>,
     /// When it last asked its session for a keyframe.
     keyframe_asked: Option<Instant>,
 }
@@ -742,7 +750,7 @@ impl Peer {
         }
     }
 
-    fn handle_event(&mut self, event: Event, counters: &HostCounters) {
+    fn handle_event(&mut self, now: Instant, event: Event, counters: &HostCounters) {
         match event {
             Event::Connected => {
                 info!(peer = self.setup.id, session = %self.setup.session, "peer connected");
@@ -777,6 +785,8 @@ impl Peer {
                     info!(peer = self.setup.id, on = self.redundancy.is_on(), loss = ?egress.loss, "copies of media packets");
                     self.copies_changed((egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32);
                 }
+                // A steady estimate raises no events: the reports keep the probes coming.
+                self.climb(now, counters);
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if self.redundancy.estimate(estimate.as_u64()) {
@@ -788,6 +798,10 @@ impl Peer {
                     peer: self.setup.id,
                     bps: (estimate.as_u64() as f64 * self.redundancy.share()) as u64,
                 });
+                if let Some(climb) = &mut self.climb {
+                    climb.estimate(estimate.as_u64(), now);
+                }
+                self.climb(now, counters);
             }
             // A viewer's channels too: it may be seated later, on the same connection.
             Event::ChannelOpen(id, label)
@@ -845,6 +859,18 @@ impl Peer {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Asks the estimator for a probe when [`Climb`] says one is due: a rise of the
+    /// desired bitrate above the estimate is what makes str0m probe.
+    fn climb(&mut self, now: Instant, counters: &HostCounters) {
+        let Some(climb) = &mut self.climb else { return };
+        if climb.poll(now) {
+            counters.bandwidth_probes.fetch_add(1, Ordering::Relaxed);
+            let desired = Bitrate::bps(climb.desired_bps());
+            debug!(peer = self.setup.id, probes = climb.probes, "probing for room");
+            self.setup.rtc.bwe().set_bitrate(Bitrate::bps(crate::whep::MIN_ESTIMATE_BPS), desired);
         }
     }
 

@@ -129,6 +129,7 @@ impl Broadcast {
                 stats: Default::default(),
                 broadcast: self.broadcast,
                 offered: Vec::new(),
+                probe_up_to: None,
             },
         );
         self.clients.push(Client {

@@ -121,6 +121,7 @@ fn net(role: TicketRole) -> Net {
             stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
+            probe_up_to: None,
         },
     );
     Net {

@@ -107,6 +107,8 @@ impl Conditions {
 pub struct Counters {
     pub sent: u64,
     pub delivered: u64,
+    /// Bytes of the delivered packets (what the far end received).
+    pub delivered_bytes: u64,
     pub lost: u64,
     /// Dropped because the bottleneck's queue was full.
     pub overflowed: u64,
@@ -243,6 +245,7 @@ impl Link {
             let packet = self.in_flight.pop()?.packet;
             self.bytes_in_flight -= packet.len();
             self.counters.delivered += 1;
+            self.counters.delivered_bytes += packet.len() as u64;
             return Some(packet);
         }
         None

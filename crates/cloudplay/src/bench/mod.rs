@@ -605,6 +605,14 @@ struct NetworkRow {
     click_to_decoded: StageSummary,
     lost: u64,
     sent: u64,
+    /// Mbit/s the client received in each second of the scenario's clock.
+    received_mbps: Vec<f64>,
+    /// The encoder's target (Mbit/s) at the end of each second of the scenario's clock.
+    target_mbps: Vec<f64>,
+    /// For a scenario whose last step lifts a cap: seconds from that step until the
+    /// encoder's target was back to 90 % of what it was before the cap (`None`: not
+    /// within the run).
+    recovered_after: Option<Option<f64>>,
 }
 
 /// `cloudplay bench --network`: the native client plays the built-in game through each
@@ -634,12 +642,17 @@ pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow:
         size.0, size.1
     );
     println!(
-        "| scenario | first frame ms | fps decoded | gaps > 100 ms | longest gap ms | click-to-decoded p50 / p99 ms | packets lost (to the client) |"
+        "| scenario | first frame ms | fps decoded | gaps > 100 ms | longest gap ms | click-to-decoded p50 / p99 ms | packets lost (to the client) | back to the rate before the cap |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for r in rows {
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let recovered = match r.recovered_after {
+            None => "–".to_string(),
+            Some(None) => "not within the run".to_string(),
+            Some(Some(s)) => format!("{s:.1} s"),
+        };
         println!(
-            "| {} ({}) | {} | {:.1} | {} | {} | {} / {} | {} of {} |",
+            "| {} ({}) | {} | {:.1} | {} | {} | {} / {} | {} of {} | {recovered} |",
             r.key,
             r.name,
             r.first_frame.as_millis(),
@@ -652,7 +665,33 @@ pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow:
             r.sent
         );
     }
+    println!("\nEach second of the scenario, the encoder's target / what the client received (Mbit/s):\n");
+    for r in &rows {
+        let seconds: Vec<String> =
+            r.target_mbps.iter().zip(&r.received_mbps).map(|(t, m)| format!("{t:.1}/{m:.1}")).collect();
+        println!("- {}: {}", r.key, seconds.join(" "));
+    }
+    if let Ok((_, _, body)) = http_request(http, "GET", "/metrics", &[], b"") {
+        let text = String::from_utf8_lossy(&body);
+        if let Some(line) = text.lines().find(|l| l.starts_with("cloudplay_bandwidth_probes_total ")) {
+            println!("\n{line}");
+        }
+    }
     Ok(())
+}
+
+/// For a scenario whose last step raises the cap the step before lowered: seconds from the
+/// last step until the encoder's target was back to 90 % of the second before the cap.
+fn recovery_after_cap(scenario: &cloudplay_netem::Scenario, target_mbps: &[f64]) -> Option<Option<f64>> {
+    let [.., (down_at, down), (up_at, up)] = scenario.steps.as_slice() else { return None };
+    let capped = |c: &cloudplay_netem::Conditions| c.rate_bps.unwrap_or(u64::MAX);
+    if capped(down) >= capped(up) {
+        return None;
+    }
+    let before = *target_mbps.get((down_at.as_secs() as usize).checked_sub(1)?)?;
+    let up_at = up_at.as_secs() as usize;
+    let recovered = target_mbps.iter().enumerate().skip(up_at).find(|(_, m)| **m >= 0.9 * before);
+    Some(recovered.map(|(second, _)| (second + 1 - up_at) as f64))
 }
 
 fn play_through(
@@ -693,13 +732,25 @@ fn play_through(
     client.send_input(InputEvent::Key { usage: key::SPACE, down: true, repeat: false })?;
     let (lost_before, sent_before) = (relay.counters().1.lost, relay.counters().1.sent);
     let steer = [key::ARROW_UP, key::ARROW_RIGHT, key::ARROW_DOWN, key::ARROW_LEFT];
+    // A scenario that changes runs until 6 s after its last change, to see the recovery.
+    let last_step = scenario.steps.last().map_or(Duration::ZERO, |s| s.0);
+    let run_for = Duration::from_secs(seconds)
+        .max((last_step + Duration::from_secs(6)).saturating_sub(started.elapsed()));
+    let mut received_mbps = Vec::new();
+    let mut target_mbps = Vec::new();
     let mut pending: Vec<(u32, Instant)> = Vec::new();
     let mut arrivals = Vec::new();
     let mut click_to_decoded = Vec::new();
     let measure_from = Instant::now();
     let mut next_press = measure_from;
     let mut presses = 0u32;
-    while measure_from.elapsed() < Duration::from_secs(seconds) {
+    while measure_from.elapsed() < run_for {
+        // The relay's clock started with `started`: one sample per whole second of it.
+        while started.elapsed() >= Duration::from_secs(received_mbps.len() as u64 + 1) {
+            received_mbps.push(relay.counters().1.delivered_bytes as f64);
+            target_mbps
+                .push(session_metric(http, "cloudplay_session_bitrate_bps", &session.session_id) / 1e6);
+        }
         if Instant::now() >= next_press {
             let usage = steer[presses as usize % steer.len()];
             let seq = client.send_input(InputEvent::Key { usage, down: true, repeat: false })?;
@@ -722,6 +773,9 @@ fn play_through(
         }
     }
     let elapsed = measure_from.elapsed().as_secs_f64();
+    let totals = std::iter::once(0.0).chain(received_mbps.iter().copied()).collect::<Vec<_>>();
+    let received_mbps: Vec<f64> = totals.windows(2).map(|w| (w[1] - w[0]) * 8.0 / 1e6).collect();
+    let recovered_after = recovery_after_cap(&scenario, &target_mbps);
     let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1].saturating_duration_since(w[0])).collect();
     let (lost, sent) = (relay.counters().1.lost - lost_before, relay.counters().1.sent - sent_before);
     let headers = guest_headers(http, &guest);
@@ -737,5 +791,18 @@ fn play_through(
         click_to_decoded: percentiles(&mut click_to_decoded),
         lost,
         sent,
+        received_mbps,
+        target_mbps,
+        recovered_after,
     })
+}
+
+/// A per-session figure at the server's `/metrics` (0 when it is not there).
+fn session_metric(http: SocketAddr, name: &str, session: &str) -> f64 {
+    let Ok((_, _, body)) = http_request(http, "GET", "/metrics", &[], b"") else { return 0.0 };
+    let prefix = format!("{name}{{session=\"{session}\"}} ");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0.0)
 }
