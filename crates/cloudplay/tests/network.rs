@@ -104,7 +104,7 @@ async fn the_picture_keeps_coming_through_delay_jitter_and_loss() {
         let ms = Duration::from_millis;
         let lossy = Conditions::default().delay(ms(25), ms(5)).loss(Loss::Random(0.05));
         let Played { arrivals, lost, sent, nacks, copies, keyframes_asked } =
-            play_through(addr, Scenario::steady("loss-5", "5 % loss", lossy), 6);
+            play_through(addr, Scenario::steady("loss-5", "5 % loss", lossy), 8);
         assert!(arrivals.len() > 30, "frames decode through the lossy path: {}", arrivals.len());
         // After the first frame: how steady the picture is.
         let shown = &arrivals[..];

@@ -16,49 +16,37 @@ use cloudplay_proto::{InputEvent, InputMessage};
 use cloudplay_runtime::{RuntimeConfig, Runtimes};
 use ed25519_dalek::SigningKey;
 
-/// Ticks normally, then blocks for five seconds on its 20th tick.
-struct Hangs {
+/// A game that misbehaves: it blocks for five seconds on its 20th tick (`hangs`), or takes
+/// 10 ms a tick and 10 ms a picture where 60 frames a second leave 16.7 ms for both
+/// (`too_heavy`); it notes when input reaches it.
+#[derive(Default)]
+struct Misbehaves {
+    hangs: bool,
+    too_heavy: bool,
     ticks: u32,
-}
-
-impl Game for Hangs {
-    fn step(&mut self, _inputs: &[PlayerInput]) {
-        self.ticks += 1;
-        if self.ticks == 20 {
-            std::thread::sleep(Duration::from_secs(5));
-        }
-    }
-    fn render(&self, frame: &mut Frame) {
-        frame.clear([0, 0, 0]);
-    }
-    fn mix_audio(&mut self, out: &mut [f32]) {
-        out.fill(0.0);
-    }
-    fn save_state(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    fn load_state(&mut self, _bytes: &[u8]) -> Result<(), StateError> {
-        Ok(())
-    }
-}
-
-/// Takes 10 ms a tick and 10 ms a picture (60 frames a second leave 16.7 ms for both), and
-/// notes when input reaches it.
-struct TooHeavy {
     inputs_seen: Arc<Mutex<Vec<Instant>>>,
 }
 
+/// Where the heavy game notes inputs (a catalogue entry's `create` is a plain `fn`).
 static INPUTS_SEEN: Mutex<Option<Arc<Mutex<Vec<Instant>>>>> = Mutex::new(None);
 
-impl Game for TooHeavy {
+impl Game for Misbehaves {
     fn step(&mut self, inputs: &[PlayerInput]) {
-        std::thread::sleep(Duration::from_millis(10));
+        self.ticks += 1;
+        if self.hangs && self.ticks == 20 {
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        if self.too_heavy {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if !inputs.is_empty() {
             self.inputs_seen.lock().unwrap().push(Instant::now());
         }
     }
     fn render(&self, frame: &mut Frame) {
-        std::thread::sleep(Duration::from_millis(10));
+        if self.too_heavy {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         frame.clear([0, 0, 0]);
     }
     fn mix_audio(&mut self, out: &mut [f32]) {
@@ -104,7 +92,7 @@ async fn a_game_too_heavy_for_its_frame_rate_still_gets_input_at_once() {
     *INPUTS_SEEN.lock().unwrap() = Some(seen.clone());
     let create = |_seed| -> Box<dyn Game> {
         let inputs_seen = INPUTS_SEEN.lock().unwrap().clone().unwrap_or_default();
-        Box::new(TooHeavy { inputs_seen })
+        Box::new(Misbehaves { too_heavy: true, inputs_seen, ..Misbehaves::default() })
     };
     let catalogue = Catalogue::new(vec![CatalogueEntry { info: info("heavy"), create }]);
     let runtimes = Runtimes::with_builtin(RuntimeConfig::default(), catalogue);
@@ -138,7 +126,7 @@ async fn a_game_too_heavy_for_its_frame_rate_still_gets_input_at_once() {
 async fn a_hung_game_is_given_up_and_its_slot_freed() {
     let catalogue = Catalogue::new(vec![CatalogueEntry {
         info: info("hangs"),
-        create: |_| Box::new(Hangs { ticks: 0 }),
+        create: |_| Box::new(Misbehaves { hangs: true, ..Misbehaves::default() }),
     }]);
     let runtimes = Runtimes::with_builtin(RuntimeConfig::default(), catalogue);
     let host = Host::start(host_config(Duration::from_secs(1)), runtimes).await.unwrap();
