@@ -21,6 +21,14 @@ const pct = (values, q) => {
   return sorted[Math.min(sorted.length - 1, Math.round((sorted.length - 1) * q))];
 };
 
+// A figure at the server's /metrics, of one session when `session` is given.
+async function metric(url, name, session) {
+  const text = await (await fetch(`${url}/metrics`)).text().catch(() => '');
+  const prefix = session ? `${name}{session="${session}"} ` : `${name} `;
+  const line = text.split('\n').find((l) => l.startsWith(prefix));
+  return line ? Number(line.slice(prefix.length)) : NaN;
+}
+
 async function measure(key) {
   const server = await serve(key);
   const context = await launch();
@@ -47,10 +55,17 @@ async function measure(key) {
     });
     const keys = ['ArrowUp', 'ArrowRight', 'ArrowDown', 'ArrowLeft'];
     const until = Date.now() + seconds * 1000;
+    // The encoder's target once a second (the server's /metrics), by the scenario's clock.
+    const session = await page.evaluate(() => window.cloudplayStats.sessionId);
+    const targets = [];
     for (let i = 0; Date.now() < until; i++) {
       await page.keyboard.press(keys[i % keys.length]);
       await sleep(80 + ((i * 37) % 80));
+      if (Date.now() - server.startedAt >= (targets.length + 1) * 1000) {
+        targets.push(await metric(server.url, 'cloudplay_session_bitrate_bps', session));
+      }
     }
+    const probes = await metric(server.url, 'cloudplay_bandwidth_probes_total');
     await sleep(1_100); // the overlay's getStats runs once a second
     const { shown, widths, c2p, network, copies } = await page.evaluate(() => ({
       shown: window.benchShown, widths: window.benchWidths, c2p: window.cloudplayStats.clickToPhoton,
@@ -61,6 +76,7 @@ async function measure(key) {
     return {
       key, firstFrame, fps: (shown.length - 1) / span, gapsOver100: gaps.filter((g) => g > 100).length,
       widths, maxGap: Math.max(...gaps), c2p50: pct(c2p, 0.5), c2p95: pct(c2p, 0.95), samples: c2p.length, network, copies,
+      targets, probes,
     };
   } finally {
     await context.close();
@@ -78,4 +94,8 @@ console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const n = r.network || {};
   console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} | ${r.copies ? 'on' : 'off'} |`);
+}
+console.log('\nThe encoder\'s target each second of the scenario (Mbit/s), and the bandwidth probes peers asked for:\n');
+for (const r of rows) {
+  console.log(`- ${r.key}: ${r.targets.map((t) => (t / 1e6).toFixed(1)).join(' ')} (${r.probes} probes)`);
 }

@@ -42,6 +42,7 @@ export async function serve(scenario) {
   if (scenario) {
     const mediaPort = await freeUdpPort();
     relay = await start(['netem', '--to', `127.0.0.1:${mediaPort}`, '--scenario', scenario], {}, /relay (\S+) →/);
+    relay.startedAt = Date.now(); // the scenario's clock starts with the relay
     Object.assign(env, { CLOUDPLAY_MEDIA_PORT: String(mediaPort), CLOUDPLAY_MEDIA_ADVERTISE: relay.match });
   }
   const server = await start(['serve', '--listen', '127.0.0.1:0'], env, /open (http:\/\/[^/\s]+)\//);
@@ -50,5 +51,5 @@ export async function serve(scenario) {
     relay?.child.kill('SIGINT'); // it prints what it did to each direction
     await new Promise((r) => setTimeout(r, 300));
   };
-  return { url: server.match, server: server.child, relay: relay?.child, stop };
+  return { url: server.match, server: server.child, relay: relay?.child, startedAt: relay?.startedAt ?? Date.now(), stop };
 }
