@@ -117,6 +117,32 @@ fn the_encoder_follows_the_slowest_peer() {
     assert!(bitrate() > 800_000, "with the slow peer gone the rate climbs: {}", bitrate());
 }
 
+/// Estimates come from RTCP the peer sends: one that lies (no bandwidth at all, or more
+/// than any link has) moves the encoder only within its bounds.
+#[test]
+fn an_absurd_estimate_keeps_the_encoder_within_its_bounds() {
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    let stats = h.stats.clone();
+    let bitrate = move || stats.bitrate_bps.load(std::sync::atomic::Ordering::Relaxed);
+    let cap = 5_000_000; // the harness's session cap
+    for (second, bps) in [u64::MAX, 0, u64::MAX, 1].into_iter().enumerate() {
+        for half in 0..20 {
+            h.send(SessionCommand::BitrateEstimate { peer: 1, bps, viewer: false });
+            h.run_until(h.at(second as f64 * 10_000.0 + half as f64 * 500.0));
+        }
+        let now = bitrate();
+        assert!((300_000..=cap).contains(&now), "estimate {bps}: the encoder at {now}");
+        if bps == 0 || bps == 1 {
+            assert_eq!(now, 300_000, "no bandwidth claimed: the floor, not zero");
+        } else {
+            assert_eq!(now, cap, "any bandwidth claimed: the session's cap, no more");
+        }
+    }
+    // The last run ends at 39.5 s: a tick at 0 and one every 1/60 s after.
+    assert_eq!(h.ticks(), 39_500 * 60 / 1000 + 1, "and the game ticked on at its rate throughout");
+}
+
 #[test]
 fn a_low_bitrate_lowers_the_picture_and_a_recovered_path_restores_it() {
     let mut h = Harness::sized(Schedule::FixedTick, 1280, 720, 60);
