@@ -61,9 +61,8 @@ async function measure(key) {
     for (let i = 0; Date.now() < until; i++) {
       await page.keyboard.press(keys[i % keys.length]);
       await sleep(80 + ((i * 37) % 80));
-      if (Date.now() - server.startedAt >= (targets.length + 1) * 1000) {
-        targets.push(await metric(server.url, 'cloudplay_session_bitrate_bps', session));
-      }
+      const second = Math.floor((Date.now() - server.startedAt) / 1000);
+      if (targets[second] === undefined) targets[second] = await metric(server.url, 'cloudplay_session_bitrate_bps', session);
     }
     const probes = await metric(server.url, 'cloudplay_bandwidth_probes_total');
     await sleep(1_100); // the overlay's getStats runs once a second
@@ -95,7 +94,8 @@ for (const r of rows) {
   const n = r.network || {};
   console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} | ${r.copies ? 'on' : 'off'} |`);
 }
-console.log('\nThe encoder\'s target each second of the scenario (Mbit/s), and the bandwidth probes peers asked for:\n');
+console.log('\nThe encoder\'s target in each second of the scenario from its start (Mbit/s; – before the first frame), and the bandwidth probes peers asked for:\n');
 for (const r of rows) {
-  console.log(`- ${r.key}: ${r.targets.map((t) => (t / 1e6).toFixed(1)).join(' ')} (${r.probes} probes)`);
+  const seconds = Array.from(r.targets, (t) => (t === undefined ? '–' : (t / 1e6).toFixed(1)));
+  console.log(`- ${r.key}: ${seconds.join(' ')} (${r.probes} probes)`);
 }

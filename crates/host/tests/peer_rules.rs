@@ -18,6 +18,7 @@ use cloudplay_host::stats::{HostCounters, SessionStats};
 use cloudplay_media::{I420Frame, OpenH264Encoder, VideoEncoder, VideoEncoderConfig};
 use cloudplay_proto::input::key;
 use cloudplay_proto::{InputEvent, InputMessage, TicketRole};
+use str0m::bwe::Bitrate;
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
@@ -75,6 +76,18 @@ impl Loss {
 
 /// A client (as a browser would offer) and the host's side of it, added to a fresh set.
 fn net(role: TicketRole) -> Net {
+    net_with(role, None)
+}
+
+/// Bandwidth estimation on the host's side: str0m's estimator, wanting `desired` bit/s,
+/// and whether the peer probes for it when short of it ([`cloudplay_host::climb`]).
+#[derive(Clone, Copy)]
+struct Estimation {
+    desired: u64,
+    probes: bool,
+}
+
+fn net_with(role: TicketRole, estimation: Option<Estimation>) -> Net {
     let now = Instant::now();
     let (host_addr, client_addr): (SocketAddr, SocketAddr) = (HOST.parse().unwrap(), CLIENT.parse().unwrap());
     let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
@@ -97,7 +110,11 @@ fn net(role: TicketRole) -> Net {
         .enable_h264(true)
         .enable_opus(true, false)
         .set_stats_interval(Some(Duration::from_secs(1)))
+        .enable_bwe(estimation.map(|_| Bitrate::kbps(1_000)))
         .build(now);
+    if let Some(estimation) = estimation {
+        host.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(estimation.desired));
+    }
     host.add_local_candidate(Candidate::host(host_addr, "udp").unwrap());
     let answer = host.sdp_api().accept_offer(offer).unwrap();
     client.sdp_api().accept_answer(pending, answer).unwrap();
@@ -121,7 +138,7 @@ fn net(role: TicketRole) -> Net {
             stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
-            probe_up_to: None,
+            probe_up_to: estimation.filter(|e| e.probes).map(|e| e.desired),
         },
     );
     Net {
@@ -566,4 +583,50 @@ fn resends_stay_within_a_budget_whatever_is_nacked() {
 
 fn resend_payload_types(client: &Rtc) -> Vec<u8> {
     client.codec_config().params().iter().filter_map(|p| p.resend()).map(|pt| *pt).collect()
+}
+
+/// A player whose estimate fell on a lossy spell gets probes once the path heals (str0m
+/// probes when the desired bitrate rises, and the peer raises it by a bit per second for
+/// each), and none on a steady path.
+#[test]
+fn after_a_narrow_spell_a_peer_probes_its_way_back() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let frames = encoded_frames(30);
+    let run = |probes: bool| {
+        let mut net = net_with(TicketRole::Player, Some(Estimation { desired: 20_000_000, probes }));
+        net.connect();
+        let mut estimates = Vec::new();
+        let mut second = |net: &mut Net| {
+            play(net, &frames, 60);
+            let last = net.commands().into_iter().filter_map(|c| match c {
+                SessionCommand::BitrateEstimate { bps, .. } => Some(bps),
+                _ => None,
+            });
+            estimates.push(last.last().or(estimates.last().copied()).unwrap_or(0));
+        };
+        for _ in 0..4 {
+            second(&mut net);
+        }
+        let steady = net.counters.bandwidth_probes.load(Relaxed);
+        net.loss = Some(Loss { share: 0.3, state: 0x9e37_79b9_7f4a_7c15, dropped: 0 });
+        for _ in 0..4 {
+            second(&mut net);
+        }
+        net.loss = None;
+        for _ in 0..8 {
+            second(&mut net);
+        }
+        (estimates, steady, net.counters.bandwidth_probes.load(Relaxed))
+    };
+    let (without, _, none) = run(false);
+    let (with, steady, asked) = run(true);
+    eprintln!("estimates by second, without probes: {without:?}; with {asked} probes: {with:?}");
+    assert_eq!(none, 0);
+    assert_eq!(steady, 0, "no probes on the steady path");
+    assert!(asked >= 1, "probes after the lossy spell: {asked}");
+    // Seconds after the path healed until the estimate passed 2 Mbit/s again.
+    let back =
+        |estimates: &[u64]| estimates[8..].iter().position(|&bps| bps > 2_000_000).unwrap_or(usize::MAX);
+    assert!(back(&with) <= 3, "back within 4 s with probes: {with:?}");
+    assert!(back(&with) < back(&without), "sooner than without: {without:?}");
 }
