@@ -21,10 +21,10 @@ const pct = (values, q) => {
   return sorted[Math.min(sorted.length - 1, Math.round((sorted.length - 1) * q))];
 };
 
-// A figure at the server's /metrics, of one session when `session` is given.
+// A figure of one session at the server's /metrics.
 async function metric(url, name, session) {
   const text = await (await fetch(`${url}/metrics`)).text().catch(() => '');
-  const prefix = session ? `${name}{session="${session}"} ` : `${name} `;
+  const prefix = `${name}{session="${session}"} `;
   const line = text.split('\n').find((l) => l.startsWith(prefix));
   return line ? Number(line.slice(prefix.length)) : NaN;
 }
@@ -64,7 +64,6 @@ async function measure(key) {
       const second = Math.floor((Date.now() - server.startedAt) / 1000);
       if (targets[second] === undefined) targets[second] = await metric(server.url, 'cloudplay_session_bitrate_bps', session);
     }
-    const probes = await metric(server.url, 'cloudplay_bandwidth_probes_total');
     await sleep(1_100); // the overlay's getStats runs once a second
     const { shown, widths, c2p, network, copies } = await page.evaluate(() => ({
       shown: window.benchShown, widths: window.benchWidths, c2p: window.cloudplayStats.clickToPhoton,
@@ -75,7 +74,7 @@ async function measure(key) {
     return {
       key, firstFrame, fps: (shown.length - 1) / span, gapsOver100: gaps.filter((g) => g > 100).length,
       widths, maxGap: Math.max(...gaps), c2p50: pct(c2p, 0.5), c2p95: pct(c2p, 0.95), samples: c2p.length, network, copies,
-      targets, probes,
+      targets,
     };
   } finally {
     await context.close();
@@ -94,8 +93,8 @@ for (const r of rows) {
   const n = r.network || {};
   console.log(`| ${r.key} | ${r.fps.toFixed(1)} | ${r.gapsOver100} | ${r.maxGap.toFixed(0)} | ${r.c2p50.toFixed(1)} / ${r.c2p95.toFixed(1)} (${r.samples}) | ${r.firstFrame} | ${n.lost} / ${n.nacks} / ${n.resent} | ${n.freezes} (${(n.freezeSeconds || 0).toFixed(1)}) | ${n.keyframesAsked} | ${r.widths.join(' → ')} | ${r.copies ? 'on' : 'off'} |`);
 }
-console.log('\nThe encoder\'s target in each second of the scenario from its start (Mbit/s; – before the first frame), and the bandwidth probes peers asked for:\n');
+console.log('\nThe encoder\'s target in each second of the scenario from its start (Mbit/s; – before the first frame):\n');
 for (const r of rows) {
   const seconds = Array.from(r.targets, (t) => (t === undefined ? '–' : (t / 1e6).toFixed(1)));
-  console.log(`- ${r.key}: ${seconds.join(' ')} (${r.probes} probes)`);
+  console.log(`- ${r.key}: ${seconds.join(' ')}`);
 }

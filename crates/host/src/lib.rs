@@ -7,7 +7,6 @@
 //! A [`Host`] ties them together and is what the binary (and the control plane's
 //! connector) talks to.
 
-pub mod climb;
 pub mod driver;
 pub mod internal;
 pub mod messages;
@@ -705,7 +704,6 @@ impl Host {
             stats: session.stats.clone(),
             broadcast: session.broadcast,
             offered,
-            probe_up_to: None,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
@@ -834,11 +832,6 @@ impl Host {
                 "Peers' keyframe requests not passed on (another came less than 100 ms before).",
                 &counters.keyframe_requests_ignored,
             ),
-            (
-                "cloudplay_bandwidth_probes_total",
-                "Bandwidth probes asked for by peers whose estimate sat below the session's cap.",
-                &counters.bandwidth_probes,
-            ),
         ];
         for (name, help, value) in host_counters {
             let value = value.load(Ordering::Relaxed);
@@ -936,7 +929,7 @@ impl Host {
             }),
             (
                 "cloudplay_session_copying_peers",
-                "Players whose path loses enough that each media packet goes twice.",
+                "Peers whose path loses enough that each media packet goes twice.",
                 |s| SessionStats::count(&s.copying_peers),
             ),
             ("cloudplay_session_copies_sent_total", "Copies of media packets sent under loss.", |s| {

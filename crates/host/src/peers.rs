@@ -22,7 +22,8 @@
 //!   copy comes first.
 //! - A player whose path loses more than [`crate::redundancy::ON_LOSS`] of its packets
 //!   gets each media packet twice, the copy after its frame, and its picture half its
-//!   estimate ([`crate::redundancy`]): a loss costs no round trip.
+//!   estimate ([`crate::redundancy`]): a loss costs no round trip. A viewer gets them too
+//!   while its estimate carries the picture twice over.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
 //! - A viewer of a game may ask for a seat ([`PeerRequest::AskSeat`] on its input channel,
@@ -49,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use cloudplay_proto::fleet::{PeerMessage, PeerRequest};
 use cloudplay_proto::{InputMessage, TicketRole};
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::BweKind;
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
@@ -57,7 +58,6 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
-use crate::climb::Climb;
 use crate::messages::{AudioPacket, PeerId, SessionCommand, VideoPacket};
 use crate::redundancy::Redundancy;
 use crate::stats::{HostCounters, SessionStats, Stage};
@@ -108,9 +108,6 @@ pub struct NewPeer {
     /// Media this host offered itself (a push onward by WHIP), already negotiated; an
     /// answered peer's media come as it connects.
     pub offered: Vec<(Mid, MediaKind)>,
-    /// The desired bitrate its estimator was given, when it runs one: its climb back after
-    /// a narrow spell is probed ([`crate::climb`]).
-    pub probe_up_to: Option<u64>,
 }
 
 /// What the set asks of its shell.
@@ -167,7 +164,6 @@ impl PeerSet {
 
     pub fn add_peer(&mut self, now: Instant, setup: NewPeer) {
         setup.commands.send(SessionCommand::PeerJoined { peer: setup.id }).ok();
-        let climb = setup.probe_up_to.map(Climb::new);
         self.peers.push(Peer {
             setup,
             created: now,
@@ -191,7 +187,6 @@ impl PeerSet {
             media_pts: Vec::new(),
             redundancy: Redundancy::default(),
             keyframe_asked: None,
-            climb,
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -397,7 +392,7 @@ impl PeerSet {
                     let within_budget = peer.ingest.take(data.network_time, data.data.len());
                     self.forward(&session, data, within_budget);
                 }
-                Ok(Output::Event(event)) => peer.handle_event(now, event, &self.counters),
+                Ok(Output::Event(event)) => peer.handle_event(event, &self.counters),
                 Ok(Output::Timeout(at)) => {
                     peer.dirty = false;
                     peer.next_timeout = at;
@@ -607,8 +602,6 @@ struct Peer {
     media_pts: Vec<u8>,
     /// Copies of its media packets, while its path loses too much.
     redundancy: Redundancy,
-    /// Probes for room after a narrow spell (peers with an estimate; [`crate::climb`]).
-    climb: Option<Climb>,
     /// When it last asked its session for a keyframe.
     keyframe_asked: Option<Instant>,
 }
@@ -750,7 +743,7 @@ impl Peer {
         }
     }
 
-    fn handle_event(&mut self, now: Instant, event: Event, counters: &HostCounters) {
+    fn handle_event(&mut self, event: Event, counters: &HostCounters) {
         match event {
             Event::Connected => {
                 info!(peer = self.setup.id, session = %self.setup.session, "peer connected");
@@ -777,16 +770,21 @@ impl Peer {
                 if let Some(rtt) = egress.rtt {
                     stats.rtt_us.store(rtt.as_micros() as u64, Ordering::Relaxed);
                 }
-                // Copies are a player's: a viewer does not set the picture's rate, so its
-                // copies could not be paid for.
-                if self.setup.role == TicketRole::Player
+                // A viewer does not set the picture's rate: its copies need a path that
+                // carries the picture twice.
+                if self.setup.role == TicketRole::Viewer {
+                    let picture = stats.bitrate_bps.load(Ordering::Relaxed);
+                    if self.redundancy.picture(picture) {
+                        info!(peer = self.setup.id, picture, "copies off: the viewer's path narrowed");
+                        self.copies_changed(0);
+                    }
+                }
+                if self.setup.role != TicketRole::Publisher
                     && self.redundancy.report(egress.timestamp, egress.loss, egress.packets, nacks)
                 {
                     info!(peer = self.setup.id, on = self.redundancy.is_on(), loss = ?egress.loss, "copies of media packets");
                     self.copies_changed((egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32);
                 }
-                // A steady estimate raises no events: the reports keep the probes coming.
-                self.climb(now, counters);
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if self.redundancy.estimate(estimate.as_u64()) {
@@ -798,10 +796,6 @@ impl Peer {
                     peer: self.setup.id,
                     bps: (estimate.as_u64() as f64 * self.redundancy.share()) as u64,
                 });
-                if let Some(climb) = &mut self.climb {
-                    climb.estimate(estimate.as_u64(), now);
-                }
-                self.climb(now, counters);
             }
             // A viewer's channels too: it may be seated later, on the same connection.
             Event::ChannelOpen(id, label)
@@ -859,18 +853,6 @@ impl Peer {
                 }
             }
             _ => {}
-        }
-    }
-
-    /// Asks the estimator for a probe when [`Climb`] says one is due: a rise of the
-    /// desired bitrate above the estimate is what makes str0m probe.
-    fn climb(&mut self, now: Instant, counters: &HostCounters) {
-        let Some(climb) = &mut self.climb else { return };
-        if climb.poll(now) {
-            counters.bandwidth_probes.fetch_add(1, Ordering::Relaxed);
-            let desired = Bitrate::bps(climb.desired_bps());
-            debug!(peer = self.setup.id, probes = climb.probes, "probing for room");
-            self.setup.rtc.bwe().set_bitrate(Bitrate::bps(crate::whep::MIN_ESTIMATE_BPS), desired);
         }
     }
 

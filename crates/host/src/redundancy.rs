@@ -21,6 +21,9 @@
 //!   [`MIN_ESTIMATE_BPS`], and off at once when it falls under it. Loss on a narrow path is
 //!   mostly its queue overflowing; copies would not get through it either, and half its
 //!   rate would leave the picture too little.
+//! - A viewer does not set the picture's rate, so its copies cannot be paid for out of the
+//!   picture: it gets them only while its estimate carries the picture twice over
+//!   ([`Redundancy::picture`]); a viewer without an estimate gets none.
 //! - At most [`MAX_WAITING_COPIES`] wait; more are not made (a frame that big gets none).
 
 use std::collections::VecDeque;
@@ -52,6 +55,8 @@ pub struct Redundancy {
     waiting: VecDeque<(Instant, Transmit)>,
     /// The peer's last bandwidth estimate, if it has one.
     estimate_bps: Option<u64>,
+    /// A viewer's: the picture's bitrate, which its path must carry twice.
+    picture_bps: Option<u64>,
     /// Copies sent so far.
     pub copies_sent: u64,
 }
@@ -100,7 +105,18 @@ impl Redundancy {
     /// The peer's bandwidth estimate changed; whether copies went off (too narrow a path).
     pub fn estimate(&mut self, bps: u64) -> bool {
         self.estimate_bps = Some(bps);
-        if self.on && bps < MIN_ESTIMATE_BPS {
+        self.off_without_room()
+    }
+
+    /// A viewer's: the picture's bitrate now (set by the players); whether copies went off
+    /// (its path no longer carries it twice).
+    pub fn picture(&mut self, bps: u64) -> bool {
+        self.picture_bps = Some(bps);
+        self.off_without_room()
+    }
+
+    fn off_without_room(&mut self) -> bool {
+        if self.on && !self.room() {
             self.turn_off();
             return true;
         }
@@ -108,7 +124,10 @@ impl Redundancy {
     }
 
     fn room(&self) -> bool {
-        self.estimate_bps.is_none_or(|bps| bps >= MIN_ESTIMATE_BPS)
+        match self.picture_bps {
+            None => self.estimate_bps.is_none_or(|bps| bps >= MIN_ESTIMATE_BPS),
+            Some(picture) => self.estimate_bps.is_some_and(|bps| bps >= MIN_ESTIMATE_BPS.max(2 * picture)),
+        }
     }
 
     fn turn_off(&mut self) {
@@ -270,6 +289,20 @@ mod tests {
         assert!(r.estimate(1_000_000), "the estimate falls: copies off at once");
         assert!(!r.is_on());
         assert_eq!(r.share(), 1.0);
+    }
+
+    #[test]
+    fn a_viewer_gets_copies_only_while_its_path_carries_the_picture_twice() {
+        let now = Instant::now();
+        let mut r = Redundancy::default();
+        r.picture(3_000_000);
+        assert!(!r.report(now, Some(0.1), 100, 10), "a viewer without an estimate: no copies");
+        r.estimate(5_000_000);
+        assert!(!r.report(now + Duration::from_secs(1), Some(0.1), 200, 20), "5 Mbit/s cannot carry 3 twice");
+        r.estimate(6_000_000);
+        assert!(r.report(now + Duration::from_secs(2), Some(0.1), 300, 30), "6 can");
+        assert!(r.picture(3_500_000), "the players raise the picture's rate: copies off at once");
+        assert!(!r.is_on());
     }
 
     #[test]

@@ -172,8 +172,6 @@ pub struct HostCounters {
     /// Peers' keyframe requests not passed on: another came less than
     /// [`crate::peers::KEYFRAME_ASK_INTERVAL`] before.
     pub keyframe_requests_ignored: AtomicU64,
-    /// Bandwidth probes asked for after a narrow spell ([`crate::climb`]).
-    pub bandwidth_probes: AtomicU64,
 }
 
 /// `at` as microseconds on a monotonic clock shared by the whole process (never 0).

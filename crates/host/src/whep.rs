@@ -27,8 +27,6 @@ use crate::{Host, unix_ms};
 const MAX_OFFER_BYTES: usize = 64 * 1024;
 /// Where the bandwidth estimate starts before the first feedback.
 const INITIAL_ESTIMATE_KBPS: u64 = 3_000;
-/// The rate the bandwidth estimator keeps traffic up to (padding if media falls short).
-pub const MIN_ESTIMATE_BPS: u64 = 300_000;
 /// A session's first viewers get a bandwidth estimate (used while no player is connected);
 /// later ones do not.
 const VIEWERS_WITH_ESTIMATES: u32 = 4;
@@ -207,7 +205,7 @@ fn new_rtc(host: &Host, receive_only: bool, bwe: bool, max_bps: u64) -> Result<R
     }
     let mut rtc = builder.build(Instant::now());
     if bwe {
-        rtc.bwe().set_bitrate(Bitrate::bps(MIN_ESTIMATE_BPS), Bitrate::bps(max_bps));
+        rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
     }
     let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
         refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
@@ -292,15 +290,16 @@ fn accept_viewer_or_player(
     // `cloudplay bench --viewers`); a crowd's do not steer the encode anyway (a player's do,
     // and the first viewers' while no player is connected).
     let estimates = claims.role == TicketRole::Player || session.seats.viewers() <= VIEWERS_WITH_ESTIMATES;
-    let max_bps = session.options.max_bitrate_kbps as u64 * 1000;
-    let answered = new_rtc(host, false, estimates, max_bps).and_then(|mut rtc| {
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-            debug!(error = %e, "offer refused");
-            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-        })?;
-        use_ticket(host, &ticket, session_id)?;
-        Ok((rtc, answer))
-    });
+    let answered = new_rtc(host, false, estimates, session.options.max_bitrate_kbps as u64 * 1000).and_then(
+        |mut rtc| {
+            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+                debug!(error = %e, "offer refused");
+                refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+            })?;
+            use_ticket(host, &ticket, session_id)?;
+            Ok((rtc, answer))
+        },
+    );
     let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,
@@ -313,7 +312,6 @@ fn accept_viewer_or_player(
         stats: session.stats.clone(),
         broadcast: session.broadcast,
         offered: Vec::new(),
-        probe_up_to: estimates.then_some(max_bps),
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -413,7 +411,6 @@ fn accept_publisher(
         stats: session.stats.clone(),
         broadcast: true,
         offered: Vec::new(),
-        probe_up_to: None,
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

@@ -129,7 +129,6 @@ impl Broadcast {
                 stats: Default::default(),
                 broadcast: self.broadcast,
                 offered: Vec::new(),
-                probe_up_to: None,
             },
         );
         self.clients.push(Client {

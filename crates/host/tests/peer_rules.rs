@@ -79,15 +79,9 @@ fn net(role: TicketRole) -> Net {
     net_with(role, None)
 }
 
-/// Bandwidth estimation on the host's side: str0m's estimator, wanting `desired` bit/s,
-/// and whether the peer probes for it when short of it ([`cloudplay_host::climb`]).
-#[derive(Clone, Copy)]
-struct Estimation {
-    desired: u64,
-    probes: bool,
-}
-
-fn net_with(role: TicketRole, estimation: Option<Estimation>) -> Net {
+/// With `desired`: the host's side runs str0m's bandwidth estimator, wanting that many
+/// bit/s (as players' connections do).
+fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
     let now = Instant::now();
     let (host_addr, client_addr): (SocketAddr, SocketAddr) = (HOST.parse().unwrap(), CLIENT.parse().unwrap());
     let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
@@ -110,10 +104,10 @@ fn net_with(role: TicketRole, estimation: Option<Estimation>) -> Net {
         .enable_h264(true)
         .enable_opus(true, false)
         .set_stats_interval(Some(Duration::from_secs(1)))
-        .enable_bwe(estimation.map(|_| Bitrate::kbps(1_000)))
+        .enable_bwe(desired.map(|_| Bitrate::kbps(1_000)))
         .build(now);
-    if let Some(estimation) = estimation {
-        host.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(estimation.desired));
+    if let Some(desired) = desired {
+        host.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(desired));
     }
     host.add_local_candidate(Candidate::host(host_addr, "udp").unwrap());
     let answer = host.sdp_api().accept_offer(offer).unwrap();
@@ -138,7 +132,6 @@ fn net_with(role: TicketRole, estimation: Option<Estimation>) -> Net {
             stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
-            probe_up_to: estimation.filter(|e| e.probes).map(|e| e.desired),
         },
     );
     Net {
@@ -530,6 +523,31 @@ fn a_lossy_path_gets_copies_until_it_heals() {
     assert_eq!(net.stats.copies_sent.load(Relaxed), copies);
 }
 
+/// A viewer on a lossy path gets copies while its estimate carries the picture twice,
+/// and none once the players raise the picture past that.
+#[test]
+fn a_viewer_with_room_gets_copies_too() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut net = net_with(TicketRole::Viewer, Some(20_000_000));
+    net.stats.bitrate_bps.store(1_000_000, Relaxed);
+    net.connect();
+    let frames = encoded_frames(30);
+    play(&mut net, &frames, 120);
+    net.loss = Some(Loss { share: 0.1, state: 0x9e37_79b9_7f4a_7c15, dropped: 0 });
+    play(&mut net, &frames, 180);
+    assert_eq!(net.stats.copying_peers.load(Relaxed), 1, "10 % loss turns the viewer's copies on");
+    let copies = net.stats.copies_sent.load(Relaxed);
+    play(&mut net, &frames, 60);
+    assert!(net.stats.copies_sent.load(Relaxed) > copies, "and they flow");
+    // The players' picture at 1 Gbit/s: no viewer's path carries it twice.
+    net.stats.bitrate_bps.store(1_000_000_000, Relaxed);
+    play(&mut net, &frames, 90);
+    assert_eq!(net.stats.copying_peers.load(Relaxed), 0, "off at the next report");
+    let copies = net.stats.copies_sent.load(Relaxed);
+    play(&mut net, &frames, 60);
+    assert_eq!(net.stats.copies_sent.load(Relaxed), copies);
+}
+
 /// A client that floods PLIs gets at most one keyframe request to its session per
 /// [`KEYFRAME_ASK_INTERVAL`]; the rest are counted and dropped.
 #[test]
@@ -585,48 +603,37 @@ fn resend_payload_types(client: &Rtc) -> Vec<u8> {
     client.codec_config().params().iter().filter_map(|p| p.resend()).map(|pt| *pt).collect()
 }
 
-/// A player whose estimate fell on a lossy spell gets probes once the path heals (str0m
-/// probes when the desired bitrate rises, and the peer raises it by a bit per second for
-/// each), and none on a steady path.
+/// A player's estimate that fell on a lossy spell is back within 5 s of the path healing,
+/// by str0m's own recovery (it probes at most of the rate before a large drop). Asking
+/// str0m for more probes during the climb was tried and left out: they preempt that
+/// probe, and in some runs the estimate stayed under 0.7 Mbit/s where it came back to
+/// 4.8–9 without them.
 #[test]
-fn after_a_narrow_spell_a_peer_probes_its_way_back() {
-    use std::sync::atomic::Ordering::Relaxed;
+fn after_a_lossy_spell_the_estimate_climbs_back_by_itself() {
     let frames = encoded_frames(30);
-    let run = |probes: bool| {
-        let mut net = net_with(TicketRole::Player, Some(Estimation { desired: 20_000_000, probes }));
-        net.connect();
-        let mut estimates = Vec::new();
-        let mut second = |net: &mut Net| {
-            play(net, &frames, 60);
-            let last = net.commands().into_iter().filter_map(|c| match c {
-                SessionCommand::BitrateEstimate { bps, .. } => Some(bps),
-                _ => None,
-            });
-            estimates.push(last.last().or(estimates.last().copied()).unwrap_or(0));
-        };
-        for _ in 0..4 {
-            second(&mut net);
-        }
-        let steady = net.counters.bandwidth_probes.load(Relaxed);
-        net.loss = Some(Loss { share: 0.3, state: 0x9e37_79b9_7f4a_7c15, dropped: 0 });
-        for _ in 0..4 {
-            second(&mut net);
-        }
-        net.loss = None;
-        for _ in 0..8 {
-            second(&mut net);
-        }
-        (estimates, steady, net.counters.bandwidth_probes.load(Relaxed))
+    let mut net = net_with(TicketRole::Player, Some(20_000_000));
+    net.connect();
+    let mut estimates = Vec::new();
+    let mut second = |net: &mut Net| {
+        play(net, &frames, 60);
+        let last = net.commands().into_iter().filter_map(|c| match c {
+            SessionCommand::BitrateEstimate { bps, .. } => Some(bps),
+            _ => None,
+        });
+        estimates.push(last.last().or(estimates.last().copied()).unwrap_or(0));
     };
-    let (without, _, none) = run(false);
-    let (with, steady, asked) = run(true);
-    eprintln!("estimates by second, without probes: {without:?}; with {asked} probes: {with:?}");
-    assert_eq!(none, 0);
-    assert_eq!(steady, 0, "no probes on the steady path");
-    assert!(asked >= 1, "probes after the lossy spell: {asked}");
-    // Seconds after the path healed until the estimate passed 2 Mbit/s again.
-    let back =
-        |estimates: &[u64]| estimates[8..].iter().position(|&bps| bps > 2_000_000).unwrap_or(usize::MAX);
-    assert!(back(&with) <= 3, "back within 4 s with probes: {with:?}");
-    assert!(back(&with) < back(&without), "sooner than without: {without:?}");
+    for _ in 0..4 {
+        second(&mut net);
+    }
+    net.loss = Some(Loss { share: 0.3, state: 0x9e37_79b9_7f4a_7c15, dropped: 0 });
+    for _ in 0..4 {
+        second(&mut net);
+    }
+    net.loss = None;
+    for _ in 0..8 {
+        second(&mut net);
+    }
+    assert!(estimates[4..8].iter().any(|&bps| bps < 1_000_000), "the lossy spell lowered it: {estimates:?}");
+    let back = estimates[8..].iter().position(|&bps| bps > 2_000_000);
+    assert!(back.is_some_and(|s| s <= 4), "back over 2 Mbit/s within 5 s of healing: {estimates:?}");
 }

@@ -671,12 +671,6 @@ pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow:
             r.target_mbps.iter().zip(&r.received_mbps).map(|(t, m)| format!("{t:.1}/{m:.1}")).collect();
         println!("- {}: {}", r.key, seconds.join(" "));
     }
-    if let Ok((_, _, body)) = http_request(http, "GET", "/metrics", &[], b"") {
-        let text = String::from_utf8_lossy(&body);
-        if let Some(line) = text.lines().find(|l| l.starts_with("cloudplay_bandwidth_probes_total ")) {
-            println!("\n{line}");
-        }
-    }
     Ok(())
 }
 
