@@ -780,7 +780,13 @@ impl Peer {
                     }
                 }
                 if self.setup.role != TicketRole::Publisher
-                    && self.redundancy.report(egress.timestamp, egress.loss, egress.packets, nacks)
+                    && self.redundancy.report(
+                        egress.timestamp,
+                        egress.loss,
+                        egress.packets,
+                        nacks,
+                        egress.remote.as_ref().map(|r| r.packets_lost),
+                    )
                 {
                     info!(peer = self.setup.id, on = self.redundancy.is_on(), loss = ?egress.loss, "copies of media packets");
                     self.copies_changed((egress.loss.unwrap_or(0.0).clamp(0.0, 1.0) * 1000.0) as u32);

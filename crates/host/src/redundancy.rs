@@ -14,7 +14,8 @@
 //! - On when more than [`ON_LOSS`] was lost since the last report (as the receiver reports
 //!   it, or as its NACKs tell); while on, what the peer still
 //!   loses is `p²`, so the path's own loss is taken as its square root; off once that has
-//!   stayed under [`OFF_LOSS`] for [`OFF_AFTER`].
+//!   stayed under [`OFF_LOSS`] and no packet at all was lost for [`OFF_AFTER`] (the
+//!   reports' fraction lost is too coarse to show `p²`: their cumulative count is not).
 //! - While on, the peer's share of its estimate is half ([`Redundancy::share`]): the copies
 //!   are paid for out of the picture's bitrate, never on top of what the path carries.
 //! - Only on a path with room: not while the peer's estimate is under
@@ -52,6 +53,8 @@ pub struct Redundancy {
     lossy_at: Option<Instant>,
     /// Packets sent and NACKs received at the last report (cumulative).
     last_counts: Option<(u64, u64)>,
+    /// Packets the receiver reported lost, at the last report (cumulative).
+    last_lost: Option<u64>,
     waiting: VecDeque<(Instant, Transmit)>,
     /// The peer's last bandwidth estimate, if it has one.
     estimate_bps: Option<u64>,
@@ -138,7 +141,23 @@ impl Redundancy {
 
     /// A report of the path: the loss in the peer's receiver reports (if any came), and the
     /// packets sent and NACK messages received so far. Returns whether copies went on or off.
-    pub fn report(&mut self, now: Instant, reported_loss: Option<f32>, packets: u64, nacks: u64) -> bool {
+    /// `lost_total` is the receiver's count of packets lost so far (its receiver reports'
+    /// cumulative field), when it has sent one.
+    pub fn report(
+        &mut self,
+        now: Instant,
+        reported_loss: Option<f32>,
+        packets: u64,
+        nacks: u64,
+        lost_total: Option<u64>,
+    ) -> bool {
+        let newly_lost = match (self.last_lost, lost_total) {
+            (Some(before), Some(total)) => total.saturating_sub(before),
+            _ => 0,
+        };
+        if lost_total.is_some() {
+            self.last_lost = lost_total;
+        }
         let asked_again = match self.last_counts.replace((packets, nacks)) {
             Some((p0, n0)) if packets > p0 => nacks.saturating_sub(n0) as f64 / (packets - p0) as f64,
             _ => 0.0,
@@ -155,9 +174,11 @@ impl Redundancy {
             }
             return false;
         }
-        // On, what still goes missing is the path's loss squared.
+        // On, what still goes missing is the path's loss squared. A report's fraction lost
+        // counts in 256ths, too coarse for that (5 % squared is 0.25 %: it reads 0), so
+        // any packet still lost at all says the path still loses.
         let path_loss = lost.sqrt();
-        if path_loss >= OFF_LOSS {
+        if path_loss >= OFF_LOSS || newly_lost > 0 {
             self.lossy_at = Some(now);
         }
         if self.lossy_at.is_none_or(|at| now.saturating_duration_since(at) >= OFF_AFTER) {
@@ -252,9 +273,9 @@ mod tests {
     fn copies_go_on_above_the_loss_and_off_after_a_quiet_while() {
         let start = Instant::now();
         let mut r = Redundancy::default();
-        assert!(!r.report(start, Some(0.01), 1000, 10), "1 % is left to NACKs");
+        assert!(!r.report(start, Some(0.01), 1000, 10, None), "1 % is left to NACKs");
         assert_eq!(r.share(), 1.0);
-        assert!(r.report(start + Duration::from_secs(1), Some(0.05), 1300, 25), "5 % turns copies on");
+        assert!(r.report(start + Duration::from_secs(1), Some(0.05), 1300, 25, None), "5 % turns copies on");
         assert!(r.is_on());
         assert_eq!(r.share(), 0.5, "the copies come out of the picture's bitrate");
         // On, 0.25 % still lost is the path's 5 %: copies stay.
@@ -263,7 +284,7 @@ mod tests {
         for _ in 0..20 {
             now += Duration::from_secs(1);
             packets += 400;
-            assert!(!r.report(now, Some(0.0025), packets, 0));
+            assert!(!r.report(now, Some(0.0025), packets, 0, None));
         }
         assert!(r.is_on(), "a path that still loses keeps its copies");
         // The path heals: nothing is lost for OFF_AFTER, and the copies stop.
@@ -271,7 +292,7 @@ mod tests {
         while r.is_on() {
             now += Duration::from_secs(1);
             packets += 400;
-            r.report(now, Some(0.0), packets, 0);
+            r.report(now, Some(0.0), packets, 0, None);
             assert!(now - healed <= OFF_AFTER + Duration::from_secs(1), "off within OFF_AFTER");
         }
         assert!(now - healed >= OFF_AFTER, "not before OFF_AFTER");
@@ -279,13 +300,35 @@ mod tests {
     }
 
     #[test]
+    fn copies_stay_while_packets_are_still_lost_though_the_fraction_reads_zero() {
+        let start = Instant::now();
+        let mut r = Redundancy::default();
+        assert!(r.report(start, Some(0.05), 1000, 50, Some(50)));
+        // 5 % lost on the path, 0.25 % of packets lost with their copies: a report's
+        // fraction (in 256ths) reads 0, its cumulative count goes on rising, one a second.
+        let mut now = start;
+        for second in 1..=30u64 {
+            now = start + Duration::from_secs(second);
+            assert!(!r.report(now, Some(0.0), 1000 + 400 * second, 50, Some(50 + second)), "second {second}");
+        }
+        assert!(r.is_on(), "a path still losing keeps its copies");
+        // Healed: no packet lost any more, and the copies stop after OFF_AFTER.
+        let healed = now;
+        while r.is_on() && now - healed <= OFF_AFTER + Duration::from_secs(1) {
+            now += Duration::from_secs(1);
+            r.report(now, Some(0.0), 20_000, 50, Some(80));
+        }
+        assert!(!r.is_on() && now - healed >= OFF_AFTER);
+    }
+
+    #[test]
     fn a_narrow_path_gets_no_copies() {
         let now = Instant::now();
         let mut r = Redundancy::default();
         r.estimate(MIN_ESTIMATE_BPS - 1);
-        assert!(!r.report(now, Some(0.1), 100, 10), "a lossy narrow path is congested: no copies");
+        assert!(!r.report(now, Some(0.1), 100, 10, None), "a lossy narrow path is congested: no copies");
         r.estimate(MIN_ESTIMATE_BPS);
-        assert!(r.report(now + Duration::from_secs(1), Some(0.1), 200, 20));
+        assert!(r.report(now + Duration::from_secs(1), Some(0.1), 200, 20, None));
         assert!(r.estimate(1_000_000), "the estimate falls: copies off at once");
         assert!(!r.is_on());
         assert_eq!(r.share(), 1.0);
@@ -296,11 +339,14 @@ mod tests {
         let now = Instant::now();
         let mut r = Redundancy::default();
         r.picture(3_000_000);
-        assert!(!r.report(now, Some(0.1), 100, 10), "a viewer without an estimate: no copies");
+        assert!(!r.report(now, Some(0.1), 100, 10, None), "a viewer without an estimate: no copies");
         r.estimate(5_000_000);
-        assert!(!r.report(now + Duration::from_secs(1), Some(0.1), 200, 20), "5 Mbit/s cannot carry 3 twice");
+        assert!(
+            !r.report(now + Duration::from_secs(1), Some(0.1), 200, 20, None),
+            "5 Mbit/s cannot carry 3 twice"
+        );
         r.estimate(6_000_000);
-        assert!(r.report(now + Duration::from_secs(2), Some(0.1), 300, 30), "6 can");
+        assert!(r.report(now + Duration::from_secs(2), Some(0.1), 300, 30, None), "6 can");
         assert!(r.picture(3_500_000), "the players raise the picture's rate: copies off at once");
         assert!(!r.is_on());
     }
@@ -312,7 +358,7 @@ mod tests {
         let media = [VIDEO];
         r.sent(now, &rtp(VIDEO, true, false), &media);
         assert!(r.poll_copy(now).is_none(), "no copies while off");
-        r.report(now, Some(0.1), 100, 10);
+        r.report(now, Some(0.1), 100, 10, None);
         r.sent(now, &rtp(VIDEO, false, false), &media);
         r.sent(now, &rtp(RTX, false, false), &media);
         r.sent(now, &rtp(VIDEO, false, false), &media);
@@ -334,7 +380,7 @@ mod tests {
     fn waiting_copies_are_bounded() {
         let now = Instant::now();
         let mut r = Redundancy::default();
-        r.report(now, Some(0.1), 100, 10);
+        r.report(now, Some(0.1), 100, 10, None);
         for _ in 0..MAX_WAITING_COPIES * 2 {
             r.sent(now, &rtp(VIDEO, false, false), &[VIDEO]);
         }
