@@ -19,7 +19,8 @@
 //! - While on, the peer's share of its estimate is half ([`Redundancy::share`]): the copies
 //!   are paid for out of the picture's bitrate, never on top of what the path carries.
 //! - Only on a path with room: not while the peer's estimate is under
-//!   [`MIN_ESTIMATE_BPS`], and off at once when it falls under it. Loss on a narrow path is
+//!   [`MIN_ESTIMATE_BPS`], and off at once when it falls under it — counted twice while
+//!   on, since the estimator then sees only the originals. Loss on a narrow path is
 //!   mostly its queue overflowing; copies would not get through it either, and half its
 //!   rate would leave the picture too little.
 //! - A viewer does not set the picture's rate, so its copies cannot be paid for out of the
@@ -127,9 +128,13 @@ impl Redundancy {
     }
 
     fn room(&self) -> bool {
+        // While on, the estimator sees only the originals (the copies go beside it), half
+        // of what crosses the path; and it grows only to about 1.5x what it sees, so
+        // judged as it is, copies would stop themselves.
+        let carried = self.estimate_bps.map(|bps| if self.on { bps.saturating_mul(2) } else { bps });
         match self.picture_bps {
-            None => self.estimate_bps.is_none_or(|bps| bps >= MIN_ESTIMATE_BPS),
-            Some(picture) => self.estimate_bps.is_some_and(|bps| bps >= MIN_ESTIMATE_BPS.max(2 * picture)),
+            None => carried.is_none_or(|bps| bps >= MIN_ESTIMATE_BPS),
+            Some(picture) => carried.is_some_and(|bps| bps >= MIN_ESTIMATE_BPS.max(2 * picture)),
         }
     }
 
@@ -329,7 +334,8 @@ mod tests {
         assert!(!r.report(now, Some(0.1), 100, 10, None), "a lossy narrow path is congested: no copies");
         r.estimate(MIN_ESTIMATE_BPS);
         assert!(r.report(now + Duration::from_secs(1), Some(0.1), 200, 20, None));
-        assert!(r.estimate(1_000_000), "the estimate falls: copies off at once");
+        assert!(!r.estimate(MIN_ESTIMATE_BPS / 2), "on, the estimator sees half of what crosses");
+        assert!(r.estimate(MIN_ESTIMATE_BPS / 2 - 1), "the estimate falls further: copies off at once");
         assert!(!r.is_on());
         assert_eq!(r.share(), 1.0);
     }
@@ -347,7 +353,8 @@ mod tests {
         );
         r.estimate(6_000_000);
         assert!(r.report(now + Duration::from_secs(2), Some(0.1), 300, 30, None), "6 can");
-        assert!(r.picture(3_500_000), "the players raise the picture's rate: copies off at once");
+        assert!(!r.picture(3_500_000), "on, the estimator sees only half of what crosses (12 of 7)");
+        assert!(r.picture(6_500_000), "the players raise the picture past it: copies off at once");
         assert!(!r.is_on());
     }
 
