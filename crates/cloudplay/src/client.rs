@@ -43,6 +43,13 @@ pub fn http_request(
     Ok((answer.status, answer.headers, answer.body))
 }
 
+/// One session's figure at the server's `/metrics` (`None` when it is not there).
+pub fn session_metric(addr: SocketAddr, name: &str, session: &str) -> Option<f64> {
+    let (_, _, body) = http_request(addr, "GET", "/metrics", &[], b"").ok()?;
+    let prefix = format!("{name}{{session=\"{session}\"}} ");
+    String::from_utf8_lossy(&body).lines().find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+}
+
 /// Starts a session through the API as a new guest and returns the answer.
 pub fn create_session(addr: SocketAddr, body: &str) -> anyhow::Result<SessionCreated> {
     Ok(create_guest_session(addr, body)?.0)

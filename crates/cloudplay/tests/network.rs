@@ -21,12 +21,7 @@ async fn start_server() -> SocketAddr {
 
 /// A per-session metric of the server at `addr`.
 fn session_metric(addr: SocketAddr, name: &str, session: &str) -> u64 {
-    let (_, _, body) = http_request(addr, "GET", "/metrics", &[], b"").unwrap();
-    let prefix = format!("{name}{{session=\"{session}\"}} ");
-    let text = String::from_utf8(body).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}"))
+    cloudplay::client::session_metric(addr, name, session).unwrap_or_else(|| panic!("no {name}")) as u64
 }
 
 struct Played {

@@ -13,7 +13,7 @@ mod audience;
 pub use audience::{ingest, viewers};
 
 use crate::app::Server;
-use crate::client::{StreamClient, create_guest_session, guest_headers, http_request};
+use crate::client::{StreamClient, create_guest_session, guest_headers, http_request, session_metric};
 use crate::config::Config;
 
 pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
@@ -612,7 +612,7 @@ struct NetworkRow {
     /// For a scenario whose last step lifts a cap: seconds from that step until the
     /// encoder's target was back to 90 % of what it was before the cap (`None`: not
     /// within the run).
-    recovered_after: Option<Option<f64>>,
+    recovered_after: Option<Option<u64>>,
 }
 
 /// `cloudplay bench --network`: the native client plays the built-in game through each
@@ -649,7 +649,7 @@ pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow:
         let recovered = match r.recovered_after {
             None => "–".to_string(),
             Some(None) => "not within the run".to_string(),
-            Some(Some(s)) => format!("{s:.1} s"),
+            Some(Some(s)) => format!("{s} s"),
         };
         println!(
             "| {} ({}) | {} | {:.1} | {} | {} | {} / {} | {} of {} | {recovered} |",
@@ -676,7 +676,7 @@ pub async fn network(seconds: u64, size: (u32, u32), keys: &[String]) -> anyhow:
 
 /// For a scenario whose last step raises the cap the step before lowered: seconds from the
 /// last step until the encoder's target was back to 90 % of the second before the cap.
-fn recovery_after_cap(scenario: &cloudplay_netem::Scenario, target_mbps: &[f64]) -> Option<Option<f64>> {
+fn recovery_after_cap(scenario: &cloudplay_netem::Scenario, target_mbps: &[f64]) -> Option<Option<u64>> {
     let [.., (down_at, down), (up_at, up)] = scenario.steps.as_slice() else { return None };
     let capped = |c: &cloudplay_netem::Conditions| c.rate_bps.unwrap_or(u64::MAX);
     if capped(down) >= capped(up) {
@@ -685,7 +685,7 @@ fn recovery_after_cap(scenario: &cloudplay_netem::Scenario, target_mbps: &[f64])
     let before = *target_mbps.get((down_at.as_secs() as usize).checked_sub(1)?)?;
     let up_at = up_at.as_secs() as usize;
     let recovered = target_mbps.iter().enumerate().skip(up_at).find(|(_, m)| **m >= 0.9 * before);
-    Some(recovered.map(|(second, _)| (second + 1 - up_at) as f64))
+    Some(recovered.map(|(second, _)| (second + 1 - up_at) as u64))
 }
 
 fn play_through(
@@ -742,8 +742,10 @@ fn play_through(
         // The relay's clock started with `started`: one sample per whole second of it.
         while started.elapsed() >= Duration::from_secs(received_mbps.len() as u64 + 1) {
             received_mbps.push(relay.counters().1.delivered_bytes as f64);
-            target_mbps
-                .push(session_metric(http, "cloudplay_session_bitrate_bps", &session.session_id) / 1e6);
+            target_mbps.push(
+                session_metric(http, "cloudplay_session_bitrate_bps", &session.session_id).unwrap_or(0.0)
+                    / 1e6,
+            );
         }
         if Instant::now() >= next_press {
             let usage = steer[presses as usize % steer.len()];
@@ -789,14 +791,4 @@ fn play_through(
         target_mbps,
         recovered_after,
     })
-}
-
-/// A per-session figure at the server's `/metrics` (0 when it is not there).
-fn session_metric(http: SocketAddr, name: &str, session: &str) -> f64 {
-    let Ok((_, _, body)) = http_request(http, "GET", "/metrics", &[], b"") else { return 0.0 };
-    let prefix = format!("{name}{{session=\"{session}\"}} ");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0.0)
 }
