@@ -326,6 +326,11 @@ async function updateStats(pc) {
       freezeSeconds: inbound.totalFreezesDuration || 0,
       framesDropped: inbound.framesDropped || 0,
       keyframesAsked: (inbound.pliCount || 0) + (inbound.firCount || 0),
+      // Frames the decoder put out and what they cost, against the frames the page shows
+      // (a bench tells a slow path from a busy machine with these).
+      framesDecoded: inbound.framesDecoded || 0,
+      decodeSeconds: inbound.totalDecodeTime || 0,
+      at: inbound.timestamp,
     });
     set('s-nack', `${network.nacks} / ${network.resent}`);
     set('s-freeze', `${network.freezes} (${network.freezeSeconds.toFixed(1)} s)`);
