@@ -27,6 +27,8 @@ fn session_metric(addr: SocketAddr, name: &str, session: &str) -> u64 {
 struct Played {
     arrivals: Vec<Instant>,
     lost: u64,
+    /// Dropped by the bottleneck's full queue.
+    overflowed: u64,
     sent: u64,
     nacks: u64,
     /// Copies of media packets the host sent under loss.
@@ -81,6 +83,7 @@ fn play_through(addr: SocketAddr, scenario: Scenario, seconds: u64) -> Played {
     Played {
         arrivals,
         lost: down.lost,
+        overflowed: down.overflowed,
         sent: down.sent,
         nacks,
         copies,
@@ -98,7 +101,7 @@ async fn the_picture_keeps_coming_through_delay_jitter_and_loss() {
     tokio::task::spawn_blocking(move || {
         let ms = Duration::from_millis;
         let lossy = Conditions::default().delay(ms(25), ms(5)).loss(Loss::Random(0.05));
-        let Played { arrivals, lost, sent, nacks, copies, keyframes_asked } =
+        let Played { arrivals, lost, sent, nacks, copies, keyframes_asked, .. } =
             play_through(addr, Scenario::steady("loss-5", "5 % loss", lossy), 8);
         assert!(arrivals.len() > 30, "frames decode through the lossy path: {}", arrivals.len());
         // After the first frame: how steady the picture is.
@@ -111,6 +114,30 @@ async fn the_picture_keeps_coming_through_delay_jitter_and_loss() {
         assert!(nacks > 0, "the host counts the client's NACKs (cloudplay_session_nacks_received_total)");
         assert!(gap < Duration::from_secs(1), "no freeze over 1 s: {gap:?}");
         assert!(copies > 0, "5 % loss turns copies on (cloudplay_session_copies_sent_total)");
+    })
+    .await
+    .unwrap();
+}
+
+/// On a 1.5 Mbit/s link with a 100 ms queue (19 kB), the host's probes of the path fit
+/// the queue once its first ones are over: its estimator is then told the bitrate the
+/// picture prefers, not the session's cap (str0m probes at up to twice that every 5 s
+/// while the encoder sends less than the estimate; at the 25 Mbit/s cap those were
+/// ~100 kB bursts: 79 packets overflowed in 12 s, against 10–14 from the first probes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_of_a_narrow_link_fit_its_queue() {
+    let addr = start_server().await;
+    tokio::task::spawn_blocking(move || {
+        let ms = Duration::from_millis;
+        let capped = Conditions::default().delay(ms(10), Duration::ZERO).rate(1_500_000, ms(100));
+        let Played { arrivals, overflowed, sent, .. } =
+            play_through(addr, Scenario::steady("cap-1.5", "1.5 Mbit/s", capped), 12);
+        eprintln!(
+            "1.5 Mbit/s, 100 ms queue: {} frames, {overflowed} of {sent} packets overflowed the queue",
+            arrivals.len()
+        );
+        assert!(arrivals.len() > 100, "frames decode through the narrow link: {}", arrivals.len());
+        assert!(overflowed <= 40, "{overflowed} of {sent} packets overflowed the queue");
     })
     .await
     .unwrap();

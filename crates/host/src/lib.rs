@@ -704,6 +704,7 @@ impl Host {
             stats: session.stats.clone(),
             broadcast: session.broadcast,
             offered,
+            desired_bps: None,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));

@@ -24,6 +24,9 @@
 //!   gets each media packet twice, the copy after its frame, and its picture half its
 //!   estimate ([`crate::redundancy`]): a loss costs no round trip. A viewer gets them too
 //!   while its estimate carries the picture twice over.
+//! - A peer's estimator desires the session's cap for its [`FIRST_PROBES`], then what the
+//!   picture prefers ([`NewPeer::desired_bps`]): str0m probes a path every 5 s at up to
+//!   twice the desired bitrate, and at the cap those probes overflowed narrow links.
 //! - When a session ends by itself, its players are told why on the input channel and
 //!   disconnected [`END_MESSAGE_GRACE`] later, so the message arrives.
 //! - A viewer of a game may ask for a seat ([`PeerRequest::AskSeat`] on its input channel,
@@ -50,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use cloudplay_proto::fleet::{PeerMessage, PeerRequest};
 use cloudplay_proto::{InputMessage, TicketRole};
-use str0m::bwe::BweKind;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
@@ -108,7 +111,17 @@ pub struct NewPeer {
     /// Media this host offered itself (a push onward by WHIP), already negotiated; an
     /// answered peer's media come as it connects.
     pub offered: Vec<(Mid, MediaKind)>,
+    /// What the peer's estimator is told it desires once [`FIRST_PROBES`] are over (see
+    /// `cloudplay_media::preferred_bps`); until then it desires the session's cap.
+    pub desired_bps: Option<u64>,
 }
+
+/// How long a new peer's estimator desires the session's cap: its first probes (at three
+/// and six times the initial estimate, within twice the desired bitrate, then on up while
+/// they find room) find a wide path at once, and a lossy one keeps room for copies. After
+/// it, str0m's probes every 5 s stay within twice what the picture prefers: at the cap
+/// (25 Mbit/s) they were ~100 kB bursts, and a narrow link's queue overflowed with each.
+pub const FIRST_PROBES: Duration = Duration::from_secs(3);
 
 /// What the set asks of its shell.
 #[derive(Debug)]
@@ -392,7 +405,7 @@ impl PeerSet {
                     let within_budget = peer.ingest.take(data.network_time, data.data.len());
                     self.forward(&session, data, within_budget);
                 }
-                Ok(Output::Event(event)) => peer.handle_event(event, &self.counters),
+                Ok(Output::Event(event)) => peer.handle_event(event, now, &self.counters),
                 Ok(Output::Timeout(at)) => {
                     peer.dirty = false;
                     peer.next_timeout = at;
@@ -743,7 +756,7 @@ impl Peer {
         }
     }
 
-    fn handle_event(&mut self, event: Event, counters: &HostCounters) {
+    fn handle_event(&mut self, event: Event, now: Instant, counters: &HostCounters) {
         match event {
             Event::Connected => {
                 info!(peer = self.setup.id, session = %self.setup.session, "peer connected");
@@ -793,6 +806,11 @@ impl Peer {
                 }
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if now.saturating_duration_since(self.created) >= FIRST_PROBES
+                    && let Some(desired) = self.setup.desired_bps.take()
+                {
+                    self.setup.rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(desired));
+                }
                 if self.redundancy.estimate(estimate.as_u64()) {
                     info!(peer = self.setup.id, bps = estimate.as_u64(), "copies off: the path narrowed");
                     self.copies_changed(0);

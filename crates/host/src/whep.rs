@@ -11,6 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use cloudplay_media::preferred_bps;
 use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
 use cloudplay_proto::fleet::{PublishAnswer, PublishOffer};
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
@@ -189,8 +190,9 @@ fn use_ticket(host: &Host, ticket: &Ticket, session_id: &str) -> Result<(), Refu
     }
 }
 
-/// A peer's connection, ICE lite on the host's one media port, H.264 and Opus only.
-fn new_rtc(host: &Host, receive_only: bool, bwe: bool, max_bps: u64) -> Result<Rtc, Refused> {
+/// A peer's connection, ICE lite on the host's one media port, H.264 and Opus only; with
+/// `bwe`, estimating the path for a picture of at most `cap_bps`.
+fn new_rtc(host: &Host, receive_only: bool, bwe: bool, cap_bps: u64) -> Result<Rtc, Refused> {
     let mut builder = Rtc::builder()
         .set_ice_lite(true)
         .clear_codecs()
@@ -205,7 +207,7 @@ fn new_rtc(host: &Host, receive_only: bool, bwe: bool, max_bps: u64) -> Result<R
     }
     let mut rtc = builder.build(Instant::now());
     if bwe {
-        rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(max_bps));
+        rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(cap_bps));
     }
     let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
         refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
@@ -290,16 +292,19 @@ fn accept_viewer_or_player(
     // `cloudplay bench --viewers`); a crowd's do not steer the encode anyway (a player's do,
     // and the first viewers' while no player is connected).
     let estimates = claims.role == TicketRole::Player || session.seats.viewers() <= VIEWERS_WITH_ESTIMATES;
-    let answered = new_rtc(host, false, estimates, session.options.max_bitrate_kbps as u64 * 1000).and_then(
-        |mut rtc| {
-            let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-                debug!(error = %e, "offer refused");
-                refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-            })?;
-            use_ticket(host, &ticket, session_id)?;
-            Ok((rtc, answer))
-        },
-    );
+    // The encoder follows the estimate up to the session's cap; past its first probes the
+    // estimator probes for what the picture prefers (peers.rs: FIRST_PROBES).
+    let options = &session.options;
+    let cap_bps = options.max_bitrate_kbps as u64 * 1000;
+    let desired_bps = preferred_bps(options.width, options.height, options.fps).min(cap_bps);
+    let answered = new_rtc(host, false, estimates, cap_bps).and_then(|mut rtc| {
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            debug!(error = %e, "offer refused");
+            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+        })?;
+        use_ticket(host, &ticket, session_id)?;
+        Ok((rtc, answer))
+    });
     let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,
@@ -312,6 +317,7 @@ fn accept_viewer_or_player(
         stats: session.stats.clone(),
         broadcast: session.broadcast,
         offered: Vec::new(),
+        desired_bps: Some(desired_bps),
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -411,6 +417,7 @@ fn accept_publisher(
         stats: session.stats.clone(),
         broadcast: true,
         offered: Vec::new(),
+        desired_bps: None,
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

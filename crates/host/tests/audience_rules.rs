@@ -129,6 +129,7 @@ impl Broadcast {
                 stats: Default::default(),
                 broadcast: self.broadcast,
                 offered: Vec::new(),
+                desired_bps: None,
             },
         );
         self.clients.push(Client {

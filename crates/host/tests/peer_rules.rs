@@ -132,6 +132,7 @@ fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
             stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
+            desired_bps: None,
         },
     );
     Net {

@@ -14,7 +14,7 @@ mod video;
 pub use audio::{AudioEncoder, OPUS_FRAME_SAMPLES, OpusError};
 pub use convert::{ConvertError, I420Frame};
 pub use decode::{DecodeError, H264Decoder};
-pub use mitigation::{Mitigation, MitigationPolicy};
+pub use mitigation::{Mitigation, MitigationPolicy, preferred_bps};
 pub use rate::{RateController, RateDecision};
 pub use video::{
     EncodedFrame, OpenH264Encoder, VideoEncoder, VideoEncoderBackend, VideoEncoderConfig, VideoError,

@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 /// below, half size at half rate). openh264 spends whatever target it is given, even on a
 /// flat picture, so the target alone decides.
 const NEEDS_BITS_PER_FULL_PIXEL: [f64; 3] = [0.015, 0.006, 0.0];
+/// The bitrate at which a session's full picture at its full rate is at its best, in the
+/// same bits per pixel per frame (1280x720 at 60 fps: 5.5 Mbit/s; 1920x1080: 12.4).
+const PREFERRED_BITS_PER_FULL_PIXEL: f64 = 0.1;
+/// The least preferred bitrate: twice the estimate a small picture needs for copies under
+/// loss (`cloudplay_host::redundancy`'s 2 Mbit/s), so probing can find it.
+pub const MIN_PREFERRED_BPS: u64 = 4_000_000;
 /// A better level is taken back only once the bitrate covers it with this margin, so a
 /// bitrate near a threshold does not flip the picture back and forth.
 const STEP_UP_MARGIN: f64 = 1.3;
@@ -69,6 +75,19 @@ impl Mitigation {
     fn needs_bps(self, width: u32, height: u32, fps: u32) -> f64 {
         width as f64 * height as f64 * fps as f64 * NEEDS_BITS_PER_FULL_PIXEL[self as usize]
     }
+}
+
+/// The bitrate a session of `width`×`height` at `fps` prefers (never under
+/// [`MIN_PREFERRED_BPS`]): what its peers' estimators are told they desire. It bounds their
+/// probes (str0m probes at up to twice the desired bitrate, every 5 s while the encoder
+/// sends less than the estimate), so it must not be the session's cap: at 25 Mbit/s those
+/// probes were 50 Mbit/s bursts of ~100 kB into links whose queue holds a fifth of that.
+/// Nor much less: a probe of a few kB measures the path poorly, and its result replaces
+/// the estimate (at 0.05 bit per pixel a lossy path's estimate stayed under what copies
+/// need). docs/benchmarks.md has the runs behind 0.1.
+pub fn preferred_bps(width: u32, height: u32, fps: u32) -> u64 {
+    let bps = width as f64 * height as f64 * fps as f64 * PREFERRED_BITS_PER_FULL_PIXEL;
+    (bps as u64).max(MIN_PREFERRED_BPS)
 }
 
 /// Chooses the level from the encoder's bitrate over time: down when it is below what the
@@ -175,6 +194,13 @@ mod tests {
         policy.on_bitrate(3_000_000, at(t0, 300));
         assert_eq!(policy.on_bitrate(700_000, at(t0, 600)), None);
         assert_eq!(policy.on_bitrate(700_000, at(t0, 1_100)), Some(Mitigation::HalfSize));
+    }
+
+    #[test]
+    fn the_preferred_bitrate_grows_with_the_picture_from_a_floor() {
+        assert_eq!(preferred_bps(1280, 720, 60), 5_529_600);
+        assert_eq!(preferred_bps(1920, 1080, 60), 12_441_600);
+        assert_eq!(preferred_bps(320, 240, 30), MIN_PREFERRED_BPS);
     }
 
     #[test]
