@@ -50,6 +50,8 @@ struct Net {
     stats: Arc<SessionStats>,
     /// RTP packets the host sent, by payload type, while counting.
     count_rtp: Option<std::collections::HashMap<u8, u64>>,
+    /// Every datagram the host sent (when, how many bytes), while logging.
+    sent: Option<Vec<(Instant, usize)>>,
     video_mid: str0m::media::Mid,
 }
 
@@ -82,6 +84,12 @@ fn net(role: TicketRole) -> Net {
 /// With `desired`: the host's side runs str0m's bandwidth estimator, wanting that many
 /// bit/s (as players' connections do).
 fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
+    net_desiring(role, desired, None)
+}
+
+/// With `later`: the bitrate the peer desires after its first probes (whep.rs hands it what
+/// the picture prefers), `desired` being the session's cap.
+fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> Net {
     let now = Instant::now();
     let (host_addr, client_addr): (SocketAddr, SocketAddr) = (HOST.parse().unwrap(), CLIENT.parse().unwrap());
     let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
@@ -132,7 +140,7 @@ fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
             stats: stats.clone(),
             broadcast: false,
             offered: Vec::new(),
-            desired_bps: None,
+            desired_bps: later,
         },
     );
     Net {
@@ -153,6 +161,7 @@ fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
         loss: None,
         stats,
         count_rtp: None,
+        sent: None,
         video_mid,
     }
 }
@@ -165,6 +174,9 @@ impl Net {
             loop {
                 match self.set.poll_output(self.now) {
                     PeerOutput::Transmit(t) => {
+                        if let Some(sent) = self.sent.as_mut() {
+                            sent.push((self.now, t.contents.len()));
+                        }
                         if let Some(counts) = self.count_rtp.as_mut()
                             && is_rtp(&t.contents)
                         {
@@ -637,4 +649,39 @@ fn after_a_lossy_spell_the_estimate_climbs_back_by_itself() {
     assert!(estimates[4..8].iter().any(|&bps| bps < 1_000_000), "the lossy spell lowered it: {estimates:?}");
     let back = estimates[8..].iter().position(|&bps| bps > 2_000_000);
     assert!(back.is_some_and(|s| s <= 4), "back over 2 Mbit/s within 5 s of healing: {estimates:?}");
+}
+
+/// After its first probes, a player's estimator probes the path within twice what the
+/// picture prefers, not twice the session's cap: str0m probes every 5 s while the encoder
+/// sends less than the estimate, and at the cap (25 Mbit/s) each probe was a burst of
+/// ~100 kB, five times what a 1.5 Mbit/s link's 100 ms queue holds.
+#[test]
+fn after_its_first_probes_a_peer_probes_within_what_the_picture_prefers() {
+    let frames = encoded_frames(30);
+    // The most the host sent in any 20 ms, from 4 s to 16 s of playing.
+    let largest_burst = |later: Option<u64>| {
+        let mut net = net_desiring(TicketRole::Player, Some(25_000_000), later);
+        net.connect();
+        play(&mut net, &frames, 4 * 60);
+        net.sent = Some(Vec::new());
+        play(&mut net, &frames, 12 * 60);
+        let sent = net.sent.take().unwrap();
+        let mut largest = 0;
+        let (mut from, mut bytes) = (0, 0);
+        for &(at, len) in &sent {
+            bytes += len;
+            while at.duration_since(sent[from].0) > Duration::from_millis(20) {
+                bytes -= sent[from].1;
+                from += 1;
+            }
+            largest = largest.max(bytes);
+        }
+        largest
+    };
+    let at_the_cap = largest_burst(None);
+    let preferred = largest_burst(Some(5_529_600));
+    eprintln!("largest 20 ms burst: {at_the_cap} bytes desiring the cap, {preferred} desiring 5.5 Mbit/s");
+    // Twice 5.5 Mbit/s for 15 ms is 20.7 kB, and a frame may go beside it.
+    assert!(preferred <= 32_000, "{preferred} bytes in 20 ms");
+    assert!(at_the_cap > 2 * preferred, "the cap's probes are the larger: {at_the_cap} against {preferred}");
 }

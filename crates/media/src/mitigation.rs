@@ -78,7 +78,8 @@ impl Mitigation {
 }
 
 /// The bitrate a session of `width`×`height` at `fps` prefers (never under
-/// [`MIN_PREFERRED_BPS`]): what its peers' estimators are told they desire. It bounds their
+/// [`MIN_PREFERRED_BPS`]): what its peers' estimators are told they desire once their
+/// first probes are over (until then, the session's cap). It bounds their
 /// probes (str0m probes at up to twice the desired bitrate, every 5 s while the encoder
 /// sends less than the estimate), so it must not be the session's cap: at 25 Mbit/s those
 /// probes were 50 Mbit/s bursts of ~100 kB into links whose queue holds a fifth of that.
