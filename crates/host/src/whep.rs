@@ -16,7 +16,7 @@ use cloudplay_proto::api::{ApiErrorBody, ApiErrorDetail};
 use cloudplay_proto::fleet::{PublishAnswer, PublishOffer};
 use cloudplay_proto::{Ticket, TicketClaims, TicketRole};
 use rand::Rng;
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc, bwe::Bitrate};
 use tracing::{debug, info};
@@ -216,6 +216,23 @@ fn new_rtc(host: &Host, receive_only: bool, bwe: bool, cap_bps: u64) -> Result<R
     Ok(rtc)
 }
 
+/// Answers `offer` on `rtc`, then uses the ticket up (an offer that cannot be answered
+/// leaves the ticket for a retry).
+fn answer_on(
+    host: &Host,
+    mut rtc: Rtc,
+    offer: SdpOffer,
+    ticket: &Ticket,
+    session_id: &str,
+) -> Result<(Rtc, SdpAnswer), Refused> {
+    let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+        debug!(error = %e, "offer refused");
+        refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
+    })?;
+    use_ticket(host, ticket, session_id)?;
+    Ok((rtc, answer))
+}
+
 /// Hands the peer to the driver and answers `201` with the SDP and its resource's URL.
 fn admit(host: &Host, peer: NewPeer, answer: String, route: &str, tenant: &str) -> Result<Response, Refused> {
     let (session, peer_id) = (peer.session.clone(), peer.id);
@@ -297,14 +314,8 @@ fn accept_viewer_or_player(
     let options = &session.options;
     let cap_bps = options.max_bitrate_kbps as u64 * 1000;
     let desired_bps = preferred_bps(options.width, options.height, options.fps).min(cap_bps);
-    let answered = new_rtc(host, false, estimates, cap_bps).and_then(|mut rtc| {
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-            debug!(error = %e, "offer refused");
-            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-        })?;
-        use_ticket(host, &ticket, session_id)?;
-        Ok((rtc, answer))
-    });
+    let answered = new_rtc(host, false, estimates, cap_bps)
+        .and_then(|rtc| answer_on(host, rtc, offer, &ticket, session_id));
     let (rtc, answer) = answered.inspect_err(|_| release())?;
     let peer = NewPeer {
         id: peer_id,
@@ -393,14 +404,8 @@ fn accept_publisher(
         }
         Err(e) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", e.to_string())),
     };
-    let answered = new_rtc(host, true, false, 0).and_then(|mut rtc| {
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
-            debug!(error = %e, "publisher's offer refused");
-            refuse(StatusCode::BAD_REQUEST, "bad_offer", "offer refused: no usable H.264 video")
-        })?;
-        use_ticket(host, &ticket, broadcast_id)?;
-        Ok((rtc, answer))
-    });
+    let answered =
+        new_rtc(host, true, false, 0).and_then(|rtc| answer_on(host, rtc, offer, &ticket, broadcast_id));
     let end = || host.stop_session(broadcast_id);
     let (rtc, answer) = answered.inspect_err(|_| {
         end();
