@@ -64,6 +64,7 @@ use tracing::{debug, info, warn};
 use crate::messages::{AudioPacket, PeerId, SessionCommand, VideoPacket};
 use crate::redundancy::Redundancy;
 use crate::stats::{HostCounters, SessionStats, Stage};
+use crate::stream::MIN_BITRATE_BPS;
 
 /// Label of the data channel that carries input.
 pub const INPUT_CHANNEL_LABEL: &str = "input";
@@ -809,7 +810,10 @@ impl Peer {
                 if now.saturating_duration_since(self.created) >= FIRST_PROBES
                     && let Some(desired) = self.setup.desired_bps.take()
                 {
-                    self.setup.rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(desired));
+                    self.setup
+                        .rtc
+                        .bwe()
+                        .set_bitrate(Bitrate::bps(MIN_BITRATE_BPS.into()), Bitrate::bps(desired));
                 }
                 if self.redundancy.estimate(estimate.as_u64()) {
                     info!(peer = self.setup.id, bps = estimate.as_u64(), "copies off: the path narrowed");

@@ -57,7 +57,9 @@ pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
 pub const MAX_CATCH_UP_TICKS: u32 = 4;
 /// Input events a session takes per tick; a flood beyond this is dropped.
 pub const MAX_INPUTS_PER_TICK: usize = 256;
-const MIN_BITRATE_BPS: u32 = 300_000;
+/// The least the picture is encoded at, and the least a peer's estimator is told to keep
+/// the path busy with (str0m pads up to it).
+pub(crate) const MIN_BITRATE_BPS: u32 = 300_000;
 pub const INITIAL_BITRATE_BPS: u32 = 3_000_000;
 const AUDIO_BITRATE_BPS: i32 = 96_000;
 

@@ -22,6 +22,7 @@ use str0m::{Candidate, Rtc, bwe::Bitrate};
 use tracing::{debug, info};
 
 use crate::driver::{DriverCommand, NewPeer};
+use crate::stream::MIN_BITRATE_BPS;
 use crate::{Host, unix_ms};
 
 /// SDP offers are a few kilobytes; anything much larger is not an offer.
@@ -207,7 +208,7 @@ fn new_rtc(host: &Host, receive_only: bool, bwe: bool, cap_bps: u64) -> Result<R
     }
     let mut rtc = builder.build(Instant::now());
     if bwe {
-        rtc.bwe().set_bitrate(Bitrate::kbps(300), Bitrate::bps(cap_bps));
+        rtc.bwe().set_bitrate(Bitrate::bps(MIN_BITRATE_BPS.into()), Bitrate::bps(cap_bps));
     }
     let candidate = Candidate::host(host.media_addr(), "udp").map_err(|e| {
         refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("bad media address: {e}"))
