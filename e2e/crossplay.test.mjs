@@ -43,7 +43,7 @@ test('players of two platforms play one session from their own portals', { timeo
     await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('3 (current)'));
     const restored = await ann.evaluate(async () => (await fetch('/api/v1/saves/acme-cycles/sram')).text());
     assert.equal(restored, 'progress one');
-    await ann.click('button[data-delete-save="acme-cycles/sram"]');
+    await ann.click('button[data-delete-save="acme-cycles/sram/3"]');
     await ann.waitForFunction(() => document.getElementById('saves').textContent.includes('No saves yet'));
 
     await ann.click('button[data-lobby="acme-cycles"]');

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use cloudplay_control::identity::{Fingerprint, Identity, PeerFingerprint};
+use cloudplay_control::identity::Identity;
 use cloudplay_control::store::Store;
 use cloudplay_control::{
     ApiError, ClientIp, ControlConfig, ControlPlane, HostFuture, HostSessionView, HostUnreachable,
@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::config::Config;
+pub use crate::listener::{ListenerSettings, ViaProxy, serve_fleet, serve_http};
 
 /// The in-process host commits saves straight to its control plane.
 struct LocalSaves {
@@ -75,7 +76,7 @@ impl SessionHost for LocalHost {
                 HostError::UnknownGame(_) => StartError::UnknownGame,
                 HostError::InvalidOptions(message) => StartError::InvalidOptions(message),
                 HostError::Full(_) => StartError::NoCapacity(e.to_string()),
-                HostError::Game(e) => StartError::GameFailed(e.to_string()),
+                HostError::Game(e) => StartError::GameFailed(e.for_player()),
                 other => StartError::Failed(other.to_string()),
             })
         })
@@ -136,7 +137,7 @@ pub struct Server {
     pub control: ControlPlane,
     pub router: Router,
     listener: TcpListener,
-    header_read_timeout: Duration,
+    listener_settings: ListenerSettings,
 }
 
 /// Everything reachable over HTTP.
@@ -181,12 +182,13 @@ pub(crate) struct Metrics {
     pub token: Option<String>,
 }
 
-/// The host's metrics, for the operator only: callers on this machine, or with the
-/// metrics token. Everyone else gets `404`, as for a route that does not exist (the
+/// The host's metrics, for the operator only: callers on this machine (not through a
+/// proxy), or with the metrics token. Everyone else gets `404`, as for a route that does not exist (the
 /// metrics name every live session).
 pub(crate) async fn metrics(
     State(metrics): State<Metrics>,
     ClientIp(ip): ClientIp,
+    via_proxy: Option<axum::Extension<ViaProxy>>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     let presented = headers
@@ -194,7 +196,9 @@ pub(crate) async fn metrics(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let token_ok = matches!((presented, &metrics.token), (Some(p), Some(t)) if constant_time_eq(p.trim(), t));
-    if !ip.to_canonical().is_loopback() && !token_ok {
+    // A proxy on this machine is not the operator: what came through one needs the token.
+    let operator_here = ip.to_canonical().is_loopback() && via_proxy.is_none();
+    if !operator_here && !token_ok {
         return ApiError::not_found("resource").into_response();
     }
     let mut out = String::with_capacity(4096);
@@ -243,185 +247,14 @@ impl Server {
             .with_context(|| format!("listening on {}", config.listen))?;
         let http_addr = listener.local_addr()?;
         let router = router(host.clone(), control.clone(), config.metrics_token.clone());
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(Server { http_addr, host, control, router, listener, header_read_timeout })
+        let listener_settings = config.listener_settings()?;
+        Ok(Server { http_addr, host, control, router, listener, listener_settings })
     }
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         info!(http = %self.http_addr, media = %self.host.media_addr(), "cloudplay serving");
-        serve_http(self.listener, self.router, self.header_read_timeout, shutdown).await
-    }
-}
-
-/// Most connections one address may hold open at once.
-const CONNECTIONS_PER_ADDRESS: u32 = 64;
-
-/// Open connections per address.
-#[derive(Default)]
-struct ConnectionCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
-
-/// One open connection; counted while it lives.
-struct ConnectionSlot(Arc<ConnectionCounts>, std::net::IpAddr);
-
-impl ConnectionCounts {
-    fn open(counts: &Arc<ConnectionCounts>, ip: std::net::IpAddr) -> Option<ConnectionSlot> {
-        let mut map = counts.0.lock().ok()?;
-        let count = map.entry(ip).or_insert(0);
-        if *count >= CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot(counts.clone(), ip))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.0.0.lock()
-            && let Some(count) = map.get_mut(&self.1)
-        {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
-}
-
-/// Serves `router` until `shutdown` completes. Unlike `axum::serve`, every connection must
-/// finish sending its request headers within `header_read_timeout` and its body within
-/// the same time, so slow or idle clients cannot pin connections; one address holds at
-/// most [`CONNECTIONS_PER_ADDRESS`] connections; handlers see the peer's address
-/// (`ConnectInfo`) for per-address limits.
-pub async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve(listener, router, None, header_read_timeout, shutdown).await
-}
-
-/// As [`serve_http`], over TLS with `tls` (a fleet listener: mutual TLS); handlers also
-/// see the fingerprint of the client's certificate ([`PeerFingerprint`]).
-pub async fn serve_fleet(
-    listener: TcpListener,
-    router: Router,
-    tls: Arc<rustls::ServerConfig>,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    serve(listener, router, Some(acceptor), header_read_timeout, shutdown).await
-}
-
-async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    header_read_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    tokio::pin!(shutdown);
-    let counts = Arc::new(ConnectionCounts::default());
-    let router = router.layer(axum::middleware::from_fn_with_state(header_read_timeout, body_deadline));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let Some(slot) = ConnectionCounts::open(&counts, peer.ip()) else {
-            tracing::debug!(%peer, "too many connections from this address");
-            continue; // dropping the stream closes it
-        };
-        let (router, tls) = (router.clone(), tls.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let Some(acceptor) = tls else {
-                return serve_connection(stream, peer, None, router, header_read_timeout).await;
-            };
-            // The handshake gets the same time as the headers would.
-            match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let fingerprint = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|certificate| Fingerprint::of(certificate.as_ref()));
-                    serve_connection(stream, peer, fingerprint, router, header_read_timeout).await
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// One HTTP/1.1 connection, its requests tagged with the peer's address and certificate.
-async fn serve_connection<S>(
-    stream: S,
-    peer: SocketAddr,
-    fingerprint: Option<Fingerprint>,
-    router: Router,
-    header_read_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = tower::ServiceBuilder::new()
-        .map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            if let Some(fingerprint) = fingerprint {
-                request.extensions_mut().insert(PeerFingerprint(fingerprint));
-            }
-            request
-        })
-        .service(router);
-    let service = hyper_util::service::TowerToHyperService::new(service);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
-    let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    if let Err(e) = connection.with_upgrades().await {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// The most a request body may be (the routes themselves allow far less: 16 KiB of JSON,
-/// 64 KiB of SDP).
-const MAX_BODY: usize = 1 << 20;
-
-/// Reads the whole body within `limit` before the handler runs, so a client that stalls
-/// halfway through its body gets `408` instead of holding the connection and a handler.
-async fn body_deadline(
-    State(limit): State<Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let (parts, body) = request.into_parts();
-    let declared =
-        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY as u64) {
-        let message = format!("the body must be at most {MAX_BODY} bytes");
-        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message).into_response();
-    }
-    match tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(bytes)) => {
-            next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
-        }
-        Ok(Err(e)) => ApiError::bad_request(format!("unreadable body: {e}")).into_response(),
-        Err(_) => {
-            let message = format!("the request body did not arrive within {} s", limit.as_secs());
-            ApiError(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response()
-        }
+        serve_http(self.listener, self.router, self.listener_settings, shutdown).await
     }
 }
 
@@ -456,7 +289,8 @@ pub async fn control_plane(
         host_lease_ms: config.host_lease_secs * 1000,
         fleet,
         limits: config.control_limits(),
-        push_allowed: config.push_allowed.clone(),
+        push_allowed: cloudplay_control::endpoints::AllowList::new(&config.push_allowed)
+            .map_err(anyhow::Error::msg)?,
         ..ControlConfig::default()
     };
     let control = ControlPlane::new(control_config, signing_key, store);

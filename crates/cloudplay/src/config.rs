@@ -42,6 +42,13 @@ pub struct Config {
     pub region: String,
     /// Seconds a client has to send its request headers before the connection is closed.
     pub header_read_timeout_secs: u64,
+    /// HTTP connections open at once, all clients together (at most half the process's
+    /// descriptors); one address (IPv6: one /64) holds at most a sixteenth of them, 64 at most.
+    pub max_connections: u32,
+    /// Reverse proxies in front of cloudplay (addresses or ranges, `127.0.0.1/32`): only
+    /// their `Forwarded` / `X-Forwarded-For` headers name the client, for per-address
+    /// limits. What comes through any proxy is never taken for the operator (`/metrics`).
+    pub trusted_proxies: Vec<String>,
     /// Fleet mode: the address of the fleet listener (mutual TLS), apart from the public
     /// one. The control plane takes hosts' registrations there (default `0.0.0.0:7443`); a
     /// host takes its control plane's calls there (default `0.0.0.0:7444`, so both fit on
@@ -99,8 +106,13 @@ pub struct Config {
     pub max_peers: u32,
     /// Creators' broadcasts (WHIP) this host carries at once.
     pub max_broadcasts: u32,
-    /// WHIP endpoints that sessions and channels may be pushed to, as URL prefixes
-    /// (empty: pushing is off).
+    /// The share of this host's broadcasts one tenant's creators may hold, and of the
+    /// fleet's game slots one tenant holds while other tenants' players wait, in percent
+    /// (at least one slot): one platform cannot take every slot from the others.
+    pub tenant_share_percent: u32,
+    /// WHIP and WHEP endpoints that sessions and channels may be pushed to and pulled from:
+    /// `http://host:port/path`, matched exactly on scheme, host and port and within the
+    /// path (empty: pushing and pulling are off). See `docs/configuration.md`.
     pub push_allowed: Vec<String>,
     /// WHEP offers one address may make per minute (IPv6: one /64).
     pub offers_per_minute: u32,
@@ -110,6 +122,14 @@ pub struct Config {
     pub signups_per_minute: u32,
     /// Log-in attempts one address may make per minute.
     pub logins_per_minute: u32,
+    /// Moments ("play this moment") one player may keep until they expire (a week).
+    pub moments_per_player: u32,
+    /// MiB of moments one player may keep.
+    pub moment_mb_per_player: u64,
+    /// MiB of moments one tenant may keep, all its players together.
+    pub moment_mb_per_tenant: u64,
+    /// Captures (save states and moments) of one session per minute: each pauses its game.
+    pub captures_per_session_per_minute: u32,
     /// When sessions tick: `latency-first` (an input runs the next tick and frame at once,
     /// within its slot of the 60 Hz grid) or `fixed-tick` (on the grid only).
     pub schedule: cloudplay_host::Schedule,
@@ -134,6 +154,8 @@ impl Default for Config {
             database_url: "sqlite://cloudplay-data/cloudplay.db".into(),
             region: "local".into(),
             header_read_timeout_secs: 10,
+            max_connections: 4096,
+            trusted_proxies: Vec::new(),
             fleet_listen: None,
             fleet_url: None,
             fleet_dir: "cloudplay-data/fleet".into(),
@@ -158,11 +180,16 @@ impl Default for Config {
             viewers_per_session: 50,
             max_peers: 256,
             max_broadcasts: 16,
+            tenant_share_percent: 50,
             push_allowed: Vec::new(),
             offers_per_minute: 20,
             session_requests_per_minute: 10,
             signups_per_minute: 5,
             logins_per_minute: 10,
+            moments_per_player: 20,
+            moment_mb_per_player: 32,
+            moment_mb_per_tenant: 1024,
+            captures_per_session_per_minute: 6,
             schedule: cloudplay_host::Schedule::LatencyFirst,
             sandbox: true,
         }
@@ -185,6 +212,16 @@ impl Config {
         self.fleet_listen.unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
     }
 
+    /// How the HTTP listeners treat connections.
+    pub fn listener_settings(&self) -> anyhow::Result<crate::listener::ListenerSettings> {
+        let proxies = self.trusted_proxies.iter().map(|p| p.parse()).collect::<Result<Vec<_>, String>>();
+        Ok(crate::listener::ListenerSettings::new(
+            std::time::Duration::from_secs(self.header_read_timeout_secs),
+            self.max_connections,
+            proxies.map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?,
+        ))
+    }
+
     /// What one caller may trigger on this host.
     pub fn host_limits(&self) -> cloudplay_host::HostLimits {
         cloudplay_host::HostLimits {
@@ -192,6 +229,7 @@ impl Config {
             peers: self.max_peers,
             offers_per_address: Rate::new(self.offers_per_minute, self.offers_per_minute),
             broadcasts: self.max_broadcasts,
+            broadcasts_per_tenant: (self.max_broadcasts * self.tenant_share_percent / 100).max(1),
         }
     }
 
@@ -205,6 +243,16 @@ impl Config {
                 self.session_requests_per_minute,
                 self.session_requests_per_minute,
             ),
+            moments: cloudplay_control::store::MomentQuota {
+                per_owner: self.moments_per_player,
+                bytes_per_owner: self.moment_mb_per_player << 20,
+                bytes_per_tenant: self.moment_mb_per_tenant << 20,
+            },
+            captures_per_session: Rate::new(
+                self.captures_per_session_per_minute,
+                self.captures_per_session_per_minute,
+            ),
+            tenant_share_percent: self.tenant_share_percent,
         }
     }
 
@@ -270,6 +318,11 @@ impl Config {
                 "HEADER_READ_TIMEOUT_SECS" => {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
+                "MAX_CONNECTIONS" => self.max_connections = value.parse().map_err(|e| bad(&e))?,
+                "TRUSTED_PROXIES" => {
+                    self.trusted_proxies =
+                        value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+                }
                 "FLEET_LISTEN" => self.fleet_listen = Some(value.parse().map_err(|e| bad(&e))?),
                 "FLEET_URL" => self.fleet_url = Some(value),
                 "FLEET_DIR" => self.fleet_dir = value.into(),
@@ -297,6 +350,7 @@ impl Config {
                 "VIEWERS_PER_SESSION" => self.viewers_per_session = value.parse().map_err(|e| bad(&e))?,
                 "MAX_PEERS" => self.max_peers = value.parse().map_err(|e| bad(&e))?,
                 "MAX_BROADCASTS" => self.max_broadcasts = value.parse().map_err(|e| bad(&e))?,
+                "TENANT_SHARE_PERCENT" => self.tenant_share_percent = value.parse().map_err(|e| bad(&e))?,
                 "PUSH_ALLOWED" => {
                     self.push_allowed =
                         value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
@@ -314,11 +368,44 @@ impl Config {
                     }
                 }
                 "LOGINS_PER_MINUTE" => self.logins_per_minute = value.parse().map_err(|e| bad(&e))?,
+                "MOMENTS_PER_PLAYER" => self.moments_per_player = value.parse().map_err(|e| bad(&e))?,
+                "MOMENT_MB_PER_PLAYER" => self.moment_mb_per_player = value.parse().map_err(|e| bad(&e))?,
+                "MOMENT_MB_PER_TENANT" => self.moment_mb_per_tenant = value.parse().map_err(|e| bad(&e))?,
+                "CAPTURES_PER_SESSION_PER_MINUTE" => {
+                    self.captures_per_session_per_minute = value.parse().map_err(|e| bad(&e))?
+                }
                 "CONFIG" | "LOG" => {}
                 _ => unknown.push(name),
             }
         }
         Ok(unknown)
+    }
+
+    /// Makes every directory and file setting absolute, relative to `base` (the working
+    /// directory at start-up), once: game code runs in a jail whose working directory is
+    /// `/`, so a relative path handed to it would name another file.
+    pub fn make_paths_absolute(&mut self, base: &Path) {
+        let absolute = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        for dir in [
+            &mut self.cores_dir,
+            &mut self.content_dir,
+            &mut self.system_dir,
+            &mut self.saves_dir,
+            &mut self.fleet_dir,
+        ] {
+            absolute(dir);
+        }
+        for file in
+            [&mut self.catalogue, &mut self.fleet_cert, &mut self.fleet_key, &mut self.libretro_worker]
+                .into_iter()
+                .flatten()
+        {
+            absolute(file);
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -356,9 +443,25 @@ impl Config {
             ("session_requests_per_minute", self.session_requests_per_minute),
             ("signups_per_minute", self.signups_per_minute),
             ("logins_per_minute", self.logins_per_minute),
+            ("captures_per_session_per_minute", self.captures_per_session_per_minute),
         ];
         if let Some((name, _)) = rates.iter().find(|(_, rate)| !(1..=100_000).contains(rate)) {
             bail!("{name} must be between 1 and 100000");
+        }
+        if !(1..=1 << 20).contains(&self.moment_mb_per_player)
+            || !(1..=1 << 20).contains(&self.moment_mb_per_tenant)
+        {
+            bail!("moment_mb_per_player and moment_mb_per_tenant must be between 1 and 1048576");
+        }
+        cloudplay_control::endpoints::AllowList::new(&self.push_allowed).map_err(anyhow::Error::msg)?;
+        for proxy in &self.trusted_proxies {
+            proxy.parse::<crate::listener::Cidr>().map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+        }
+        if !(16..=1_000_000).contains(&self.max_connections) {
+            bail!("max_connections must be between 16 and 1000000");
+        }
+        if !(1..=100).contains(&self.tenant_share_percent) {
+            bail!("tenant_share_percent must be between 1 and 100");
         }
         if self.max_peers == 0 {
             bail!("max_peers must be at least 1");
@@ -399,6 +502,19 @@ mod tests {
         let mut config = fixed;
         config.apply_env(vars.into_iter()).unwrap();
         assert_eq!(config.schedule, cloudplay_host::Schedule::LatencyFirst);
+    }
+
+    #[test]
+    fn relative_directories_become_absolute_once() {
+        let mut config = Config { catalogue: Some("games.toml".into()), ..Config::default() };
+        config.make_paths_absolute(Path::new("/srv/cloudplay"));
+        assert_eq!(config.content_dir, Path::new("/srv/cloudplay/cloudplay-data/content"));
+        assert_eq!(config.saves_dir, Path::new("/srv/cloudplay/cloudplay-data/saves"));
+        assert_eq!(config.catalogue.as_deref(), Some(Path::new("/srv/cloudplay/games.toml")));
+        assert_eq!(config.cores_dir, Path::new("/usr/lib/x86_64-linux-gnu/libretro"), "absolute stays");
+        let again = config.clone();
+        config.make_paths_absolute(Path::new("/elsewhere"));
+        assert_eq!(config, again, "only once: absolute paths are left alone");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::app::{control_plane, serve_fleet, serve_http, signing_key};
+use crate::app::{ListenerSettings, control_plane, serve_fleet, serve_http, signing_key};
 use crate::config::Config;
 
 /// A control plane without a host of its own.
@@ -69,7 +69,7 @@ struct Listeners {
     fleet: TcpListener,
     fleet_router: Router,
     fleet_tls: Arc<rustls::ServerConfig>,
-    header_read_timeout: Duration,
+    settings: ListenerSettings,
 }
 
 impl Listeners {
@@ -88,8 +88,8 @@ impl Listeners {
         let fleet = TcpListener::bind(fleet_address)
             .await
             .with_context(|| format!("listening on {fleet_address} (fleet_listen)"))?;
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs);
-        Ok(Listeners { public, router, fleet, fleet_router, fleet_tls, header_read_timeout })
+        let settings = config.listener_settings()?;
+        Ok(Listeners { public, router, fleet, fleet_router, fleet_tls, settings })
     }
 
     /// The public and the fleet address.
@@ -101,11 +101,11 @@ impl Listeners {
     async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_fleet, fleet_stopped) = tokio::sync::oneshot::channel::<()>();
         let fleet =
-            serve_fleet(self.fleet, self.fleet_router, self.fleet_tls, self.header_read_timeout, async {
+            serve_fleet(self.fleet, self.fleet_router, self.fleet_tls, self.settings.clone(), async {
                 fleet_stopped.await.ok();
             });
         let fleet = tokio::spawn(fleet);
-        let served = serve_http(self.public, self.router, self.header_read_timeout, shutdown).await;
+        let served = serve_http(self.public, self.router, self.settings, shutdown).await;
         drop(stop_fleet);
         fleet.await??;
         served

@@ -7,5 +7,6 @@ pub mod catalogue;
 pub mod client;
 pub mod config;
 pub mod fleet;
+pub mod listener;
 pub mod relay;
 pub mod web;

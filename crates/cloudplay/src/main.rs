@@ -230,6 +230,8 @@ fn settings(config: Option<&PathBuf>) -> anyhow::Result<Config> {
     for name in settings.apply_env(std::env::vars())? {
         eprintln!("warning: ignoring {name}: not a cloudplay setting (docs/configuration.md lists them)");
     }
+    let here = std::env::current_dir().context("the working directory")?;
+    settings.make_paths_absolute(&here);
     Ok(settings)
 }
 

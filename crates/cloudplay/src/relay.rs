@@ -4,13 +4,18 @@
 //! edge: this host's viewers watch another server's stream). The host offers a connection
 //! from its media port; this module POSTs the offer to the endpoint, with its bearer
 //! token, through cloudplay's one HTTP client; the host applies the answer. The control
-//! plane checked the endpoint against the operator's `push_allowed` list before asking.
+//! plane checked the endpoint against the operator's `push_allowed` list before asking;
+//! here the name is resolved, every address it resolves to must be public (unless the
+//! URL names the address itself, as only the operator's list lets it), and the connection
+//! goes to the address checked. Redirects are not followed, and what the endpoint says
+//! beyond its status is logged, never handed back to the caller.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use cloudplay_control::PushTarget;
+use cloudplay_control::endpoints::{self, Endpoint};
 use cloudplay_control::http::{self, Limits, Target};
 use cloudplay_host::{Host, RelayOffer};
 
@@ -42,40 +47,53 @@ async fn exchange(host: &Host, offer: RelayOffer, target: &PushTarget) -> Result
 }
 
 async fn post_offer(sdp: &str, target: &PushTarget) -> Result<(String, String), String> {
-    let (base, path) = split_url(&target.whip_url)?;
-    // Plain HTTP only for now: a TLS endpoint needs the system's roots (see deployment.md).
-    let endpoint = Target::of_url(base, None).map_err(|e| e.to_string())?;
+    let endpoint = endpoints::parse(&target.whip_url)?;
+    let address = std::net::SocketAddr::new(address_of(&endpoint).await?, endpoint.port);
+    let authority = endpoint.authority();
     let auth = target.token.as_ref().map(|token| format!("Bearer {token}"));
     let mut headers = vec![("Content-Type", "application/sdp")];
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth.as_str()));
     }
-    let answer = http::send(endpoint, "POST", path, &headers, sdp.as_bytes().to_vec(), Limits::CLIENT)
+    let path = endpoint.path_and_query.as_str();
+    let target = Target::PlainAt(address, &authority);
+    let answer = http::send(target, "POST", path, &headers, sdp.as_bytes().to_vec(), Limits::CLIENT)
         .await
         .map_err(|e| format!("the endpoint did not answer: {e}"))?;
     if answer.status != 201 {
-        return Err(format!(
-            "the endpoint answered {}: {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body).chars().take(200).collect::<String>()
-        ));
+        let said: String = String::from_utf8_lossy(&answer.body).chars().take(200).collect();
+        tracing::warn!(endpoint = %authority, status = answer.status, %said, "relay endpoint refused the offer");
+        return Err(format!("the endpoint did not take the offer (HTTP {})", answer.status));
     }
-    let location = answer
-        .headers
-        .iter()
-        .find(|(name, _)| name == "location")
-        .map(|(_, value)| if value.starts_with('/') { format!("{base}{value}") } else { value.clone() })
-        .unwrap_or_default();
+    let location = match answer.header("location") {
+        Some(value) if value.len() > endpoints::MAX_URL_LEN || value.chars().any(|c| c.is_control()) => {
+            return Err("the endpoint answered a malformed Location".into());
+        }
+        Some(value) if value.starts_with('/') => format!("http://{authority}{value}"),
+        Some(value) => value.to_string(),
+        None => String::new(),
+    };
     let sdp = String::from_utf8(answer.body).map_err(|_| "the answer is not UTF-8".to_string())?;
     Ok((location, sdp))
 }
 
-/// `http://host:port/path` as its base (`http://host:port`) and path (`/path`).
-fn split_url(url: &str) -> Result<(&str, &str), String> {
-    let scheme_end = url.find("://").ok_or("not a URL")? + 3;
-    let path_start = url[scheme_end..].find('/').map_or(url.len(), |i| scheme_end + i);
-    let path = if path_start == url.len() { "/" } else { &url[path_start..] };
-    Ok((&url[..path_start], path))
+/// The address to connect to for `endpoint`: the one it names (the operator's list let
+/// it through), or the one its name resolves to when every answer is public.
+async fn address_of(endpoint: &Endpoint) -> Result<std::net::IpAddr, String> {
+    if let Some(named) = endpoint.named_address() {
+        return Ok(named);
+    }
+    let name = endpoint.host.to_string();
+    let resolved: Vec<std::net::IpAddr> = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::lookup_host((name.as_str(), endpoint.port)),
+    )
+    .await
+    .map_err(|_| "the endpoint's name did not resolve in time".to_string())?
+    .map_err(|_| "the endpoint's name does not resolve".to_string())?
+    .map(|socket| socket.ip())
+    .collect();
+    endpoints::choose_address(&resolved)
 }
 
 /// The host's fleet routes for them: `POST /internal/v1/sessions/{id}/pushes` and
@@ -120,17 +138,5 @@ async fn internal_relay(host: &Host, id: &str, body: &[u8], onward: bool) -> Res
             (StatusCode::CREATED, Json(serde_json::json!({ "location": location }))).into_response()
         }
         Err(e) => cloudplay_host::whep::error_response(StatusCode::BAD_GATEWAY, "relay_failed", e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_url;
-
-    #[test]
-    fn urls_split_into_base_and_path() {
-        assert_eq!(split_url("http://a:1/whip/x").unwrap(), ("http://a:1", "/whip/x"));
-        assert_eq!(split_url("http://a:1").unwrap(), ("http://a:1", "/"));
-        assert!(split_url("a:1/whip").is_err());
     }
 }

@@ -12,6 +12,17 @@ use tower::ServiceExt;
 
 const METRICS_TOKEN: &str = "metrics-token-for-tests";
 
+/// A process of the test's, killed (and its scratch directory removed) however the test ends.
+struct Kill(std::process::Child, std::path::PathBuf);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 async fn app(max_sessions: usize) -> (Router, Host) {
     let config = Config { max_sessions, metrics_token: Some(METRICS_TOKEN.into()), ..Config::ephemeral() };
     let server = Server::start(config).await.unwrap();
@@ -353,4 +364,239 @@ async fn a_flood_from_one_address_is_refused_while_others_are_served() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "log-ins from elsewhere are still checked, not refused");
+}
+
+/// The real binary under a 256-descriptor limit: six addresses each try to hold 64
+/// connections; the cap in total (half the descriptors) and per address (a sixteenth of
+/// that) keeps descriptors free, and a health check from a seventh address is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_addresses_cannot_take_every_descriptor() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!("cloudplay-descriptors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cloudplay"));
+    command
+        .args(["serve", "--listen", &addr.to_string()])
+        .env("CLOUDPLAY_DATABASE_URL", "sqlite::memory:")
+        .env("CLOUDPLAY_NATIVE_GAMES", "false")
+        .env("RUST_LOG", "warn")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 256, rlim_max: 256 };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            Ok(())
+        });
+    }
+    let server = Kill(command.spawn().unwrap(), dir);
+    let health = |from: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((from, 0)))?;
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await??;
+        stream.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health([127, 0, 0, 1]).await.is_ok_and(|a| a.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "serve answers within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut held = Vec::new();
+    for host in 2..8u8 {
+        for _ in 0..64 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, host], 0))).unwrap();
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await {
+                held.push(stream);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The server closed what went over each address's share.
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(5), stream.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    eprintln!("of {} connections from six addresses, the server closed {closed}", held.len());
+    assert!(closed >= 384 - 6 * 8, "each address keeps at most its share: {closed} closed");
+    let answer = health([127, 0, 0, 9]).await.expect("a seventh address is served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    drop(server);
+}
+
+/// Behind a proxy: only a trusted proxy's forwarding headers name the client (each client
+/// its own rate-limit bucket), a forged header from anyone else is ignored, and what comes
+/// through any proxy on this machine is not the operator (`/metrics` needs the token).
+#[tokio::test]
+async fn only_trusted_proxies_name_the_client_and_metrics_stay_private() {
+    let server = Server::start(Config {
+        trusted_proxies: vec!["192.0.2.1".into()],
+        signups_per_minute: 1,
+        metrics_token: Some(METRICS_TOKEN.into()),
+        ..Config::ephemeral()
+    })
+    .await
+    .unwrap();
+    let app = server.router.clone();
+    let send = |path: &str, peer: [u8; 4], forwarded: Option<&str>, token: Option<&str>| {
+        let mut request =
+            Request::builder().method(if path.ends_with("signup") { "POST" } else { "GET" }).uri(path);
+        request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let mut request = request.body(Body::from(r#"{"email":"","password":""}"#)).unwrap();
+        // What the listener does for each request, from its peer's address and headers.
+        let (client, via_proxy) = cloudplay::listener::client_address(
+            std::net::IpAddr::from(peer),
+            request.headers(),
+            &["192.0.2.1".parse().unwrap()],
+        );
+        request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(client, 1)));
+        if via_proxy {
+            request.extensions_mut().insert(cloudplay::listener::ViaProxy);
+        }
+        let app = app.clone();
+        async move { app.oneshot(request).await.unwrap().status() }
+    };
+    let signup = "/api/v1/tenants/local/signup";
+    let proxy = [192, 0, 2, 1];
+    // Through the proxy, two clients: a bucket each.
+    assert_ne!(send(signup, proxy, Some("203.0.113.1"), None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_ne!(send(signup, proxy, Some("203.0.113.2"), None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send(signup, proxy, Some("203.0.113.1"), None).await, StatusCode::TOO_MANY_REQUESTS);
+    // An untrusted peer forging the header is counted as itself.
+    let stranger = [198, 51, 100, 7];
+    assert_ne!(send(signup, stranger, Some("203.0.113.50"), None).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send(signup, stranger, Some("203.0.113.51"), None).await, StatusCode::TOO_MANY_REQUESTS);
+    // Metrics: loopback is the operator; loopback through a proxy is not.
+    assert_eq!(send("/metrics", [127, 0, 0, 1], None, None).await, StatusCode::OK);
+    assert_eq!(send("/metrics", [127, 0, 0, 1], Some("203.0.113.1"), None).await, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send("/metrics", proxy, Some("127.0.0.1"), None).await,
+        StatusCode::NOT_FOUND,
+        "a forged loopback"
+    );
+    assert_eq!(send("/metrics", proxy, Some("203.0.113.1"), Some(METRICS_TOKEN)).await, StatusCode::OK);
+}
+
+/// docs/deployment.md's nginx configuration, as written there (its TLS lines swapped for
+/// a plain loopback port), in front of a server with `trusted_proxies = ["127.0.0.1"]`:
+/// each player behind it has their own rate-limit bucket, a forged `X-Forwarded-For` does
+/// not help, and `/metrics` through the proxy is cloudplay's `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_nginx_proxy_names_each_player() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(nginx) = cloudplay_runtime::find_program("nginx") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must install nginx (see .ci/run)");
+        eprintln!("SKIPPED: no nginx");
+        return;
+    };
+    let server = Server::start(Config {
+        trusted_proxies: vec!["127.0.0.1".into()],
+        signups_per_minute: 1,
+        ..Config::ephemeral()
+    })
+    .await
+    .unwrap();
+    let upstream = server.http_addr;
+    tokio::spawn(server.run(std::future::pending()));
+
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/deployment.md")).unwrap();
+    let block =
+        docs.split("```nginx\n").nth(1).and_then(|rest| rest.split("```").next()).expect("an nginx block");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site: String = block
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("ssl_"))
+        .map(|line| {
+            line.replace("listen 443 ssl;", &format!("listen 127.0.0.1:{port};"))
+                .replace("http://127.0.0.1:8080", &format!("http://{upstream}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(site.contains(&format!("listen 127.0.0.1:{port};")), "the documented listen line: {site}");
+    let prefix = std::env::temp_dir().join(format!("cloudplay-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let temp = prefix.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {temp}/nginx.pid;\nerror_log stderr warn;\nevents {{}}\nhttp {{\n\
+         access_log off;\nclient_body_temp_path {temp}/body;\nproxy_temp_path {temp}/proxy;\n\
+         fastcgi_temp_path {temp}/fastcgi;\nuwsgi_temp_path {temp}/uwsgi;\nscgi_temp_path {temp}/scgi;\n{site}\n}}\n"
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+    let child = std::process::Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .spawn()
+        .unwrap();
+    let _nginx = Kill(child, prefix.clone());
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // One request through the proxy from `from`, with extra header lines; the status and body.
+    let through = |from: [u8; 4], request: String| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((from, 0)))?;
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(proxy)).await??;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await??;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status: u16 = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, answer))
+    };
+    let signup = |extra: &str| {
+        let body = r#"{"email":"","password":""}"#;
+        format!(
+            "POST /api/v1/tenants/local/signup HTTP/1.1\r\nHost: play.example.com\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match through([127, 0, 0, 2], signup("")).await {
+            Ok((status, _)) if status != 502 && status != 0 => break status,
+            _ => {
+                assert!(Instant::now() < deadline, "nginx answers within 10 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_ne!(first, 429, "the first sign-up of 127.0.0.2 is counted as its own");
+    assert_eq!(through([127, 0, 0, 2], signup("")).await.unwrap().0, 429, "its second is over the rate");
+    assert_ne!(
+        through([127, 0, 0, 3], signup("")).await.unwrap().0,
+        429,
+        "another player has their own bucket"
+    );
+    let forged = signup("X-Forwarded-For: 198.51.100.99\r\n");
+    assert_eq!(
+        through([127, 0, 0, 3], forged).await.unwrap().0,
+        429,
+        "a forged header does not make a new player"
+    );
+    let metrics = "GET /metrics HTTP/1.1\r\nHost: play.example.com\r\nConnection: close\r\n\r\n".to_string();
+    let (status, answer) = through([127, 0, 0, 4], metrics).await.unwrap();
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.contains("\"not_found\""), "cloudplay's own 404, not the proxy's: {answer}");
 }

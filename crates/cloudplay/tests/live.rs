@@ -23,18 +23,22 @@ struct World {
     stranger: String,
 }
 
-async fn world() -> World {
-    let server = Server::start(Config::ephemeral()).await.expect("server starts");
-    let store = server.control.store().clone();
-    let now = unix_ms();
-    let tenant = Tenant {
+/// A second tenant, beside the default one.
+fn globex() -> Tenant {
+    Tenant {
         id: "globex".into(),
         name: "Globex".into(),
         brand_color: "#0f0".into(),
         logo_url: String::new(),
         max_rtt_ms: 100,
-    };
-    store.create_tenant(&tenant, now).await.unwrap();
+    }
+}
+
+async fn world() -> World {
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let store = server.control.store().clone();
+    let now = unix_ms();
+    store.create_tenant(&globex(), now).await.unwrap();
     let admin_key = store.create_api_key("local", &["admin"], now).await.unwrap().1;
     let cleo = store.create_user("local", "cleo@local.test", "password-1", "Cleo", false, now).await.unwrap();
     let pat = store.create_user("local", "pat@local.test", "password-1", "Pat", false, now).await.unwrap();
@@ -171,7 +175,13 @@ async fn a_creator_goes_live_by_whip_and_viewers_watch_what_they_send() {
             "a second viewer"
         );
         assert!(publisher.keyframe_requests >= 1, "viewers joining asked the creator for keyframes");
-        let (_, live) = call(addr, "GET", "/api/v1/live", None, None);
+        // "Live now" is made at most every 2 s (anyone may ask): the count shows within that.
+        let counted = Instant::now();
+        let mut live = Value::Null;
+        while counted.elapsed() < Duration::from_secs(3) && live["channels"][0]["viewers"] != 2 {
+            live = call(addr, "GET", "/api/v1/live", None, None).1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert_eq!(live["channels"][0]["viewers"], 2, "{live}");
         eprintln!("first frame {first_frame:?} after the viewer's offer");
 
@@ -226,10 +236,9 @@ async fn a_creator_goes_live_by_whip_and_viewers_watch_what_they_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_serves_viewers_of_the_first_ones_session() {
     let edge = world().await;
+    let allowed = vec![format!("http://127.0.0.1:{}/whip", edge.addr.port())];
     let origin =
-        Server::start(Config { push_allowed: vec!["http://127.0.0.1:".into()], ..Config::ephemeral() })
-            .await
-            .expect("origin starts");
+        Server::start(Config { push_allowed: allowed, ..Config::ephemeral() }).await.expect("origin starts");
     let origin_addr = origin.http_addr;
     tokio::spawn(origin.run(std::future::pending()));
     let (b, creator, admin) = (edge.addr, edge.creator.clone(), edge.admin_key.clone());
@@ -276,10 +285,9 @@ async fn an_edge_pulls_an_origins_session_for_its_own_viewers() {
     let origin = Server::start(Config::ephemeral()).await.expect("origin starts");
     let origin_addr = origin.http_addr;
     tokio::spawn(origin.run(std::future::pending()));
+    let allowed = vec![format!("http://127.0.0.1:{}/", origin_addr.port())];
     let edge =
-        Server::start(Config { push_allowed: vec!["http://127.0.0.1:".into()], ..Config::ephemeral() })
-            .await
-            .expect("edge starts");
+        Server::start(Config { push_allowed: allowed, ..Config::ephemeral() }).await.expect("edge starts");
     let store = edge.control.store().clone();
     let now = unix_ms();
     let cleo = store.create_user("local", "cleo@edge.test", "password-1", "Cleo", false, now).await.unwrap();
@@ -318,6 +326,196 @@ async fn an_edge_pulls_an_origins_session_for_its_own_viewers() {
         let (_, live) = call(b, "GET", "/api/v1/live", None, None);
         assert_eq!(live["channels"][0]["channel_id"], id, "{live}");
         assert_decodes_the_origins_game(&mut watch(b, id, None), &mut player);
+    })
+    .await
+    .unwrap();
+}
+
+/// Broadcast slots are shared fairly: with 4 on the host and half for any one tenant, one
+/// platform's creators holding two (offers that never connect) do not stop another's; and
+/// an offer that never connects gives its slot back within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_every_broadcast_slot() {
+    let server = Server::start(Config { max_broadcasts: 4, tenant_share_percent: 50, ..Config::ephemeral() })
+        .await
+        .unwrap();
+    let store = server.control.store().clone();
+    let addr = server.http_addr;
+    let now = unix_ms();
+    store.create_tenant(&globex(), now).await.unwrap();
+    let mut creators = Vec::new();
+    for (tenant, email) in [("local", "cleo@local.test"), ("globex", "gus@globex.test")] {
+        let user = store.create_user(tenant, email, "password-1", "C", false, now).await.unwrap();
+        store.set_creator(tenant, &user.id, false, now).await.unwrap();
+        creators.push(store.create_user_token(&user, now + 600_000).await.unwrap());
+    }
+    tokio::spawn(server.run(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let channel = |token: &str| {
+            let (status, channel) =
+                call(addr, "POST", "/api/v1/channels", Some(token), Some(json!({"title": "x"})));
+            assert_eq!(status, 201, "{channel}");
+            (
+                channel["channel_id"].as_str().unwrap().to_string(),
+                channel["stream_key"].as_str().unwrap().to_string(),
+            )
+        };
+        let offer = || publisher_offer(true).unwrap().sdp;
+        let local: Vec<_> = (0..3).map(|_| channel(&creators[0])).collect();
+        for (id, key) in &local[..2] {
+            assert_eq!(whip(addr, id, Some(key), &offer()).0, 201, "within local's share");
+        }
+        let (status, refused) = whip(addr, &local[2].0, Some(&local[2].1), &offer());
+        assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("no_capacity")), "{refused}");
+        let (id, key) = channel(&creators[1]);
+        assert_eq!(
+            whip(addr, &id, Some(&key), &offer()).0,
+            201,
+            "another platform's creator still goes live"
+        );
+        // The two offers never connect: their slots come back within seconds.
+        let started = Instant::now();
+        loop {
+            let (status, _) = whip(addr, &local[2].0, Some(&local[2].1), &offer());
+            if status == 201 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "slots held by unconnected offers for 10 s");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("an unconnected offer's slot came back after {:?}", started.elapsed());
+    })
+    .await
+    .unwrap();
+}
+
+/// A loopback endpoint of the test's that answers every request with `answer` and counts
+/// what it was asked (at most 20 requests, for at most 60 s).
+fn fake_endpoint(answer: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut served = 0;
+        while served < 20 && Instant::now() < until {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            served += 1;
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut request = [0u8; 8192];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, asked)
+}
+
+/// Pushes and pulls go only where the operator allows, exactly: another host or port
+/// that shares the entry's text, paths leaving the entry (`..`, `%2e%2e`) are refused
+/// before any host is asked; a name resolving to loopback is refused by the host; an
+/// endpoint's answer body never reaches the caller and a redirect is not followed; a
+/// banned creator's channel is pulled or pushed by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_pulls_go_only_where_the_operator_allows() {
+    let (talker, talked_to) = fake_endpoint(
+        "HTTP/1.1 200 OK\r\nContent-Length: 24\r\nConnection: close\r\n\r\nSECRET internal page !!!".into(),
+    );
+    let (landing, landed) = fake_endpoint("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n".into());
+    let (redirector, redirected) = fake_endpoint(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{landing}/whip/x\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let allowed = vec![
+        format!("http://127.0.0.1:{talker}/whip/"),
+        format!("http://127.0.0.1:{redirector}/whip"),
+        format!("http://localhost:{talker}/whip"),
+    ];
+    let server = Server::start(Config { push_allowed: allowed, ..Config::ephemeral() }).await.unwrap();
+    let store = server.control.store().clone();
+    let addr = server.http_addr;
+    let now = unix_ms();
+    let cleo = store.create_user("local", "cleo@local.test", "password-1", "Cleo", false, now).await.unwrap();
+    store.set_creator("local", &cleo.id, false, now).await.unwrap();
+    let creator = store.create_user_token(&cleo, now + 600_000).await.unwrap();
+    let admin = store.create_api_key("local", &["admin"], now).await.unwrap().1;
+    tokio::spawn(server.run(std::future::pending()));
+    tokio::task::spawn_blocking(move || {
+        let body = r#"{"game":"neon-cycles","options":{"width":320,"height":240,"fps":30}}"#;
+        let (session, guest) = cloudplay::client::create_guest_session(addr, body).unwrap();
+        let headers = cloudplay::client::guest_headers(addr, &guest);
+        let mut headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.push(("Content-Type", "application/json"));
+        let push = |url: &str| {
+            let body = json!({ "whip_url": url }).to_string();
+            let path = format!("/api/v1/sessions/{}/pushes", session.session_id);
+            let (status, _, answer) = http_request(addr, "POST", &path, &headers, body.as_bytes()).unwrap();
+            (status, serde_json::from_slice::<Value>(&answer).unwrap_or(Value::Null))
+        };
+        for url in [
+            format!("http://127.0.0.123:{talker}/whip/x"),
+            format!("http://127.0.0.1:{landing}/whip/x"),
+            format!("http://127.0.0.1:{talker}/whipx"),
+            format!("http://127.0.0.1:{talker}/whip/../../admin/secret"),
+            format!("http://127.0.0.1:{talker}/whip/%2e%2e/%2e%2e/admin/secret"),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+        ] {
+            let (status, refused) = push(&url);
+            assert!(status == 403 || status == 400, "{url}: {status} {refused}");
+        }
+        assert_eq!(talked_to.load(std::sync::atomic::Ordering::SeqCst), 0, "no refused push reached anyone");
+        // Allowed by name, but the name is loopback: the host refuses to connect.
+        let (status, refused) = push(&format!("http://localhost:{talker}/whip/x"));
+        assert_eq!((status, refused["error"]["code"].as_str()), (502, Some("push_failed")), "{refused}");
+        assert_eq!(talked_to.load(std::sync::atomic::Ordering::SeqCst), 0, "not even by name");
+        // An allowed endpoint's own words stay with the operator's log.
+        let (status, failed) = push(&format!("http://127.0.0.1:{talker}/whip/x"));
+        assert_eq!(status, 502, "{failed}");
+        assert!(!failed.to_string().contains("SECRET"), "the endpoint's body is not reflected: {failed}");
+        assert_eq!(talked_to.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A redirect is an answer like any other: not followed.
+        let (status, _) = push(&format!("http://127.0.0.1:{redirector}/whip/x"));
+        assert_eq!(status, 502);
+        assert_eq!(redirected.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            landed.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the redirect's target was never asked"
+        );
+
+        // A banned creator's channel: no pull, no push, whoever asks.
+        let (_, channel) =
+            call(addr, "POST", "/api/v1/channels", Some(&creator), Some(json!({"title": "C"})));
+        let id = channel["channel_id"].as_str().unwrap().to_string();
+        let path = format!("/api/v1/admin/creators/{}", cleo.id);
+        assert_eq!(call(addr, "PUT", &path, Some(&admin), Some(json!({"creator": false}))).0, 200);
+        let origin = json!({ "whip_url": format!("http://127.0.0.1:{talker}/whip/x") });
+        for token in [&creator, &admin] {
+            let (status, refused) =
+                call(addr, "POST", &format!("/api/v1/channels/{id}/pull"), Some(token), Some(origin.clone()));
+            assert_eq!(
+                (status, refused["error"]["code"].as_str()),
+                (403, Some("not_a_creator")),
+                "{refused}"
+            );
+            let (status, _) = call(
+                addr,
+                "POST",
+                &format!("/api/v1/channels/{id}/pushes"),
+                Some(token),
+                Some(origin.clone()),
+            );
+            assert_eq!(status, 403);
+        }
+        assert_eq!(talked_to.load(std::sync::atomic::Ordering::SeqCst), 1, "nothing more went out");
+        let (_, live) = call(addr, "GET", "/api/v1/live", None, None);
+        assert_eq!(live["channels"], json!([]), "{live}");
     })
     .await
     .unwrap();

@@ -349,9 +349,13 @@ fn processes_running(args: &[&str]) -> Vec<i32> {
 
 /// A hostile libretro core, built here from C (`tests/data/hostile_core.c`), runs as a
 /// signed-in player's game: it reads the environment, its parents' environments, the
-/// database, the configuration, `/etc/shadow`, `/root`, `/tmp`, connects to the host, and
-/// leaves a `setsid` process behind. It reports from its save directory: every attempt
-/// failed, and the process ended with the session.
+/// database, the configuration, the host's saves, `/etc/shadow`, `/root`, `/tmp`, connects
+/// to the host, leaves a `setsid` process behind, traces itself, mounts, makes a user
+/// namespace, reads its keyring, loads BPF, opens performance counters, maps 64 GiB, and
+/// plants links and a flood of them in its save directory. It reports through its in-game save, which the host keeps: every
+/// attempt failed, the host's copy is the report (no link was followed), the canary the
+/// links point to is untouched, nothing the core made is left on the host, and the process
+/// ended with the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
     if !cloudplay_runtime::sandbox::available() {
@@ -367,6 +371,8 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::write(root.join("content/hostile.bin"), b"content").unwrap();
+    let canary = root.join("canary");
+    std::fs::write(&canary, b"untouched").unwrap();
     let catalogue = root.join("catalogue.toml");
     std::fs::write(
         &catalogue,
@@ -383,6 +389,7 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
         system_dir: root.join("system"),
         database_url: format!("sqlite://{}", database.display()),
         libretro_worker: Some(env!("CARGO_BIN_EXE_cloudplay").into()),
+        save_sync_secs: 1,
         ..Config::ephemeral()
     };
     let server = Server::start(config).await.expect("server starts");
@@ -405,6 +412,8 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hostile_core.c"))
         .arg(define("CONFIG_PATH", &format!("\"{}\"", catalogue.display())))
         .arg(define("DATABASE_PATH", &format!("\"{}\"", database.display())))
+        .arg(define("SAVES_PATH", &format!("\"{}\"", root.join("saves").display())))
+        .arg(define("CANARY_PATH", &format!("\"{}\"", canary.display())))
         .arg(define("HOST_PORT", &addr.port().to_string()))
         .arg(define("ALLOWED_TMP", &format!("\"{allowed}\"")))
         .status()
@@ -428,20 +437,32 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
         let session: serde_json::Value = serde_json::from_slice(&created).unwrap();
 
-        let report_path = root.join(format!("saves/local/{user}/hostile/report.txt"));
+        // The host's own copy of the player's in-game save: the core's battery RAM, read
+        // through the worker's pipe.
+        let kept = root.join(format!("saves/local/{user}/hostile/hostile.srm"));
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut report = String::new();
-        while !report.ends_with("done\n") && Instant::now() < deadline {
+        while !report.contains("done\n") && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-            report = std::fs::read_to_string(&report_path).unwrap_or_default();
+            let bytes = std::fs::read(&kept).unwrap_or_default();
+            report = String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string();
         }
         println!("{report}");
         assert!(report.ends_with("done\n"), "the core ran its attempts: {report:?}");
-        let attempts: Vec<&str> = report.lines().filter(|line| *line != "done").collect();
-        assert_eq!(attempts.len(), 9, "every attempt reported: {report}");
+        assert!(!report.contains("CLOUDPLAY"), "the host's copy is what the game saved, not a link's target");
+        assert!(std::fs::symlink_metadata(&kept).unwrap().is_file());
+        let attempts: Vec<&str> =
+            report.lines().filter(|line| *line != "done" && !line.starts_with("note: ")).collect();
+        assert_eq!(attempts.len(), 17, "every attempt reported: {report}");
         for line in attempts {
             assert!(line.ends_with(" refused"), "{line}");
         }
+        // A libretro jail makes no links at all (the host would not follow them anyway).
+        assert!(report.contains("note: links planted in the save directory: no"), "{report}");
+        assert!(report.contains("note: flood of 0 links"), "{report}");
+        let saves: Vec<_> =
+            std::fs::read_dir(kept.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(saves, ["hostile.srm"], "nothing the core made is on the host");
         let deadline = Instant::now() + Duration::from_secs(5);
         while processes_running(&["sleep", "77.7"]).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -457,15 +478,23 @@ async fn a_hostile_core_finds_nothing_and_leaves_nothing_behind() {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(processes_running(&["sleep", "77.7"]).is_empty(), "nothing outlives the session");
+        assert_eq!(std::fs::read(&canary).unwrap(), b"untouched", "no write followed a planted link");
+        let bytes = std::fs::read(&kept).unwrap();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains("done\n"),
+            "the last save was kept as the game ended"
+        );
     })
     .await
     .unwrap();
 }
 
-/// Cloud saves through the whole stack: the player's newest cloud save is in place before
-/// the game starts; a change of the save file is committed within a sync interval; a
-/// session that is behind another device's newer save is refused instead of writing over
-/// it; and a start where the local copy is gone (another host) begins from the cloud.
+/// Cloud saves through the whole stack, with the game's own battery RAM (Colour Pad counts
+/// the frames A is held): the player's newest cloud save is what the game starts with (the
+/// host's copy shows it after the first read); progress is committed within a sync
+/// interval; a session behind another device's newer save is refused instead of writing
+/// over it, and keeps its progress on the host; a start where the host's copy is gone
+/// (another host) begins from the cloud's newest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_game_saves_follow_the_player_through_the_cloud() {
     use cloudplay_control::store::{SaveKind, SavePrecondition};
@@ -487,78 +516,88 @@ async fn in_game_saves_follow_the_player_through_the_cloud() {
         bytes
     };
     let policy = cloudplay_control::SAVE_POLICY;
-    let put = |expected, bytes: Vec<u8>| {
+    let put = {
         let (store, user) = (store.clone(), user.id.clone());
-        async move {
-            store.put_save("local", &user, "colour-pad", SaveKind::Sram, expected, &bytes, policy, now).await
+        move |expected, bytes: Vec<u8>| {
+            let (store, user) = (store.clone(), user.clone());
+            async move {
+                store
+                    .put_save("local", &user, "colour-pad", SaveKind::Sram, expected, &bytes, policy, now)
+                    .await
+            }
         }
-    };
-    let newest = || {
-        let (store, user) = (store.clone(), user.id.clone());
-        async move { store.save("local", &user, "colour-pad", SaveKind::Sram, None).await.unwrap() }
     };
     put(SavePrecondition::None, sram(0x1234)).await.unwrap();
 
     let file = running.root.join(format!("saves/local/{}/nestopia/colour-pad.srm", user.id));
-    let play = |token: String| {
-        tokio::task::spawn_blocking(move || {
-            let auth = format!("Bearer {token}");
-            let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
-            let (status, _, body) =
-                http_request(addr, "POST", "/api/v1/sessions", &headers, self::body("colour-pad").as_bytes())
-                    .unwrap();
-            assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["session_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let counter = |file: &std::path::Path| {
+        let bytes = std::fs::read(file).ok()?;
+        Some(u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]))
     };
-    let session = play(token.clone()).await.unwrap();
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        sram(0x1234),
-        "the cloud save is in place when the game starts"
-    );
-
-    // The save file changes (as the game writes it): committed within a sync interval.
-    std::fs::write(&file, sram(0x2222)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while newest().await.0.version < 2 {
-        assert!(Instant::now() < deadline, "no commit within 10 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(newest().await.1, sram(0x2222));
-
-    // Another device saved meanwhile: this session's next change is refused, not written
-    // over the newer progress; its file stays on the host.
-    put(SavePrecondition::Version(2), sram(0x3333)).await.unwrap();
-    std::fs::write(&file, sram(0x4444)).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (info, bytes) = newest().await;
-    assert_eq!((info.version, bytes), (3, sram(0x3333)));
-    assert_eq!(std::fs::read(&file).unwrap(), sram(0x4444));
-
-    // Played again where the local copy is gone (another host): from the cloud's newest.
-    let ended = tokio::task::spawn_blocking({
-        let (token, session) = (token.clone(), session.clone());
-        move || {
-            let auth = format!("Bearer {token}");
-            http_request(
-                addr,
-                "DELETE",
-                &format!("/api/v1/sessions/{session}"),
-                &[("Authorization", auth.as_str())],
-                b"",
-            )
-            .unwrap()
-            .0
+    let until = |what: &str, done: &mut dyn FnMut() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(100));
         }
-    });
-    assert_eq!(ended.await.unwrap(), 204);
-    std::fs::remove_dir_all(running.root.join("saves")).unwrap();
-    play(token).await.unwrap();
-    assert_eq!(std::fs::read(&file).unwrap(), sram(0x3333));
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let (store_, user_) = (store.clone(), user.id.clone());
+    let newest =
+        move || runtime.block_on(store_.save("local", &user_, "colour-pad", SaveKind::Sram, None)).unwrap();
+    let auth = format!("Bearer {token}");
+    let put_newer = {
+        let runtime = tokio::runtime::Handle::current();
+        move || runtime.block_on(put(SavePrecondition::Version(2), sram(0x3333))).unwrap()
+    };
+    tokio::task::spawn_blocking(move || {
+        let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+        let (status, _, answer) =
+            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let session: cloudplay_proto::api::SessionCreated = serde_json::from_slice(&answer).unwrap();
+        until("the game started from the cloud save", &mut || counter(&file) == Some(0x1234));
+        assert_eq!(std::fs::read(&file).unwrap(), sram(0x1234), "the whole save came back out of the game");
+
+        // Progress is committed within a sync interval.
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        let idle = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60).expect("frames arrive");
+        while !client.input_open() {
+            client.poll(Duration::from_millis(20)).unwrap();
+        }
+        let hold_a = |client: &mut StreamClient| {
+            client.send_input(InputEvent::Key { usage: 0x1B, down: true, repeat: false }).unwrap();
+            centre_luma(client, Duration::from_secs(5), |l| l.abs_diff(idle) > 20).expect("A is held");
+            client.poll(Duration::from_millis(500)).unwrap();
+            client.send_input(InputEvent::Key { usage: 0x1B, down: false, repeat: false }).unwrap();
+            client.poll(Duration::from_millis(100)).unwrap();
+        };
+        hold_a(&mut client);
+        until("a commit", &mut || newest().0.version >= 2);
+        let (_, committed) = newest();
+        let committed = u16::from_le_bytes([committed[0], committed[1]]);
+        assert!(committed > 0x1234 + 20, "the game's count went on from the cloud save's: {committed:#x}");
+
+        // Another device saved meanwhile: this session's next change is refused, not
+        // written over the newer progress; the session's own progress stays on the host.
+        put_newer();
+        hold_a(&mut client);
+        std::thread::sleep(Duration::from_secs(3));
+        let (info, bytes) = newest();
+        assert_eq!((info.version, bytes), (3, sram(0x3333)));
+        assert!(counter(&file).unwrap() > committed, "the host keeps this session's progress");
+        end_session(addr, &auth, &session.session_id);
+
+        // Played again where the host's copy is gone (another host): from the cloud's newest.
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+        let (status, _, answer) =
+            http_request(addr, "POST", "/api/v1/sessions", &headers, body("colour-pad").as_bytes()).unwrap();
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        until("the game started from the cloud's newest", &mut || counter(&file) == Some(0x3333));
+    })
+    .await
+    .unwrap();
 }
 
 /// A signed-in player's Colour Pad session (`auth` is their bearer token), in which they
@@ -682,7 +721,10 @@ async fn a_session_starts_from_a_save_state_taken_in_another() {
     // The first session's in-game save reaches the cloud; take it away, and the local copy.
     let counted = cloud_count(&store, &user).await;
     assert!(counted >= 30, "A held about a second: {counted}");
-    store.delete_save("local", &user, "colour-pad", cloudplay_control::store::SaveKind::Sram).await.unwrap();
+    store
+        .delete_save("local", &user, "colour-pad", cloudplay_control::store::SaveKind::Sram, None)
+        .await
+        .unwrap();
     std::fs::remove_dir_all(running.root.join("saves")).unwrap();
 
     // A state that does not exist: 404. Started from the state: the count comes back.
@@ -752,4 +794,88 @@ async fn another_player_starts_from_a_captured_moment() {
     let bobs = cloud_count(&store, &bob).await;
     eprintln!("Ann held A for {counted} frames; Bob, started from her moment, saved {bobs}");
     assert_eq!(bobs, counted, "Bob started exactly where Ann captured the moment");
+}
+
+/// docs/games.md step by step, as a newcomer runs it: `cloudplay homebrew` writes Colour
+/// Pad under the documented (relative) `content_dir`, and `cloudplay serve --config
+/// examples/cloudplay.toml` plays it in the jail — from a working directory of its own, as
+/// the real binary, with nothing but the cores directory set. (With a relative content
+/// directory handed to the jail, which starts in `/`, every emulated game failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_config_plays_colour_pad_in_the_jail() {
+    let Some(cores) = cores_dir() else { return };
+    if !cloudplay_runtime::sandbox::available() {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide bubblewrap");
+        return;
+    }
+    let root = std::env::temp_dir().join(format!("cloudplay-documented-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let _cleanup = Running { addr: "127.0.0.1:9".parse().unwrap(), root: root.clone() };
+    std::fs::create_dir_all(root.join("examples")).unwrap();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    for file in ["cloudplay.toml", "catalogue.toml"] {
+        std::fs::copy(format!("{examples}/{file}"), root.join("examples").join(file)).unwrap();
+    }
+    let cloudplay = env!("CARGO_BIN_EXE_cloudplay");
+    let made = std::process::Command::new(cloudplay)
+        .args(["homebrew", "cloudplay-data/content/nes/colour-pad.nes"])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = std::process::Command::new(cloudplay)
+        .args(["serve", "--config", "examples/cloudplay.toml", "--listen", &addr.to_string()])
+        .env("CLOUDPLAY_CORES_DIR", &cores)
+        .env("RUST_LOG", "warn")
+        .current_dir(&root)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_request(addr, "GET", "/api/v1/health", &[], b"").is_err() {
+        assert!(Instant::now() < deadline, "serve answers within 30 s");
+        assert!(server.try_wait().unwrap().is_none(), "serve exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _server = Kill(server);
+    tokio::task::spawn_blocking(move || {
+        let (status, created) = post_session(addr, "colour-pad");
+        assert_eq!(status, 201, "the documented game starts: {created}");
+        let session = create_session(addr, &body("colour-pad")).unwrap();
+        let mut client = StreamClient::connect(addr, &session).unwrap();
+        client.watch = Some((300, 160, 40, 40));
+        let luma = centre_luma(&mut client, Duration::from_secs(15), |l| l < 60);
+        assert!(luma.is_some(), "Colour Pad's frames arrive");
+    })
+    .await
+    .unwrap();
+}
+
+/// What a player is told when a game cannot start names no path of the host.
+#[test]
+fn errors_for_players_name_no_host_path() {
+    use cloudplay_runtime::RuntimeError;
+    let host_path = "/srv/cloudplay/cloudplay-data/content/nes/colour-pad.nes";
+    for error in [
+        RuntimeError::ContentMissing(host_path.into()),
+        RuntimeError::CoreMissing("/usr/lib/x86_64-linux-gnu/libretro/nestopia_libretro.so".into()),
+        RuntimeError::CoreInvalid(format!("{host_path}: invalid ELF header")),
+        RuntimeError::ContentRejected(format!("Nestopia 1.52 could not load {host_path}")),
+        RuntimeError::Io(format!("{host_path}: permission denied")),
+        RuntimeError::ProgramFailed("\"/opt/games/bin/game\" could not be started".into()),
+    ] {
+        let told = error.for_player();
+        assert!(!told.contains('/'), "{told:?} (from {error})");
+    }
+    let named = RuntimeError::ContentMissing("nes/colour-pad.nes".into()).for_player();
+    assert!(named.contains("nes/colour-pad.nes"), "a catalogue's own name is shown: {named}");
 }

@@ -43,11 +43,14 @@ async fn database_url(db: Db) -> Option<String> {
 }
 
 async fn world(max_sessions: usize, db: Db) -> Option<World> {
+    world_with(db, |config| Config { max_sessions, ..config }).await
+}
+
+async fn world_with(db: Db, adjust: impl FnOnce(Config) -> Config) -> Option<World> {
     let database_url = database_url(db).await?;
     // Every request here comes from one address: the per-address limit on session and
     // lobby requests is the flood test's (api.rs), not these.
-    let config =
-        Config { max_sessions, database_url, session_requests_per_minute: 1000, ..Config::ephemeral() };
+    let config = adjust(Config { database_url, session_requests_per_minute: 1000, ..Config::ephemeral() });
     let server = Server::start(config).await.unwrap();
     let store = server.control.store().clone();
     let now = unix_ms();
@@ -339,8 +342,9 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
         ];
         assert_eq!(got, expected, "{who}: GET, player ticket, viewer ticket, share");
     }
-    // Visibility, a save state, a moment: the owner (or a back end or admin) decides and
-    // saves; whoever may watch may capture a moment. The built-in game saves its state.
+    // Visibility, a save state, a moment: the owner (or a back end or admin) decides,
+    // saves and captures (a capture pauses the game and is stored: viewers and read-only
+    // keys may not). The built-in game saves its state.
     let visibility = format!("/api/v1/sessions/{id}/visibility");
     let states = format!("/api/v1/sessions/{id}/states");
     let moments = format!("/api/v1/sessions/{id}/moments");
@@ -351,7 +355,7 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
         ("another player", Some(&bob_token), [S::NOT_FOUND; 3]),
         ("a guest", None, [S::NOT_FOUND; 3]),
         ("catalogue:read key", Some(&catalogue_key), [S::FORBIDDEN; 3]),
-        ("sessions:read key", Some(&read_key), [S::FORBIDDEN, S::FORBIDDEN, S::CREATED]),
+        ("sessions:read key", Some(&read_key), [S::FORBIDDEN; 3]),
         ("sessions:write key", Some(&w.acme_key), [S::OK, S::CREATED, S::CREATED]),
         ("admin key", Some(&admin_key), [S::OK, S::CREATED, S::CREATED]),
         ("another tenant", Some(&w.globex_key), [S::NOT_FOUND; 3]),
@@ -364,6 +368,9 @@ async fn only_the_owner_a_back_end_or_an_admin_acts_on_a_session(db: Db) {
         ];
         assert_eq!(got, expected, "{who}: visibility, save state, moment");
     }
+    // Six captures of the session in a moment: a seventh waits, whoever asks.
+    let (status, body) = call(&w.app, "POST", &moments, Some(&admin_key), &[], None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (S::TOO_MANY_REQUESTS, Some("rate_limited")));
     // A creator's channel: anyone of the tenant looks it up; only its creator (or an
     // admin) rotates its key, ends its broadcast or pushes it onward (this server allows
     // no push target, which only they learn); another tenant sees nothing.
@@ -809,7 +816,17 @@ async fn a_player_keeps_versioned_saves_that_nobody_else_reads(db: Db) {
         call(&w.app, "GET", "/api/v1/saves", Some(&w.acme_key), &[], None).await.0,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(raw(&w.app, "DELETE", path, pat, &[], vec![]).await.0, StatusCode::NO_CONTENT);
+    // Deleting names the version it deletes: none, or one another device saved over, is refused.
+    assert_eq!(raw(&w.app, "DELETE", path, pat, &[], vec![]).await.0, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(
+        raw(&w.app, "DELETE", path, pat, &[("if-match", "\"2\"")], vec![]).await.0,
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.2, b"first", "nothing was deleted");
+    assert_eq!(
+        raw(&w.app, "DELETE", path, pat, &[("if-match", "\"3\"")], vec![]).await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(raw(&w.app, "GET", path, pat, &[], vec![]).await.0, StatusCode::NOT_FOUND);
 
     // A host commits only for sessions placed on it, and only a player's: the player and
@@ -906,4 +923,78 @@ on_both_databases!(
     players_of_two_tenants_meet_in_a_lobby,
     a_player_keeps_versioned_saves_that_nobody_else_reads,
     a_public_session_is_live_for_its_tenant_only,
+    moments_count_against_whoever_captured_them,
+    a_platform_over_its_share_waits_while_others_wait,
 );
+
+/// Fair shares of the fleet: alone, a platform uses every slot; while another platform's
+/// player waits, one holding its share (half) or more waits too, so the next free slot goes
+/// to the other platform even though this one queued first.
+async fn a_platform_over_its_share_waits_while_others_wait(db: Db) {
+    let Some(w) = world(2, db).await else { return };
+    let acme = |game: &'static str| {
+        let app = w.app.clone();
+        let key = w.acme_key.clone();
+        async move {
+            let (status, body) =
+                call(&app, "POST", "/api/v1/sessions", Some(&key), &[], Some(small(game))).await;
+            (status, body["session_id"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let (first, one) = acme("acme-free").await;
+    let (second, _) = acme("acme-free").await;
+    assert_eq!((first, second), (StatusCode::CREATED, StatusCode::CREATED), "alone, acme uses both slots");
+    let (third, _) = acme("acme-free").await;
+    assert_eq!(third, StatusCode::ACCEPTED, "the host is full: acme queues first");
+    let (status, body) =
+        call(&w.app, "POST", "/api/v1/sessions", Some(&w.globex_key), &[], Some(small("globex-free"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let globex = body["session_id"].as_str().unwrap().to_string();
+    let ended =
+        call(&w.app, "DELETE", &format!("/api/v1/sessions/{one}"), Some(&w.acme_key), &[], None).await;
+    assert_eq!(ended.0, StatusCode::NO_CONTENT);
+    w.control.maintain().await.unwrap();
+    let (_, info) =
+        call(&w.app, "GET", &format!("/api/v1/sessions/{globex}"), Some(&w.globex_key), &[], None).await;
+    assert_eq!(info["state"], "placed", "the freed slot went to the platform under its share: {info}");
+}
+
+/// Moments are kept within quotas: per player (count), per tenant (bytes); a full quota
+/// is `429 quota_exceeded` and changes nothing, and another player still captures.
+async fn moments_count_against_whoever_captured_them(db: Db) {
+    let Some(w) = world_with(db, |config| Config {
+        moments_per_player: 2,
+        captures_per_session_per_minute: 100,
+        ..config
+    })
+    .await
+    else {
+        return;
+    };
+    let now = unix_ms();
+    let mut tokens = Vec::new();
+    for name in ["ann", "ben"] {
+        let email = format!("{name}@acme.test");
+        let user = w.store.create_user("acme", &email, "password-1", name, false, now).await.unwrap();
+        tokens.push(w.store.create_user_token(&user, now + 60_000).await.unwrap());
+    }
+    let capture = |token: String| {
+        let app = w.app.clone();
+        async move {
+            let (status, created) =
+                call(&app, "POST", "/api/v1/sessions", Some(&token), &[], Some(small("acme-free"))).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+            let moments = format!("/api/v1/sessions/{}/moments", created["session_id"].as_str().unwrap());
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let (status, body) = call(&app, "POST", &moments, Some(&token), &[], None).await;
+                answers.push((status, body["error"]["code"].as_str().map(String::from)));
+            }
+            answers
+        }
+    };
+    let full = (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded".to_string()));
+    let kept = (StatusCode::CREATED, None);
+    assert_eq!(capture(tokens[0].clone()).await, [kept.clone(), kept.clone(), full.clone()]);
+    assert_eq!(capture(tokens[1].clone()).await, [kept.clone(), kept, full], "ben's quota is his own");
+}

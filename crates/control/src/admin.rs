@@ -303,8 +303,21 @@ async fn put_game(
         }
         _ => {}
     }
-    if request.max_players == 0 || request.title.trim().is_empty() {
-        return Err(ApiError::bad_request("a title and at least one player are required"));
+    if !(1..=cloudplay_proto::input::MAX_PLAYERS).contains(&request.max_players)
+        || request.title.trim().is_empty()
+    {
+        return Err(ApiError::bad_request(format!(
+            "a title and 1 to {} players are required",
+            cloudplay_proto::input::MAX_PLAYERS
+        )));
+    }
+    if [&request.title, &request.description]
+        .iter()
+        .any(|text| text.chars().any(cloudplay_proto::runtime::is_deceptive))
+    {
+        return Err(ApiError::bad_request(
+            "titles and descriptions carry no control or bidirectional-override characters",
+        ));
     }
     if let Some(key) = &request.crossplay_key {
         valid_id(key)?;

@@ -96,16 +96,18 @@ pub(crate) fn throttle(
     which: crate::Throttle,
     ip: &ClientIp,
 ) -> Result<(), Box<Response>> {
-    control.throttle(which, ip.0).map_err(|retry_after| {
-        let error = ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("too many requests from this address; retry in {retry_after} s"),
-        );
-        let mut response = error.into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after));
-        Box::new(response)
-    })
+    control
+        .throttle(which, ip.0)
+        .map_err(|retry_after| rate_limited("too many requests from this address", retry_after))
+}
+
+/// `429 rate_limited` with `Retry-After`: `what` happened, try again in `retry_after` s.
+pub(crate) fn rate_limited(what: &str, retry_after: u32) -> Box<Response> {
+    let error =
+        ApiError(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{what}; retry in {retry_after} s"));
+    let mut response = error.into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after));
+    Box::new(response)
 }
 
 /// A request body that could not be read: too large, or cut off.
@@ -174,6 +176,7 @@ pub(crate) fn internal(e: StoreError) -> ApiError {
             ApiError(StatusCode::CONFLICT, "conflict", format!("{what} already exists"))
         }
         StoreError::TooLarge(message) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message),
+        StoreError::QuotaFull(message) => ApiError(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
         StoreError::Stale(message) => ApiError(StatusCode::PRECONDITION_FAILED, "stale", message),
         other if other.retryable() => {
             ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is busy; retry shortly".into())
@@ -226,9 +229,10 @@ pub(crate) fn ticket_answer(
     headers: &HeaderMap,
     session: &SessionRecord,
     role: TicketRole,
+    keeps_seats: bool,
 ) -> Result<SessionCreated, ApiError> {
     let (ticket, expires_at) = control
-        .issue_ticket(session, role)
+        .issue_ticket(session, role, keeps_seats)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     Ok(SessionCreated {
         session_id: session.id.clone(),
@@ -310,7 +314,7 @@ async fn start_for(
     if let Some(existing) = earlier {
         return match existing.state {
             SessionState::Placed => {
-                let created = ticket_answer(control, headers, &existing, TicketRole::Player)?;
+                let created = ticket_answer(control, headers, &existing, TicketRole::Player, true)?;
                 Ok((StatusCode::CREATED, Json(created)).into_response())
             }
             SessionState::Queued => {
@@ -329,13 +333,15 @@ async fn start_for(
         let message = format!("at most {limit} live or queued sessions each; end one first");
         return Err(ApiError(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message));
     }
-    let session = open_session(control, who, request, owner, idempotency_key).await?;
+    // Checked again, with the insert, in one step: two requests at once cannot both pass.
+    let owner_limit = (!owner.starts_with("key:")).then_some(limit);
+    let session = open_session(control, who, request, owner, idempotency_key, owner_limit).await?;
     let location = format!("/api/v1/sessions/{}", session.id);
     if session.state == SessionState::Queued {
         let queued = queued_answer(control, &session).await?;
         return Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(queued)).into_response());
     }
-    let created = ticket_answer(control, headers, &session, TicketRole::Player)?;
+    let created = ticket_answer(control, headers, &session, TicketRole::Player, true)?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(created)).into_response())
 }
 
@@ -361,6 +367,7 @@ pub(crate) async fn open_session(
     request: CreateSessionRequest,
     owner: String,
     idempotency_key: Option<String>,
+    owner_limit: Option<u32>,
 ) -> Result<SessionRecord, ApiError> {
     let store = &control.inner.store;
     let game = store.game(&who.tenant, &request.game).await.map_err(missing("game"))?;
@@ -428,7 +435,7 @@ pub(crate) async fn open_session(
         owner,
         public: false,
     };
-    if let Err(e) = store.insert_session(&session).await {
+    if let Err(e) = store.insert_session(&session, owner_limit).await {
         if let Some(host_id) = &host_id {
             store.release_slot(host_id).await.map_err(internal)?;
         }
@@ -436,6 +443,9 @@ pub(crate) async fn open_session(
             StoreError::Conflict(_) => {
                 let message = "a request with this Idempotency-Key is in progress".to_string();
                 ApiError(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::QuotaFull(message) => {
+                ApiError(StatusCode::TOO_MANY_REQUESTS, "too_many_sessions", message)
             }
             other => internal(other),
         });
@@ -645,7 +655,8 @@ async fn create_ticket(
             return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
         }
     };
-    let created = ticket_answer(&control, &headers, &session, role)?;
+    // Player tickets here go to whoever may play it: its owner, a back end, an admin.
+    let created = ticket_answer(&control, &headers, &session, role, true)?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -705,6 +716,9 @@ async fn save_session_state(
             "save states belong to players: sign in".into(),
         ));
     };
+    if let Err(refused) = throttle_capture(&control, &session.id) {
+        return Ok(*refused);
+    }
     let state =
         host.save_state(&session.id).await.map_err(|e| ApiError(StatusCode::CONFLICT, "no_state", e))?;
     if state.len() > crate::MAX_SAVE_BYTES {
@@ -741,10 +755,18 @@ async fn save_session_state(
 /// How long a captured moment can be played from.
 const MOMENT_LIFETIME_MS: u64 = 7 * 24 * 3_600_000;
 
+/// Refuses a capture of session `id` made too soon after others (429 + `Retry-After`).
+fn throttle_capture(control: &ControlPlane, id: &str) -> Result<(), Box<Response>> {
+    control
+        .throttle_capture(id)
+        .map_err(|retry_after| rate_limited("this session was captured often just now", retry_after))
+}
+
 /// "Play this moment": captures the running game's whole state and answers a link that
-/// starts a new session from exactly there, for anyone of the tenant who has it. Whoever
-/// may watch the session may capture it (its owner, viewers of a public session, the
-/// tenant's back end and admins).
+/// starts a new session from exactly there, for anyone of the tenant who has it. Only who
+/// may play the session captures it (its owner, the tenant's back end with
+/// `sessions:write`, admins): a capture pauses the game and is stored, so viewers ask the
+/// owner. Moments count against the capturer's and the tenant's quotas.
 async fn capture_moment(
     State(control): State<ControlPlane>,
     ip: ClientIp,
@@ -755,10 +777,13 @@ async fn capture_moment(
     if let Err(refused) = throttle(&control, crate::Throttle::Session, &ip) {
         return Ok(*refused);
     }
-    let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Watch).await?
+    let Standing::Running(session, host, _) = standing(&control, &who, &id, SessionAction::Play).await?
     else {
         return Err(ApiError(StatusCode::CONFLICT, "queued", "the session is still queued".into()));
     };
+    if let Err(refused) = throttle_capture(&control, &session.id) {
+        return Ok(*refused);
+    }
     let state =
         host.save_state(&session.id).await.map_err(|e| ApiError(StatusCode::CONFLICT, "no_state", e))?;
     if state.len() > crate::MAX_SAVE_BYTES {
@@ -778,7 +803,15 @@ async fn capture_moment(
         session_id: session.id.clone(),
         expires_at_ms: now + MOMENT_LIFETIME_MS,
     };
-    control.inner.store.create_moment(&session.tenant_id, &moment, now).await.map_err(internal)?;
+    // Counted against whoever captured it (a back end's key, `key:<id>`, for its users).
+    let capturer = who.owner.clone().filter(|o| !o.is_empty()).unwrap_or_else(|| session.owner.clone());
+    let quota = control.inner.config.limits.moments;
+    control
+        .inner
+        .store
+        .create_moment(&session.tenant_id, &capturer, &moment, quota, now)
+        .await
+        .map_err(internal)?;
     let play_url =
         format!("{}/play?game={}&moment={}", base_url(&control, &headers), session.game_id, moment.id);
     let body = json!({ "moment_id": moment.id, "game": session.game_id, "play_url": play_url, "expires_at_ms": moment.expires_at_ms });
@@ -806,17 +839,37 @@ async fn set_visibility(
         .set_session_public(&session.tenant_id, &id, request.public)
         .await
         .map_err(internal)?;
+    control.live_changed();
     Ok(Json(json!({ "session_id": id, "public": request.public })).into_response())
 }
 
 /// Public sessions of the caller's tenant that are playing now, with their audiences.
+/// How long a tenant's "Live now" answer is reused.
+pub(crate) const LIVE_REFRESH_MS: u64 = 2_000;
+
 async fn live_now(State(control): State<ControlPlane>, Caller(who): Caller) -> Result<Response, ApiError> {
     require_scope(&who, "catalogue:read")?;
+    let mut cache = control.inner.live.lock().await;
+    let (now, epoch) = (unix_ms(), control.inner.live_epoch.load(std::sync::atomic::Ordering::Relaxed));
+    let fresh = |made: u64, made_in: u64| made_in == epoch && now.saturating_sub(made) < LIVE_REFRESH_MS;
+    if let Some((made, made_in, answer)) = cache.get(&who.tenant)
+        && fresh(*made, *made_in)
+    {
+        return Ok(Json(answer.clone()).into_response());
+    }
+    let answer = live_answer(&control, &who.tenant).await?;
+    cache.retain(|_, (made, made_in, _)| fresh(*made, *made_in));
+    cache.insert(who.tenant.clone(), (now, epoch, answer.clone()));
+    Ok(Json(answer).into_response())
+}
+
+/// A tenant's public sessions and live channels, as their hosts report them now.
+async fn live_answer(control: &ControlPlane, tenant: &str) -> Result<serde_json::Value, ApiError> {
     let store = &control.inner.store;
     let mut live = Vec::new();
-    for session in store.public_sessions(&who.tenant, 50).await.map_err(internal)? {
-        let title = store.game(&who.tenant, &session.game_id).await.map(|g| g.title).unwrap_or_default();
-        let Ok(Standing::Running(session, _, view)) = standing_of(&control, session).await else { continue };
+    for session in store.public_sessions(tenant, 50).await.map_err(internal)? {
+        let title = store.game(tenant, &session.game_id).await.map(|g| g.title).unwrap_or_default();
+        let Ok(Standing::Running(session, _, view)) = standing_of(control, session).await else { continue };
         live.push(json!({
             "session_id": session.id,
             "game": session.game_id,
@@ -826,8 +879,8 @@ async fn live_now(State(control): State<ControlPlane>, Caller(who): Caller) -> R
             "since_ms": session.created_at_ms,
         }));
     }
-    let channels = crate::channels::live_channels(&control, &who.tenant).await?;
-    Ok(Json(json!({ "sessions": live, "channels": channels })).into_response())
+    let channels = crate::channels::live_channels(control, tenant).await?;
+    Ok(json!({ "sessions": live, "channels": channels }))
 }
 
 /// Regions with capacity and where to time a round trip to each (`GET {echo_url}`).

@@ -27,6 +27,7 @@ use tracing::info;
 
 use crate::api::{ApiError, ClientIp, JsonBody, base_url, internal, missing, throttle};
 use crate::auth::{Caller, Principal};
+use crate::endpoints::Refused;
 use crate::policy::require_scope;
 use crate::store::{Channel, User, hash_secret};
 use crate::{
@@ -109,6 +110,7 @@ async fn on_air(
         .release_channel(&channel.tenant_id, &channel.id, broadcast)
         .await
         .map_err(internal)?;
+    control.live_changed();
     Ok(None)
 }
 
@@ -122,6 +124,7 @@ async fn take_off_air(control: &ControlPlane, channel: &Channel) -> Result<bool,
         .release_channel(&channel.tenant_id, &channel.id, &broadcast)
         .await
         .map_err(internal)?;
+    control.live_changed();
     info!(channel = %channel.id, %broadcast, "broadcast ended by the control plane");
     Ok(true)
 }
@@ -268,7 +271,7 @@ async fn watch_ticket(
         TicketStream { host_id: &host_id, id: &broadcast, game: BROADCAST_GAME, tenant: &who.tenant };
     let sub = who.user.as_ref().map(|u| u.id.clone());
     let (ticket, expires_at) = control
-        .sign_ticket(stream, TicketRole::Viewer, sub)
+        .sign_ticket(stream, TicketRole::Viewer, sub, false)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
     let base =
         host.endpoint().map_or_else(|| base_url(&control, &headers), |e| e.trim_end_matches('/').to_string());
@@ -308,25 +311,33 @@ async fn set_creator(
         .into_response())
 }
 
-/// Refuses a push target the operator did not allow (a host would POST to it).
-fn allowed_target(control: &ControlPlane, push: &PushTarget) -> Result<(), ApiError> {
-    let url = push.whip_url.as_str();
-    let well_formed = url.len() <= 512
-        && (url.starts_with("http://") || url.starts_with("https://"))
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !well_formed {
-        return Err(ApiError::bad_request("whip_url must be an http:// or https:// URL"));
+/// Refuses to put a banned creator's channel on the air by any way (WHIP, a pull, a push
+/// of it onward), whoever asks: `403 not_a_creator`, as WHIP answers.
+async fn still_a_creator(control: &ControlPlane, channel: &Channel) -> Result<(), ApiError> {
+    let standing = control.inner.store.creator_standing(&channel.tenant_id, &channel.owner_id).await;
+    if standing.map_err(internal)? == Some(true) {
+        return Ok(());
     }
+    let message = "this channel's creator may not go live (an admin ended that)".to_string();
+    Err(ApiError(StatusCode::FORBIDDEN, "not_a_creator", message))
+}
+
+/// Refuses a push or pull endpoint the operator did not allow exactly (a host would POST
+/// to it); the host then refuses a name that resolves to a private address.
+fn allowed_target(control: &ControlPlane, push: &PushTarget) -> Result<(), ApiError> {
     if push.token.as_ref().is_some_and(|t| t.len() > 512 || t.chars().any(char::is_control)) {
         return Err(ApiError::bad_request("the token is at most 512 visible characters"));
     }
-    let allowed = &control.inner.config.push_allowed;
-    if !allowed.iter().any(|prefix| url.starts_with(prefix.as_str())) {
-        let message =
-            "this server pushes only to the WHIP endpoints its operator allows (push_allowed)".to_string();
-        return Err(ApiError(StatusCode::FORBIDDEN, "push_not_allowed", message));
+    match control.inner.config.push_allowed.check(&push.whip_url) {
+        Ok(_) => Ok(()),
+        Err(Refused::Malformed(why)) => Err(ApiError::bad_request(format!("whip_url: {why}"))),
+        Err(Refused::NotAllowed) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "push_not_allowed",
+            "this server pushes to and pulls from only the endpoints its operator allows (push_allowed)"
+                .into(),
+        )),
     }
-    Ok(())
 }
 
 async fn push_to(host: Arc<dyn SessionHost>, stream: &str, push: PushTarget) -> Result<Response, ApiError> {
@@ -359,6 +370,7 @@ async fn push_channel(
     JsonBody(push): JsonBody<PushTarget>,
 ) -> Result<Response, ApiError> {
     let channel = owned(&control, &who, &id).await?;
+    still_a_creator(&control, &channel).await?;
     allowed_target(&control, &push)?;
     let Some((host, broadcast, _)) = on_air(&control, &channel).await? else {
         return Err(ApiError(StatusCode::CONFLICT, "not_live", "the channel is not on the air".into()));
@@ -377,6 +389,7 @@ async fn pull_into_channel(
     JsonBody(origin): JsonBody<PushTarget>,
 ) -> Result<Response, ApiError> {
     let channel = owned(&control, &who, &id).await?;
+    still_a_creator(&control, &channel).await?;
     allowed_target(&control, &origin)?;
     if on_air(&control, &channel).await?.is_some() {
         return Err(whip_error(
@@ -385,7 +398,7 @@ async fn pull_into_channel(
             "the channel is live from another publisher",
         ));
     }
-    let host = control.broadcast_host().ok_or_else(|| {
+    let host = control.broadcast_host().await.ok_or_else(|| {
         whip_error(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host can take a broadcast")
     })?;
     let (host_id, broadcast) = (host.host_id(), random_id());
@@ -415,6 +428,7 @@ async fn claim(
         .await
         .map_err(internal)?
     {
+        control.live_changed();
         return Ok(());
     }
     host.stop_session(broadcast).await;
@@ -516,13 +530,13 @@ async fn publish(
             "the channel is live from another publisher",
         ));
     }
-    let host = control.broadcast_host().ok_or_else(|| {
+    let host = control.broadcast_host().await.ok_or_else(|| {
         whip_error(StatusCode::SERVICE_UNAVAILABLE, "no_capacity", "no host can take a broadcast")
     })?;
     let (host_id, broadcast) = (host.host_id(), random_id());
     let tenant = channel.tenant_id.clone();
     let stream = TicketStream { host_id: &host_id, id: &broadcast, game: BROADCAST_GAME, tenant: &tenant };
-    let signed = control.sign_ticket(stream, TicketRole::Publisher, Some(channel.owner_id.clone()));
+    let signed = control.sign_ticket(stream, TicketRole::Publisher, Some(channel.owner_id.clone()), false);
     let answer = match signed {
         Ok((ticket, _)) => host.publish(&broadcast, PublishOffer { ticket: ticket.0, sdp }).await,
         Err(e) => return Err(whip_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e)),

@@ -21,6 +21,9 @@ use crate::identity::fleet_server_name;
 pub enum Target<'a> {
     Plain(&'a str),
     Tls(&'a str, &'a Arc<ClientConfig>),
+    /// Plain HTTP to this address exactly (already resolved and checked), with `Host`
+    /// the given authority: nothing is resolved again between the check and the connect.
+    PlainAt(std::net::SocketAddr, &'a str),
 }
 
 impl<'a> Target<'a> {
@@ -44,7 +47,7 @@ impl<'a> Target<'a> {
 
     fn authority(&self) -> &'a str {
         match self {
-            Target::Plain(authority) | Target::Tls(authority, _) => authority,
+            Target::Plain(authority) | Target::Tls(authority, _) | Target::PlainAt(_, authority) => authority,
         }
     }
 }
@@ -121,13 +124,19 @@ pub async fn send(
     let request =
         builder.body(Full::new(Bytes::from(body))).map_err(|e| HttpError::Request(e.to_string()))?;
     let exchange = async {
-        let stream = tokio::time::timeout(limits.connect, TcpStream::connect(target.authority()))
+        let connect = async {
+            match target {
+                Target::PlainAt(addr, _) => TcpStream::connect(addr).await,
+                _ => TcpStream::connect(target.authority()).await,
+            }
+        };
+        let stream = tokio::time::timeout(limits.connect, connect)
             .await
             .map_err(|_| HttpError::TimedOut(limits.connect))?
             .map_err(|e| HttpError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         match target {
-            Target::Plain(_) => exchange(stream, request, limits.max_response).await,
+            Target::Plain(_) | Target::PlainAt(..) => exchange(stream, request, limits.max_response).await,
             Target::Tls(_, config) => {
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(fleet_server_name(), stream)

@@ -11,6 +11,7 @@ mod admin;
 mod api;
 mod auth;
 mod channels;
+pub mod endpoints;
 mod fleet;
 pub mod http;
 pub mod identity;
@@ -131,7 +132,7 @@ pub struct ControlConfig {
     /// WHIP endpoints sessions and channels may be pushed to, as URL prefixes
     /// (`http://cdn.example:8080/whip/`); empty: pushing is off. A host POSTs wherever an
     /// owner asks, so only the operator's own distribution tier belongs here.
-    pub push_allowed: Vec<String>,
+    pub push_allowed: endpoints::AllowList,
 }
 
 /// Limits on what one caller can trigger; over them the API answers `429`.
@@ -146,6 +147,13 @@ pub struct Limits {
     pub logins_per_address: Rate,
     /// Session requests from one address without an API key.
     pub sessions_per_address: Rate,
+    /// Moments kept per capturer and per tenant.
+    pub moments: store::MomentQuota,
+    /// Captures (save states and moments) of one session: each one pauses its game.
+    pub captures_per_session: Rate,
+    /// The share of the fleet's game slots one tenant holds while other tenants' players
+    /// wait, in percent.
+    pub tenant_share_percent: u32,
 }
 
 impl Default for Limits {
@@ -155,6 +163,9 @@ impl Default for Limits {
             signups_per_address: Rate::new(5, 1),
             logins_per_address: Rate::new(10, 10),
             sessions_per_address: Rate::new(10, 10),
+            moments: store::MomentQuota::default(),
+            captures_per_session: Rate::new(6, 6),
+            tenant_share_percent: 50,
         }
     }
 }
@@ -167,11 +178,12 @@ pub(crate) enum Throttle {
     Session,
 }
 
-/// Per-address token buckets of the control plane.
+/// Per-address token buckets of the control plane, and one per session for captures.
 struct Limiters {
     signup: RateLimiter<IpAddr>,
     login: RateLimiter<IpAddr>,
     session: RateLimiter<IpAddr>,
+    captures: RateLimiter<String>,
 }
 
 /// At most this many addresses are tracked per limit.
@@ -186,7 +198,7 @@ impl Default for ControlConfig {
             host_lease_ms: 15_000,
             fleet: None,
             limits: Limits::default(),
-            push_allowed: Vec::new(),
+            push_allowed: endpoints::AllowList::default(),
         }
     }
 }
@@ -197,6 +209,13 @@ struct Inner {
     signing_key: SigningKey,
     store: Store,
     hosts: RwLock<HashMap<String, Arc<dyn SessionHost>>>,
+    /// Each tenant's "Live now" (Unix ms it was made, the epoch it was made in, the
+    /// answer): anyone may ask, and each answer asks hosts about every public session, so
+    /// it is made at most every [`api::LIVE_REFRESH_MS`] — or anew once something went live
+    /// or off the air ([`ControlPlane::live_changed`]); the lock makes concurrent askers
+    /// wait for one answer.
+    live: tokio::sync::Mutex<HashMap<String, (u64, u64, serde_json::Value)>>,
+    live_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// What a ticket admits to: a stream (a session or a broadcast) on a host.
@@ -230,13 +249,28 @@ impl ControlPlane {
             signup: RateLimiter::new(config.limits.signups_per_address, TRACKED_ADDRESSES),
             login: RateLimiter::new(config.limits.logins_per_address, TRACKED_ADDRESSES),
             session: RateLimiter::new(config.limits.sessions_per_address, TRACKED_ADDRESSES),
+            captures: RateLimiter::new(config.limits.captures_per_session, TRACKED_ADDRESSES),
         });
-        let inner = Inner { limiters, config, signing_key, store, hosts: RwLock::new(HashMap::new()) };
+        let inner = Inner {
+            limiters,
+            config,
+            signing_key,
+            store,
+            hosts: RwLock::new(HashMap::new()),
+            live: tokio::sync::Mutex::new(HashMap::new()),
+            live_epoch: std::sync::atomic::AtomicU64::new(0),
+        };
         ControlPlane { inner: Arc::new(inner) }
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// A session or channel went live, off the air, public or private: "Live now" answers
+    /// are made anew.
+    pub(crate) fn live_changed(&self) {
+        self.inner.live_epoch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes a token of `which` for the caller's address; `Err(retry_after_secs)` when it
@@ -250,6 +284,13 @@ impl ControlPlane {
             Throttle::Session => &mut limiters.session,
         };
         limiter.check(&key, unix_ms())
+    }
+
+    /// Takes a capture of session `id` (it pauses the game): `Err(retry_after_secs)` when
+    /// it is captured too often, by whoever asks.
+    pub(crate) fn throttle_capture(&self, id: &str) -> Result<(), u32> {
+        let Ok(mut limiters) = self.inner.limiters.lock() else { return Ok(()) };
+        limiters.captures.check(&id.to_string(), unix_ms())
     }
 
     /// Makes sure the default tenant exists and offers `games` (the built-in games and the
@@ -322,12 +363,17 @@ impl ControlPlane {
         self.inner.hosts.read().ok()?.get(id).cloned()
     }
 
-    /// Where a new broadcast goes: this process's own host if it has one, else any
-    /// attached host (a broadcast costs forwarding, not a game slot).
-    fn broadcast_host(&self) -> Option<Arc<dyn SessionHost>> {
+    /// The host a new broadcast goes to: the one carrying the fewest (this process's own
+    /// host first among equals, then by id), so broadcasts spread over the fleet.
+    async fn broadcast_host(&self) -> Option<Arc<dyn SessionHost>> {
+        let carried = self.inner.store.broadcasts_by_host().await.unwrap_or_default();
         let hosts = self.inner.hosts.read().ok()?;
-        let local = hosts.values().find(|h| h.endpoint().is_none());
-        local.or_else(|| hosts.values().min_by_key(|h| h.host_id())).cloned()
+        hosts
+            .values()
+            .min_by_key(|h| {
+                (carried.get(&h.host_id()).copied().unwrap_or(0), h.endpoint().is_some(), h.host_id())
+            })
+            .cloned()
     }
 
     /// Renews the leases of attached hosts and reconciles sessions with them: a session
@@ -363,6 +409,10 @@ impl ControlPlane {
                 }
             }
         }
+        let swept = self.inner.store.sweep_moments(now).await?;
+        if swept > 0 {
+            info!(moments = swept, "expired moments removed");
+        }
         self.serve_queue().await?;
         Ok(())
     }
@@ -378,6 +428,9 @@ impl ControlPlane {
             .store
             .set_session_state(&session.tenant_id, &session.id, store::SessionState::Placed, state)
             .await?;
+        if changed && session.public {
+            self.live_changed();
+        }
         if let (true, Some(host_id)) = (changed, &session.host_id) {
             self.inner.store.release_slot(host_id).await?;
         }
@@ -385,15 +438,17 @@ impl ControlPlane {
     }
 
     /// Signs a ticket for a session on its host.
+    /// `keeps_seats`: the holder opens and grants the session's seats (its owner).
     fn issue_ticket(
         &self,
         session: &store::SessionRecord,
         role: TicketRole,
+        keeps_seats: bool,
     ) -> Result<(Ticket, u64), String> {
         let host_id = session.host_id.as_deref().ok_or("the session is not placed")?;
         let stream =
             TicketStream { host_id, id: &session.id, game: &session.game_id, tenant: &session.tenant_id };
-        self.sign_ticket(stream, role, session.user_id.clone())
+        self.sign_ticket(stream, role, session.user_id.clone(), keeps_seats && role == TicketRole::Player)
     }
 
     /// Signs a ticket that admits `role` to `stream`, for the user `sub` if any.
@@ -402,6 +457,7 @@ impl ControlPlane {
         stream: TicketStream<'_>,
         role: TicketRole,
         sub: Option<String>,
+        keeps_seats: bool,
     ) -> Result<(Ticket, u64), String> {
         let now = unix_ms();
         let expires_at =
@@ -416,6 +472,7 @@ impl ControlPlane {
             exp_ms: expires_at,
             ten: stream.tenant.into(),
             sub,
+            seats: keeps_seats,
         };
         let ticket = Ticket::sign(&claims, &self.inner.signing_key).map_err(|e| e.to_string())?;
         Ok((ticket, expires_at))

@@ -338,7 +338,7 @@ async fn start_lobby(
         from_state: None,
         from_moment: None,
     };
-    let session = open_session(&control, &who, ask, format!("user:{}", user.id), None).await?;
+    let session = open_session(&control, &who, ask, format!("user:{}", user.id), None, None).await?;
     if let Err(e) = store.start_lobby(&lobby.id, &session.id).await {
         control.finish(&session, SessionState::Ended).await.map_err(internal)?;
         return Err(lobby_error(e, no_lobby));
@@ -376,7 +376,9 @@ async fn lobby_ticket(
     let session = store.session(&lobby.tenant_id, session_id).await.map_err(internal)?;
     match session.state {
         SessionState::Placed => {
-            let created = ticket_answer(&control, &headers, &session, TicketRole::Player)?;
+            // The lobby's owner keeps its seats; the members play in them.
+            let owner = who.user.as_ref().is_some_and(|u| session.owner == format!("user:{}", u.id));
+            let created = ticket_answer(&control, &headers, &session, TicketRole::Player, owner)?;
             Ok((StatusCode::CREATED, Json(created)).into_response())
         }
         SessionState::Queued => {

@@ -23,6 +23,8 @@ use cloudplay_proto::runtime::{CloudSave, GameLaunch, RuntimeSpec};
 use tracing::warn;
 
 /// The largest single save (SRAM is kilobytes; emulated machines' states are well under).
+/// How long after its session ended a host may still commit its last in-game save.
+pub const SAVE_GRACE_MS: u64 = 120_000;
 pub const MAX_SAVE_BYTES: usize = 1 << 20;
 /// What each player may keep per platform, and how many versions of each save.
 pub const SAVE_POLICY: SavePolicy = SavePolicy { keep: 5, quota_bytes: 16 << 20 };
@@ -183,16 +185,24 @@ async fn restore(
     Ok(saved(&info))
 }
 
+/// Deletes every version of a save, if the one the caller names (`If-Match`) is still the
+/// newest: a save made on another device since is never deleted unseen (`412`).
 async fn delete_save(
     State(control): State<ControlPlane>,
     Path((game, kind)): Path<(String, String)>,
     Caller(who): Caller,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (user, kind) = target(&control, &who, &game, &kind).await?;
-    control.store().delete_save(&who.tenant, &user.id, &game, kind).await.map_err(|e| match e {
-        StoreError::NotFound => ApiError::not_found("save"),
-        other => internal(other),
-    })?;
+    let SavePrecondition::Version(newest) = precondition(&headers)? else {
+        return Err(ApiError::bad_request("If-Match names the version deleted, like \"3\""));
+    };
+    control.store().delete_save(&who.tenant, &user.id, &game, kind, Some(newest)).await.map_err(
+        |e| match e {
+            StoreError::NotFound => ApiError::not_found("save"),
+            other => internal(other),
+        },
+    )?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -207,7 +217,8 @@ impl ControlPlane {
         bytes: &[u8],
     ) -> Result<SaveInfo, StoreError> {
         let store = self.store();
-        let session = store.session_on_host(host_id, session_id).await?;
+        let session =
+            store.session_on_host(host_id, session_id, unix_ms().saturating_sub(SAVE_GRACE_MS)).await?;
         let user = session
             .user_id
             .as_deref()

@@ -75,6 +75,14 @@ impl ControlPlane {
         let store = &self.inner.store;
         for _ in 0..PLACEMENT_ATTEMPTS {
             let fleet = store.fleet(unix_ms()).await?;
+            // Fair shares: while other platforms' players wait, one that holds its share of
+            // the fleet's slots or more waits too (work-conserving: alone, it uses them all).
+            let capacity: u32 = fleet.iter().map(|h| h.capacity).sum();
+            let share = (capacity * self.inner.config.limits.tenant_share_percent / 100).max(1);
+            let (placed, others_waiting) = store.share_of_fleet(&tenant.id).await?;
+            if placed >= share && others_waiting > 0 {
+                return Ok(Claim::Queue);
+            }
             let measured: Vec<(String, u32)> = if rtt_ms.is_empty() {
                 fleet.iter().map(|h| (h.region.clone(), 0)).collect()
             } else {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use cloudplay_control::store::{
-    CatalogueGame, HostRegistration, MAX_CHANNELS_PER_CREATOR, SaveKind, SavePolicy, SavePrecondition, Store,
-    StoreError, Tenant, Tier,
+    CatalogueGame, HostRegistration, MAX_CHANNELS_PER_CREATOR, Moment, MomentQuota, SaveKind, SavePolicy,
+    SavePrecondition, Store, StoreError, Tenant, Tier,
 };
 
 const NOW: u64 = 1_800_000_000_000;
@@ -74,7 +74,153 @@ suite!(
     fleet_leases_and_slots,
     the_last_slot_goes_to_exactly_one_of_a_hundred,
     channels_belong_to_their_creator_and_carry_one_broadcast,
+    moments_stay_within_their_quotas_even_when_captured_at_once,
+    per_owner_limits_hold_under_concurrent_requests,
+    a_host_reaches_only_sessions_it_runs_or_just_ended,
 );
+
+/// What a host may commit saves for: a session placed on it, or one that ended there a
+/// moment ago — not another host's, and not one that ended long before.
+async fn a_host_reaches_only_sessions_it_runs_or_just_ended(store: Store) {
+    use cloudplay_control::store::{SessionRecord, SessionState};
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    let session = SessionRecord {
+        id: "s1".into(),
+        tenant_id: "acme".into(),
+        user_id: None,
+        game_id: "g".into(),
+        host_id: Some("host-a".into()),
+        state: SessionState::Placed,
+        options: "{}".into(),
+        idempotency_key: None,
+        created_at_ms: NOW,
+        owner: "guest:abc".into(),
+        public: false,
+    };
+    store.insert_session(&session, None).await.unwrap();
+    let far_future = cloudplay_control::unix_ms() + 3_600_000;
+    assert!(store.session_on_host("host-a", "s1", far_future).await.is_ok(), "running: always");
+    assert!(matches!(store.session_on_host("host-b", "s1", 0).await, Err(StoreError::NotFound)));
+    assert!(store.set_session_state("acme", "s1", SessionState::Placed, SessionState::Ended).await.unwrap());
+    let a_minute_ago = cloudplay_control::unix_ms() - 60_000;
+    assert!(store.session_on_host("host-a", "s1", a_minute_ago).await.is_ok(), "ended just now");
+    let ended_before = store.session_on_host("host-a", "s1", far_future).await;
+    assert!(
+        matches!(ended_before, Err(StoreError::NotFound)),
+        "ended before the grace began: {ended_before:?}"
+    );
+}
+
+/// Twenty requests at once for one owner: exactly the limit's worth of channels and of
+/// live sessions are made (the check and the insert are one step on both databases).
+async fn per_owner_limits_hold_under_concurrent_requests(store: Store) {
+    use cloudplay_control::store::{SessionRecord, SessionState};
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    let cleo = store.create_user("acme", "cleo@acme.io", "password123", "Cleo", false, NOW).await.unwrap();
+    store.set_creator("acme", &cleo.id, false, NOW).await.unwrap();
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (store, owner) = (store.clone(), cleo.id.clone());
+            tokio::spawn(async move {
+                store.create_channel("acme", &owner, &format!("c{i}"), "t", "h", NOW).await.is_ok()
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for task in tasks {
+        made += task.await.unwrap() as u32;
+    }
+    assert_eq!(made, MAX_CHANNELS_PER_CREATOR, "channels of one creator");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let session = SessionRecord {
+                    id: format!("s{i}"),
+                    tenant_id: "acme".into(),
+                    user_id: None,
+                    game_id: "g".into(),
+                    host_id: None,
+                    state: SessionState::Queued,
+                    options: "{}".into(),
+                    idempotency_key: None,
+                    created_at_ms: NOW,
+                    owner: "guest:abc".into(),
+                    public: false,
+                };
+                match store.insert_session(&session, Some(2)).await {
+                    Ok(()) => true,
+                    Err(StoreError::QuotaFull(_)) => false,
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        })
+        .collect();
+    let mut live = 0;
+    for task in tasks {
+        live += task.await.unwrap() as u32;
+    }
+    assert_eq!(live, 2, "live sessions of one owner");
+}
+
+fn moment(id: &str, bytes: usize, expires_at_ms: u64) -> Moment {
+    let data = vec![7u8; bytes];
+    Moment {
+        id: id.into(),
+        game: "g".into(),
+        sha256: cloudplay_control::store::sha256_hex(&data),
+        data,
+        session_id: "s".into(),
+        expires_at_ms,
+    }
+}
+
+async fn moments_stay_within_their_quotas_even_when_captured_at_once(store: Store) {
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    let quota = MomentQuota { per_owner: 3, bytes_per_owner: 10_000, bytes_per_tenant: 16_000 };
+    let later = NOW + 60_000;
+    // Twenty captures by one player at once: exactly three are kept.
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_moment("acme", "user:ann", &moment(&format!("a{i}"), 1000, later), quota, NOW)
+                    .await
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => kept += 1,
+            Err(StoreError::QuotaFull(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(kept, 3, "the count quota holds under concurrent captures");
+    // Bytes per owner: 3 kept of 1000, one more of 7001 would make 10 001.
+    let bob = |id: &str, bytes| moment(id, bytes, later);
+    store.create_moment("acme", "user:bob", &bob("b1", 9000), quota, NOW).await.unwrap();
+    let over = store.create_moment("acme", "user:bob", &bob("b2", 1001), quota, NOW).await;
+    assert!(matches!(over, Err(StoreError::QuotaFull(_))), "{over:?}");
+    // Bytes per tenant: 12 000 kept; 4001 more is over 16 000, for anyone of the tenant.
+    let over = store.create_moment("acme", "user:cy", &bob("c1", 4001), quota, NOW).await;
+    assert!(matches!(over, Err(StoreError::QuotaFull(_))), "{over:?}");
+    store.create_moment("globex", "user:cy", &bob("g1", 4001), quota, NOW).await.unwrap();
+    // Expired moments no longer count, and the sweep removes them.
+    let after = later + 1;
+    store
+        .create_moment("acme", "user:ann", &moment("a-new", 1000, after + 60_000), quota, after)
+        .await
+        .unwrap();
+    assert!(matches!(store.moment("acme", "a0", after).await, Err(StoreError::NotFound)));
+    store.create_moment("globex", "user:dee", &moment("g2", 10, later), quota, NOW).await.unwrap();
+    assert_eq!(store.sweep_moments(after).await.unwrap(), 2, "globex's two expired moments");
+}
 
 async fn channels_belong_to_their_creator_and_carry_one_broadcast(store: Store) {
     store.create_tenant(&tenant("acme"), NOW).await.unwrap();
@@ -352,9 +498,9 @@ async fn saves_are_versioned_conditional_and_within_quota(store: Store) {
     let (a, b) = tokio::join!(write(b"from host a"), write(b"from host b"));
     assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
     assert!(matches!(a.err().or(b.err()), Some(StoreError::Stale(_))));
-    store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram).await.unwrap();
+    store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram, None).await.unwrap();
     assert!(matches!(
-        store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram).await,
+        store.delete_save("acme", &pat.id, "zelda", SaveKind::Sram, None).await,
         Err(StoreError::NotFound)
     ));
 }

@@ -31,7 +31,7 @@ pub const AUDIO_CHANNELS: usize = 2;
 /// Stereo frames of audio per tick.
 pub const AUDIO_FRAMES_PER_TICK: usize = (AUDIO_SAMPLE_RATE / TICK_RATE) as usize;
 /// Players a game may have at once.
-pub const MAX_PLAYERS: u8 = 4;
+pub const MAX_PLAYERS: u8 = cloudplay_proto::input::MAX_PLAYERS;
 
 /// One input event from one player.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,19 @@ pub trait Game: Send {
 
     /// Restores a state made by `save_state` of the same game.
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), StateError>;
+
+    /// The game's in-game save (an emulated cartridge's battery RAM) as it is now, for the
+    /// host to keep; `None` for games without one. What the player saved from the game's
+    /// own menus lives here, apart from [`Game::save_state`]'s snapshots.
+    fn in_game_save(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Puts an in-game save made by [`Game::in_game_save`] back, before the first step.
+    fn restore_in_game_save(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let _ = bytes;
+        Err(StateError::WrongFormat)
+    }
 
     /// When the picture `render` would show was produced, if before `render` (an emulator
     /// hands over its frame inside `step`); `None` when `render` itself makes or captures it.

@@ -42,7 +42,7 @@ async fn start(State(internal): State<Internal>, body: axum::body::Bytes) -> Res
         .await
     {
         Ok(()) => StatusCode::CREATED.into_response(),
-        Err(HostError::Game(e)) => error_response(StatusCode::BAD_GATEWAY, "game_failed", e.to_string()),
+        Err(HostError::Game(e)) => error_response(StatusCode::BAD_GATEWAY, "game_failed", e.for_player()),
         Err(e @ HostError::UnknownGame(_)) => {
             error_response(StatusCode::NOT_FOUND, "unknown_game", e.to_string())
         }

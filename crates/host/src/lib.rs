@@ -89,6 +89,8 @@ pub struct HostLimits {
     pub offers_per_address: Rate,
     /// Broadcasts (creators live by WHIP) at once; they do not take game slots.
     pub broadcasts: u32,
+    /// Of those, what one tenant's creators may hold, so one platform cannot take them all.
+    pub broadcasts_per_tenant: u32,
 }
 
 impl Default for HostLimits {
@@ -98,6 +100,7 @@ impl Default for HostLimits {
             peers: 256,
             offers_per_address: Rate::new(20, 60),
             broadcasts: 16,
+            broadcasts_per_tenant: 8,
         }
     }
 }
@@ -469,7 +472,7 @@ impl Host {
             );
         }
         let (started, start_result) = tokio::sync::oneshot::channel();
-        let game_ended = self.cloud_saves(&id, &launch);
+        let in_game_saves = self.in_game_saves(&id, &launch);
         let host = self.clone();
         let driver = self.inner.driver.clone();
         let idle_timeout = self.inner.config.idle_timeout;
@@ -481,13 +484,19 @@ impl Host {
         let thread = std::thread::Builder::new()
             .name(format!("session-{}", id.chars().take(8).collect::<String>()))
             .spawn(move || {
-                let game = match host.inner.runtimes.start(&launch, &options, seed) {
+                let (game, in_game_saves) = match host.inner.runtimes.start(&launch, &options, seed) {
                     Ok(mut game) => {
+                        let (starting_save, in_game_saves) = in_game_saves.unzip();
+                        if let Some(save) = starting_save.flatten()
+                            && let Err(e) = game.restore_in_game_save(&save)
+                        {
+                            warn!(session = %session_id, error = %e, "the game refused its in-game save; starting without it");
+                        }
                         if let Some(state) = &launch.cloud_state {
                             load_cloud_state(&session_id, game.as_mut(), state);
                         }
                         let _ = started.send(Ok(()));
-                        game
+                        (game, in_game_saves)
                     }
                     Err(e) => {
                         warn!(session = %session_id, game = %launch.game, error = %e, "game failed to start");
@@ -507,10 +516,9 @@ impl Host {
                     idle_timeout,
                     schedule,
                     run_ahead,
+                    in_game_saves,
                 });
                 host.forget_session(&session_id);
-                // The game is gone and has flushed its save: the last commit may go.
-                drop(game_ended);
             });
         if let Err(e) = thread {
             self.forget_session(&id);
@@ -535,26 +543,37 @@ impl Host {
         let _ = self.inner.save_sink.set((sink, interval));
     }
 
-    /// Puts the launch's cloud save in place and keeps the session's save file in sync;
-    /// the returned sender says the game has ended.
-    fn cloud_saves(&self, id: &Arc<str>, launch: &GameLaunch) -> Option<tokio::sync::oneshot::Sender<()>> {
+    /// For a launch whose in-game saves are kept: the save the game starts with, and how
+    /// often and where the session hands its save over (a keeper writes it to the host's
+    /// copy and commits it to the save sink).
+    #[allow(clippy::type_complexity)]
+    fn in_game_saves(
+        &self,
+        id: &Arc<str>,
+        launch: &GameLaunch,
+    ) -> Option<(Option<Vec<u8>>, (Duration, tokio::sync::mpsc::Sender<Vec<u8>>))> {
         let path = self.inner.runtimes.sram_file(launch)?;
-        if let Some(save) = &launch.cloud_save
-            && let Err(e) = saves::put_in_place(&path, save)
-        {
-            warn!(session = %id, error = %e, "the cloud save cannot be used; the game starts without it");
-        }
-        let (sink, interval) = self.inner.save_sink.get()?.clone();
+        let starting = saves::starting_save(&path, launch.cloud_save.as_ref());
+        let (sink, interval) = match self.inner.save_sink.get() {
+            Some((sink, interval)) => (Some(sink.clone()), *interval),
+            None => (None, saves::SAVE_SYNC_INTERVAL),
+        };
         let base = launch.cloud_save.as_ref().map(|save| (save.version, save.sha256.clone()));
-        let (ended, on_end) = tokio::sync::oneshot::channel();
-        let start = saves::SyncStart { session_id: id.clone(), path, base, interval };
-        tokio::spawn(saves::keep_in_sync(sink, start, on_end));
-        Some(ended)
+        let (hand_over, handed) = tokio::sync::mpsc::channel(4);
+        let start = saves::SyncStart { session_id: id.clone(), path, base };
+        tokio::spawn(saves::keep_in_sync(sink, start, handed));
+        Some((starting, (interval, hand_over)))
     }
 
     /// Opens broadcast `id` for a publisher about to connect (its WHIP offer is being
     /// answered). It lasts until its publisher leaves or [`Host::stop_session`] ends it.
-    pub(crate) fn open_broadcast(&self, id: &str) -> Result<Arc<SessionHandle>, HostError> {
+    /// `tenant` is the publisher's platform (from its ticket), whose share it counts
+    /// against; `None` for a pull, which counts against the whole only.
+    pub(crate) fn open_broadcast(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<Arc<SessionHandle>, HostError> {
         let (commands, receiver) = std::sync::mpsc::channel();
         let handle = Arc::new(SessionHandle {
             id: id.into(),
@@ -574,9 +593,19 @@ impl Host {
             if sessions.contains_key(id) {
                 return Err(HostError::Duplicate(id.to_string()));
             }
-            let limit = self.inner.config.limits.broadcasts;
-            if sessions.values().filter(|s| s.broadcast).count() >= limit as usize {
-                return Err(HostError::BroadcastsFull(limit));
+            let limits = self.inner.config.limits;
+            if sessions.values().filter(|s| s.broadcast).count() >= limits.broadcasts as usize {
+                return Err(HostError::BroadcastsFull(limits.broadcasts));
+            }
+            if let Some(tenant) = tenant {
+                let theirs = sessions
+                    .values()
+                    .filter(|s| s.broadcast && s.tenant.get().map(String::as_str) == Some(tenant))
+                    .count();
+                if theirs >= limits.broadcasts_per_tenant as usize {
+                    return Err(HostError::BroadcastsFull(limits.broadcasts_per_tenant));
+                }
+                let _ = handle.tenant.set(tenant.into());
             }
             sessions.insert(handle.id.clone(), handle.clone());
         }
@@ -629,7 +658,7 @@ impl Host {
         if self.peer_count() >= self.inner.config.limits.peers {
             return Err(HostError::Start("this host serves as many peers as it can".into()));
         }
-        let session = self.open_broadcast(id)?;
+        let session = self.open_broadcast(id, None)?;
         self.relay_offer(session, cloudplay_proto::TicketRole::Publisher, str0m::media::Direction::RecvOnly)
     }
 
@@ -705,6 +734,7 @@ impl Host {
             broadcast: session.broadcast,
             offered,
             desired_bps: None,
+            keeps_seats: false,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));

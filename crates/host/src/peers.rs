@@ -8,7 +8,8 @@
 //! - One encode per session, written to every connected peer of that session.
 //! - A peer gets no P-frames before its first keyframe (they would only show garbage);
 //!   one that connects asks its session for a keyframe.
-//! - A peer that has not connected within [`CONNECT_TIMEOUT`] is dropped, and so is a
+//! - A peer that has not connected within [`CONNECT_TIMEOUT`] ([`PUBLISHER_CONNECT_TIMEOUT`]
+//!   for a publisher, which holds a broadcast slot) is dropped, and so is a
 //!   connected one that has sent nothing for [`PEER_SILENCE_LIMIT`] (its network dropped:
 //!   a browser receiving video sends feedback many times a second); a peer that leaves
 //!   frees its seat and tells its session, so the player reconnecting gets the seat back.
@@ -72,6 +73,9 @@ pub const INPUT_CHANNEL_LABEL: &str = "input";
 pub const FAST_INPUT_CHANNEL_LABEL: &str = "input-fast";
 /// A peer that has not connected by then is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A publisher holds a broadcast slot from its offer on: one that has not connected
+/// within this gives it back (ICE and DTLS take well under a second on a working path).
+pub const PUBLISHER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connected peer heard again after this long without a datagram gets a keyframe.
 pub const SILENCE_FOR_KEYFRAME: Duration = Duration::from_millis(500);
 /// A connected peer that has sent nothing for this long is gone.
@@ -115,6 +119,9 @@ pub struct NewPeer {
     /// What the peer's estimator is told it desires once [`FIRST_PROBES`] are over (see
     /// `cloudplay_media::preferred_bps`); until then it desires the session's cap.
     pub desired_bps: Option<u64>,
+    /// The peer keeps the session's seats (its ticket says so): it opens them to viewers
+    /// and grants them. Other players (lobby members, viewers given a seat) do not.
+    pub keeps_seats: bool,
 }
 
 /// How long a new peer's estimator desires the session's cap: its first probes (at three
@@ -349,6 +356,12 @@ impl PeerSet {
                 }
                 sent
             }
+            (PeerRequest::GrantSeat { .. } | PeerRequest::OpenSeats { .. }, TicketRole::Player)
+                if !self.peers[index].setup.keeps_seats =>
+            {
+                debug!(peer = id, "only who keeps the session's seats opens or grants them");
+                false
+            }
             (PeerRequest::GrantSeat { request }, TicketRole::Player) => {
                 let Ok(wanted) = u64::from_str_radix(&request, 16) else { return false };
                 let asking = self.peers.iter().position(|p| {
@@ -499,7 +512,8 @@ impl PeerSet {
         let mut broadcasts_over = Vec::new();
         let mut left = Vec::new();
         self.peers.retain(|peer| {
-            let timed_out = !peer.connected && now.saturating_duration_since(peer.created) > CONNECT_TIMEOUT;
+            let timed_out =
+                !peer.connected && now.saturating_duration_since(peer.created) > peer.connect_timeout();
             let silent =
                 peer.connected && now.saturating_duration_since(peer.last_heard) > PEER_SILENCE_LIMIT;
             if peer.setup.rtc.is_alive() && !timed_out && !silent {
@@ -542,7 +556,7 @@ impl PeerSet {
                 at = at.min(last + UPSTREAM_KEYFRAME_INTERVAL);
             }
             if !peer.connected {
-                at = at.min(peer.created + CONNECT_TIMEOUT + Duration::from_millis(1));
+                at = at.min(peer.created + peer.connect_timeout() + Duration::from_millis(1));
             } else {
                 at = at.min(peer.last_heard + PEER_SILENCE_LIMIT + Duration::from_millis(1));
             }
@@ -655,6 +669,10 @@ impl IngestBudget {
 }
 
 impl Peer {
+    fn connect_timeout(&self) -> Duration {
+        if self.setup.role == TicketRole::Publisher { PUBLISHER_CONNECT_TIMEOUT } else { CONNECT_TIMEOUT }
+    }
+
     fn rtc(&mut self) -> &mut Rtc {
         self.dirty = true;
         &mut self.setup.rtc

@@ -35,6 +35,9 @@ pub struct SessionSetup {
     pub schedule: Schedule,
     /// Frames of run-ahead (emulated games).
     pub run_ahead: u8,
+    /// Where the game's in-game save goes every so often, and at the end (`None`: the
+    /// game's saves are not kept).
+    pub in_game_saves: Option<(Duration, tokio::sync::mpsc::Sender<Vec<u8>>)>,
 }
 
 /// The encoder configuration a session with `options` starts with.
@@ -60,7 +63,9 @@ pub fn run_session(setup: SessionSetup) {
         idle_timeout,
         schedule,
         run_ahead,
+        in_game_saves,
     } = setup;
+    let (save_every, saves) = in_game_saves.unzip();
     let unix_ms_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let core_setup = CoreSetup {
         id: id.clone(),
@@ -71,6 +76,7 @@ pub fn run_session(setup: SessionSetup) {
         idle_timeout,
         schedule,
         run_ahead,
+        in_game_saves: save_every,
         unix_ms_at_start,
         stopwatch: Instant::now,
     };
@@ -81,12 +87,17 @@ pub fn run_session(setup: SessionSetup) {
             return;
         }
     };
+    let mut unsent_save = None;
+    // Once the host hangs up (every sender gone) or the driver goes, the core is told to
+    // stop and polled to its end, so the game's last save is still read.
+    let mut hung_up = false;
     let reason = loop {
         // Commands first, without waiting: a game too heavy for its frame rate has a frame
         // due at every turn, so the core never says `Timeout`, and inputs left for that
         // would wait until it caught up (13 s on a loaded machine).
-        if !take_commands(&mut core, &commands) {
-            break None;
+        if !hung_up && !take_commands(&mut core, &commands) {
+            hung_up = true;
+            core.handle_input(Instant::now(), SessionCommand::Stop);
         }
         match core.poll_output(Instant::now()) {
             CoreOutput::Video(video) => {
@@ -94,23 +105,40 @@ pub fn run_session(setup: SessionSetup) {
                     Ok(()) => {}
                     // Never queue stale frames: this one is dropped, the next is a keyframe.
                     Err(TrySendError::Full(_)) => core.video_dropped(),
-                    Err(TrySendError::Closed(_)) => break None,
+                    Err(TrySendError::Closed(_)) => core.handle_input(Instant::now(), SessionCommand::Stop),
                 }
             }
             // Audio is small and steady; if the driver is that far behind, it is dropped.
             CoreOutput::Audio(audio) => {
                 let _ = driver.try_send(DriverCommand::Audio { session: id.clone(), audio });
             }
+            // The keeper writes and commits it; while it is behind, the newest read waits
+            // here (it carries the same progress and more).
+            CoreOutput::InGameSave(save) => {
+                if let Some(saves) = &saves {
+                    unsent_save = match saves.try_send(save) {
+                        Err(TrySendError::Full(save)) => Some(save),
+                        _ => None,
+                    };
+                }
+            }
             CoreOutput::Ended(reason) => break reason,
             CoreOutput::Timeout(at) => {
                 match commands.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(command) => core.handle_input(Instant::now(), command),
                     Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        hung_up = true;
+                        core.handle_input(Instant::now(), SessionCommand::Stop);
+                    }
                 }
             }
         }
     };
+    // The game has gone: its last save must reach the keeper, however busy.
+    if let (Some(saves), Some(save)) = (&saves, unsent_save) {
+        let _ = saves.blocking_send(save);
+    }
     // The end must reach the driver (peers are told why); wait briefly if it is busy.
     let _ = driver.blocking_send(DriverCommand::EndSession { session: id.clone(), reason });
     info!(session = %id, frames = core.frames(), "session ended");

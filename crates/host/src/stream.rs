@@ -27,6 +27,8 @@
 //!   2 s with a margin); the game's tick rate never changes.
 //! - With nobody connected for the idle timeout, the session ends.
 //! - The probe strip reports an input only once a tick applied it.
+//! - With in-game saves kept, the game's save is read every [`CoreSetup::in_game_saves`]
+//!   and once more as the session ends, and handed out ([`CoreOutput::InGameSave`]).
 //! - Run-ahead *n* (emulated games): each tick runs the game, saves its state, runs *n*
 //!   frames further with the inputs held, keeps that picture, and loads the state back —
 //!   the picture shows the game *n* frames ahead, hiding *n* frames of its own input lag,
@@ -86,6 +88,8 @@ pub struct CoreSetup {
     pub schedule: Schedule,
     /// Frames of run-ahead (0: none).
     pub run_ahead: u8,
+    /// How often the game's in-game save is read and handed out (`None`: never).
+    pub in_game_saves: Option<Duration>,
     /// The wall clock (Unix ms) at the `now` the core was made: the probe's capture times
     /// are reckoned from it and the monotonic `now`s that follow.
     pub unix_ms_at_start: u64,
@@ -101,6 +105,8 @@ pub enum CoreOutput {
     Video(VideoPacket),
     /// Hand this Opus packet to the session's peers.
     Audio(AudioPacket),
+    /// The game's in-game save as it is now, for the host to keep (it may be unchanged).
+    InGameSave(Vec<u8>),
     /// The session is over; the reason is for the players, when the game ended by itself.
     Ended(Option<Arc<str>>),
     /// Nothing to do before this moment (unless an input arrives first).
@@ -180,6 +186,10 @@ pub struct SessionCore {
     timings: FrameTimings,
     outputs: VecDeque<CoreOutput>,
     ending: Ending,
+    in_game_saves: Option<Duration>,
+    next_save_read: Instant,
+    /// The last in-game save was read on the way out.
+    saves_closed: bool,
 }
 
 impl SessionCore {
@@ -238,6 +248,9 @@ impl SessionCore {
             timings: FrameTimings::default(),
             outputs: VecDeque::new(),
             ending: Ending::Running,
+            in_game_saves: setup.in_game_saves,
+            next_save_read: setup.in_game_saves.map_or(now, |every| now + every),
+            saves_closed: setup.in_game_saves.is_none(),
         })
     }
 
@@ -299,6 +312,12 @@ impl SessionCore {
                 return output;
             }
         }
+        if self.ending != Ending::Running && !std::mem::replace(&mut self.saves_closed, true) {
+            // The game's last word before it goes: what it saved since the last read.
+            if let Some(save) = self.game.in_game_save() {
+                return CoreOutput::InGameSave(save);
+            }
+        }
         match std::mem::replace(&mut self.ending, Ending::Ended) {
             Ending::Running => {
                 self.ending = Ending::Running;
@@ -338,6 +357,9 @@ impl SessionCore {
         let mut at = self.next_tick.min(self.next_frame);
         if let Some(idle_end) = self.idle_since.and_then(|since| since.checked_add(self.idle_timeout)) {
             at = at.min(idle_end);
+        }
+        if self.in_game_saves.is_some() {
+            at = at.min(self.next_save_read);
         }
         at
     }
@@ -381,6 +403,15 @@ impl SessionCore {
                 // More than a frame late: skip the missed frames rather than render behind
                 // schedule, and pick up again with the next tick.
                 self.next_frame = self.next_tick.max(now);
+            }
+        }
+        if let Some(every) = self.in_game_saves
+            && now >= self.next_save_read
+            && self.ending == Ending::Running
+        {
+            self.next_save_read = now + every;
+            if let Some(save) = self.game.in_game_save() {
+                self.outputs.push_back(CoreOutput::InGameSave(save));
             }
         }
         if let Some(since) = self.idle_since

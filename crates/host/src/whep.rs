@@ -330,6 +330,7 @@ fn accept_viewer_or_player(
         broadcast: session.broadcast,
         offered: Vec::new(),
         desired_bps: Some(desired_bps),
+        keeps_seats: claims.seats && claims.role == TicketRole::Player,
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -398,7 +399,7 @@ fn accept_publisher(
             "this host serves as many peers as it can",
         ));
     }
-    let session = match host.open_broadcast(broadcast_id) {
+    let session = match host.open_broadcast(broadcast_id, Some(&claims.ten)) {
         Ok(session) => session,
         Err(crate::HostError::Duplicate(_)) => {
             return Err(refuse(StatusCode::CONFLICT, "already_live", "this broadcast has its publisher"));
@@ -424,6 +425,7 @@ fn accept_publisher(
         broadcast: true,
         offered: Vec::new(),
         desired_bps: None,
+        keeps_seats: false,
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

@@ -130,6 +130,7 @@ impl Broadcast {
                 broadcast: self.broadcast,
                 offered: Vec::new(),
                 desired_bps: None,
+                keeps_seats: role == TicketRole::Player && self.clients.is_empty(),
             },
         );
         self.clients.push(Client {
@@ -434,6 +435,32 @@ fn a_viewer_asks_a_player_grants_and_the_viewer_plays_on_the_same_connection() {
     let malformed = session.counters.input_malformed.load(Ordering::Relaxed);
     session.say(other, Some(json!({"type": "ask_seat", "extra": "x".repeat(300)})), None);
     assert!(session.counters.input_malformed.load(Ordering::Relaxed) > malformed);
+}
+
+/// Only the player whose ticket keeps the seats (the session's owner) opens or grants
+/// them: another player (a lobby member, of a partner platform or not) cannot, nor can a
+/// viewer once seated.
+#[test]
+fn only_who_keeps_the_seats_opens_or_grants_them() {
+    let mut session = Broadcast::game();
+    let owner = session.join(TicketRole::Player);
+    let member = session.join(TicketRole::Player);
+    let viewer = session.join(TicketRole::Viewer);
+    let _ = session.commands();
+    session.say(member, Some(json!({"type": "open_seats", "open": true})), None);
+    assert!(!session.seats.open(), "a member does not open the owner's seats");
+    session.say(viewer, Some(json!({"type": "ask_seat"})), None);
+    let asked = session.clients[owner].messages.pop().expect("the owner is asked");
+    let request = asked["request"].as_str().unwrap().to_string();
+    let _ = session.clients[member].messages.pop();
+    session.say(member, Some(json!({"type": "grant_seat", "request": request.clone()})), None);
+    assert!(session.clients[viewer].messages.is_empty(), "a member's grant seats nobody");
+    session.say(owner, Some(json!({"type": "grant_seat", "request": request})), None);
+    assert_eq!(session.clients[viewer].messages, [json!({"type": "seated", "slot": 2})]);
+    session.say(viewer, Some(json!({"type": "open_seats", "open": true})), None);
+    assert!(!session.seats.open(), "a viewer given a seat does not open the others");
+    session.say(owner, Some(json!({"type": "open_seats", "open": true})), None);
+    assert!(session.seats.open());
 }
 
 #[test]

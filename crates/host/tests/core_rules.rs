@@ -342,3 +342,28 @@ fn run_ahead_leaves_the_game_on_its_grid() {
         "and the same state: what ran ahead was undone"
     );
 }
+
+#[test]
+fn the_in_game_save_is_read_every_interval_and_once_more_at_the_end() {
+    let mut h = Harness::with_in_game_saves(Duration::from_secs(20), Duration::from_secs(3600));
+    h.run_until(h.at(61_000.0));
+    let reads: Vec<_> = h.in_game_saves().iter().map(|(at, _)| at.duration_since(h.start)).collect();
+    assert_eq!(reads, [20, 40, 60].map(Duration::from_secs), "every 20 s of the game's own clock");
+    let ticks_at_60 = h.in_game_saves()[2].1;
+    assert!((3599..=3601).contains(&ticks_at_60), "the save as the game is at that moment: {ticks_at_60}");
+    h.send(SessionCommand::Stop);
+    let saves = h.in_game_saves();
+    assert_eq!(saves.len(), 4, "a last read as the session ends");
+    let last = h.outputs.iter().rposition(|(_, o)| matches!(o, CoreOutput::InGameSave(_))).unwrap();
+    let ended = h.outputs.iter().position(|(_, o)| matches!(o, CoreOutput::Ended(_))).unwrap();
+    assert!(last < ended, "the last save comes before the end");
+    assert!(saves[3].1 >= ticks_at_60);
+}
+
+#[test]
+fn a_session_that_idles_out_still_hands_over_its_last_save() {
+    let mut h = Harness::with_in_game_saves(Duration::from_secs(20), Duration::from_secs(5));
+    h.run_until(h.at(6_000.0));
+    assert!(h.ended());
+    assert_eq!(h.in_game_saves().len(), 1, "no interval passed, but the end reads it once");
+}

@@ -141,6 +141,7 @@ fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> N
             broadcast: false,
             offered: Vec::new(),
             desired_bps: later,
+            keeps_seats: role == TicketRole::Player,
         },
     );
     Net {

@@ -7,6 +7,8 @@
 use thiserror::Error;
 
 /// The protocol version this module speaks.
+/// Players a session seats at once (each drives its own pad).
+pub const MAX_PLAYERS: u8 = 4;
 pub const INPUT_PROTOCOL_VERSION: u8 = 1;
 /// Longest valid message (a gamepad snapshot with eight axes is 35 bytes).
 pub const MAX_MESSAGE_LEN: usize = 64;

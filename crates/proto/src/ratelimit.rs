@@ -75,7 +75,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
             self.forget_full(now_ms);
             if self.buckets.len() >= self.max_keys {
-                return Err(self.retry_after(0));
+                // Every bucket is busy (many addresses at once): the older half goes, so
+                // a new address is never refused for others' traffic. Amortised, each
+                // insertion pays for one eviction.
+                self.forget_oldest_half();
             }
         }
         let full = Bucket { milli_tokens: self.capacity(), updated_ms: now_ms };
@@ -108,6 +111,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             let gained = now_ms.saturating_sub(bucket.updated_ms).saturating_mul(per_minute) / 60;
             bucket.milli_tokens.saturating_add(gained) < capacity
         });
+    }
+
+    /// Drops the half of the buckets that were used longest ago.
+    fn forget_oldest_half(&mut self) {
+        let mut by_age: Vec<(u64, K)> = self.buckets.iter().map(|(k, b)| (b.updated_ms, k.clone())).collect();
+        by_age.sort_unstable_by_key(|(updated, _)| *updated);
+        for (_, key) in by_age.into_iter().take(self.buckets.len().div_ceil(2)) {
+            self.buckets.remove(&key);
+        }
     }
 
     /// Keys with a bucket (for tests and metrics).
@@ -152,10 +164,25 @@ mod tests {
         let mut limiter = RateLimiter::new(Rate::new(1, 60), 2);
         assert!(limiter.check(&1, 0).is_ok());
         assert!(limiter.check(&2, 0).is_ok());
-        assert!(limiter.check(&3, 0).is_err(), "every bucket busy: a new key waits");
-        assert_eq!(limiter.tracked(), 2);
         assert!(limiter.check(&3, 1000).is_ok(), "refilled buckets are forgotten to make room");
         assert!(limiter.tracked() <= 2);
+    }
+
+    #[test]
+    fn a_full_table_evicts_its_oldest_buckets_instead_of_refusing_new_keys() {
+        let mut limiter = RateLimiter::new(Rate::new(1, 1), 4);
+        for key in 0..4 {
+            assert!(limiter.check(&key, key as u64).is_ok());
+        }
+        // Every bucket is empty and busy; a new key still gets its token.
+        assert!(limiter.check(&99, 10).is_ok(), "a new address is not refused for others' traffic");
+        assert!(limiter.tracked() <= 4);
+        assert!(limiter.check(&3, 11).is_err(), "the newest buckets were kept");
+        assert!(limiter.check(&0, 11).is_ok(), "the oldest went (and start full again)");
+        for key in 100..10_000 {
+            assert!(limiter.check(&key, 20).is_ok());
+            assert!(limiter.tracked() <= 4, "bounded");
+        }
     }
 
     #[test]

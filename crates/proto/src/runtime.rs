@@ -202,8 +202,17 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 /// A relative path that stays below the directory it is joined to.
+/// Whether `c` may not appear in a name shown or logged: control characters (newlines
+/// forge log lines) and the bidirectional controls that make a name read as another.
+pub fn is_deceptive(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn check_relative_path(path: &str) -> Result<(), String> {
     check_text("content", path)?;
+    if path.chars().any(is_deceptive) {
+        return Err("content: no control or bidirectional-override characters".into());
+    }
     let escapes = path.is_empty()
         || path.starts_with('/')
         || path.contains('\\')
@@ -223,6 +232,19 @@ fn is_zero(n: &u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn content_paths_with_control_or_bidi_characters_are_refused() {
+        for content in ["nes/a\nb.nes", "nes/\u{202e}sen.exe", "nes/a\u{2066}b.nes", "nes/\rgame.nes"] {
+            let spec = RuntimeSpec::Libretro {
+                core: "nestopia".into(),
+                content: content.into(),
+                options: Default::default(),
+                run_ahead: 0,
+            };
+            assert!(spec.validate().is_err(), "{content:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

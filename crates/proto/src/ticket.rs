@@ -54,6 +54,11 @@ pub struct TicketClaims {
     /// The tenant's user, when the session is a signed-in player's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The holder keeps the session's seats (its owner, or the tenant's back end or an
+    /// admin for them): only they open seats to viewers or grant one. Lobby members and
+    /// viewers given a seat do not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seats: bool,
 }
 
 /// A signed ticket in its textual form.
@@ -209,6 +214,7 @@ mod tests {
             exp_ms: now_ms + 30_000,
             ten: "acme".into(),
             sub: Some("user-1".into()),
+            seats: true,
         }
     }
 

@@ -11,6 +11,13 @@
 //! | [`Kind::Saved`] | worker → host | the save state |
 //! | [`Kind::Load`] | host → worker | a save state |
 //! | [`Kind::Loaded`] | worker → host | `ok: u8` |
+//! | [`Kind::ReadSaveRam`] | host → worker | empty |
+//! | [`Kind::SaveRam`] | worker → host | the core's in-game save (battery RAM), at most [`MAX_SAVE_RAM`] bytes; empty if it has none |
+//! | [`Kind::WriteSaveRam`] | host → worker | an in-game save to put in place (before the first step); answered by [`Kind::Loaded`] |
+//!
+//! In-game saves cross this pipe and nothing else: the worker's own files (the core's save
+//! directory) stay inside its jail and go with it, and the host never opens a file that
+//! game code could have written or linked.
 //!
 //! The worker runs untrusted code: everything read from it is checked here, and nothing
 //! here does I/O (the runtime reads and writes the bytes).
@@ -24,6 +31,8 @@ use crate::{InputEvent, InputMessage};
 pub const MAX_MESSAGE: usize = 4096 * 4096 * 4 + 64 * 1024;
 /// Largest picture side a worker may send (libretro cores stay far below).
 pub const MAX_PICTURE_SIDE: u32 = 4096;
+/// Largest in-game save either side sends (what a cloud save may hold).
+pub const MAX_SAVE_RAM: usize = crate::runtime::MAX_CLOUD_SAVE_BYTES;
 /// Bytes of a message's header.
 pub const HEADER_LEN: usize = 5;
 
@@ -38,12 +47,17 @@ pub enum Kind {
     Saved = 6,
     Load = 7,
     Loaded = 8,
+    ReadSaveRam = 9,
+    SaveRam = 10,
+    WriteSaveRam = 11,
 }
 
 impl Kind {
     pub fn of(byte: u8) -> Option<Kind> {
         use Kind::*;
-        [Init, Ready, Step, Stepped, Save, Saved, Load, Loaded].into_iter().find(|k| *k as u8 == byte)
+        [Init, Ready, Step, Stepped, Save, Saved, Load, Loaded, ReadSaveRam, SaveRam, WriteSaveRam]
+            .into_iter()
+            .find(|k| *k as u8 == byte)
     }
 }
 
@@ -80,7 +94,6 @@ pub struct WorkerInit {
     pub content_path: PathBuf,
     pub options: BTreeMap<String, String>,
     pub system_dir: PathBuf,
-    pub save_dir: Option<PathBuf>,
 }
 
 /// Why a worker could not load its game; the host rebuilds the same error from it.
@@ -302,9 +315,9 @@ mod tests {
 
     #[test]
     fn init_refuses_unknown_fields() {
-        let init = r#"{"core_path":"a","content_path":"b","options":{},"system_dir":"c","save_dir":null}"#;
+        let init = r#"{"core_path":"a","content_path":"b","options":{},"system_dir":"c"}"#;
         assert!(serde_json::from_str::<WorkerInit>(init).is_ok());
-        let extra = init.replace("null}", r#"null,"shell":"/bin/sh"}"#);
+        let extra = init.replace(r#""c"}"#, r#""c","shell":"/bin/sh"}"#);
         assert!(serde_json::from_str::<WorkerInit>(&extra).is_err());
     }
 

@@ -37,6 +37,7 @@ fn claims() -> impl Strategy<Value = TicketClaims> {
             exp_ms: nbf_ms.saturating_add(lifetime),
             ten,
             sub,
+            seats: player,
         })
 }
 

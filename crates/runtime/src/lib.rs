@@ -52,6 +52,34 @@ pub enum RuntimeError {
 
 /// Where a host keeps what its runtimes need. Paths are the operator's; specs only name
 /// things inside them.
+impl RuntimeError {
+    /// What a player is told: the kind of failure, never a path of the host (the host
+    /// logs the whole error).
+    pub fn for_player(&self) -> String {
+        match self {
+            RuntimeError::Unsupported(_) | RuntimeError::UnknownGame(_) | RuntimeError::InvalidSpec(_) => {
+                self.to_string()
+            }
+            // A catalogue's name for it may be shown; a path of this host may not.
+            RuntimeError::CoreMissing(name) | RuntimeError::ContentMissing(name)
+                if !name.starts_with('/') && !name.contains("..") =>
+            {
+                self.to_string()
+            }
+            RuntimeError::CoreMissing(_) => "the emulator core is not installed on this host".into(),
+            RuntimeError::ContentMissing(_) => "the game's content is not on this host".into(),
+            RuntimeError::CoreInvalid(_) => "the emulator core is not a usable libretro core".into(),
+            RuntimeError::ContentRejected(_) => "the emulator refused the game's content".into(),
+            // The program's own words (its exit status and last line), unless they name a
+            // path of this host.
+            RuntimeError::ProgramFailed(why) if !why.contains('/') => self.to_string(),
+            RuntimeError::ProgramFailed(_) => "the game could not start".into(),
+            RuntimeError::TimedOut(_) => "the game did not start in time".into(),
+            RuntimeError::Io(_) => "the host could not prepare the game".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// libretro cores, `{core}_libretro.so` (Debian installs them in
@@ -143,11 +171,19 @@ impl Runtimes {
                  libretro workers until it is (or until sandbox = false, for development)"
             );
         }
-        Runtimes { config, builtin: Catalogue::builtin() }
+        Runtimes::with_builtin(config, Catalogue::builtin())
     }
 
     /// Runtimes whose `builtin` kind runs the games of `catalogue` instead.
-    pub fn with_builtin(config: RuntimeConfig, catalogue: Catalogue) -> Runtimes {
+    pub fn with_builtin(mut config: RuntimeConfig, catalogue: Catalogue) -> Runtimes {
+        // Jailed games start in `/`: every path they are handed must be absolute.
+        for dir in
+            [&mut config.cores_dir, &mut config.content_dir, &mut config.system_dir, &mut config.saves_dir]
+        {
+            if let Ok(absolute) = std::path::absolute(&*dir) {
+                *dir = absolute;
+            }
+        }
         Runtimes { config, builtin: catalogue }
     }
 
@@ -209,14 +245,15 @@ impl Runtimes {
         }
     }
 
-    /// The player's save directory of a libretro launch (`None`: guests, other runtimes).
+    /// The host's directory for a player's libretro saves (`None`: guests, other runtimes).
+    /// No jail sees it: in-game saves reach it through the host, never from game code.
     fn save_dir(&self, launch: &GameLaunch) -> Option<PathBuf> {
         let RuntimeSpec::Libretro { core, .. } = &launch.runtime else { return None };
         launch.save_profile.as_ref().map(|profile| self.config.saves_dir.join(profile).join(core))
     }
 
-    /// The file a libretro launch keeps its player's in-game save (SRAM) in: what cloud
-    /// saves put in place before the game starts and read back while it runs.
+    /// The file the host keeps a libretro launch's in-game save (SRAM) in, between
+    /// sessions on this host and while the control plane cannot be reached.
     pub fn sram_file(&self, launch: &GameLaunch) -> Option<PathBuf> {
         let RuntimeSpec::Libretro { content, .. } = &launch.runtime else { return None };
         Some(libretro::sram_file(&self.save_dir(launch)?, &self.config.content_dir.join(content)))
@@ -246,16 +283,14 @@ impl Runtimes {
             RuntimeSpec::Libretro { core, content, options, .. } => {
                 let core_path = self.core_path(core);
                 let content_path = self.config.content_dir.join(content);
-                let save_dir = self.save_dir(launch);
                 if let Some(worker) = &self.config.libretro_worker {
                     let init = retro_process::WorkerInit {
                         core_path,
                         content_path,
                         options: options.clone(),
                         system_dir: self.config.system_dir.clone(),
-                        save_dir,
                     };
-                    let jail = self.jail().map(|limits| sandbox::JailLimits { address_space: 0, ..limits });
+                    let jail = self.jail();
                     let process = retro_process::LibretroProcess::start(worker, &init, &launch.game, jail)?;
                     return Ok(Box::new(process));
                 }
@@ -264,7 +299,6 @@ impl Runtimes {
                     content_path: &content_path,
                     options,
                     system_dir: &self.config.system_dir,
-                    save_dir,
                 })?;
                 Ok(Box::new(game))
             }

@@ -106,7 +106,6 @@ pub fn serve_worker(input: impl Read, output: impl Write) -> i32 {
         content_path: &init.content_path,
         options: &init.options,
         system_dir: &init.system_dir,
-        save_dir: init.save_dir.clone(),
     });
     let mut game = match loaded {
         Ok(game) => game,
@@ -164,13 +163,21 @@ pub fn serve_worker(input: impl Read, output: impl Write) -> i32 {
                 let ok = game.load_state(&payload).is_ok();
                 write_message(&mut output, Kind::Loaded, &[&worker::loaded(ok)])
             }
+            Kind::ReadSaveRam => {
+                let sram = game.in_game_save().unwrap_or_default();
+                write_message(&mut output, Kind::SaveRam, &[&sram])
+            }
+            Kind::WriteSaveRam => {
+                let ok = game.restore_in_game_save(&payload).is_ok();
+                write_message(&mut output, Kind::Loaded, &[&worker::loaded(ok)])
+            }
             _ => return 2,
         };
         if written.is_err() {
             break;
         }
     }
-    0 // the host closed the pipe: the session is over; dropping the game writes its save
+    0 // the host closed the pipe: the session is over (it read the in-game save first)
 }
 
 /// The message of an error without its prefix, to rebuild the same error on the host.
@@ -214,8 +221,8 @@ impl LibretroProcess {
     /// libretro-worker`) and loads the core and content in it.
     /// `game` labels the process (`--game ID`) for operators.
     /// With `jail`, the worker runs in a [`Jail`] that sees the core, the content and
-    /// the system directory read-only and the player's save directory writable, and
-    /// nothing else of the host.
+    /// the system directory read-only, and nothing else of the host: it writes only to
+    /// its own private `/tmp`, and its in-game save crosses the pipe.
     pub fn start(
         worker: &[PathBuf],
         init: &WorkerInit,
@@ -229,14 +236,9 @@ impl LibretroProcess {
         let mut command = match jail {
             Some(limits) => {
                 let mut jail = Jail::new(limits);
-                jail.read_only(&init.core_path)?.read_only(&init.content_path)?;
+                jail.read_only(&init.core_path)?.read_only(&init.content_path)?.forbid_links();
                 if init.system_dir.is_dir() {
                     jail.read_only(&init.system_dir)?;
-                }
-                if let Some(dir) = &init.save_dir {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| RuntimeError::Io(format!("save directory: {e}")))?;
-                    jail.writable(dir)?;
                 }
                 jail.env("RUST_BACKTRACE", "0");
                 jail.command(program, &args)?
@@ -429,6 +431,33 @@ impl Game for LibretroProcess {
         }
     }
 
+    fn in_game_save(&mut self) -> Option<Vec<u8>> {
+        match self.exchange(Kind::ReadSaveRam, &[], STEP_DEADLINE) {
+            Ok((Kind::SaveRam, sram)) if !sram.is_empty() && sram.len() <= worker::MAX_SAVE_RAM => Some(sram),
+            Ok((Kind::SaveRam, sram)) if sram.is_empty() => None,
+            Ok(_) => {
+                // Out of turn or too large: the worker broke the protocol.
+                self.status = GameStatus::Crashed("the emulator answered out of turn".into());
+                self.kill();
+                None
+            }
+            Err(status) => {
+                self.status = status;
+                None
+            }
+        }
+    }
+
+    fn restore_in_game_save(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        if bytes.len() > worker::MAX_SAVE_RAM {
+            return Err(StateError::WrongFormat);
+        }
+        match self.exchange(Kind::WriteSaveRam, bytes, STEP_DEADLINE) {
+            Ok((Kind::Loaded, answer)) if parse_loaded(&answer) => Ok(()),
+            _ => Err(StateError::WrongFormat),
+        }
+    }
+
     fn frame_produced_at(&self) -> Option<Instant> {
         self.produced_at
     }
@@ -445,7 +474,7 @@ impl Game for LibretroProcess {
 
 impl Drop for LibretroProcess {
     fn drop(&mut self) {
-        // Closing stdin ends the worker, which writes the in-game save on its way out.
+        // Closing stdin ends the worker.
         if let Ok(pipe) = self.pipe.get_mut() {
             drop(pipe.take());
         }

@@ -2,7 +2,7 @@
 //! (`homebrew::colour_pad_rom`). CI fetches the core (`.ci/run`); elsewhere set
 //! `CLOUDPLAY_CORES_DIR`, or the tests say they were skipped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cloudplay_game::{AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, PlayerInput};
 use cloudplay_proto::api::SessionOptions;
@@ -129,34 +129,38 @@ fn two_sessions_of_one_core_do_not_share_state() {
     assert_ne!(held, idle, "input to one session must not reach the other");
 }
 
-fn saved_counter(path: &Path) -> u16 {
-    let sram = std::fs::read(path).unwrap();
+fn saved_counter(sram: &[u8]) -> u16 {
     u16::from_le_bytes([sram[0], sram[1]])
 }
 
 #[test]
-fn in_game_saves_persist_per_player() {
+fn in_game_saves_leave_and_come_back_through_the_game() {
     let Some(fixture) = fixture("sram") else { return };
-    let sram = fixture.root.join("saves/acme/alice/nestopia/colour-pad.srm");
     let launch = launch("nestopia", "nes/colour-pad.nes", Some("acme/alice"));
     let mut game = fixture.runtimes.start(&launch, &options(), 1).unwrap();
     run(game.as_mut(), &[], 10);
     run(game.as_mut(), &[key(true)], 30);
+    let first_save = game.in_game_save().expect("the program has battery RAM");
     drop(game);
-    let first = saved_counter(&sram);
+    let first = saved_counter(&first_save);
     assert!(first >= 25, "A was held for about 30 frames: counter {first}");
 
     let mut game = fixture.runtimes.start(&launch, &options(), 1).unwrap();
+    game.restore_in_game_save(&first_save).unwrap();
     run(game.as_mut(), &[key(true)], 30);
-    drop(game);
-    let second = saved_counter(&sram);
+    let second = saved_counter(&game.in_game_save().unwrap());
     eprintln!("save counter after the first session {first}, after the second {second}");
     assert!(second >= first + 25, "the second session continued the save: {first} → {second}");
+    assert!(game.restore_in_game_save(&vec![0; 1 << 20]).is_err(), "larger than the core's RAM");
+    drop(game);
 
-    let guest =
-        fixture.runtimes.start(&self::launch("nestopia", "nes/colour-pad.nes", None), &options(), 1).unwrap();
-    drop(guest);
-    assert_eq!(saved_counter(&sram), second, "a guest session leaves the player's save alone");
+    let mut fresh = fixture.runtimes.start(&launch, &options(), 1).unwrap();
+    run(fresh.as_mut(), &[], 5);
+    assert_eq!(saved_counter(&fresh.in_game_save().unwrap()), 0, "a session starts from what it is given");
+    assert!(
+        !fixture.root.join("saves").exists(),
+        "the runtime writes nothing into the host's save directory: saves leave through the host"
+    );
 }
 
 #[test]
@@ -225,7 +229,6 @@ fn worker_frames_to_react(fixture: &Fixture, content: &str, run_ahead: u8) -> us
         content_path: fixture.root.join("content").join(content),
         options: Default::default(),
         system_dir: fixture.root.join("system"),
-        save_dir: None,
     };
     let mut input = Vec::new();
     let mut message = |kind: Kind, payload: &[u8]| {

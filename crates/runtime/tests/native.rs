@@ -235,12 +235,18 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
           echo "database:"; cat {database}
           echo "tmp:"; ls /tmp; cat {other_cookie}
           echo "net:"; cat /proc/net/dev | grep -v lo: | tail -n +3
+          echo "filtered:"
+          unshare -U true && echo "NAMESPACE-MADE"
+          perl -e 'print "PTRACED\n" if syscall({ptrace}, 0, 0, 0, 0) == 0'
+          perl -e 'print "KEYRING-READ\n" if syscall({keyctl}, 0, -3, 0) >= 0'
         }} > "$HOME/report" 2>&1
         setsid sleep {marker} &
         exec xterm
         "#,
         database = database.display(),
         other_cookie = other_cookie.display(),
+        ptrace = libc::SYS_ptrace,
+        keyctl = libc::SYS_keyctl,
     );
     let command: Vec<String> = ["sh", "-c", &script].iter().map(|s| s.to_string()).collect();
     let game = NativeGame::start(NativeSetup {
@@ -270,13 +276,18 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
     let report = std::fs::read_to_string(home.join("report")).unwrap();
     eprintln!("{report}");
     assert!(!report.contains("SECRET-"), "the host's files are out of reach:\n{report}");
+    // The jail's system-call filter: no nested namespace, no tracing, no keyring.
+    for refused in ["NAMESPACE-MADE", "PTRACED", "KEYRING-READ"] {
+        assert!(!report.contains(refused), "{refused}:\n{report}");
+    }
+    assert!(report.contains("filtered:"), "the program got as far as the filter's checks:\n{report}");
     // The test runner's environment (CARGO_…) stands for the host's (ticket key, tokens):
     // neither the program's own nor its parent's may show it.
     assert!(!report.contains("CARGO"), "no host environment:\n{report}");
     let processes: u32 =
         report.lines().skip_while(|l| *l != "processes:").nth(1).unwrap().trim().parse().unwrap();
     assert!(processes < 10, "only its own processes are visible ({processes})");
-    let net = report.split("net:").nth(1).unwrap_or_default();
+    let net = report.split("net:").nth(1).unwrap_or_default().split("filtered:").next().unwrap_or_default();
     assert!(net.trim().is_empty(), "no network but loopback: {net}");
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&other_cookie);

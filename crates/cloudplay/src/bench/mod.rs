@@ -187,7 +187,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                             owner: "key:bench".into(),
                             public: false,
                         };
-                        store.insert_session(&session).await?;
+                        store.insert_session(&session, None).await?;
                         latencies.push(started.elapsed().as_micros() as u32);
                         store
                             .set_session_state(
@@ -302,8 +302,9 @@ async fn cloud_save_at_start(database_urls: &[String]) -> anyhow::Result<()> {
                 let started = Instant::now();
                 let (info, fetched) = store.save("bench", &user.id, &game, SaveKind::Sram, None).await?;
                 let launch_save = CloudSave::new(info.version, info.sha256, &fetched);
-                cloudplay_host::saves::put_in_place(&dir.join("game.srm"), &launch_save)
-                    .map_err(anyhow::Error::msg)?;
+                cloudplay_host::saves::starting_save(&dir.join("game.srm"), Some(&launch_save))
+                    .filter(|bytes| bytes == &fetched)
+                    .ok_or_else(|| anyhow::anyhow!("the cloud save did not check out"))?;
                 latencies.push(started.elapsed().as_micros() as u32);
             }
             let summary = percentiles(&mut latencies);
@@ -409,6 +410,7 @@ fn drive_session(
         idle_timeout: Duration::from_secs(3600),
         schedule: Schedule::FixedTick,
         run_ahead,
+        in_game_saves: None,
         unix_ms_at_start: 0,
         stopwatch: Instant::now,
     };
@@ -432,7 +434,7 @@ fn drive_session(
                 }
                 samples.frames += 1;
             }
-            CoreOutput::Audio(_) => {}
+            CoreOutput::Audio(_) | CoreOutput::InGameSave(_) => {}
             CoreOutput::Ended(reason) => anyhow::bail!("the session ended: {reason:?}"),
             CoreOutput::Timeout(at) => {
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));

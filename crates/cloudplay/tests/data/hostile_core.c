@@ -1,12 +1,16 @@
 /* A hostile libretro core: when its game loads, it tries what a malicious core would —
- * read the platform's secrets from its environment and its parents', open the database
- * and the configuration, look at other sessions' files in /tmp and at /root, reach the
- * host over the network — and leaves a process behind that tries to outlive the session.
- * It writes what it managed into its save directory (the one place it may write), one
- * line per attempt: "NAME refused" or "NAME LEAKED: detail".
+ * read the platform's secrets from its environment and its parents', open the database,
+ * the configuration and the host's save directory, look at other sessions' files in /tmp
+ * and at /root, reach the host over the network — and leaves a process behind that tries
+ * to outlive the session. In its save directory it plants links where a host might read
+ * or write saves (its own `.srm` to /proc/self/environ, temporary names to a canary file
+ * of the test's) and floods the directory with links. It reports what it managed as its
+ * in-game save (battery RAM, which the host reads through the worker's pipe), one line per
+ * attempt: "NAME refused" or "NAME LEAKED: detail", and "note: …" lines.
  *
  * Built by the test with `cc -shared -fPIC -DCONFIG_PATH=… -DDATABASE_PATH=…
- * -DHOST_PORT=… -DALLOWED_TMP=…`. */
+ * -DSAVES_PATH=… -DCANARY_PATH=… -DHOST_PORT=… -DALLOWED_TMP=…`. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -17,7 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -53,13 +63,42 @@ static uint32_t picture[64 * 16];
 #define GET_SAVE_DIRECTORY 31
 #define SET_PIXEL_FORMAT 10
 
-static FILE *report;
+/* The report, as the game's battery RAM. */
+static char report[16384];
+
+static void append(const char *format, ...) {
+    size_t used = strlen(report);
+    va_list args;
+    va_start(args, format);
+    vsnprintf(report + used, sizeof report - used, format, args);
+    va_end(args);
+}
 
 static void say(const char *name, bool leaked, const char *detail) {
     if (leaked)
-        fprintf(report, "%s LEAKED: %s\n", name, detail);
+        append("%s LEAKED: %s\n", name, detail);
     else
-        fprintf(report, "%s refused\n", name);
+        append("%s refused\n", name);
+}
+
+/* Links where a host that trusted this directory would read or write, and a flood of
+ * entries (at most 20,000, at most 2 s). */
+static void plant(const char *saves) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/hostile.srm", saves);
+    bool planted = symlink("/proc/self/environ", path) == 0;
+    for (int pid = 1; pid < 64; pid++) {
+        snprintf(path, sizeof path, "%s/.cloud-%d.tmp", saves, pid);
+        planted &= symlink(CANARY_PATH, path) == 0;
+    }
+    append("note: links planted in the save directory: %s\n", planted ? "yes" : "no");
+    time_t until = time(NULL) + 2;
+    int made = 0;
+    for (; made < 20000 && time(NULL) <= until; made++) {
+        snprintf(path, sizeof path, "%s/flood-%d", saves, made);
+        if (symlink("/proc/self/environ", path) != 0) break;
+    }
+    append("note: flood of %d links\n", made);
 }
 
 /* Whether a NUL-separated environment block mentions the platform or the test runner. */
@@ -96,6 +135,7 @@ static void attempts(void) {
     read_environ_file("init-environment", "/proc/1/environ");
     try_open("database", DATABASE_PATH);
     try_open("configuration", CONFIG_PATH);
+    try_open("host-saves", SAVES_PATH);
     try_open("shadow", "/etc/shadow");
 
     DIR *root = opendir("/root");
@@ -112,7 +152,7 @@ static void attempts(void) {
         char quoted[300];
         snprintf(quoted, sizeof quoted, ",%s,", entry->d_name);
         if (strcmp(entry->d_name, ".") && strcmp(entry->d_name, "..") && strncmp(entry->d_name, "cloudplay-core-", 15)
-            && !strstr(ALLOWED_TMP, quoted)) {
+            && strncmp(entry->d_name, "cloudplay-session-", 18) && !strstr(ALLOWED_TMP, quoted)) {
             strncat(seen, entry->d_name, sizeof seen - strlen(seen) - 2);
             strcat(seen, " ");
         }
@@ -126,6 +166,17 @@ static void attempts(void) {
     bool connected = sock >= 0 && connect(sock, (struct sockaddr *)&host, sizeof host) == 0;
     say("network", connected, "connected to the host's HTTP port");
     if (sock >= 0) close(sock);
+
+    /* What the system-call filter refuses: each is "refused" only if it failed. */
+    say("ptrace", syscall(SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0, 0) == 0, "PTRACE_TRACEME");
+    say("mount", syscall(SYS_mount, "none", "/tmp", "tmpfs", 0, NULL) == 0, "tmpfs on /tmp");
+    say("user-namespace", unshare(CLONE_NEWUSER) == 0, "unshare(CLONE_NEWUSER)");
+    say("keyring", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0) >= 0, "keyctl");
+    say("bpf", syscall(SYS_bpf, 0, NULL, 0) >= 0 || errno != EPERM, "bpf");
+    say("perf", syscall(SYS_perf_event_open, NULL, 0, -1, -1, 0) >= 0 || errno != EPERM, "perf_event_open");
+    /* A memory hog: the address-space limit stops it well before the host's memory. */
+    void *hog = mmap(NULL, (size_t)64 << 30, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    say("memory", hog != MAP_FAILED, "a 64 GiB mapping");
 
     /* A process that leaves the session's process group and sleeps on. */
     pid_t child = fork();
@@ -167,13 +218,9 @@ bool retro_load_game(const struct retro_game_info *game) {
     environment(SET_PIXEL_FORMAT, &format);
     const char *saves = NULL;
     if (!environment(GET_SAVE_DIRECTORY, &saves) || !saves) return false;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/report.txt", saves);
-    report = fopen(path, "w");
-    if (!report) return false;
     attempts();
-    fprintf(report, "done\n");
-    fclose(report);
+    plant(saves);
+    append("done\n");
     return true;
 }
 bool retro_load_game_special(unsigned type, const void *info, size_t n) {
@@ -191,5 +238,5 @@ bool retro_serialize(void *data, size_t size) { (void)data; (void)size; return f
 bool retro_unserialize(const void *data, size_t size) { (void)data; (void)size; return false; }
 void retro_cheat_reset(void) {}
 void retro_cheat_set(unsigned index, bool enabled, const char *code) { (void)index; (void)enabled; (void)code; }
-void *retro_get_memory_data(unsigned id) { (void)id; return NULL; }
-size_t retro_get_memory_size(unsigned id) { (void)id; return 0; }
+void *retro_get_memory_data(unsigned id) { return id == 0 ? report : NULL; }
+size_t retro_get_memory_size(unsigned id) { return id == 0 ? sizeof report : 0; }

@@ -186,7 +186,7 @@ impl Store {
         )
         .bind(hash_secret(token))
         .bind(now_ms as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.platform().await?)
         .await?;
         row.as_ref().map(Self::user_from).transpose()
     }
@@ -194,7 +194,7 @@ impl Store {
     pub async fn revoke_user_token(&self, token: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM user_tokens WHERE token_hash = $1")
             .bind(hash_secret(token))
-            .execute(&self.pool)
+            .execute(&mut *self.platform().await?)
             .await?;
         Ok(())
     }
@@ -240,7 +240,7 @@ impl Store {
             "SELECT id, tenant_id, prefix, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = $1",
         )
         .bind(prefix)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.platform().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let stored: String = row.try_get("secret_hash")?;

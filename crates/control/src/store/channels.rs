@@ -89,6 +89,8 @@ impl Store {
         now_ms: u64,
     ) -> Result<Channel, StoreError> {
         let mut tx = self.write_scoped(tenant_id).await?;
+        // The count and the insert are one step: concurrent requests cannot both pass.
+        self.serialise_on(&mut tx, &format!("channels:{tenant_id}:{owner_id}")).await?;
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM channels WHERE tenant_id = $1 AND owner_id = $2")
                 .bind(tenant_id)
@@ -135,7 +137,11 @@ impl Store {
         let sql = format!(
             "SELECT {CHANNEL_COLUMNS}, c.key_hash FROM channels c JOIN users u ON u.id = c.owner_id WHERE c.id = $1"
         );
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?.ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&mut *self.platform().await?)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         Ok((channel_from(&row)?, row.try_get(9)?))
     }
 
@@ -159,6 +165,19 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(tenant_id).bind(limit as i64).fetch_all(&mut *conn).await?;
         rows.iter().map(channel_from).collect()
+    }
+
+    /// Broadcasts on the air per host, every tenant's together (placement spreads them).
+    pub async fn broadcasts_by_host(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT host_id, COUNT(*) AS n FROM channels WHERE broadcast_id IS NOT NULL AND host_id IS NOT NULL \
+             GROUP BY host_id",
+        )
+        .fetch_all(&mut *self.platform().await?)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get::<String, _>("host_id")?, row.try_get::<i64, _>("n")? as u64)))
+            .collect()
     }
 
     pub async fn set_channel_key(&self, tenant_id: &str, id: &str, key_hash: &str) -> Result<(), StoreError> {

@@ -76,7 +76,7 @@ impl Store {
             return Err(StoreError::Invalid("a tenant plays with itself without an agreement".into()));
         }
         // The partner is looked up as the platform: a tenant's own scope cannot see it.
-        let mut platform = self.pool.acquire().await?;
+        let mut platform = self.platform().await?;
         sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(partner)
             .fetch_optional(&mut *platform)
@@ -215,7 +215,7 @@ impl Store {
 
     /// The display name of tenant `id` (what another tenant is shown of it).
     pub async fn tenant_name(&self, id: &str) -> Result<String, StoreError> {
-        let mut platform = self.pool.acquire().await?;
+        let mut platform = self.platform().await?;
         let row = sqlx::query("SELECT name FROM tenants WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *platform)

@@ -39,7 +39,7 @@ impl Store {
         sqlx::query("INSERT INTO host_enrolments (token_hash, expires_at, used_by) VALUES ($1, $2, NULL)")
             .bind(token_hash)
             .bind(expires_at_ms as i64)
-            .execute(&self.pool)
+            .execute(&mut *self.platform().await?)
             .await?;
         Ok(())
     }
@@ -48,7 +48,7 @@ impl Store {
     pub async fn host_credential(&self, host_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT fingerprint FROM host_credentials WHERE host_id = $1")
             .bind(host_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.platform().await?)
             .await?;
         Ok(row.map(|row| row.try_get("fingerprint")).transpose()?)
     }
@@ -94,7 +94,7 @@ impl Store {
         let done = sqlx::query("UPDATE hosts SET lease_expires_at = $1 WHERE id = $2 AND state = 'active'")
             .bind((now_ms + lease_ms) as i64)
             .bind(host_id)
-            .execute(&self.pool)
+            .execute(&mut *self.platform().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -107,7 +107,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         let lost: Vec<String> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
-        sqlx::query("UPDATE sessions SET state = 'lost' WHERE state = 'placed' AND host_id IN (SELECT id FROM hosts WHERE state = 'active' AND lease_expires_at <= $1)")
+        sqlx::query("UPDATE sessions SET state = 'lost', ended_at = $1 WHERE state = 'placed' AND host_id IN (SELECT id FROM hosts WHERE state = 'active' AND lease_expires_at <= $1)")
             .bind(now_ms as i64)
             .execute(&mut *tx)
             .await?;
@@ -125,7 +125,7 @@ impl Store {
     pub async fn fleet(&self, now_ms: u64) -> Result<Vec<HostSnapshot>, StoreError> {
         let rows = sqlx::query("SELECT id, region, capacity, used, runtimes FROM hosts WHERE state = 'active' AND lease_expires_at > $1 ORDER BY id")
             .bind(now_ms as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.platform().await?)
             .await?;
         rows.iter()
             .map(|row| {
@@ -147,7 +147,7 @@ impl Store {
         let done = sqlx::query("UPDATE hosts SET used = used + 1 WHERE id = $1 AND state = 'active' AND used < capacity AND lease_expires_at > $2")
             .bind(host_id)
             .bind(now_ms as i64)
-            .execute(&self.pool)
+            .execute(&mut *self.platform().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -155,7 +155,7 @@ impl Store {
     pub async fn release_slot(&self, host_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE hosts SET used = used - 1 WHERE id = $1 AND used > 0")
             .bind(host_id)
-            .execute(&self.pool)
+            .execute(&mut *self.platform().await?)
             .await?;
         Ok(())
     }
@@ -163,10 +163,13 @@ impl Store {
     /// After a host restarts, its sessions are gone: mark them lost and free its slots.
     pub async fn host_restarted(&self, host_id: &str) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE sessions SET state = 'lost' WHERE host_id = $1 AND state = 'placed'")
-            .bind(host_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sessions SET state = 'lost', ended_at = $2 WHERE host_id = $1 AND state = 'placed'",
+        )
+        .bind(host_id)
+        .bind(crate::unix_ms() as i64)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE hosts SET used = 0 WHERE id = $1").bind(host_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())

@@ -143,7 +143,7 @@ impl Store {
     /// The lobby whose code is `code` (the platform's look-up: the code is what a player of
     /// any tenant holds).
     pub async fn lobby_by_code(&self, code: &str) -> Result<Lobby, StoreError> {
-        let mut platform = self.pool.acquire().await?;
+        let mut platform = self.platform().await?;
         let row = sqlx::query(&format!("SELECT {LOBBY_COLUMNS} FROM lobbies WHERE code = $1"))
             .bind(code)
             .fetch_optional(&mut *platform)
@@ -153,7 +153,7 @@ impl Store {
     }
 
     pub async fn lobby(&self, id: &str) -> Result<Lobby, StoreError> {
-        let mut platform = self.pool.acquire().await?;
+        let mut platform = self.platform().await?;
         let row = sqlx::query(&format!("SELECT {LOBBY_COLUMNS} FROM lobbies WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *platform)
@@ -164,7 +164,7 @@ impl Store {
 
     /// The lobby's members, by seat.
     pub async fn lobby_members(&self, lobby_id: &str) -> Result<Vec<LobbyMember>, StoreError> {
-        let mut platform = self.pool.acquire().await?;
+        let mut platform = self.platform().await?;
         let rows = sqlx::query(&format!(
             "SELECT {MEMBER_COLUMNS} FROM lobby_members WHERE lobby_id = $1 ORDER BY seat"
         ))

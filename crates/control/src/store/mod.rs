@@ -19,7 +19,7 @@ use thiserror::Error;
 pub use channels::{Channel, MAX_CHANNELS_PER_CREATOR};
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
-pub use saves::{Moment, SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
+pub use saves::{Moment, MomentQuota, SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
 
 use crate::placement::HostSnapshot;
 use crate::random_id;
@@ -37,8 +37,11 @@ mod sessions;
 pub const TEST_ROLE: &str = "cloudplay_tests";
 
 /// Lets a connection see every tenant's rows: the platform's own work (placement, the
-/// fleet, credential look-ups that find the tenant).
+/// fleet, credential look-ups that find the tenant), asked for by [`Store::platform`].
 const ALL_TENANTS: &str = "SELECT set_config('cloudplay.tenant', '*', false)";
+/// What every pooled connection starts with, and goes back to: no tenant, no rows. A
+/// query on a connection that never said whom it works for fails closed.
+const NO_TENANT: &str = "SELECT set_config('cloudplay.tenant', '', false)";
 
 /// Numbered migrations, embedded so the binary needs no files at run time.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -52,6 +55,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "public sessions", include_str!("../../migrations/0012_public_sessions.sql")),
     (13, "moments", include_str!("../../migrations/0013_moments.sql")),
     (15, "channels", include_str!("../../migrations/0015_channels.sql")),
+    (17, "moment quotas", include_str!("../../migrations/0017_moment_quotas.sql")),
+    (18, "session ends", include_str!("../../migrations/0018_session_ends.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has
@@ -127,6 +132,9 @@ pub enum StoreError {
     /// A write that would go over a quota.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A count quota is full (`429`): something has to go, or expire, first.
+    #[error("quota full: {0}")]
+    QuotaFull(String),
     /// A conditional write whose condition no longer holds (someone wrote since).
     #[error("precondition failed: {0}")]
     Stale(String),
@@ -352,7 +360,7 @@ impl Store {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
                     } else {
-                        sqlx::query(ALL_TENANTS).execute(&mut *conn).await?;
+                        sqlx::query(NO_TENANT).execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -361,15 +369,19 @@ impl Store {
             .after_release(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Postgres {
-                        sqlx::query(ALL_TENANTS).execute(&mut *conn).await?;
+                        sqlx::query(NO_TENANT).execute(&mut *conn).await?;
                     }
                     Ok(true)
                 })
             })
             .connect_with(options)
             .await?;
-        Migrator::new(EmbeddedMigrations(backend)).await?.run(&pool).await?;
-        Ok(Store { pool, backend })
+        let store = Store { pool, backend };
+        // Migrations that move rows see every tenant's.
+        let mut conn = store.platform().await?;
+        Migrator::new(EmbeddedMigrations(backend)).await?.run(&mut *conn).await?;
+        drop(conn);
+        Ok(store)
     }
 
     /// PostgreSQL only: creates `schema` and returns a URL whose connections work in it,
@@ -419,11 +431,27 @@ impl Store {
 
     /// A write transaction. SQLite takes its write lock up front (`BEGIN IMMEDIATE`), so
     /// two writers never deadlock upgrading read locks.
+    /// On PostgreSQL it works for the platform (every tenant) until
+    /// [`Store::write_scoped`] narrows it.
     async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT set_config('cloudplay.tenant', '*', true)").execute(&mut *tx).await?;
+                tx
+            }
         })
+    }
+
+    /// A connection for the platform's own work, which sees every tenant's rows (on
+    /// SQLite, a plain connection); it goes back to the pool seeing none.
+    async fn platform(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query(ALL_TENANTS).execute(&mut *conn).await?;
+        }
+        Ok(conn)
     }
 
     /// A connection confined to `tenant_id`'s rows by PostgreSQL's row-level security (on
@@ -439,6 +467,24 @@ impl Store {
         Ok(conn)
     }
 
+    /// Serialises the transaction `tx` with every other one that takes the same `key`
+    /// until it ends, so a quota's check and its write are one step: PostgreSQL's
+    /// transaction-scoped advisory lock. (SQLite's write transactions already run one at a
+    /// time: `BEGIN IMMEDIATE`.)
+    pub(crate) async fn serialise_on(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A write transaction confined to `tenant_id`'s rows (see [`Store::scoped`]).
     async fn write_scoped(
         &self,
@@ -452,5 +498,51 @@ impl Store {
                 .await?;
         }
         Ok(tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PostgreSQL fails closed: a pooled connection that never said whom it works for sees
+    /// no tenant's rows, while the platform's own connections and each tenant's scoped ones
+    /// see what they should. (Runs where `CLOUDPLAY_TEST_POSTGRES_URL` is set, as in CI.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_names_no_tenant_sees_no_rows() {
+        let Ok(base) = std::env::var("CLOUDPLAY_TEST_POSTGRES_URL") else {
+            assert!(std::env::var_os("CI").is_none(), "CI must set CLOUDPLAY_TEST_POSTGRES_URL");
+            return;
+        };
+        let schema = format!("t_{}", crate::random_id());
+        let url = Store::postgres_schema_url(&base, &schema).await.unwrap();
+        let store = Store::connect(&url).await.unwrap();
+        let tenant = |id: &str| Tenant {
+            id: id.into(),
+            name: id.into(),
+            brand_color: "#fff".into(),
+            logo_url: String::new(),
+            max_rtt_ms: 80,
+        };
+        for id in ["acme", "globex"] {
+            store.create_tenant(&tenant(id), 1).await.unwrap();
+        }
+        let count = |rows: Vec<sqlx::any::AnyRow>| rows.len();
+        let mut pooled = store.pool.acquire().await.unwrap();
+        let seen = sqlx::query("SELECT id FROM tenants").fetch_all(&mut *pooled).await.unwrap();
+        assert_eq!(count(seen), 0, "a plain pooled connection sees nothing");
+        drop(pooled);
+        let mut platform = store.platform().await.unwrap();
+        assert_eq!(count(sqlx::query("SELECT id FROM tenants").fetch_all(&mut *platform).await.unwrap()), 2);
+        drop(platform);
+        // The platform's connection went back to the pool seeing nothing again.
+        let mut pooled = store.pool.acquire().await.unwrap();
+        assert_eq!(count(sqlx::query("SELECT id FROM tenants").fetch_all(&mut *pooled).await.unwrap()), 0);
+        drop(pooled);
+        let mut acme = store.scoped("acme").await.unwrap();
+        assert_eq!(count(sqlx::query("SELECT id FROM tenants").fetch_all(&mut *acme).await.unwrap()), 1);
+        drop(acme);
+        store.pool.close().await;
+        Store::drop_postgres_schema(&base, &schema).await.unwrap();
     }
 }

@@ -97,17 +97,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<SaveInfo, StoreError> {
         let mut tx = self.write_scoped(tenant_id).await?;
-        let newest = sqlx::query(
-            "SELECT MAX(version) AS v FROM saves WHERE tenant_id = $1 AND user_id = $2 AND game_id = $3 AND kind = $4",
-        )
-        .bind(tenant_id)
-        .bind(user_id)
-        .bind(game_id)
-        .bind(kind.as_str())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<Option<i64>, _>("v")?
-        .map(|v| v as u64);
+        let newest = Self::newest_version(&mut tx, tenant_id, user_id, game_id, kind).await?;
         let holds = match expected {
             SavePrecondition::None => newest.is_none(),
             SavePrecondition::Version(v) => newest == Some(v),
@@ -227,15 +217,48 @@ impl Store {
         Ok((info, bytes))
     }
 
-    /// Deletes every version of a save; `NotFound` if there was none.
+    /// The newest version of a save, inside a write transaction.
+    async fn newest_version(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tenant_id: &str,
+        user_id: &str,
+        game_id: &str,
+        kind: SaveKind,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MAX(version) AS v FROM saves WHERE tenant_id = $1 AND user_id = $2 AND game_id = $3 AND kind = $4",
+        )
+        .bind(tenant_id)
+        .bind(user_id)
+        .bind(game_id)
+        .bind(kind.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("v")?.map(|v| v as u64))
+    }
+
+    /// Deletes every version of a save; `NotFound` if there was none. With `newest`, only
+    /// while that is still the newest version (`Stale` when someone saved since).
     pub async fn delete_save(
         &self,
         tenant_id: &str,
         user_id: &str,
         game_id: &str,
         kind: SaveKind,
+        newest: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_scoped(tenant_id).await?;
+        if let Some(expected) = newest {
+            match Self::newest_version(&mut tx, tenant_id, user_id, game_id, kind).await? {
+                None => return Err(StoreError::NotFound),
+                Some(v) if v != expected => {
+                    return Err(StoreError::Stale(format!(
+                        "version {v} is the newest now; it was saved since"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let done = sqlx::query(
             "DELETE FROM saves WHERE tenant_id = $1 AND user_id = $2 AND game_id = $3 AND kind = $4",
         )
@@ -261,17 +284,73 @@ pub struct Moment {
     pub expires_at_ms: u64,
 }
 
+/// How many moments, and how many bytes of them, one capturer and one tenant may keep
+/// (until they expire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MomentQuota {
+    pub per_owner: u32,
+    pub bytes_per_owner: u64,
+    pub bytes_per_tenant: u64,
+}
+
+impl Default for MomentQuota {
+    fn default() -> Self {
+        MomentQuota { per_owner: 20, bytes_per_owner: 32 << 20, bytes_per_tenant: 1 << 30 }
+    }
+}
+
 impl Store {
+    /// Keeps `moment`, captured by `owner`, if it fits `quota` (expired moments are swept
+    /// first). The check and the write are one step on both databases: concurrent captures
+    /// never go over a quota together.
     pub async fn create_moment(
         &self,
         tenant_id: &str,
+        owner: &str,
         moment: &Moment,
+        quota: MomentQuota,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_scoped(tenant_id).await?;
+        self.serialise_on(&mut tx, &format!("moments:{tenant_id}")).await?;
+        sqlx::query("DELETE FROM moments WHERE tenant_id = $1 AND expires_at <= $2")
+            .bind(tenant_id)
+            .bind(now_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        let mine = sqlx::query(
+            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM moments WHERE tenant_id = $1 AND owner = $2",
+        )
+        .bind(tenant_id)
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (count, bytes) = (mine.try_get::<i64, _>("n")? as u64, mine.try_get::<i64, _>("bytes")? as u64);
+        let size = moment.data.len() as u64;
+        if count >= u64::from(quota.per_owner) {
+            return Err(StoreError::QuotaFull(format!(
+                "you keep {count} moments, the most one may; older ones expire after a week"
+            )));
+        }
+        if bytes + size > quota.bytes_per_owner {
+            return Err(StoreError::QuotaFull(format!(
+                "your moments would hold {} bytes, over the {} one may keep",
+                bytes + size,
+                quota.bytes_per_owner
+            )));
+        }
+        let tenant = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM moments WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if tenant.try_get::<i64, _>("bytes")? as u64 + size > quota.bytes_per_tenant {
+            return Err(StoreError::QuotaFull("this platform's moments are full for now".into()));
+        }
         sqlx::query(
-            "INSERT INTO moments (id, tenant_id, game_id, sha256, data, session_id, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO moments (id, tenant_id, game_id, sha256, data, session_id, created_at, expires_at, owner, size) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&moment.id)
         .bind(tenant_id)
@@ -281,16 +360,21 @@ impl Store {
         .bind(&moment.session_id)
         .bind(now_ms as i64)
         .bind(moment.expires_at_ms as i64)
+        .bind(owner)
+        .bind(size as i64)
         .execute(&mut *tx)
         .await?;
-        // Expired moments go as new ones come.
-        sqlx::query("DELETE FROM moments WHERE tenant_id = $1 AND expires_at <= $2")
-            .bind(tenant_id)
-            .bind(now_ms as i64)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Removes every tenant's expired moments; answers how many went.
+    pub async fn sweep_moments(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM moments WHERE expires_at <= $1")
+            .bind(now_ms as i64)
+            .execute(&mut *self.platform().await?)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// A tenant's moment that has not expired, checked against its checksum.

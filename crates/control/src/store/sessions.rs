@@ -4,9 +4,31 @@ use super::*;
 
 impl Store {
     /// Stores a new session. A session with the same tenant and idempotency key is a
-    /// conflict: the caller returns the existing one instead.
-    pub async fn insert_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
-        let mut conn = self.scoped(&session.tenant_id).await?;
+    /// conflict: the caller returns the existing one instead. With `owner_limit`, the
+    /// owner may have at most that many live or queued sessions, this one included
+    /// ([`StoreError::QuotaFull`] otherwise), counted and inserted in one step.
+    pub async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        owner_limit: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write_scoped(&session.tenant_id).await?;
+        if let Some(limit) = owner_limit {
+            self.serialise_on(&mut conn, &format!("sessions:{}:{}", session.tenant_id, session.owner))
+                .await?;
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM sessions WHERE tenant_id = $1 AND owner = $2 AND state IN ('queued', 'placed')",
+            )
+            .bind(&session.tenant_id)
+            .bind(&session.owner)
+            .fetch_one(&mut *conn)
+            .await?;
+            if row.try_get::<i64, _>("n")? >= i64::from(limit) {
+                return Err(StoreError::QuotaFull(format!(
+                    "at most {limit} live or queued sessions each; end one first"
+                )));
+            }
+        }
         sqlx::query("INSERT INTO sessions (id, tenant_id, user_id, game_id, host_id, state, options, idempotency_key, created_at, owner, public) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
             .bind(&session.id)
             .bind(&session.tenant_id)
@@ -22,6 +44,7 @@ impl Store {
             .execute(&mut *conn)
             .await
             .map_err(|e| conflict_or(e, "session"))?;
+        conn.commit().await?;
         Ok(())
     }
 
@@ -128,13 +151,29 @@ impl Store {
         let row = sqlx::query(&sql)
             .bind(id)
             .bind(hash_secret(secret))
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.platform().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         Self::session_from(&row)
     }
 
     /// Live and queued sessions of one owner, for the per-caller limit.
+    /// Sessions of `tenant_id` placed on hosts now, and sessions of other tenants waiting
+    /// in their queues: what a fair share of the fleet is judged by.
+    pub async fn share_of_fleet(&self, tenant_id: &str) -> Result<(u32, u32), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN tenant_id = $1 AND state = 'placed' THEN 1 ELSE 0 END), 0) AS mine, \
+             COALESCE(SUM(CASE WHEN tenant_id <> $1 AND state = 'queued' THEN 1 ELSE 0 END), 0) AS waiting \
+             FROM sessions WHERE state IN ('placed', 'queued')",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *self.platform().await?)
+        .await?;
+        let count =
+            |name: &str| -> Result<u32, StoreError> { Ok(row.try_get::<i64, _>(name)?.max(0) as u32) };
+        Ok((count("mine")?, count("waiting")?))
+    }
+
     pub async fn count_live_sessions_of(&self, tenant_id: &str, owner: &str) -> Result<u32, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query(
@@ -156,14 +195,16 @@ impl Store {
         to: SessionState,
     ) -> Result<bool, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
-        let done =
-            sqlx::query("UPDATE sessions SET state = $1 WHERE tenant_id = $2 AND id = $3 AND state = $4")
-                .bind(to.as_str())
-                .bind(tenant_id)
-                .bind(id)
-                .bind(from.as_str())
-                .execute(&mut *conn)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET state = $1, ended_at = $5 WHERE tenant_id = $2 AND id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(tenant_id)
+        .bind(id)
+        .bind(from.as_str())
+        .bind(matches!(to, SessionState::Ended | SessionState::Lost).then(|| crate::unix_ms() as i64))
+        .execute(&mut *conn)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -171,7 +212,7 @@ impl Store {
     pub async fn placed_sessions_on(&self, host_id: &str) -> Result<Vec<SessionRecord>, StoreError> {
         let sql =
             format!("SELECT {} FROM sessions WHERE host_id = $1 AND state = 'placed'", Self::SESSION_COLUMNS);
-        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(host_id).fetch_all(&mut *self.platform().await?).await?;
         rows.iter().map(Self::session_from).collect()
     }
 
@@ -211,12 +252,23 @@ impl Store {
 
     /// The session `id` if it is, or was, placed on `host_id` (whatever its state now):
     /// what a host may act for.
-    pub async fn session_on_host(&self, host_id: &str, id: &str) -> Result<SessionRecord, StoreError> {
-        let sql = format!("SELECT {} FROM sessions WHERE host_id = $1 AND id = $2", Self::SESSION_COLUMNS);
+    /// Session `id` as placed on `host_id`, if it runs there or ended there at `since_ms`
+    /// or later (a host's last commits arrive just after a session ends, never long after).
+    pub async fn session_on_host(
+        &self,
+        host_id: &str,
+        id: &str,
+        since_ms: u64,
+    ) -> Result<SessionRecord, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM sessions WHERE host_id = $1 AND id = $2 AND (state = 'placed' OR ended_at >= $3)",
+            Self::SESSION_COLUMNS
+        );
         let row = sqlx::query(&sql)
             .bind(host_id)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .bind(since_ms as i64)
+            .fetch_optional(&mut *self.platform().await?)
             .await?
             .ok_or(StoreError::NotFound)?;
         Self::session_from(&row)
@@ -241,7 +293,7 @@ impl Store {
     pub async fn queue_heads(&self, per_tenant: u32) -> Result<Vec<SessionRecord>, StoreError> {
         let rows =
             sqlx::query("SELECT DISTINCT tenant_id FROM sessions WHERE state = 'queued' ORDER BY tenant_id")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.platform().await?)
                 .await?;
         let mut heads = Vec::new();
         for row in rows {
@@ -268,7 +320,7 @@ impl Store {
     pub async fn regions(&self, now_ms: u64) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query("SELECT region, MIN(endpoint) AS endpoint FROM hosts WHERE state = 'active' AND lease_expires_at > $1 GROUP BY region ORDER BY region")
             .bind(now_ms as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.platform().await?)
             .await?;
         rows.iter().map(|row| Ok((row.try_get("region")?, row.try_get("endpoint")?))).collect()
     }

@@ -68,6 +68,10 @@ impl Game for Counter {
         (self.shade, self.pending, self.reacted) = (word(0) as u8, word(1), word(2));
         Ok(())
     }
+    /// Its "battery RAM": the ticks it has run.
+    fn in_game_save(&mut self) -> Option<Vec<u8>> {
+        Some((self.seen.lock().unwrap().ticks.len() as u32).to_le_bytes().to_vec())
+    }
 }
 
 pub const WIDTH: u32 = 320;
@@ -110,7 +114,15 @@ impl Harness {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let game = Box::new(Counter::new(seen.clone(), false));
         let options = SessionOptions { probe: true, width, height, fps, max_bitrate_kbps: 20_000 };
-        Harness::with_options(schedule, options, Duration::from_secs(3600), game, seen, 0)
+        Harness::with_options(schedule, options, Duration::from_secs(3600), game, seen, 0, None)
+    }
+
+    /// A harness whose game's in-game save is read every `every`.
+    pub fn with_in_game_saves(every: Duration, idle_timeout: Duration) -> Harness {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let game = Box::new(Counter::new(seen.clone(), false));
+        let options = SessionOptions { width: WIDTH, height: HEIGHT, ..SessionOptions::default() };
+        Harness::with_options(Schedule::FixedTick, options, idle_timeout, game, seen, 0, Some(every))
     }
 
     /// A harness around any game (`seen` is what the game reports of itself, if anything).
@@ -124,7 +136,7 @@ impl Harness {
     ) -> Harness {
         let options =
             SessionOptions { probe: true, width: WIDTH, height: HEIGHT, fps, max_bitrate_kbps: 5_000 };
-        Harness::with_options(schedule, options, idle_timeout, game, seen, run_ahead)
+        Harness::with_options(schedule, options, idle_timeout, game, seen, run_ahead, None)
     }
 
     fn with_options(
@@ -134,6 +146,7 @@ impl Harness {
         game: Box<dyn Game>,
         seen: Arc<Mutex<Seen>>,
         run_ahead: u8,
+        in_game_saves: Option<Duration>,
     ) -> Harness {
         let encoder: Box<dyn VideoEncoder> =
             Box::new(OpenH264Encoder::new(cloudplay_host::session::encoder_config(&options)).unwrap());
@@ -148,6 +161,7 @@ impl Harness {
             idle_timeout,
             schedule,
             run_ahead,
+            in_game_saves,
             unix_ms_at_start: 1_000_000,
             // Stage timings are statistics only: the real clock may time them.
             stopwatch: Instant::now,
@@ -229,6 +243,19 @@ impl Harness {
 
     pub fn ticks(&self) -> usize {
         self.seen.lock().unwrap().ticks.len()
+    }
+
+    /// The in-game saves handed out so far, with their times.
+    pub fn in_game_saves(&self) -> Vec<(Instant, u32)> {
+        self.outputs
+            .iter()
+            .filter_map(|(at, o)| match o {
+                CoreOutput::InGameSave(save) => {
+                    Some((*at, u32::from_le_bytes(save[..4].try_into().unwrap())))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn ended(&self) -> bool {

@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{CStr, CString, c_char, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cloudplay_game::{
     AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, GameStatus, MAX_PLAYERS, PlayerInput, StateError,
     TICK_RATE,
 };
+use cloudplay_proto::worker::MAX_SAVE_RAM;
 use libloading::Library;
 use tracing::{debug, info, warn};
 
@@ -41,10 +42,9 @@ const MAX_CORE_DIMENSION: c_uint = 4096;
 const MAX_BUFFERED_AUDIO_TICKS: usize = 4;
 /// Content read into memory at most (cores that want a path get the path instead).
 const MAX_CONTENT_BYTES: u64 = 512 * 1024 * 1024;
-/// How often changed in-game saves are written to disk while playing.
-const SRAM_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Where the in-game save (SRAM) of `content` lives in a player's save directory `dir`.
+/// Where the host keeps the in-game save (SRAM) of `content` in a player's save directory
+/// `dir` (a directory no game code can write).
 pub fn sram_file(dir: &Path, content: &Path) -> PathBuf {
     let stem = content.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     dir.join(format!("{stem}.srm"))
@@ -310,8 +310,6 @@ pub struct LibretroSetup<'a> {
     pub content_path: &'a Path,
     pub options: &'a BTreeMap<String, String>,
     pub system_dir: &'a Path,
-    /// Where in-game saves (SRAM) are kept; `None` keeps them for the session only.
-    pub save_dir: Option<PathBuf>,
 }
 
 /// A libretro core running one piece of content.
@@ -326,15 +324,14 @@ pub struct LibretroGame {
     resampler: Resampler,
     audio_out: VecDeque<f32>,
     resampled: Vec<f32>,
-    sram_path: Option<PathBuf>,
-    sram_written: Vec<u8>,
-    sram_flushed_at: Instant,
     /// `retro_init` ran (so `retro_deinit` must), and `retro_load_game` succeeded (so
     /// `retro_unload_game` must).
     initialised: bool,
     loaded: bool,
-    /// A guest's private save directory, removed with the game.
-    scratch: Option<PathBuf>,
+    /// The core's save directory: private to this game and removed with it. What a player
+    /// keeps is the in-game save, which leaves through [`Game::in_game_save`]; whatever
+    /// else a core writes there is the session's alone.
+    scratch: PathBuf,
     _library: Library,
 }
 
@@ -386,19 +383,11 @@ impl LibretroGame {
             return Err(RuntimeError::CoreInvalid(format!("libretro API version {version}, expected 1")));
         }
         let c_path = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // A guest's core still writes somewhere: a directory of this session's own, which
-        // goes with it, never a place shared with other sessions.
-        let (save_dir, scratch) = match &setup.save_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| RuntimeError::Io(format!("save directory: {e}")))?;
-                (c_path(dir), None)
-            }
-            None => {
-                let scratch =
-                    private_scratch_dir().map_err(|e| RuntimeError::Io(format!("scratch directory: {e}")))?;
-                (c_path(&scratch), Some(scratch))
-            }
-        };
+        // A core still writes somewhere: a directory of this session's own, which goes with
+        // it, never a place shared with other sessions or read by the host.
+        let scratch =
+            private_scratch_dir().map_err(|e| RuntimeError::Io(format!("scratch directory: {e}")))?;
+        let save_dir = c_path(&scratch);
         let frontend = Box::new(Frontend {
             pixel_format: PixelFormat::Rgb1555, // the libretro default
             picture: Vec::new(),
@@ -428,9 +417,6 @@ impl LibretroGame {
             resampler: Resampler::new(48_000.0, 48_000.0),
             audio_out: VecDeque::new(),
             resampled: Vec::new(),
-            sram_path: None,
-            sram_written: Vec::new(),
-            sram_flushed_at: Instant::now(),
             initialised: false,
             loaded: false,
             scratch,
@@ -521,11 +507,6 @@ impl LibretroGame {
         self.runs_per_tick = fps / TICK_RATE as f64;
         self.resampler = Resampler::new(rate, 48_000.0);
 
-        if let Some(dir) = &setup.save_dir {
-            let path = sram_file(dir, setup.content_path);
-            self.restore_sram(&path);
-            self.sram_path = Some(path);
-        }
         info!(core = %name, version = %version, fps, sample_rate = rate, width = av.geometry.base_width, height = av.geometry.base_height, "libretro content loaded");
         Ok(())
     }
@@ -535,34 +516,7 @@ impl LibretroGame {
         let (data, size) = self.call(|api| unsafe {
             ((api.get_memory_data)(MEMORY_SAVE_RAM), (api.get_memory_size)(MEMORY_SAVE_RAM))
         });
-        (!data.is_null() && size > 0 && size <= 64 << 20).then_some((data.cast(), size))
-    }
-
-    fn restore_sram(&mut self, path: &Path) {
-        let Ok(saved) = std::fs::read(path) else { return };
-        let Some((data, size)) = self.sram() else { return };
-        // SAFETY: the core owns `size` bytes of save RAM at `data` while the game is loaded.
-        let sram = unsafe { std::slice::from_raw_parts_mut(data, size) };
-        let n = saved.len().min(size);
-        sram[..n].copy_from_slice(&saved[..n]);
-        self.sram_written = sram.to_vec();
-        info!(path = %path.display(), bytes = n, "in-game save restored");
-    }
-
-    /// Writes the in-game save if it changed since the last write.
-    fn flush_sram(&mut self) {
-        let Some(path) = self.sram_path.clone() else { return };
-        let Some((data, size)) = self.sram() else { return };
-        // SAFETY: as in `restore_sram`; only read here.
-        let sram = unsafe { std::slice::from_raw_parts(data, size) };
-        if sram == self.sram_written.as_slice() {
-            return;
-        }
-        let snapshot = sram.to_vec();
-        match write_durably(&path, &snapshot) {
-            Ok(()) => self.sram_written = snapshot,
-            Err(e) => warn!(path = %path.display(), error = %e, "could not write the in-game save"),
-        }
+        (!data.is_null() && size > 0 && size <= MAX_SAVE_RAM).then_some((data.cast(), size))
     }
 
     /// Frames the core has produced so far.
@@ -584,30 +538,6 @@ impl LibretroGame {
     pub fn picture(&self) -> (&[u8], u32, u32) {
         (&self.frontend.picture, self.frontend.width, self.frontend.height)
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash or power loss leaves the old file or the
-/// new one, never a torn one: a temporary file of this writer's own (two sessions of one
-/// player may save the same game at once), synced, renamed over, and the rename synced.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("save");
-    let temporary =
-        path.with_file_name(format!(".{name}.{}-{:016x}.tmp", std::process::id(), rand::random::<u64>()));
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 const STATE_MAGIC: &[u8; 4] = b"CPLR";
@@ -639,10 +569,6 @@ impl Game for LibretroGame {
         if self.audio_out.len() > cap {
             let excess = self.audio_out.len() - cap;
             self.audio_out.drain(..excess);
-        }
-        if self.sram_flushed_at.elapsed() >= SRAM_FLUSH_INTERVAL {
-            self.sram_flushed_at = Instant::now();
-            self.flush_sram();
         }
     }
 
@@ -698,6 +624,25 @@ impl Game for LibretroGame {
         if ok { Ok(()) } else { Err(StateError::Corrupt) }
     }
 
+    fn in_game_save(&mut self) -> Option<Vec<u8>> {
+        let (data, size) = self.sram()?;
+        // SAFETY: the core owns `size` bytes of save RAM at `data` while the game is
+        // loaded; only read here.
+        Some(unsafe { std::slice::from_raw_parts(data, size) }.to_vec())
+    }
+
+    fn restore_in_game_save(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let (data, size) = self.sram().ok_or(StateError::WrongFormat)?;
+        if bytes.len() > size {
+            return Err(StateError::WrongFormat);
+        }
+        // SAFETY: as in `in_game_save`; the core reads its save RAM only inside its calls.
+        let sram = unsafe { std::slice::from_raw_parts_mut(data, size) };
+        sram[..bytes.len()].copy_from_slice(bytes);
+        info!(core = %self.core_name, bytes = bytes.len(), "in-game save restored");
+        Ok(())
+    }
+
     fn frame_produced_at(&self) -> Option<Instant> {
         self.frontend.produced_at
     }
@@ -714,22 +659,19 @@ impl Game for LibretroGame {
 impl Drop for LibretroGame {
     fn drop(&mut self) {
         if self.loaded {
-            self.flush_sram();
             self.call(|api| unsafe { (api.unload_game)() });
         }
         if self.initialised {
             self.call(|api| unsafe { (api.deinit)() });
         }
-        if let Some(dir) = &self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
 /// A fresh directory only this user can enter, under the temporary directory.
 fn private_scratch_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("cloudplay-guest-{:016x}", rand::random::<u64>()));
+    let dir = std::env::temp_dir().join(format!("cloudplay-session-{:016x}", rand::random::<u64>()));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }
@@ -739,36 +681,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guests_get_a_private_scratch_directory_each() {
+    fn sessions_get_a_private_scratch_directory_each() {
         use std::os::unix::fs::PermissionsExt;
         let (a, b) = (private_scratch_dir().unwrap(), private_scratch_dir().unwrap());
         assert_ne!(a, b, "one per session");
         assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o700);
         std::fs::remove_dir(a).unwrap();
         std::fs::remove_dir(b).unwrap();
-    }
-
-    #[test]
-    fn saves_from_writers_side_by_side_never_tear_or_leave_litter() {
-        let dir = std::env::temp_dir().join(format!("cloudplay-save-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("game.srm");
-        // Two sessions of one player saving the same game at once: each write lands whole.
-        std::thread::scope(|scope| {
-            for byte in [1u8, 2] {
-                let path = &path;
-                scope.spawn(move || {
-                    for _ in 0..50 {
-                        write_durably(path, &vec![byte; 8192]).unwrap();
-                    }
-                });
-            }
-        });
-        let saved = std::fs::read(&path).unwrap();
-        assert!(saved.len() == 8192 && saved.iter().all(|&b| b == saved[0]), "one writer's save, whole");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, ["game.srm"], "no temporary files left behind");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn frontend(format: PixelFormat) -> Frontend {
