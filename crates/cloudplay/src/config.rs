@@ -91,8 +91,12 @@ pub struct Config {
     pub native_games: bool,
     /// Seconds a native game has to open its window.
     pub native_startup_timeout_secs: u64,
-    /// Address-space limit of a native game in MiB (0 = none).
+    /// Memory of a jailed game (a native game, a libretro worker) in MiB, 0 = none: a
+    /// cgroup where the host can make one, else an address-space limit.
     pub native_memory_limit_mb: u64,
+    /// Address ranges (CIDR) native games with `network = true` may reach beyond public
+    /// addresses: never the host, loopback, link-local or private ranges otherwise.
+    pub native_network_allow: Vec<String>,
     /// Run libretro cores inside the host process instead of one worker process per
     /// session (saves a process, but a crashing core then takes the host down).
     pub libretro_in_process: bool,
@@ -174,6 +178,7 @@ impl Default for Config {
             native_games: true,
             native_startup_timeout_secs: 10,
             native_memory_limit_mb: 4096,
+            native_network_allow: Vec::new(),
             libretro_in_process: false,
             libretro_worker: None,
             sessions_per_player: 2,
@@ -267,6 +272,8 @@ impl Config {
             xvfb: "Xvfb".into(),
             native_startup_timeout: std::time::Duration::from_secs(self.native_startup_timeout_secs),
             native_memory_limit: self.native_memory_limit_mb << 20,
+            // Checked by `validate`.
+            native_network_allow: self.native_network_allow.iter().filter_map(|r| r.parse().ok()).collect(),
             libretro_worker: if self.libretro_in_process {
                 None
             } else {
@@ -319,6 +326,10 @@ impl Config {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
                 "MAX_CONNECTIONS" => self.max_connections = value.parse().map_err(|e| bad(&e))?,
+                "NATIVE_NETWORK_ALLOW" => {
+                    self.native_network_allow =
+                        value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+                }
                 "TRUSTED_PROXIES" => {
                     self.trusted_proxies =
                         value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
@@ -456,6 +467,11 @@ impl Config {
         cloudplay_control::endpoints::AllowList::new(&self.push_allowed).map_err(anyhow::Error::msg)?;
         for proxy in &self.trusted_proxies {
             proxy.parse::<crate::listener::Cidr>().map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+        }
+        for range in &self.native_network_allow {
+            range
+                .parse::<crate::listener::Cidr>()
+                .map_err(|e| anyhow::anyhow!("native_network_allow: {e}"))?;
         }
         if !(16..=1_000_000).contains(&self.max_connections) {
             bail!("max_connections must be between 16 and 1000000");

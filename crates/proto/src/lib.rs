@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cidr;
 pub mod fleet;
 pub mod id;
 pub mod input;

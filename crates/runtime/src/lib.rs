@@ -4,6 +4,7 @@
 //! display ([`native`]). A host advertises the kinds it can run ([`Runtimes::kinds`]);
 //! every failure to start is a [`RuntimeError`] meant to be shown to player and operator.
 
+pub mod cgroup;
 pub mod homebrew;
 pub mod libretro;
 pub mod native;
@@ -98,8 +99,12 @@ pub struct RuntimeConfig {
     pub xvfb: String,
     /// How long a native program has to open its window.
     pub native_startup_timeout: Duration,
-    /// Address space limit of a native program, bytes (0 = none).
+    /// Memory of a jailed game (a native program, a libretro worker), bytes (0 = none):
+    /// a cgroup where the host can make one, else an address-space limit per process.
     pub native_memory_limit: u64,
+    /// Address ranges a native game with `network = true` may reach beyond public
+    /// addresses (none by default: not the host, its loopback, link-local or private ranges).
+    pub native_network_allow: Vec<cloudplay_proto::cidr::Cidr>,
     /// The command that runs a libretro worker process (`cloudplay libretro-worker`), one
     /// per session so a crashing core ends only its session; `None` runs cores inside this
     /// process.
@@ -121,6 +126,7 @@ impl Default for RuntimeConfig {
             xvfb: "Xvfb".into(),
             native_startup_timeout: Duration::from_secs(10),
             native_memory_limit: 4 << 30,
+            native_network_allow: Vec::new(),
             libretro_worker: None,
             sandbox: true,
         }
@@ -215,7 +221,7 @@ impl Runtimes {
     /// The jail game code runs in, unless the operator turned sandboxing off.
     fn jail(&self) -> Option<sandbox::JailLimits> {
         self.config.sandbox.then(|| sandbox::JailLimits {
-            address_space: self.config.native_memory_limit,
+            memory: self.config.native_memory_limit,
             ..sandbox::JailLimits::default()
         })
     }
@@ -319,7 +325,7 @@ impl Runtimes {
                     startup_timeout: self.config.native_startup_timeout,
                     memory_limit: self.config.native_memory_limit,
                     jail: self.jail(),
-                    network: *network,
+                    network: network.then(|| self.config.native_network_allow.clone()),
                 })?;
                 Ok(Box::new(game))
             }

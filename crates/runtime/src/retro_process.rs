@@ -24,7 +24,7 @@ use tracing::warn;
 
 use crate::RuntimeError;
 use crate::libretro::{LibretroGame, LibretroSetup};
-use crate::sandbox::{Ending, Jail, JailLimits};
+use crate::sandbox::{Ending, Jail, JailGuard, JailLimits};
 use crate::scale::scale_into;
 
 /// A core that takes longer than this for one tick is considered hung.
@@ -197,6 +197,8 @@ type Pipe = (BufWriter<ChildStdin>, Receiver<(Kind, Vec<u8>)>);
 /// The host's side: a libretro game whose core runs in a worker process.
 pub struct LibretroProcess {
     child: Child,
+    /// What the jail holds on the host (its memory cgroup), ended after the worker.
+    _guard: JailGuard,
     /// Whether `child` is the jail around the worker (which reports signals as 128 + N).
     jailed: bool,
     /// Requests out, answers in; `None` once closed.
@@ -233,7 +235,8 @@ impl LibretroProcess {
             worker.split_first().ok_or_else(|| RuntimeError::Io("no libretro worker".into()))?;
         let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
         args.extend(["--game".into(), game.into()]);
-        let mut command = match jail {
+        let starting = |e: std::io::Error| RuntimeError::Io(format!("starting the libretro worker: {e}"));
+        let (mut child, guard) = match jail {
             Some(limits) => {
                 let mut jail = Jail::new(limits);
                 jail.read_only(&init.core_path)?.read_only(&init.content_path)?.forbid_links();
@@ -241,18 +244,18 @@ impl LibretroProcess {
                     jail.read_only(&init.system_dir)?;
                 }
                 jail.env("RUST_BACKTRACE", "0");
-                jail.command(program, &args)?
+                let mut command = jail.command(program, &args)?;
+                command.command_mut().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                command.spawn()?
             }
             None => {
                 let mut command = Command::new(program);
                 command.args(&args).env_clear();
                 crate::supervise(&mut command);
-                command
+                command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+                (command.spawn().map_err(starting)?, JailGuard::default())
             }
         };
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child =
-            command.spawn().map_err(|e| RuntimeError::Io(format!("starting the libretro worker: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(RuntimeError::Io("libretro worker pipes".into()));
         };
@@ -273,6 +276,7 @@ impl LibretroProcess {
             init.core_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut process = LibretroProcess {
             child,
+            _guard: guard,
             jailed: jail.is_some(),
             pipe: Mutex::new(Some((BufWriter::with_capacity(4096, stdin), receiver))),
             core_name,

@@ -30,7 +30,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         home: NativeHome::Scratch,
         audio: false,
         jail: Some(JailLimits::default()),
-        network: false,
+        network: None,
     })
 }
 
@@ -152,7 +152,7 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         jail: Some(JailLimits::default()),
-        network: false,
+        network: None,
     })
     .unwrap();
     drop(game);
@@ -191,7 +191,7 @@ fn a_programs_sound_reaches_the_session() {
         home: NativeHome::Scratch,
         audio: true,
         jail: Some(JailLimits::default()),
-        network: false,
+        network: None,
     })
     .unwrap();
     assert!(game.has_audio());
@@ -259,7 +259,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         jail: Some(JailLimits::default()),
-        network: false,
+        network: None,
     })
     .unwrap();
     let outliver = || {

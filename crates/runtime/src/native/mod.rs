@@ -31,9 +31,10 @@ use crate::RuntimeError;
 mod audio;
 mod keys;
 
-use crate::sandbox::{Ending, Jail, JailLimits};
+use crate::sandbox::{Ending, Jail, JailGuard, JailLimits};
 use audio::SessionAudio;
 pub use audio::audio_available;
+use cloudplay_proto::cidr::Cidr;
 use keys::{PAD_KEYS, gamepad_keys, keysym_for};
 
 /// Where a native game comes from and how it is run.
@@ -52,8 +53,9 @@ pub struct NativeSetup<'a> {
     pub audio: bool,
     /// Run the program in a jail with these limits (`None`: with the host's rights).
     pub jail: Option<JailLimits>,
-    /// Whether the jailed program may use the network.
-    pub network: bool,
+    /// Whether the jailed program may use the network: public addresses, and these
+    /// ranges the operator allows (`None`: no network but its own loopback).
+    pub network: Option<Vec<Cidr>>,
 }
 
 /// Where a native program's `HOME` is.
@@ -88,11 +90,13 @@ struct Supervised {
     status: Option<ExitStatus>,
     /// Whether the leader is a jail around the program.
     jailed: bool,
+    /// What the jail holds on the host (its cgroup, its network), ended after the leader.
+    _guard: JailGuard,
 }
 
 impl Supervised {
     fn new(child: Child, name: &str) -> Supervised {
-        Supervised { child, name: name.into(), status: None, jailed: false }
+        Supervised { child, name: name.into(), status: None, jailed: false, _guard: JailGuard::default() }
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -293,16 +297,19 @@ fn stderr_text(tail: &Mutex<VecDeque<u8>>) -> String {
     last_lines[last_lines.len().saturating_sub(3)..].join(" / ")
 }
 
-/// The command that starts the game program: from a clean environment (the host's own —
-/// fleet token, database URL… — is not the game's), in a jail that sees its display, its
-/// sound server and its `HOME`, unless sandboxing is off.
-fn program_command(
+/// Starts the game program: from a clean environment (the host's own — fleet token,
+/// database URL… — is not the game's), in a jail that sees its display, its sound server
+/// and its `HOME`, unless sandboxing is off. Its output goes nowhere but its error output.
+fn start_program(
     setup: &NativeSetup<'_>,
     home: &Path,
     auth_file: &Path,
     number: u32,
     audio: Option<&SessionAudio>,
-) -> Result<Command, RuntimeError> {
+) -> Result<(Child, JailGuard), RuntimeError> {
+    let started = |e: std::io::Error| {
+        RuntimeError::ProgramFailed(format!("{:?} could not be started: {e}", setup.command[0]))
+    };
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let mut env: Vec<(&str, std::ffi::OsString)> = vec![
         ("PATH", path),
@@ -332,11 +339,14 @@ fn program_command(
                 Ok(())
             });
         }
-        return Ok(command);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        return Ok((command.spawn().map_err(started)?, JailGuard::default()));
     };
     let mut jail = Jail::new(limits);
-    jail.network(setup.network)
-        .writable(home)?
+    if let Some(allowed) = &setup.network {
+        jail.egress(allowed);
+    }
+    jail.writable(home)?
         .read_only(auth_file)?
         .read_only(Path::new(&format!("/tmp/.X11-unix/X{number}")))?
         .chdir(home)?;
@@ -346,7 +356,9 @@ fn program_command(
     for (name, value) in env {
         jail.env(name, value);
     }
-    jail.command(program, &setup.command[1..])
+    let mut command = jail.command(program, &setup.command[1..])?;
+    command.command_mut().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    command.spawn()
 }
 
 fn x_error(e: impl std::fmt::Display) -> RuntimeError {
@@ -438,14 +450,11 @@ impl NativeGame {
         } else {
             None
         };
-        let mut command = program_command(setup, home, auth_file, number, audio.as_ref())?;
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|e| {
-            RuntimeError::ProgramFailed(format!("{:?} could not be started: {e}", setup.command[0]))
-        })?;
+        let (mut child, guard) = start_program(setup, home, auth_file, number, audio.as_ref())?;
         let stderr = collect_stderr(&mut child);
         let mut program = Supervised::new(child, &setup.command[0]);
         program.jailed = setup.jail.is_some();
+        program._guard = guard;
 
         // Wait for the program's first window; it may instead exit or hang.
         loop {
