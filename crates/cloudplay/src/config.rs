@@ -97,6 +97,8 @@ pub struct Config {
     /// Address ranges (CIDR) native games with `network = true` may reach beyond public
     /// addresses: never the host, loopback, link-local or private ranges otherwise.
     pub native_network_allow: Vec<String>,
+    /// MiB a player's home may hold for a jailed native game (kept between sessions).
+    pub native_home_mb: u64,
     /// Run libretro cores inside the host process instead of one worker process per
     /// session (saves a process, but a crashing core then takes the host down).
     pub libretro_in_process: bool,
@@ -179,6 +181,7 @@ impl Default for Config {
             native_startup_timeout_secs: 10,
             native_memory_limit_mb: 4096,
             native_network_allow: Vec::new(),
+            native_home_mb: 256,
             libretro_in_process: false,
             libretro_worker: None,
             sessions_per_player: 2,
@@ -273,6 +276,7 @@ impl Config {
             native_startup_timeout: std::time::Duration::from_secs(self.native_startup_timeout_secs),
             native_memory_limit: self.native_memory_limit_mb << 20,
             // Checked by `validate`.
+            native_home_quota: self.native_home_mb << 20,
             native_network_allow: self.native_network_allow.iter().filter_map(|r| r.parse().ok()).collect(),
             libretro_worker: if self.libretro_in_process {
                 None
@@ -326,6 +330,7 @@ impl Config {
                     self.header_read_timeout_secs = value.parse().map_err(|e| bad(&e))?
                 }
                 "MAX_CONNECTIONS" => self.max_connections = value.parse().map_err(|e| bad(&e))?,
+                "NATIVE_HOME_MB" => self.native_home_mb = value.parse().map_err(|e| bad(&e))?,
                 "NATIVE_NETWORK_ALLOW" => {
                     self.native_network_allow =
                         value.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
@@ -472,6 +477,9 @@ impl Config {
             range
                 .parse::<crate::listener::Cidr>()
                 .map_err(|e| anyhow::anyhow!("native_network_allow: {e}"))?;
+        }
+        if !(1..=1 << 20).contains(&self.native_home_mb) {
+            bail!("native_home_mb must be between 1 and 1048576");
         }
         if !(16..=1_000_000).contains(&self.max_connections) {
             bail!("max_connections must be between 16 and 1000000");

@@ -105,6 +105,8 @@ pub struct RuntimeConfig {
     /// Address ranges a native game with `network = true` may reach beyond public
     /// addresses (none by default: not the host, its loopback, link-local or private ranges).
     pub native_network_allow: Vec<cloudplay_proto::cidr::Cidr>,
+    /// Bytes a jailed native game's `HOME` may hold (a player's, kept between sessions).
+    pub native_home_quota: u64,
     /// The command that runs a libretro worker process (`cloudplay libretro-worker`), one
     /// per session so a crashing core ends only its session; `None` runs cores inside this
     /// process.
@@ -127,6 +129,7 @@ impl Default for RuntimeConfig {
             native_startup_timeout: Duration::from_secs(10),
             native_memory_limit: 4 << 30,
             native_network_allow: Vec::new(),
+            native_home_quota: 256 << 20,
             libretro_worker: None,
             sandbox: true,
         }
@@ -324,6 +327,7 @@ impl Runtimes {
                     xvfb: &self.config.xvfb,
                     startup_timeout: self.config.native_startup_timeout,
                     memory_limit: self.config.native_memory_limit,
+                    home_quota: self.config.native_home_quota,
                     jail: self.jail(),
                     network: network.then(|| self.config.native_network_allow.clone()),
                 })?;

@@ -11,7 +11,8 @@
 //! `setsid()` or not. Resource limits (processes, CPU time, file size, open files) are set
 //! before `bwrap` starts and inherited inside; memory is limited by a cgroup of the jail's
 //! own ([`crate::cgroup`]), which also counts the files of its tmpfs directories and the
-//! kernel's objects for them, or, where the host can make none, by an address-space limit.
+//! kernel's objects for them, and by an address-space limit per process (alone where the
+//! host can make no cgroup).
 //!
 //! A jail with network ([`Jail::egress`]) still has its own network namespace: user-mode
 //! networking (`slirp4netns`) carries its traffic out through the host's sockets, and
@@ -81,7 +82,8 @@ pub struct JailLimits {
     /// Open files of one process.
     pub open_files: u64,
     /// Memory of the whole jail, bytes (0 = none): its processes, its tmpfs files and the
-    /// kernel's objects for them; where no cgroup can be made, each process's address space.
+    /// kernel's objects for them (a cgroup, where the host can make one); and each process's
+    /// address space.
     pub memory: u64,
     /// Size of the private `/tmp`, bytes.
     pub tmp_size: u64,
@@ -102,7 +104,7 @@ impl Default for JailLimits {
 
 /// A jail being set up; [`Jail::command`] turns it into the command that runs a program
 /// inside it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Jail {
     binds: Vec<(&'static str, PathBuf)>,
     env: Vec<(String, OsString)>,
@@ -111,6 +113,12 @@ pub struct Jail {
     limits: JailLimits,
     chdir: Option<PathBuf>,
     forbid_links: bool,
+    /// Private directories of bounded size (their files count against the jail's memory).
+    tmpfs: Vec<(PathBuf, u64)>,
+    /// Descriptors the program inside gets, at the same numbers.
+    passed: Vec<OwnedFd>,
+    /// Read-only binds at another path inside: (host, inside).
+    ro_at: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Whether this machine can make jails.
@@ -125,7 +133,17 @@ fn absolute(path: &Path) -> Result<PathBuf, RuntimeError> {
 
 impl Jail {
     pub fn new(limits: JailLimits) -> Jail {
-        Jail { binds: Vec::new(), env: Vec::new(), egress: None, limits, chdir: None, forbid_links: false }
+        Jail {
+            binds: Vec::new(),
+            env: Vec::new(),
+            egress: None,
+            limits,
+            chdir: None,
+            forbid_links: false,
+            tmpfs: Vec::new(),
+            passed: Vec::new(),
+            ro_at: Vec::new(),
+        }
     }
 
     /// Refuses making links and device nodes inside (`symlink`, `link`, `mknod`):
@@ -146,6 +164,26 @@ impl Jail {
     pub fn writable(&mut self, path: &Path) -> Result<&mut Jail, RuntimeError> {
         self.binds.push(("--bind", absolute(path)?));
         Ok(self)
+    }
+
+    /// A private, empty directory at `path` inside (nothing of the host's), of at most
+    /// `size` bytes; gone with the jail.
+    pub fn tmpfs(&mut self, path: &Path, size: u64) -> &mut Jail {
+        self.tmpfs.push((path.to_path_buf(), size));
+        self
+    }
+
+    /// Makes the host's `path` visible read-only at `inside`.
+    pub fn read_only_at(&mut self, path: &Path, inside: &Path) -> Result<&mut Jail, RuntimeError> {
+        self.ro_at.push((absolute(path)?, inside.to_path_buf()));
+        Ok(self)
+    }
+
+    /// Hands `fd` to the program inside; answers its number there.
+    pub fn pass(&mut self, fd: OwnedFd) -> i32 {
+        let number = fd.as_raw_fd();
+        self.passed.push(fd);
+        number
     }
 
     /// Gives the jail a network to public addresses, and to the ranges in `allowed` (off
@@ -171,7 +209,7 @@ impl Jail {
     /// process group, killed with the starting thread) and with the jail's limits; set its
     /// standard streams with [`JailCommand::command_mut`], then [`JailCommand::spawn`] it.
     pub fn command(
-        &self,
+        self,
         program: &Path,
         args: &[impl AsRef<std::ffi::OsStr>],
     ) -> Result<JailCommand, RuntimeError> {
@@ -200,7 +238,7 @@ impl Jail {
         // Descriptors bwrap reads (filters, files to place, the network's handshake): they
         // stay open in the child only (close-on-exec is cleared there), and are closed here
         // with the command.
-        let mut inherited: Vec<OwnedFd> = Vec::new();
+        let mut inherited: Vec<OwnedFd> = self.passed;
         for filter in
             [SeccompFilter::Refused { forbid_links: self.forbid_links }, SeccompFilter::NotImplemented]
         {
@@ -245,8 +283,14 @@ impl Jail {
         if !program.starts_with("/usr") {
             command.arg("--ro-bind").arg(&program).arg(&program);
         }
+        for (path, size) in &self.tmpfs {
+            command.arg("--size").arg(size.to_string()).arg("--tmpfs").arg(path);
+        }
         for (kind, path) in &self.binds {
             command.arg(kind).arg(path).arg(path);
+        }
+        for (path, inside) in &self.ro_at {
+            command.arg("--ro-bind").arg(path).arg(inside);
         }
         for (name, value) in &self.env {
             command.arg("--setenv").arg(name).arg(value);
@@ -257,7 +301,9 @@ impl Jail {
         let limits = self.limits;
         let cgroup = if limits.memory > 0 { MemoryCgroup::create(limits.memory) } else { None };
         let cgroup_procs = cgroup.as_ref().map(MemoryCgroup::procs_fd);
-        let address_space = if cgroup.is_none() { limits.memory } else { 0 };
+        // The address-space limit stays as a second line: a huge mapping is refused at once,
+        // not only once touched.
+        let address_space = limits.memory;
         let mut child_fds: Vec<i32> = inherited.iter().map(AsRawFd::as_raw_fd).collect();
         if let Some(setup) = &egress {
             child_fds.extend([setup.info_child.as_raw_fd(), setup.block_child.as_raw_fd()]);

@@ -23,7 +23,7 @@ fn available(programs: &[&str]) -> bool {
 
 /// Runs `script` with `sh` in `jail` for at most 30 s: its standard output, and whether it
 /// exited by itself (not killed).
-fn run(jail: &Jail, script: &str) -> (String, bool, JailGuard) {
+fn run(jail: Jail, script: &str) -> (String, bool, JailGuard) {
     let mut command = jail.command(Path::new("sh"), &["-c", script]).unwrap();
     command.command_mut().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let (mut child, guard) = command.spawn().unwrap();
@@ -56,7 +56,7 @@ fn a_jail_gets_a_memory_cgroup_that_stops_a_hungry_program() {
         return;
     }
     let (out, _, guard) =
-        run(&with_memory(64 << 20), r#"perl -e '$x = "a" x (300 << 20); print "SURVIVED\n"'"#);
+        run(with_memory(64 << 20), r#"perl -e '$x = "a" x (300 << 20); print "SURVIVED\n"'"#);
     assert!(!out.contains("SURVIVED"), "300 MiB fit in a 64 MiB jail");
     // This machine kind lets the host make cgroups (a fallback to an address-space limit
     // would pass the check above too).
@@ -78,10 +78,10 @@ fn files_and_inodes_in_a_jails_tmp_count_against_its_memory() {
     // Empty files take no tmpfs blocks, only inodes and directory entries: the tmpfs size
     // does not bound them, the cgroup does. Then one big file against the same limit.
     // The jail's own start fits well within the limit.
-    let (out, exited, _) = run(&with_memory(24 << 20), "echo STARTED");
+    let (out, exited, _) = run(with_memory(24 << 20), "echo STARTED");
     assert!(exited && out.contains("STARTED"), "a 24 MiB jail runs a shell");
     let (out, _, _) = run(
-        &with_memory(24 << 20),
+        with_memory(24 << 20),
         "dd if=/dev/zero of=/tmp/big bs=1M count=200 2>/dev/null; echo \"bytes $(stat -c %s /tmp/big)\"",
     );
     if let Some(bytes) =
@@ -99,7 +99,7 @@ fn files_and_inodes_in_a_jails_tmp_count_against_its_memory() {
         done
         echo "files $i"
     "#;
-    let (out, _, guard) = run(&with_memory(24 << 20), script);
+    let (out, _, guard) = run(with_memory(24 << 20), script);
     if guard.cgroup().is_none() {
         assert!(std::env::var_os("CI").is_none(), "no memory cgroup was made");
         eprintln!("skipped: this host makes no memory cgroups");
@@ -121,6 +121,12 @@ fn host_address() -> Option<IpAddr> {
 
 fn reach(ip: IpAddr, port: u16, label: &str) -> String {
     format!("(timeout 3 bash -c 'echo > /dev/tcp/{ip}/{port}') 2>/dev/null && echo 'REACHED {label}'\n")
+}
+
+fn with_egress(allowed: &[Cidr]) -> Jail {
+    let mut jail = Jail::new(JailLimits::default());
+    jail.egress(allowed);
+    jail
 }
 
 #[test]
@@ -148,7 +154,7 @@ fn a_jail_with_network_reaches_neither_the_host_nor_private_ranges_unless_allowe
         "grep -q 10.0.2.3 /etc/resolv.conf && echo RESOLVER-SET\nip route | grep -q default && echo ROUTED\n{probes}"
     );
 
-    let (out, _, _guard) = run(Jail::new(JailLimits::default()).egress(&[]), &script);
+    let (out, _, _guard) = run(with_egress(&[]), &script);
     assert!(out.contains("ROUTED") && out.contains("RESOLVER-SET"), "the jail has a network:\n{out}");
     for refused in ["REACHED host", "REACHED host-loopback", "REACHED metadata"] {
         assert!(!out.contains(refused), "{refused}:\n{out}");
@@ -156,13 +162,13 @@ fn a_jail_with_network_reaches_neither_the_host_nor_private_ranges_unless_allowe
 
     // The operator allows the host's own range: now it is reached, and nothing else is.
     let allowed: Cidr = host.to_string().parse().unwrap();
-    let (out, _, _guard) = run(Jail::new(JailLimits::default()).egress(&[allowed]), &script);
+    let (out, _, _guard) = run(with_egress(&[allowed]), &script);
     assert!(out.contains("REACHED host\n"), "an allowed range is reached:\n{out}");
     for refused in ["REACHED host-loopback", "REACHED metadata"] {
         assert!(!out.contains(refused), "{refused}:\n{out}");
     }
 
     // Without network, nothing at all.
-    let (out, _, _guard) = run(&Jail::new(JailLimits::default()), &script);
+    let (out, _, _guard) = run(Jail::new(JailLimits::default()), &script);
     assert!(!out.contains("ROUTED") && !out.contains("REACHED"), "no network:\n{out}");
 }

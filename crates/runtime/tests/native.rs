@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use cloudplay_game::{Frame, Game, GameStatus, PlayerInput};
 use cloudplay_proto::input::InputEvent;
-use cloudplay_runtime::native::{NativeGame, NativeHome, NativeSetup};
+use std::path::{Path, PathBuf};
+
+use cloudplay_runtime::native::{JAIL_HOME, NativeGame, NativeHome, NativeSetup, archive_of};
 use cloudplay_runtime::sandbox::JailLimits;
 use cloudplay_runtime::{RuntimeError, find_program};
 
@@ -27,6 +29,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         xvfb: "Xvfb",
         startup_timeout: timeout,
         memory_limit: 4 << 30,
+        home_quota: 64 << 20,
         home: NativeHome::Scratch,
         audio: false,
         jail: Some(JailLimits::default()),
@@ -36,6 +39,24 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
 
 fn key(usage: u16, down: bool) -> PlayerInput {
     PlayerInput { player: 0, event: InputEvent::Key { usage, down, repeat: false } }
+}
+
+/// Unpacks the archive the host keeps of a player's home at `home` into a fresh directory
+/// (with the system's tar: the test reads what a later session's keeper would unpack).
+fn unpack_home(home: &Path) -> PathBuf {
+    let into = home.with_extension("unpacked");
+    let _ = std::fs::remove_dir_all(&into);
+    std::fs::create_dir_all(&into).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-x")
+        .arg("-f")
+        .arg(archive_of(home))
+        .arg("-C")
+        .arg(&into)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the kept home is a tar archive");
+    into
 }
 
 fn process_exists(pid: u32) -> bool {
@@ -149,6 +170,7 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         xvfb: "Xvfb",
         startup_timeout: Duration::from_secs(10),
         memory_limit: 4 << 30,
+        home_quota: 64 << 20,
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         jail: Some(JailLimits::default()),
@@ -156,13 +178,15 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
     })
     .unwrap();
     drop(game);
-    let env = std::fs::read_to_string(home.join("env.txt")).unwrap();
-    assert!(env.lines().any(|l| l == format!("HOME={}", home.display())), "{env}");
+    let unpacked = unpack_home(&home);
+    let env = std::fs::read_to_string(unpacked.join("env.txt")).unwrap();
+    assert!(env.lines().any(|l| l == format!("HOME={JAIL_HOME}")), "{env}");
     assert!(env.lines().any(|l| l.starts_with("DISPLAY=:")), "{env}");
     // The test process has CARGO_* variables; the host's environment must not leak into games.
     assert!(!env.lines().any(|l| l.starts_with("CARGO")), "{env}");
-    assert!(home.exists(), "a player's home is kept");
-    let _ = std::fs::remove_dir_all(&home);
+    assert!(!home.exists(), "no directory of the host's is the game's");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_file(archive_of(&home));
 }
 
 #[test]
@@ -188,6 +212,7 @@ fn a_programs_sound_reaches_the_session() {
         xvfb: "Xvfb",
         startup_timeout: Duration::from_secs(10),
         memory_limit: 4 << 30,
+        home_quota: 64 << 20,
         home: NativeHome::Scratch,
         audio: true,
         jail: Some(JailLimits::default()),
@@ -230,7 +255,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
         r#"
         {{
           echo "env:"; env
-          echo "parent:"; cat /proc/$PPID/environ; cat /proc/1/environ
+          echo "parent:"; cat /proc/$PPID/environ; cat /proc/1/environ; echo
           echo "processes:"; ls /proc | grep -c '^[0-9]'
           echo "database:"; cat {database}
           echo "tmp:"; ls /tmp; cat {other_cookie}
@@ -256,6 +281,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
         xvfb: "Xvfb",
         startup_timeout: Duration::from_secs(10),
         memory_limit: 4 << 30,
+        home_quota: 64 << 20,
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         jail: Some(JailLimits::default()),
@@ -273,7 +299,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!outliver(), "nothing the program started outlives its session");
 
-    let report = std::fs::read_to_string(home.join("report")).unwrap();
+    let report = std::fs::read_to_string(unpack_home(&home).join("report")).unwrap();
     eprintln!("{report}");
     assert!(!report.contains("SECRET-"), "the host's files are out of reach:\n{report}");
     // The jail's system-call filter: no nested namespace, no tracing, no keyring.
@@ -291,4 +317,66 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
     assert!(net.trim().is_empty(), "no network but loopback: {net}");
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&other_cookie);
+}
+
+fn start_at_home(script: &str, home: &Path, quota: u64) -> NativeGame {
+    let command: Vec<String> = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+    NativeGame::start(NativeSetup {
+        command: &command,
+        width: 320,
+        height: 240,
+        xvfb: "Xvfb",
+        startup_timeout: Duration::from_secs(10),
+        memory_limit: 4 << 30,
+        home_quota: quota,
+        home: NativeHome::Persistent(home.to_path_buf()),
+        audio: false,
+        jail: Some(JailLimits { memory: 512 << 20, ..JailLimits::default() }),
+        network: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_players_home_is_bounded_and_kept_without_the_host_opening_it() {
+    if !available() {
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("cloudplay-kept-home-{}", std::process::id()));
+    let _ = std::fs::remove_file(archive_of(&home));
+    let _ = std::fs::remove_dir_all(&home);
+    // A home directory as an earlier version left it: copied in once, then removed.
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("old.txt"), "FROM-BEFORE").unwrap();
+
+    let first = r#"
+        cat old.txt > seen-old
+        echo one > progress
+        dd if=/dev/zero of=big bs=1M count=64 2>/dev/null
+        stat -c %s big > /tmp/big-size
+        rm big
+        cp /tmp/big-size .
+        ln -s /proc/self/environ leak
+        exec xterm
+    "#;
+    drop(start_at_home(first, &home, 16 << 20));
+    assert!(!home.exists(), "the earlier version's directory is gone once its archive is kept");
+    let unpacked = unpack_home(&home);
+    assert_eq!(std::fs::read_to_string(unpacked.join("seen-old")).unwrap(), "FROM-BEFORE");
+    assert_eq!(std::fs::read_to_string(unpacked.join("progress")).unwrap(), "one\n");
+    let big: u64 = std::fs::read_to_string(unpacked.join("big-size")).unwrap().trim().parse().unwrap();
+    assert!(big <= 16 << 20, "a 16 MiB home kept a {big}-byte file");
+    // The link is kept as the game made it; the host never read through it.
+    let leak = unpacked.join("leak");
+    assert!(leak.symlink_metadata().unwrap().file_type().is_symlink());
+    let archive = std::fs::read(archive_of(&home)).unwrap();
+    assert!(!String::from_utf8_lossy(&archive).contains("CARGO"), "no host environment in the archive");
+
+    // The next session finds what the last one left, and keeps what it changes.
+    drop(start_at_home("cat progress > seen-progress; echo two > progress; exec xterm", &home, 16 << 20));
+    let unpacked = unpack_home(&home);
+    assert_eq!(std::fs::read_to_string(unpacked.join("seen-progress")).unwrap(), "one\n");
+    assert_eq!(std::fs::read_to_string(unpacked.join("progress")).unwrap(), "two\n");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_file(archive_of(&home));
 }

@@ -29,12 +29,15 @@ use x11rb::rust_connection::{DefaultStream, RustConnection};
 use crate::RuntimeError;
 
 mod audio;
+mod home;
 mod keys;
 
 use crate::sandbox::{Ending, Jail, JailGuard, JailLimits};
 use audio::SessionAudio;
 pub use audio::audio_available;
 use cloudplay_proto::cidr::Cidr;
+use home::KeptHome;
+pub use home::{JAIL_HOME, archive_of};
 use keys::{PAD_KEYS, gamepad_keys, keysym_for};
 
 /// Where a native game comes from and how it is run.
@@ -49,6 +52,8 @@ pub struct NativeSetup<'a> {
     /// The program's `HOME`, where it keeps its settings and saves: per player, or a
     /// scratch directory for guests (removed at the end).
     pub home: NativeHome,
+    /// Bytes a jailed program's `HOME` may hold.
+    pub home_quota: u64,
     /// Give the program a sound server of its own and stream what it plays.
     pub audio: bool,
     /// Run the program in a jail with these limits (`None`: with the host's rights).
@@ -61,7 +66,9 @@ pub struct NativeSetup<'a> {
 /// Where a native program's `HOME` is.
 #[derive(Debug, Clone)]
 pub enum NativeHome {
-    /// Kept across sessions (a signed-in player's).
+    /// Kept across sessions (a signed-in player's): for a jailed program, as the archive
+    /// [`archive_of`] this path, unpacked into a bounded home of the jail's own (see
+    /// `home.rs`); unjailed, the directory itself.
     Persistent(PathBuf),
     /// Made for this session and removed with it.
     Scratch,
@@ -182,8 +189,10 @@ pub struct NativeGame {
     pad_keys: u16,
     capture_failed: std::cell::Cell<bool>,
     stderr: Arc<Mutex<VecDeque<u8>>>,
-    /// A scratch `HOME` to remove at the end.
+    /// A scratch `HOME` to remove at the end (unjailed programs).
     scratch_home: Option<PathBuf>,
+    /// A jailed player's home, packed up when the program ends.
+    kept_home: Option<KeptHome>,
     audio: Option<SessionAudio>,
     // Dropped last: the program first, then its display.
     program: Supervised,
@@ -306,7 +315,7 @@ fn start_program(
     auth_file: &Path,
     number: u32,
     audio: Option<&SessionAudio>,
-) -> Result<(Child, JailGuard), RuntimeError> {
+) -> Result<(Child, JailGuard, Option<KeptHome>), RuntimeError> {
     let started = |e: std::io::Error| {
         RuntimeError::ProgramFailed(format!("{:?} could not be started: {e}", setup.command[0]))
     };
@@ -340,13 +349,13 @@ fn start_program(
             });
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        return Ok((command.spawn().map_err(started)?, JailGuard::default()));
+        return Ok((command.spawn().map_err(started)?, JailGuard::default(), None));
     };
     let mut jail = Jail::new(limits);
     if let Some(allowed) = &setup.network {
         jail.egress(allowed);
     }
-    jail.writable(home)?
+    jail.tmpfs(home, setup.home_quota)
         .read_only(auth_file)?
         .read_only(Path::new(&format!("/tmp/.X11-unix/X{number}")))?
         .chdir(home)?;
@@ -356,9 +365,16 @@ fn start_program(
     for (name, value) in env {
         jail.env(name, value);
     }
-    let mut command = jail.command(program, &setup.command[1..])?;
+    let (kept_home, mut command) = match &setup.home {
+        NativeHome::Persistent(dir) => {
+            let (kept, args) = KeptHome::prepare(dir, setup.home_quota, &mut jail, setup.command)?;
+            (Some(kept), jail.command(Path::new("sh"), &args)?)
+        }
+        NativeHome::Scratch => (None, jail.command(program, &setup.command[1..])?),
+    };
     command.command_mut().stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    command.spawn()
+    let (child, guard) = command.spawn()?;
+    Ok((child, guard, kept_home))
 }
 
 fn x_error(e: impl std::fmt::Display) -> RuntimeError {
@@ -383,15 +399,18 @@ impl NativeGame {
             u32::from_le_bytes([cookie[0], cookie[1], cookie[2], cookie[3]])
         ));
         write_auth_file(&auth_file, &cookie).map_err(|e| RuntimeError::Io(format!("auth file: {e}")))?;
-        let (home, scratch_home) = match &setup.home {
-            NativeHome::Persistent(dir) => (dir.clone(), None),
-            NativeHome::Scratch => {
+        // A jailed program's home is the jail's own; an unjailed one's, a host directory.
+        let (home, scratch_home) = match (&setup.home, setup.jail.is_some()) {
+            (_, true) => (PathBuf::from(JAIL_HOME), None),
+            (NativeHome::Persistent(dir), false) => (dir.clone(), None),
+            (NativeHome::Scratch, false) => {
                 let dir = auth_file.with_extension("home");
                 (dir.clone(), Some(dir))
             }
         };
         let started = Instant::now();
-        let result = std::fs::create_dir_all(&home)
+        let made = if setup.jail.is_some() { Ok(()) } else { std::fs::create_dir_all(&home) };
+        let result = made
             .map_err(|e| RuntimeError::Io(format!("home directory: {e}")))
             .and_then(|()| Self::start_with_auth(&setup, &auth_file, &cookie, &home));
         match result {
@@ -450,7 +469,7 @@ impl NativeGame {
         } else {
             None
         };
-        let (mut child, guard) = start_program(setup, home, auth_file, number, audio.as_ref())?;
+        let (mut child, guard, kept_home) = start_program(setup, home, auth_file, number, audio.as_ref())?;
         let stderr = collect_stderr(&mut child);
         let mut program = Supervised::new(child, &setup.command[0]);
         program.jailed = setup.jail.is_some();
@@ -492,6 +511,7 @@ impl NativeGame {
             capture_failed: std::cell::Cell::new(false),
             stderr,
             scratch_home: None,
+            kept_home,
             audio,
             program,
             display,
@@ -721,6 +741,9 @@ impl Game for NativeGame {
 
 impl Drop for NativeGame {
     fn drop(&mut self) {
+        if let Some(home) = &mut self.kept_home {
+            home.finish(|| self.program.has_exited());
+        }
         self.program.kill_group();
         self.audio = None;
         let _ = std::fs::remove_file(&self.auth_file);
