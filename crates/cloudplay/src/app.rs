@@ -114,9 +114,10 @@ impl SessionHost for LocalHost {
     fn pull<'a>(
         &'a self,
         broadcast_id: &'a str,
+        tenant: &'a str,
         origin: PushTarget,
     ) -> HostFuture<'a, Result<String, String>> {
-        Box::pin(async move { crate::relay::pull(&self.0, broadcast_id, &origin).await })
+        Box::pin(async move { crate::relay::pull(&self.0, broadcast_id, tenant, &origin).await })
     }
 }
 

@@ -27,8 +27,9 @@ pub async fn push(host: &Host, session: &str, target: &PushTarget) -> Result<Str
 
 /// Pulls `target`'s WHEP stream into broadcast `broadcast` of `host`: the resource's URL
 /// at the origin.
-pub async fn pull(host: &Host, broadcast: &str, target: &PushTarget) -> Result<String, String> {
-    let offer = host.prepare_pull(broadcast).map_err(|e| e.to_string())?;
+/// It counts against `tenant`'s share of the host's broadcasts.
+pub async fn pull(host: &Host, broadcast: &str, tenant: &str, target: &PushTarget) -> Result<String, String> {
+    let offer = host.prepare_pull(broadcast, tenant).map_err(|e| e.to_string())?;
     exchange(host, offer, target).await
 }
 
@@ -110,18 +111,32 @@ async fn internal_push(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    internal_relay(&host, &id, &body, true).await
+    internal_relay(&host, &id, &body, None).await
+}
+
+#[derive(serde::Deserialize)]
+struct PullQuery {
+    tenant: String,
 }
 
 async fn internal_pull(
     State(host): State<Host>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<PullQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Response {
-    internal_relay(&host, &id, &body, false).await
+    let Ok(axum::extract::Query(PullQuery { tenant })) = query else {
+        return cloudplay_host::whep::error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "a pull names the tenant it counts against (?tenant=)",
+        );
+    };
+    internal_relay(&host, &id, &body, Some(&tenant)).await
 }
 
-async fn internal_relay(host: &Host, id: &str, body: &[u8], onward: bool) -> Response {
+/// `pull_for`: the tenant a pull counts against; `None` pushes onward.
+async fn internal_relay(host: &Host, id: &str, body: &[u8], pull_for: Option<&str>) -> Response {
     let target: PushTarget = match serde_json::from_slice(body) {
         Ok(target) => target,
         Err(e) => {
@@ -132,7 +147,10 @@ async fn internal_relay(host: &Host, id: &str, body: &[u8], onward: bool) -> Res
             );
         }
     };
-    let relayed = if onward { push(host, id, &target).await } else { pull(host, id, &target).await };
+    let relayed = match pull_for {
+        Some(tenant) => pull(host, id, tenant, &target).await,
+        None => push(host, id, &target).await,
+    };
     match relayed {
         Ok(location) => {
             (StatusCode::CREATED, Json(serde_json::json!({ "location": location }))).into_response()

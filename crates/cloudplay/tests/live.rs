@@ -336,9 +336,16 @@ async fn an_edge_pulls_an_origins_session_for_its_own_viewers() {
 /// an offer that never connects gives its slot back within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenant_cannot_take_every_broadcast_slot() {
-    let server = Server::start(Config { max_broadcasts: 4, tenant_share_percent: 50, ..Config::ephemeral() })
-        .await
-        .unwrap();
+    // An origin that answers every pull with a refusal: it counts who got as far as asking.
+    let (origin, asked) = fake_endpoint("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into());
+    let server = Server::start(Config {
+        max_broadcasts: 4,
+        tenant_share_percent: 50,
+        push_allowed: vec![format!("http://127.0.0.1:{origin}/whep/")],
+        ..Config::ephemeral()
+    })
+    .await
+    .unwrap();
     let store = server.control.store().clone();
     let addr = server.http_addr;
     let now = unix_ms();
@@ -367,11 +374,25 @@ async fn one_tenant_cannot_take_every_broadcast_slot() {
         }
         let (status, refused) = whip(addr, &local[2].0, Some(&local[2].1), &offer());
         assert_eq!((status, refused["error"]["code"].as_str()), (503, Some("no_capacity")), "{refused}");
+        // A pull is a broadcast of the platform too: over its share, no origin is asked.
+        let pull = |token: &str, id: &str| {
+            let origin = json!({ "whip_url": format!("http://127.0.0.1:{origin}/whep/x") });
+            call(addr, "POST", &format!("/api/v1/channels/{id}/pull"), Some(token), Some(origin)).0
+        };
+        assert_ne!(pull(&creators[0], &local[2].0), 201);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0, "a pull over the platform's share");
         let (id, key) = channel(&creators[1]);
         assert_eq!(
             whip(addr, &id, Some(&key), &offer()).0,
             201,
             "another platform's creator still goes live"
+        );
+        let (other, _) = channel(&creators[1]);
+        assert_eq!(pull(&creators[1], &other), 502, "the origin refuses");
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a pull within the share asks the origin"
         );
         // The two offers never connect: their slots come back within seconds.
         let started = Instant::now();

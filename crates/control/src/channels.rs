@@ -404,7 +404,7 @@ async fn pull_into_channel(
     let (host_id, broadcast) = (host.host_id(), random_id());
     let url = origin.whip_url.clone();
     let location = host
-        .pull(&broadcast, origin)
+        .pull(&broadcast, &channel.tenant_id, origin)
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "pull_failed", e))?;
     claim(&control, &channel, host.as_ref(), &host_id, &broadcast).await?;

@@ -103,6 +103,7 @@ pub trait SessionHost: Send + Sync {
     fn pull<'a>(
         &'a self,
         broadcast_id: &'a str,
+        tenant: &'a str,
         origin: PushTarget,
     ) -> HostFuture<'a, Result<String, String>>;
 }

@@ -173,9 +173,11 @@ impl SessionHost for RemoteHost {
     fn pull<'a>(
         &'a self,
         broadcast_id: &'a str,
+        tenant: &'a str,
         origin: PushTarget,
     ) -> HostFuture<'a, Result<String, String>> {
-        Box::pin(self.relay(format!("/internal/v1/broadcasts/{broadcast_id}/pulls"), origin))
+        let tenant: String = url::form_urlencoded::byte_serialize(tenant.as_bytes()).collect();
+        Box::pin(self.relay(format!("/internal/v1/broadcasts/{broadcast_id}/pulls?tenant={tenant}"), origin))
     }
 }
 

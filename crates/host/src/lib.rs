@@ -567,8 +567,8 @@ impl Host {
 
     /// Opens broadcast `id` for a publisher about to connect (its WHIP offer is being
     /// answered). It lasts until its publisher leaves or [`Host::stop_session`] ends it.
-    /// `tenant` is the publisher's platform (from its ticket), whose share it counts
-    /// against; `None` for a pull, which counts against the whole only.
+    /// `tenant` is the publisher's platform (from its ticket, or the pulled channel's),
+    /// whose share it counts against.
     pub(crate) fn open_broadcast(
         &self,
         id: &str,
@@ -654,11 +654,12 @@ impl Host {
     /// host's viewers watch what another cloudplay, or any WHEP server, streams): a
     /// receive-only connection from this host's media port, and its offer, as
     /// [`Host::prepare_push`]. The pulled stream is the broadcast's publisher.
-    pub fn prepare_pull(&self, id: &str) -> Result<RelayOffer, HostError> {
+    /// It counts against `tenant`'s share of the host's broadcasts, like a WHIP publisher.
+    pub fn prepare_pull(&self, id: &str, tenant: &str) -> Result<RelayOffer, HostError> {
         if self.peer_count() >= self.inner.config.limits.peers {
             return Err(HostError::Start("this host serves as many peers as it can".into()));
         }
-        let session = self.open_broadcast(id, None)?;
+        let session = self.open_broadcast(id, Some(tenant))?;
         self.relay_offer(session, cloudplay_proto::TicketRole::Publisher, str0m::media::Direction::RecvOnly)
     }
 
