@@ -412,23 +412,15 @@ pub(crate) async fn open_session(
     }
     let tenant = store.tenant(&who.tenant).await.map_err(internal)?;
     let stored = StoredRequest { options: request.options, rtt_ms: request.rtt_ms.clone() };
-    let claim =
-        control.claim_host(&tenant, &request.rtt_ms, launch.runtime.kind()).await.map_err(internal)?;
-    let host_id = match claim {
-        Claim::Host(host_id) => Some(host_id),
-        Claim::Queue => None,
-        Claim::Unplaceable => {
-            let message = format!("no region within {} ms runs this game", tenant.max_rtt_ms);
-            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_region", message));
-        }
-    };
-    let session = SessionRecord {
+    // Queued first, then placed in one step with its slot (so the tenant's share and the
+    // host's capacity are counted with it).
+    let mut session = SessionRecord {
         id: random_id(),
         tenant_id: who.tenant.clone(),
         user_id: request.user_id.clone(),
         game_id: request.game.clone(),
-        host_id: host_id.clone(),
-        state: if host_id.is_some() { SessionState::Placed } else { SessionState::Queued },
+        host_id: None,
+        state: SessionState::Queued,
         options: serde_json::to_string(&stored).unwrap_or_default(),
         idempotency_key,
         created_at_ms: unix_ms(),
@@ -436,9 +428,6 @@ pub(crate) async fn open_session(
         public: false,
     };
     if let Err(e) = store.insert_session(&session, owner_limit).await {
-        if let Some(host_id) = &host_id {
-            store.release_slot(host_id).await.map_err(internal)?;
-        }
         return Err(match e {
             StoreError::Conflict(_) => {
                 let message = "a request with this Idempotency-Key is in progress".to_string();
@@ -450,10 +439,25 @@ pub(crate) async fn open_session(
             other => internal(other),
         });
     }
-    let Some(host_id) = host_id else {
-        info!(session = %session.id, tenant = %who.tenant, "session queued");
-        return Ok(session);
+    let claim = control
+        .claim_host(&tenant, &session.id, &request.rtt_ms, launch.runtime.kind())
+        .await
+        .map_err(internal)?;
+    let host_id = match claim {
+        Claim::Host(host_id) => host_id,
+        Claim::Queue => {
+            info!(session = %session.id, tenant = %who.tenant, "session queued");
+            // The queue may have placed it already: answer with what is stored.
+            return store.session(&who.tenant, &session.id).await.map_err(internal);
+        }
+        Claim::Unplaceable => {
+            control.finish(&session, SessionState::Ended).await.map_err(internal)?;
+            let message = format!("no region within {} ms runs this game", tenant.max_rtt_ms);
+            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "no_region", message));
+        }
     };
+    session.host_id = Some(host_id.clone());
+    session.state = SessionState::Placed;
     if let Err(e) = control.start_placed(&session, &launch).await {
         control.finish(&session, SessionState::Ended).await.map_err(internal)?;
         return Err(start_error(e));

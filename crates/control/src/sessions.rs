@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::placement::{Placement, PlacementRequest, place};
-use crate::store::{CatalogueGame, SessionRecord, SessionState, StoreError, Tenant};
+use crate::store::{CatalogueGame, Placing, SessionRecord, SessionState, StoreError, Tenant};
 use crate::{ControlPlane, StartError, unix_ms};
 
 /// Attempts at claiming a slot when concurrent requests race for the same host.
@@ -35,7 +35,7 @@ impl StoredRequest {
 
 /// Result of looking for a host.
 pub enum Claim {
-    /// A slot on this host is now held for the caller.
+    /// The session is placed on this host, a slot held for it.
     Host(String),
     /// Every acceptable host is full.
     Queue,
@@ -65,10 +65,13 @@ pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Res
 }
 
 impl ControlPlane {
-    /// Places from a fresh fleet snapshot and claims the slot; a lost race retries.
+    /// Places queued session `session_id` from a fresh fleet snapshot: claims a slot and
+    /// marks it placed in one step ([`crate::store::Store::place_session`]); a lost race
+    /// retries.
     pub async fn claim_host(
         &self,
         tenant: &Tenant,
+        session_id: &str,
         rtt_ms: &BTreeMap<String, u32>,
         runtime: &str,
     ) -> Result<Claim, StoreError> {
@@ -79,10 +82,6 @@ impl ControlPlane {
             // the fleet's slots or more waits too (work-conserving: alone, it uses them all).
             let capacity: u32 = fleet.iter().map(|h| h.capacity).sum();
             let share = (capacity * self.inner.config.limits.tenant_share_percent / 100).max(1);
-            let (placed, others_waiting) = store.share_of_fleet(&tenant.id).await?;
-            if placed >= share && others_waiting > 0 {
-                return Ok(Claim::Queue);
-            }
             let measured: Vec<(String, u32)> = if rtt_ms.is_empty() {
                 fleet.iter().map(|h| (h.region.clone(), 0)).collect()
             } else {
@@ -92,8 +91,10 @@ impl ControlPlane {
                 PlacementRequest { rtt_ms: measured, max_rtt_ms: tenant.max_rtt_ms, runtime: runtime.into() };
             match place(&ask, &fleet) {
                 Placement::Host { host_id, .. } => {
-                    if store.claim_slot(&host_id, unix_ms()).await? {
-                        return Ok(Claim::Host(host_id));
+                    match store.place_session(&tenant.id, session_id, &host_id, share, unix_ms()).await? {
+                        Placing::Placed => return Ok(Claim::Host(host_id)),
+                        Placing::OverShare | Placing::NotQueued => return Ok(Claim::Queue),
+                        Placing::HostFull => {}
                     }
                 }
                 Placement::Queue => return Ok(Claim::Queue),
@@ -156,14 +157,12 @@ impl ControlPlane {
                 continue;
             };
             let rtt_ms = StoredRequest::of(&session).rtt_ms;
-            let Claim::Host(host_id) = self.claim_host(&tenant, &rtt_ms, launch.runtime.kind()).await? else {
-                // FIFO: nobody behind the head of this tenant's queue goes first.
+            let claim = self.claim_host(&tenant, &session.id, &rtt_ms, launch.runtime.kind()).await?;
+            let Claim::Host(host_id) = claim else {
+                // FIFO: nobody behind the head of this tenant's queue goes first (or it was
+                // cancelled meanwhile).
                 continue;
             };
-            if !store.assign_session(&session.tenant_id, &session.id, &host_id).await? {
-                store.release_slot(&host_id).await?; // cancelled meanwhile
-                continue;
-            }
             let running =
                 SessionRecord { host_id: Some(host_id.clone()), state: SessionState::Placed, ..session };
             match self.start_placed(&running, &launch).await {

@@ -77,6 +77,7 @@ suite!(
     moments_stay_within_their_quotas_even_when_captured_at_once,
     per_owner_limits_hold_under_concurrent_requests,
     a_host_reaches_only_sessions_it_runs_or_just_ended,
+    a_tenants_share_holds_when_its_players_arrive_at_once,
 );
 
 /// What a host may commit saves for: a session placed on it, or one that ended there a
@@ -162,6 +163,65 @@ async fn per_owner_limits_hold_under_concurrent_requests(store: Store) {
         live += task.await.unwrap() as u32;
     }
     assert_eq!(live, 2, "live sessions of one owner");
+}
+
+/// Twelve of one tenant's queued sessions placed at once on a roomy host while another
+/// tenant's player waits: exactly the share's worth are placed (the share's check, the
+/// slot and the session's state are one step), every other is told to wait, and the host
+/// counts only the placed ones.
+async fn a_tenants_share_holds_when_its_players_arrive_at_once(store: Store) {
+    use cloudplay_control::store::{Placing, SessionRecord, SessionState};
+    store.create_tenant(&tenant("acme"), NOW).await.unwrap();
+    store.create_tenant(&tenant("globex"), NOW).await.unwrap();
+    let registration = HostRegistration {
+        id: "big".into(),
+        region: "eu".into(),
+        endpoint: "http://big".into(),
+        capacity: 20,
+        runtimes: vec![],
+    };
+    store.register_host(&registration, NOW, 60_000).await.unwrap();
+    let queued = |tenant: &str, id: String| SessionRecord {
+        id,
+        tenant_id: tenant.into(),
+        user_id: None,
+        game_id: "g".into(),
+        host_id: None,
+        state: SessionState::Queued,
+        options: "{}".into(),
+        idempotency_key: None,
+        created_at_ms: NOW,
+        owner: "guest:abc".into(),
+        public: false,
+    };
+    store.insert_session(&queued("globex", "waiting".into()), None).await.unwrap();
+    for i in 0..12 {
+        store.insert_session(&queued("acme", format!("s{i}")), None).await.unwrap();
+    }
+    let store = Arc::new(store);
+    const SHARE: u32 = 3;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.place_session("acme", &format!("s{i}"), "big", SHARE, NOW).await.unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let placed = outcomes.iter().filter(|o| **o == Placing::Placed).count() as u32;
+    assert_eq!(placed, SHARE, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Placing::Placed | Placing::OverShare)), "{outcomes:?}");
+    assert_eq!(store.fleet(NOW).await.unwrap()[0].used, SHARE, "no slot claimed for a refused placement");
+    // Placing one twice does nothing the second time, and leaves the slot free.
+    let again = store.place_session("globex", "waiting", "big", SHARE, NOW).await.unwrap();
+    assert_eq!(again, Placing::Placed);
+    let twice = store.place_session("globex", "waiting", "big", SHARE, NOW).await.unwrap();
+    assert_eq!(twice, Placing::NotQueued);
+    assert_eq!(store.fleet(NOW).await.unwrap()[0].used, SHARE + 1);
 }
 
 fn moment(id: &str, bytes: usize, expires_at_ms: u64) -> Moment {

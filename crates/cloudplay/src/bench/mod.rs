@@ -140,7 +140,7 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
     use ed25519_dalek::SigningKey;
 
     println!(
-        "\nSession allocation (snapshot + place + claim + insert), {workers} concurrent workers, {seconds} s:\n"
+        "\nSession allocation (insert queued + snapshot + place + claim with its share), {workers} concurrent workers, {seconds} s:\n"
     );
     println!("| database | allocations/s | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
@@ -171,16 +171,13 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                     let mut latencies = Vec::new();
                     while Instant::now() < deadline {
                         let started = Instant::now();
-                        let Claim::Host(host_id) = control.claim_host(&tenant, &rtt, "builtin").await? else {
-                            anyhow::bail!("the bench fleet filled up");
-                        };
                         let session = SessionRecord {
                             id: random_id(),
                             tenant_id: tenant.id.clone(),
                             user_id: None,
                             game_id: "neon-cycles".into(),
-                            host_id: Some(host_id.clone()),
-                            state: SessionState::Placed,
+                            host_id: None,
+                            state: SessionState::Queued,
                             options: "{}".into(),
                             idempotency_key: None,
                             created_at_ms: unix_ms(),
@@ -188,6 +185,10 @@ pub async fn placement(database_urls: &[String], seconds: u64, workers: usize) -
                             public: false,
                         };
                         store.insert_session(&session, None).await?;
+                        let claim = control.claim_host(&tenant, &session.id, &rtt, "builtin").await?;
+                        let Claim::Host(host_id) = claim else {
+                            anyhow::bail!("the bench fleet filled up");
+                        };
                         latencies.push(started.elapsed().as_micros() as u32);
                         store
                             .set_session_state(

@@ -20,6 +20,7 @@ pub use channels::{Channel, MAX_CHANNELS_PER_CREATOR};
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
 pub use saves::{Moment, MomentQuota, SaveInfo, SaveKind, SavePolicy, SavePrecondition, sha256_hex};
+pub use sessions::Placing;
 
 use crate::placement::HostSnapshot;
 use crate::random_id;

@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// A tenant's placed sessions, and other tenants' queued ones.
+const SHARE_OF_FLEET: &str = "SELECT COALESCE(SUM(CASE WHEN tenant_id = $1 AND state = 'placed' THEN 1 ELSE 0 END), 0) AS mine, \
+     COALESCE(SUM(CASE WHEN tenant_id <> $1 AND state = 'queued' THEN 1 ELSE 0 END), 0) AS waiting \
+     FROM sessions WHERE state IN ('placed', 'queued')";
+
+/// How [`Store::place_session`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placing {
+    Placed,
+    /// The host had no free slot (or no longer a lease): try another.
+    HostFull,
+    /// The tenant holds its share while others wait: it waits too.
+    OverShare,
+    /// The session is no longer queued (ended meanwhile).
+    NotQueued,
+}
+
 impl Store {
     /// Stores a new session. A session with the same tenant and idempotency key is a
     /// conflict: the caller returns the existing one instead. With `owner_limit`, the
@@ -157,23 +174,48 @@ impl Store {
         Self::session_from(&row)
     }
 
-    /// Live and queued sessions of one owner, for the per-caller limit.
-    /// Sessions of `tenant_id` placed on hosts now, and sessions of other tenants waiting
-    /// in their queues: what a fair share of the fleet is judged by.
-    pub async fn share_of_fleet(&self, tenant_id: &str) -> Result<(u32, u32), StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(CASE WHEN tenant_id = $1 AND state = 'placed' THEN 1 ELSE 0 END), 0) AS mine, \
-             COALESCE(SUM(CASE WHEN tenant_id <> $1 AND state = 'queued' THEN 1 ELSE 0 END), 0) AS waiting \
-             FROM sessions WHERE state IN ('placed', 'queued')",
-        )
-        .bind(tenant_id)
-        .fetch_one(&mut *self.platform().await?)
-        .await?;
+    /// Places queued session `id` of `tenant_id` on `host_id` in one step: unless the
+    /// tenant holds `share` placed sessions or more while another's players wait, a slot of
+    /// the host is claimed and the session marked placed there. Serialised per tenant, so
+    /// requests at the same moment never pass the share between them.
+    pub async fn place_session(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        host_id: &str,
+        share: u32,
+        now_ms: u64,
+    ) -> Result<Placing, StoreError> {
+        let mut tx = self.write().await?;
+        self.serialise_on(&mut tx, &format!("placement:{tenant_id}")).await?;
+        let row = sqlx::query(SHARE_OF_FLEET).bind(tenant_id).fetch_one(&mut *tx).await?;
         let count =
             |name: &str| -> Result<u32, StoreError> { Ok(row.try_get::<i64, _>(name)?.max(0) as u32) };
-        Ok((count("mine")?, count("waiting")?))
+        if count("mine")? >= share && count("waiting")? > 0 {
+            return Ok(Placing::OverShare);
+        }
+        let claimed = sqlx::query("UPDATE hosts SET used = used + 1 WHERE id = $1 AND state = 'active' AND used < capacity AND lease_expires_at > $2")
+            .bind(host_id)
+            .bind(now_ms as i64)
+            .execute(&mut *tx)
+            .await?;
+        if claimed.rows_affected() != 1 {
+            return Ok(Placing::HostFull);
+        }
+        let assigned = sqlx::query("UPDATE sessions SET state = 'placed', host_id = $1 WHERE tenant_id = $2 AND id = $3 AND state = 'queued'")
+            .bind(host_id)
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if assigned.rows_affected() != 1 {
+            return Ok(Placing::NotQueued); // the slot's claim goes with the transaction
+        }
+        tx.commit().await?;
+        Ok(Placing::Placed)
     }
 
+    /// Live and queued sessions of one owner, for the per-caller limit.
     pub async fn count_live_sessions_of(&self, tenant_id: &str, owner: &str) -> Result<u32, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
         let row = sqlx::query(
@@ -301,19 +343,6 @@ impl Store {
             heads.extend(self.sessions(&tenant, SessionState::Queued, per_tenant).await?);
         }
         Ok(heads)
-    }
-
-    /// Places a queued session on a host (whose slot the caller claimed). `false` if it
-    /// was no longer queued.
-    pub async fn assign_session(&self, tenant_id: &str, id: &str, host_id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.scoped(tenant_id).await?;
-        let done = sqlx::query("UPDATE sessions SET state = 'placed', host_id = $1 WHERE tenant_id = $2 AND id = $3 AND state = 'queued'")
-            .bind(host_id)
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Each region with live hosts and one host endpoint in it (for RTT probes).
