@@ -4,13 +4,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export async function launch(extraArgs = []) {
+/// `device` sets the context's viewport, deviceScaleFactor, isMobile and hasTouch.
+export async function launch(extraArgs = [], device = {}) {
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   const userDataDir = mkdtempSync(join(tmpdir(), 'cloudplay-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
     viewport: { width: 1280, height: 720 },
+    ...device,
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
       '--disable-sync', '--no-first-run', '--disable-quic', '--autoplay-policy=no-user-gesture-required',

@@ -13,7 +13,7 @@ const base = process.env.CLOUDPLAY_URL;
 
 async function signIn(context, tenant, email) {
   const page = await context.newPage();
-  await page.goto(`${base}/t/${tenant}`);
+  await page.goto(`${base}/t/${tenant}?probe=1`); // the lobby's session stamps the probe strip
   await page.fill('#login [name=email]', email);
   await page.fill('#login [name=password]', 'password-1');
   await page.click('#login button');

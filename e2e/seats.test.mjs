@@ -14,7 +14,7 @@ test('a viewer asks to play, the player lets them in, and they play without reco
   const [annBrowser, bobBrowser] = [await launch(), await launch()];
   try {
     const ann = await annBrowser.newPage();
-    await ann.goto(`${base}/play?game=neon-cycles&width=640&height=360`);
+    await ann.goto(`${base}/play?game=neon-cycles&width=640&height=360&probe=1`);
     await waitForStats(ann, () => window.cloudplayStats.probeFrames > 10, 30_000, 'Ann playing');
     const session = await ann.evaluate(() => window.cloudplayStats.sessionId);
     const visibility = await ann.evaluate(async (id) => (await fetch(`/api/v1/sessions/${id}/visibility`, {

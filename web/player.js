@@ -2,6 +2,7 @@
 // data channel, the latency probe strip read from decoded frames, and a stats overlay.
 // Protocol details: docs/protocol.md.
 import { measureRegions } from '/web/regions.js';
+import { navigation, registerServiceWorker } from '/web/app.js';
 
 const params = new URLSearchParams(location.search);
 const video = document.getElementById('video');
@@ -31,6 +32,8 @@ const stats = (window.cloudplayStats = {
   frameSize: null,
   // The host sends each media packet twice (the link loses too much).
   copies: false,
+  // The picture size this page asked for (sized for its screen unless the link said).
+  requested: null,
   error: null,
 });
 
@@ -96,6 +99,7 @@ const HID = (() => {
 })();
 
 function sendKey(event, down) {
+  if (menuOpen()) return; // the keys move around the menu
   const usage = HID[event.code];
   if (usage === undefined) return;
   if (event.code !== 'F11' && event.code !== 'F12') event.preventDefault();
@@ -167,11 +171,19 @@ function sendGamepad(pad, buttons, lt, rt, axes, connected = true) {
   }, 9 + n * 2);
 }
 const lastPads = new Map();
+// The pad's Home button, or Start and Select together (pads without one), opens and closes
+// the menu.
+const HOME = 1 << 16, START_SELECT = (1 << 8) | (1 << 9);
+let chordHeld = false;
 function pollGamepads() {
   for (const gp of navigator.getGamepads ? navigator.getGamepads() : []) {
     if (!gp || gp.index > 3) continue;
     let buttons = 0;
     gp.buttons.forEach((b, i) => { if (b.pressed && i < 32) buttons |= 1 << i; });
+    const chord = (buttons & HOME) !== 0 || (buttons & START_SELECT) === START_SELECT;
+    if (chord && !chordHeld && stats.state === 'playing') (menuOpen() ? closeMenu() : openMenu());
+    chordHeld = chord;
+    if (menuOpen()) { lastPads.delete(gp.index); continue; } // the pad drives the menu now
     const lt = Math.round((gp.buttons[6]?.value || 0) * 255), rt = Math.round((gp.buttons[7]?.value || 0) * 255);
     const axes = Array.from(gp.axes, (a) => (Math.abs(a) < 0.12 ? 0 : a));
     const key = `${buttons}|${lt}|${rt}|${axes.map((a) => a.toFixed(2)).join(',')}`;
@@ -188,8 +200,10 @@ requestAnimationFrame(pollGamepads);
 
 // On-screen pad for touch devices: a virtual standard gamepad, pad 0.
 const touchpad = document.getElementById('touchpad');
-if (matchMedia('(pointer: coarse)').matches || params.get('touchpad') === '1') {
-  touchpad.classList.add('on');
+const touchScreen = matchMedia('(pointer: coarse)').matches || params.get('touchpad') === '1';
+/// The on-screen pad is shown to a player on a touch screen (a viewer has nothing to press).
+function showTouchpad() { document.body.classList.toggle('touch', touchScreen && seated); }
+{
   let held = 0;
   for (const el of touchpad.querySelectorAll('.pad')) {
     const bit = 1 << Number(el.dataset.button);
@@ -291,7 +305,10 @@ function onVideoFrame(now, metadata) {
 // ---------------------------------------------------------------- stats overlay
 const statsPanel = document.getElementById('stats');
 if (params.get('stats') !== '1') statsPanel.classList.add('hidden');
-document.getElementById('btn-stats').addEventListener('click', () => statsPanel.classList.toggle('hidden'));
+document.getElementById('btn-stats').addEventListener('click', () => { statsPanel.classList.toggle('hidden'); closeMenu(); });
+// Click-to-photon needs the probe strip, which only tests and benchmarks ask for.
+const probing = params.get('probe') === '1';
+document.getElementById('s-c2p').parentElement.hidden = !probing;
 let previous = null;
 async function updateStats(pc) {
   const report = await pc.getStats();
@@ -307,8 +324,9 @@ async function updateStats(pc) {
     // The host halves the picture (and then its frame rate) when the link cannot carry it.
     stats.widestFrame = Math.max(stats.widestFrame, inbound.frameWidth || 0);
     stats.frameSize = [inbound.frameWidth || 0, inbound.frameHeight || 0];
-    const lowered = inbound.frameWidth && inbound.frameWidth < stats.widestFrame ? ' (lowered for the link)' : '';
-    set('s-res', `${inbound.frameWidth || 0}×${inbound.frameHeight || 0}${lowered}`);
+    const lowered = inbound.frameWidth && inbound.frameWidth < stats.widestFrame;
+    set('s-res', `${inbound.frameWidth || 0}×${inbound.frameHeight || 0}`);
+    set('s-mitigation', lowered ? `lowered for the link (from ${stats.widestFrame} wide)` : 'none');
     set('s-fps', `${Math.round(inbound.framesPerSecond || 0)}`);
     if (previous) {
       const seconds = (inbound.timestamp - previous.timestamp) / 1000;
@@ -342,13 +360,47 @@ async function updateStats(pc) {
   if (c2p.length) set('s-c2p', `p50 ${percentile(c2p, 0.5).toFixed(0)} / p95 ${percentile(c2p, 0.95).toFixed(0)} ms`);
 }
 
-// ---------------------------------------------------------------- toolbar
+// ---------------------------------------------------------------- menu
+// The secondary actions live behind one button; while the menu is open the keyboard and
+// the pads move around it (web/app.js) instead of playing.
+const menu = document.getElementById('menu');
+const menuButton = document.getElementById('btn-menu');
+const menuOpen = () => !menu.hidden;
+function openMenu() {
+  menu.hidden = false;
+  document.body.classList.add('menu-open');
+  menuButton.setAttribute('aria-expanded', 'true');
+  menu.querySelector('button:not([hidden]), a')?.focus();
+}
+function closeMenu() {
+  if (menu.hidden) return;
+  menu.hidden = true;
+  document.body.classList.remove('menu-open');
+  menuButton.setAttribute('aria-expanded', 'false');
+  video.focus();
+}
+menuButton.addEventListener('click', () => (menuOpen() ? closeMenu() : openMenu()));
+addEventListener('pointerdown', (e) => { if (menuOpen() && !menu.contains(e.target) && e.target !== menuButton) closeMenu(); });
+// Gamepad or arrows: in the menu while it is open, and on the overlay's button before play.
+navigation({
+  active: () => menuOpen() || (!overlay.classList.contains('hidden') && !startButton.hidden),
+  root: () => (menuOpen() ? menu : overlay),
+  back: () => { if (!menuOpen()) return false; closeMenu(); return true; },
+  menu: () => {}, // Home, or Start and Select: the pad poll above opens and closes it
+});
+registerServiceWorker();
+
 document.getElementById('btn-full').addEventListener('click', () => {
+  closeMenu();
   if (document.fullscreenElement) document.exitFullscreen();
   else document.documentElement.requestFullscreen({ navigationUI: 'hide' }).catch(() => {});
 });
-document.getElementById('btn-lock').addEventListener('click', () => video.requestPointerLock?.());
+// Locking the mouse is for a mouse (or a trackpad): not offered on a touch screen.
+const lockButton = document.getElementById('btn-lock');
+lockButton.hidden = !matchMedia('(pointer: fine)').matches;
+lockButton.addEventListener('click', () => { closeMenu(); video.requestPointerLock?.(); });
 document.getElementById('btn-moment').addEventListener('click', async () => {
+  closeMenu();
   // The game's whole state now: a friend who opens the link plays from exactly here.
   let url;
   try {
@@ -361,6 +413,7 @@ document.getElementById('btn-moment').addEventListener('click', async () => {
   alert(`Anyone on this platform with this link plays from this moment (for 7 days):\n${url}`);
 });
 document.getElementById('btn-share').addEventListener('click', async () => {
+  closeMenu();
   // A watch grant: the link lets people watch, never play; a new link revokes the old one.
   let url;
   try {
@@ -391,6 +444,7 @@ function onSeatMessage(message) {
       return true;
     case 'seated':
       seated = true;
+      showTouchpad();
       stats.seat = message.slot;
       seatButton.hidden = true;
       openButton.hidden = false;
@@ -430,6 +484,7 @@ document.getElementById('seat-yes').addEventListener('click', () => {
 document.getElementById('seat-no').addEventListener('click', () => { seatPrompt.hidden = true; });
 let seatsOpen = false;
 openButton.addEventListener('click', () => {
+  closeMenu();
   seatsOpen = !seatsOpen;
   request({ type: 'open_seats', open: seatsOpen });
   openButton.textContent = seatsOpen ? 'Close seats' : 'Open seats';
@@ -512,6 +567,7 @@ async function whep(session, player) {
     if (h264.length) videoTransceiver.setCodecPreferences([...h264, ...rest]);
   }
   seated = player;
+  showTouchpad();
   // Viewers of a game open the channels too: the players may seat them on this connection.
   if (player || !channelId) {
     channel = pc.createDataChannel('input', { ordered: true });
@@ -671,12 +727,11 @@ async function main() {
     session = await api(`/api/v1/sessions/${encodeURIComponent(resume)}/tickets`, { role: 'player' });
   } else {
     const game = params.get('game') || 'neon-cycles';
-    const options = {
-      probe: params.get('probe') !== '0',
-      width: Number(params.get('width') || 1280),
-      height: Number(params.get('height') || 720),
-      fps: Number(params.get('fps') || 60),
-    };
+    const [width, height] = params.get('width')
+      ? [Number(params.get('width')), Number(params.get('height') || 720)]
+      : sizeForScreen();
+    const options = { probe: params.get('probe') === '1', width, height, fps: Number(params.get('fps') || 60) };
+    stats.requested = [width, height];
     // A reload, or Play again on the same game, continues the player's live session of it
     // (it outlives the page for a minute so it can be resumed) instead of starting another.
     const mine = await api('/api/v1/sessions', undefined, 'GET').catch(() => ({ sessions: [] }));
@@ -707,12 +762,41 @@ async function main() {
   }, { once: true });
 }
 
+// The picture's size for this screen: the area the page shows it in, in device pixels, up to
+// the next size of the ladder (what software encoding carries at 60 fps).
+const SIZES = [[854, 480], [1280, 720], [1920, 1080]];
+function sizeForScreen() {
+  const stage = document.getElementById('stage').getBoundingClientRect();
+  const scale = window.devicePixelRatio || 1;
+  // The picture is 16:9: the larger of what the stage's width and height allow.
+  const wanted = Math.min(stage.width * scale, (stage.height * scale * 16) / 9);
+  return SIZES.find(([w]) => w >= wanted * 0.9) || SIZES[SIZES.length - 1];
+}
+
+// While playing, the screen stays on (asked again when the page comes back into view).
+let wakeLock = null;
+async function keepScreenOn() {
+  if (!navigator.wakeLock || document.visibilityState !== 'visible' || stats.state !== 'playing') return;
+  try {
+    wakeLock = await navigator.wakeLock.request('screen');
+    stats.wakeLock = true;
+  } catch { /* not allowed here (no gesture, battery saver): the screen may dim */ }
+}
+document.addEventListener('visibilitychange', () => { if (!wakeLock || wakeLock.released) keepScreenOn(); });
+
 startButton.addEventListener('click', () => {
   // Browsers only play sound after a user gesture: unmute on the first click.
   video.muted = false;
   video.play().catch(() => {});
   overlay.classList.add('hidden');
   video.focus();
+  keepScreenOn();
+  // A phone plays fullscreen and sideways, as a handheld does (where the browser lets it).
+  if (touchScreen && !document.fullscreenElement && document.documentElement.requestFullscreen) {
+    document.documentElement.requestFullscreen({ navigationUI: 'hide' })
+      .then(() => screen.orientation?.lock?.('landscape'))
+      .catch(() => {});
+  }
 });
 addEventListener('keydown', () => {
   if (stats.state === 'playing' && !overlay.classList.contains('hidden')) startButton.click();

@@ -10,7 +10,7 @@ macro_rules! asset {
         get(|| async {
             (
                 [(header::CONTENT_TYPE, $mime), (header::CACHE_CONTROL, "no-cache")],
-                include_str!(concat!("../../../web/", $file)),
+                include_bytes!(concat!("../../../web/", $file)).as_slice(),
             )
                 .into_response()
         })
@@ -28,4 +28,13 @@ pub fn router() -> Router {
         .route("/web/player.js", asset!("player.js", "text/javascript; charset=utf-8"))
         .route("/web/regions.js", asset!("regions.js", "text/javascript; charset=utf-8"))
         .route("/web/style.css", asset!("style.css", "text/css; charset=utf-8"))
+        .route("/web/app.js", asset!("app.js", "text/javascript; charset=utf-8"))
+        // The installable app: its manifest, icons and the worker that keeps the page
+        // shell (at the root, so that it may serve every page).
+        .route("/manifest.webmanifest", asset!("manifest.webmanifest", "application/manifest+json"))
+        .route("/sw.js", asset!("sw.js", "text/javascript; charset=utf-8"))
+        .route("/web/icon.svg", asset!("icon.svg", "image/svg+xml"))
+        .route("/web/icon-192.png", asset!("icon-192.png", "image/png"))
+        .route("/web/icon-512.png", asset!("icon-512.png", "image/png"))
+        .route("/favicon.ico", asset!("icon-192.png", "image/png"))
 }

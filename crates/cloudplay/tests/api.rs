@@ -226,11 +226,14 @@ async fn openapi_metrics_and_pages_are_served() {
     assert_eq!(metrics([192, 0, 2, 7], None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(metrics([192, 0, 2, 7], Some("not-the-metrics-token")).await.0, StatusCode::NOT_FOUND);
     assert_eq!(metrics([192, 0, 2, 7], Some(METRICS_TOKEN)).await.0, StatusCode::OK);
-    for page in ["/", "/play", "/t/local", "/web/player.js", "/web/style.css"] {
+    for page in ["/", "/play", "/t/local", "/web/player.js", "/web/app.js", "/web/style.css", "/sw.js"] {
         let (status, body) = call(&app, "GET", page, None, "").await;
         assert_eq!(status, StatusCode::OK, "{page}");
         assert!(body.as_str().is_some_and(|text| text.len() > 500), "{page} has content");
     }
+    let (status, manifest) = call(&app, "GET", "/manifest.webmanifest", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(manifest["icons"].as_array().map(Vec::len), Some(3), "the app's manifest: {manifest}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,9 +12,14 @@ use cloudplay_control::store::{CatalogueGame, Tenant};
 /// Runs `e2e/{script}` with node against the server at `url`, and fails with its output
 /// if it fails.
 async fn run_script(e2e: PathBuf, script: &'static str, url: String, what: &str) {
+    run_scripts(e2e, vec![script], url, what).await
+}
+
+async fn run_scripts(e2e: PathBuf, scripts: Vec<&'static str>, url: String, what: &str) {
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .args(["--test", "--test-reporter=spec", script])
+            .args(["--test", "--test-reporter=spec"])
+            .args(scripts)
             .current_dir(&e2e)
             .env("CLOUDPLAY_URL", &url)
             .output()
@@ -198,4 +203,19 @@ async fn a_spectator_joins_the_game_they_watch() {
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
     run_script(e2e, "seats.test.mjs", url, "the seats browser test failed").await;
+}
+
+/// The player on every kind of screen (`e2e/layout.test.mjs`): phones in portrait and
+/// landscape, a tablet, a desktop and TVs — no two controls overlap or leave the screen,
+/// the picture takes the largest area, no probe strip, a stream sized for the screen, no
+/// error logged; and a TV's way in (`e2e/navigation.test.mjs`): a gamepad alone, or the
+/// arrows, pick a game, start it and work the player's menu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_player_fits_every_screen_and_a_gamepad_drives_it() {
+    let Some(e2e) = e2e_or_skip() else { return };
+    let server = Server::start(Config::ephemeral()).await.expect("server starts");
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+    let scripts = vec!["layout.test.mjs", "navigation.test.mjs"];
+    run_scripts(e2e, scripts, url, "the layout and navigation browser tests failed").await;
 }
