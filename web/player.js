@@ -32,8 +32,12 @@ const stats = (window.cloudplayStats = {
   frameSize: null,
   // The host sends each media packet twice (the link loses too much).
   copies: false,
-  // The picture size this page asked for (sized for its screen unless the link said).
+  // The picture size this page asked for (sized for its screen unless the link said), and
+  // the area it last told the host it shows the picture in (device pixels).
   requested: null,
+  viewSize: null,
+  // The last pointer position sent, normalised to the picture (0–65535).
+  lastPointer: null,
   error: null,
 });
 
@@ -130,6 +134,7 @@ video.addEventListener('mousemove', (e) => {
     send(KIND.mouseMove, (v, o) => { v.setInt16(o, clamp16(e.movementX), true); v.setInt16(o + 2, clamp16(e.movementY), true); }, 4);
   } else {
     const [x, y] = normalised(e.clientX, e.clientY);
+    stats.lastPointer = [x, y];
     send(KIND.mousePosition, (v, o) => { v.setUint16(o, x, true); v.setUint16(o + 2, y, true); }, 4);
   }
 });
@@ -445,6 +450,7 @@ function onSeatMessage(message) {
     case 'seated':
       seated = true;
       showTouchpad();
+      sendViewSize();
       stats.seat = message.slot;
       seatButton.hidden = true;
       openButton.hidden = false;
@@ -572,6 +578,7 @@ async function whep(session, player) {
   if (player || !channelId) {
     channel = pc.createDataChannel('input', { ordered: true });
     channel.binaryType = 'arraybuffer';
+    channel.addEventListener('open', () => { stats.viewSize = null; sendViewSize(); });
     fastChannel = pc.createDataChannel('input-fast', { ordered: false, maxRetransmits: 0 });
     recentInputs.length = 0;
     // The server speaks on this channel only to say why the game ended (it quit or crashed).
@@ -611,6 +618,7 @@ async function whep(session, player) {
     }
   };
   currentPc = pc;
+  window.cloudplayPeer = pc; // for tests: the connection's own getStats
   await pc.setLocalDescription(await pc.createOffer());
   // The server is ICE-lite and takes no trickle: send the offer with what we have after a
   // short wait; it learns our address from the connectivity checks anyway.
@@ -772,6 +780,24 @@ function sizeForScreen() {
   const wanted = Math.min(stage.width * scale, (stage.height * scale * 16) / 9);
   return SIZES.find(([w]) => w >= wanted * 0.9) || SIZES[SIZES.length - 1];
 }
+
+// A player tells the host the area it shows the picture in (device pixels) when it
+// connects and whenever the window or the orientation changes (once it has settled): the
+// host encodes no larger than the largest player's area needs, without reconnecting.
+function sendViewSize() {
+  if (!seated) return;
+  const stage = document.getElementById('stage').getBoundingClientRect();
+  const scale = window.devicePixelRatio || 1;
+  const [width, height] = [Math.round(stage.width * scale), Math.round(stage.height * scale)];
+  if (width < 16 || height < 16 || (stats.viewSize && stats.viewSize[0] === width && stats.viewSize[1] === height)) return;
+  if (channel?.readyState !== 'open') return;
+  channel.send(JSON.stringify({ type: 'view_size', width, height }));
+  stats.viewSize = [width, height];
+}
+let resizeTimer = null;
+const resized = () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(sendViewSize, 400); };
+addEventListener('resize', resized);
+screen.orientation?.addEventListener?.('change', resized);
 
 // While playing, the screen stays on (asked again when the page comes back into view).
 let wakeLock = null;

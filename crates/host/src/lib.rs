@@ -927,7 +927,7 @@ impl Host {
             }
         }
         type Read = fn(&SessionStats) -> u64;
-        let gauges: [(&str, &str, Read); 11] = [
+        let gauges: [(&str, &str, Read); 13] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),
@@ -944,6 +944,14 @@ impl Host {
                 "cloudplay_session_mitigation",
                 "What the picture gives up for the bitrate: 0 nothing, 1 half size, 2 half size and half rate.",
                 |s| SessionStats::count(&s.mitigation),
+            ),
+            ("cloudplay_session_encoded_width", "Width the picture is encoded at now.", |s| {
+                SessionStats::count(&s.encoded_width)
+            }),
+            (
+                "cloudplay_session_view_sizes_refused_total",
+                "Players' view sizes refused: out of range, or sent more than 4 times a second.",
+                |s| SessionStats::count(&s.view_sizes_refused),
             ),
             ("cloudplay_session_nacks_received_total", "Video NACKs the session's peers sent.", |s| {
                 SessionStats::count(&s.nacks_received)

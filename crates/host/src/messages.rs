@@ -30,6 +30,12 @@ pub enum SessionCommand {
     PeerLeft {
         peer: PeerId,
     },
+    /// A player shows the picture in an area this large (device pixels, checked).
+    ViewSize {
+        peer: PeerId,
+        width: u32,
+        height: u32,
+    },
     /// A broadcast's publisher left (or never connected): the broadcast is over.
     PublisherLeft,
     /// Save the game's whole state now, between ticks, and answer it (empty: the game

@@ -92,6 +92,11 @@ pub const INGEST_BUDGET_BPS: u64 = 25_000_000;
 pub const KEYFRAME_ASK_INTERVAL: Duration = Duration::from_millis(100);
 /// The most often a viewer may ask for a seat.
 pub const SEAT_ASK_INTERVAL: Duration = Duration::from_secs(5);
+/// A player's view size is taken at most this often (a window being dragged sends many).
+pub const VIEW_SIZE_INTERVAL: Duration = Duration::from_millis(250);
+/// A view's sides, in device pixels, that a player may say.
+const MIN_VIEW_SIDE: u32 = 16;
+const MAX_VIEW_SIDE: u32 = 16_384;
 /// How long the players may take to grant a viewer's ask.
 pub const SEAT_ASK_VALIDITY: Duration = Duration::from_secs(60);
 /// Requests (text messages) a peer may have waiting between two rounds.
@@ -203,6 +208,7 @@ impl PeerSet {
             ingest: IngestBudget::default(),
             requests: Vec::new(),
             seat_asked: None,
+            view_size_at: None,
             dirty: true,
             next_timeout: now,
             media_pts: Vec::new(),
@@ -372,6 +378,22 @@ impl PeerSet {
                             .is_some_and(|at| now.saturating_duration_since(at) < SEAT_ASK_VALIDITY)
                 });
                 asking.is_some_and(|viewer| self.seat(viewer))
+            }
+            (PeerRequest::ViewSize { width, height }, TicketRole::Player) => {
+                let peer = &mut self.peers[index];
+                let too_soon = peer
+                    .view_size_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < VIEW_SIZE_INTERVAL);
+                let sane = (MIN_VIEW_SIDE..=MAX_VIEW_SIDE).contains(&width)
+                    && (MIN_VIEW_SIDE..=MAX_VIEW_SIDE).contains(&height);
+                if too_soon || !sane {
+                    debug!(peer = id, width, height, too_soon, "view size refused");
+                    peer.setup.stats.view_sizes_refused.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                peer.view_size_at = Some(now);
+                peer.tell_session(SessionCommand::ViewSize { peer: id, width, height });
+                false
             }
             (PeerRequest::OpenSeats { open }, TicketRole::Player) => {
                 info!(%session, open, "seats opened to viewers who ask");
@@ -622,6 +644,8 @@ struct Peer {
     requests: Vec<PeerRequest>,
     /// When a viewer last asked for a seat (pending until granted or too old).
     seat_asked: Option<Instant>,
+    /// When a player last said the size it shows the picture at.
+    view_size_at: Option<Instant>,
     /// Something was handed to its connection since it was last drained.
     dirty: bool,
     /// When its connection's timers next want to run.

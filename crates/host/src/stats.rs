@@ -90,6 +90,10 @@ pub struct SessionStats {
     /// sent ([`crate::redundancy`]).
     pub copying_peers: AtomicU64,
     pub copies_sent: AtomicU64,
+    /// The width pictures are encoded at now (the players' screens, then mitigation).
+    pub encoded_width: AtomicU64,
+    /// Players' view sizes refused: out of range, or sent too often.
+    pub view_sizes_refused: AtomicU64,
 }
 
 impl Default for SessionStats {
@@ -112,6 +116,8 @@ impl Default for SessionStats {
             rtt_us: AtomicU64::new(0),
             copying_peers: AtomicU64::new(0),
             copies_sent: AtomicU64::new(0),
+            encoded_width: AtomicU64::new(0),
+            view_sizes_refused: AtomicU64::new(0),
         }
     }
 }

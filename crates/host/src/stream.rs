@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use cloudplay_game::{AUDIO_CHANNELS, AUDIO_FRAMES_PER_TICK, Frame, Game, GameStatus, PlayerInput};
 use cloudplay_media::{
     AudioEncoder, I420Frame, Mitigation, MitigationPolicy, OPUS_FRAME_SAMPLES, RateController, RateDecision,
-    VideoEncoder,
+    Scaler, VideoEncoder,
 };
 use cloudplay_proto::api::SessionOptions;
 use cloudplay_proto::{ProbeData, ProbeStrip};
@@ -55,6 +55,8 @@ use crate::stats::{SessionStats, Stage, monotonic_us};
 
 /// Shortest time between two forced keyframes; more would flood a struggling link.
 pub const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
+/// The narrowest a picture is sized for a player's screen (smaller screens scale it down).
+pub const MIN_VIEW_WIDTH: u32 = 320;
 /// Ticks run at most back to back after a stall before the game is allowed to slow.
 pub const MAX_CATCH_UP_TICKS: u32 = 4;
 /// Input events a session takes per tick; a flood beyond this is dropped.
@@ -151,9 +153,14 @@ pub struct SessionCore {
 
     frame: Frame,
     yuv: I420Frame,
-    /// The picture at a lower size, while mitigation asks for one.
+    /// The picture at the size it is encoded at, when that is not the game's.
     smaller: I420Frame,
+    scaler: Scaler,
     mitigation: MitigationPolicy,
+    /// The area each player shows the picture in (device pixels), and the size that the
+    /// largest of them needs (never above the game's): the picture's size before mitigation.
+    views: HashMap<PeerId, (u32, u32)>,
+    view: (u32, u32),
     bitstream: Vec<u8>,
     audio: AudioEncoder,
     tick_audio: Vec<f32>,
@@ -220,7 +227,10 @@ impl SessionCore {
             frame: Frame::new(options.width, options.height),
             yuv: I420Frame::new(options.width, options.height),
             smaller: I420Frame::new(0, 0),
+            scaler: Scaler::default(),
             mitigation: MitigationPolicy::new(options.width, options.height, options.fps.max(1)),
+            views: HashMap::new(),
+            view: (options.width, options.height),
             bitstream: Vec::with_capacity(256 * 1024),
             audio,
             tick_audio: vec![0.0; AUDIO_FRAMES_PER_TICK * AUDIO_CHANNELS],
@@ -280,10 +290,17 @@ impl SessionCore {
             SessionCommand::PeerLeft { peer } => {
                 self.peers = self.peers.saturating_sub(1);
                 self.estimates.remove(&peer);
+                if self.views.remove(&peer).is_some() {
+                    self.follow_views();
+                }
                 if self.peers == 0 {
                     self.idle_since = Some(now);
                 }
                 self.follow_estimates(now);
+            }
+            SessionCommand::ViewSize { peer, width, height } => {
+                self.views.insert(peer, (width, height));
+                self.follow_views();
             }
             SessionCommand::SaveState(reply) => {
                 let _ = reply.send(self.game.save_state());
@@ -439,18 +456,43 @@ impl SessionCore {
         }
     }
 
+    /// The picture's size for the players' views: the game's size scaled to fit the largest
+    /// view (each view fits the picture whole), at least [`MIN_VIEW_WIDTH`] wide, never
+    /// larger than the game's. The next frame is encoded at it (a new size starts with a
+    /// keyframe).
+    fn follow_views(&mut self) {
+        let (width, height) = (self.frame.width, self.frame.height);
+        let scale = self
+            .views
+            .values()
+            .map(|&(w, h)| (w as f64 / width as f64).min(h as f64 / height as f64))
+            .fold(None, |most: Option<f64>, s| Some(most.map_or(s, |m| m.max(s))))
+            .unwrap_or(1.0)
+            .clamp((MIN_VIEW_WIDTH as f64 / width as f64).min(1.0), 1.0);
+        let even = |v: f64| ((v.round() as u32) & !1).max(2);
+        let view = if scale > 0.97 {
+            (width, height)
+        } else {
+            (even(width as f64 * scale), even(height as f64 * scale))
+        };
+        if view != self.view {
+            info!(session = %self.id, width = view.0, height = view.1, "picture sized for the players' screens");
+            self.view = view;
+        }
+    }
+
+    /// The size the next picture is encoded at: the players' view, lowered by mitigation.
+    fn encoded_size(&self) -> (u32, u32) {
+        self.mitigation.current().size(self.view.0, self.view.1)
+    }
+
     /// Encodes at `level`'s size and rate from the next frame on (a new size starts with
     /// a keyframe).
     fn mitigate(&mut self, level: Mitigation, now: Instant) {
         let options = &self.options;
-        let (width, height) = level.size(options.width, options.height);
+        let (width, height) = level.size(self.view.0, self.view.1);
         let fps = level.fps(options.fps.max(1));
         info!(session = %self.id, ?level, width, height, fps, bps = self.rate.current_bps(), "picture mitigation");
-        if (width, height) != (options.width, options.height)
-            && (self.smaller.width, self.smaller.height) != (width, height)
-        {
-            self.smaller = I420Frame::new(width, height);
-        }
         let interval = Duration::from_secs(1) / fps;
         if interval < self.frame_interval {
             self.next_frame = self.next_frame.min(now + interval);
@@ -543,8 +585,8 @@ impl SessionCore {
             let capture_ms = (self.unix_ms_at_start + since_start) as u32;
             let data = ProbeData { frame_seq: self.frame_seq, input_seq: self.last_input_seq, capture_ms };
             // Painted so that it reads right at the size the picture is encoded at.
-            let encoded_width = self.mitigation.current().size(width, height).0;
-            let strip = ProbeStrip::for_width(encoded_width).scaled(width / encoded_width);
+            let encoded_width = self.encoded_size().0;
+            let strip = ProbeStrip::for_width(encoded_width).painted_at(width, encoded_width);
             strip.stamp(&mut self.frame.pixels, width, height, self.frame.stride, data);
         }
         self.frame_seq = self.frame_seq.wrapping_add(1);
@@ -557,11 +599,16 @@ impl SessionCore {
         let keyframe_allowed =
             self.last_keyframe.is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_MIN_INTERVAL);
         let force_keyframe = self.keyframe_wanted && keyframe_allowed;
-        let picture = if self.mitigation.current().size(width, height) == (width, height) {
+        let target = self.encoded_size();
+        self.stats.encoded_width.store(target.0 as u64, Ordering::Relaxed);
+        let picture = if target == (width, height) {
             &self.yuv
         } else {
-            if let Err(e) = self.smaller.downscale_from(&self.yuv) {
-                warn!(session = %self.id, error = %e, "downscaling failed");
+            if (self.smaller.width, self.smaller.height) != target {
+                self.smaller = I420Frame::new(target.0, target.1);
+            }
+            if let Err(e) = self.scaler.scale(&self.yuv, &mut self.smaller) {
+                warn!(session = %self.id, error = %e, "scaling failed");
                 return;
             }
             &self.smaller

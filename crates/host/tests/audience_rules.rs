@@ -490,3 +490,40 @@ fn open_seats_go_to_whoever_asks_until_they_are_taken() {
     broadcast.say(viewer, Some(json!({"type": "ask_seat"})), None);
     assert!(broadcast.clients[viewer].messages.is_empty() && broadcast.seats.players() == 0);
 }
+
+/// A player's view size reaches the session; a viewer's, one out of range, and more than
+/// one per 250 ms do not (they are counted, and the session carries on).
+#[test]
+fn only_players_view_sizes_reach_the_session_and_not_too_often() {
+    let mut session = Broadcast::game();
+    let player = session.join(TicketRole::Player);
+    let viewer = session.join(TicketRole::Viewer);
+    let _ = session.commands();
+    let view_sizes = |session: &Broadcast| -> Vec<(u32, u32)> {
+        session
+            .commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                SessionCommand::ViewSize { width, height, .. } => Some((width, height)),
+                _ => None,
+            })
+            .collect()
+    };
+    session.say(viewer, Some(json!({"type": "view_size", "width": 640, "height": 360})), None);
+    assert!(view_sizes(&session).is_empty(), "a viewer's screen sizes nothing");
+    session.say(player, Some(json!({"type": "view_size", "width": 854, "height": 480})), None);
+    assert_eq!(view_sizes(&session), [(854, 480)]);
+    session.say(player, Some(json!({"type": "view_size", "width": 1280, "height": 720})), None);
+    assert!(view_sizes(&session).is_empty(), "50 ms later: too soon");
+    session.run_until(session.now + Duration::from_millis(300));
+    for (width, height) in [(0, 480), (854, 100_000)] {
+        session.say(player, Some(json!({"type": "view_size", "width": width, "height": height})), None);
+        session.run_until(session.now + Duration::from_millis(300));
+    }
+    let malformed = session.counters.input_malformed.load(Ordering::Relaxed);
+    session.say(player, Some(json!({"type": "view_size", "width": -1, "height": "x"})), None);
+    assert!(session.counters.input_malformed.load(Ordering::Relaxed) > malformed);
+    assert!(view_sizes(&session).is_empty(), "out of range or malformed: refused");
+    session.say(player, Some(json!({"type": "view_size", "width": 1280, "height": 720})), None);
+    assert_eq!(view_sizes(&session), [(1280, 720)]);
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloudplay_host::messages::SessionCommand;
 use cloudplay_host::stats::stalled;
@@ -366,4 +366,60 @@ fn a_session_that_idles_out_still_hands_over_its_last_save() {
     h.run_until(h.at(6_000.0));
     assert!(h.ended());
     assert_eq!(h.in_game_saves().len(), 1, "no interval passed, but the end reads it once");
+}
+
+#[test]
+fn the_picture_follows_the_players_screens_within_the_games_size() {
+    use cloudplay_proto::ProbeStrip;
+    let mut h = Harness::sized(Schedule::FixedTick, 1280, 720, 60);
+    h.send(SessionCommand::PeerJoined { peer: 1 });
+    h.send(SessionCommand::PeerJoined { peer: 2 });
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 10_000_000, viewer: false });
+    h.run_until(h.at(100.0));
+    // What each frame since `since` decodes to, and whether its probe strip reads there.
+    let decoded_since = |h: &Harness, since: Instant| {
+        let mut decoder = cloudplay_media::H264Decoder::new().unwrap();
+        let videos = h.videos_since(since);
+        let first = videos.iter().position(|(_, v)| v.keyframe).expect("a keyframe at the new size");
+        videos[first..]
+            .iter()
+            .map(|(_, video)| {
+                decoder
+                    .decode(&video.data, |p| {
+                        let strip = ProbeStrip::for_width(p.width);
+                        ((p.width, p.height), strip.read_luma(p.luma, p.width, p.height, p.stride).is_some())
+                    })
+                    .unwrap()
+                    .expect("a picture")
+            })
+            .collect::<Vec<_>>()
+    };
+    // A phone's area (a 16:9 picture fits its width): 854×480, not a halving.
+    let since = h.now;
+    h.send(SessionCommand::ViewSize { peer: 1, width: 854, height: 1000 });
+    h.run_until(h.at(400.0));
+    let frames = decoded_since(&h, since);
+    assert!(frames.len() >= 15, "{}", frames.len());
+    assert!(frames.iter().all(|&f| f == ((854, 480), true)), "854×480 with a readable probe: {frames:?}");
+    // A second player on a bigger screen: the largest view wins, up to the game's size.
+    let since = h.now;
+    h.send(SessionCommand::ViewSize { peer: 2, width: 3840, height: 2160 });
+    h.run_until(h.at(700.0));
+    assert!(decoded_since(&h, since).iter().all(|&f| f == ((1280, 720), true)));
+    // That player leaves: back to the phone's size. A tiny view is held to 320 wide.
+    let since = h.now;
+    h.send(SessionCommand::PeerLeft { peer: 2 });
+    h.run_until(h.at(1_000.0));
+    assert!(decoded_since(&h, since).iter().all(|&f| f == ((854, 480), true)));
+    let since = h.now;
+    h.send(SessionCommand::ViewSize { peer: 1, width: 100, height: 60 });
+    h.run_until(h.at(1_300.0));
+    assert!(decoded_since(&h, since).iter().all(|&f| f == ((320, 180), true)));
+    // Mitigation halves the view, not the game's size.
+    let since = h.now;
+    h.send(SessionCommand::ViewSize { peer: 1, width: 854, height: 480 });
+    h.send(SessionCommand::BitrateEstimate { peer: 1, bps: 350_000, viewer: false });
+    h.run_until(h.at(2_500.0));
+    let sizes: Vec<_> = decoded_since(&h, since).into_iter().map(|(size, _)| size).collect();
+    assert_eq!(sizes.last(), Some(&(426, 240)), "half of the view");
 }

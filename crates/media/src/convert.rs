@@ -70,6 +70,45 @@ impl I420Frame {
     }
 }
 
+/// Scales frames to any size (the size a player's screen shows), plane by plane, with a
+/// bilinear filter; keeps its buffers from frame to frame.
+#[derive(Default)]
+pub struct Scaler {
+    resizer: fast_image_resize::Resizer,
+}
+
+impl std::fmt::Debug for Scaler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scaler")
+    }
+}
+
+impl Scaler {
+    /// Fills `target` (its own size) with `source` scaled to it: exact halving where the
+    /// sizes allow it (2×2 means, the cheapest), a bilinear filter otherwise.
+    pub fn scale(&mut self, source: &I420Frame, target: &mut I420Frame) -> Result<(), ConvertError> {
+        if source.width == target.width * 2 && source.height == target.height * 2 {
+            return target.downscale_from(source);
+        }
+        use fast_image_resize::images::{Image, ImageRef};
+        use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions};
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        let failed = |e: &dyn std::fmt::Display| ConvertError(format!("scaling: {e}"));
+        let (sw, sh, tw, th) = (source.width, source.height, target.width, target.height);
+        let planes = [
+            (&source.y, &mut target.y, (sw, sh), (tw, th)),
+            (&source.u, &mut target.u, (sw / 2, sh / 2), (tw / 2, th / 2)),
+            (&source.v, &mut target.v, (sw / 2, sh / 2), (tw / 2, th / 2)),
+        ];
+        for (from, to, (fw, fh), (ow, oh)) in planes {
+            let from = ImageRef::new(fw, fh, from, PixelType::U8).map_err(|e| failed(&e))?;
+            let mut to = Image::from_slice_u8(ow, oh, to, PixelType::U8).map_err(|e| failed(&e))?;
+            self.resizer.resize(&from, &mut to, &options).map_err(|e| failed(&e))?;
+        }
+        Ok(())
+    }
+}
+
 /// `dst` (`w`×`h`, stride `w`) from the 2×2 means of `src` (stride `src_stride`).
 fn halve_plane(src: &[u8], src_stride: usize, dst: &mut [u8], w: usize, h: usize) {
     for (y, row) in dst.chunks_exact_mut(w).take(h).enumerate() {
@@ -123,6 +162,25 @@ mod tests {
         assert!(frame.y[0] <= 17, "black is {}", frame.y[0]);
         assert!(frame.y[15] >= 234, "white is {}", frame.y[15]);
         assert!(frame.u.iter().all(|&c| (126..=130).contains(&c)), "grey has no chroma");
+    }
+
+    #[test]
+    fn scaling_to_any_size_keeps_the_picture() {
+        // Left half dark, right half light, at 1280×720 → 854×480 (not a halving).
+        let mut source = I420Frame::new(1280, 720);
+        for (i, v) in source.y.iter_mut().enumerate() {
+            *v = if i % 1280 < 640 { 40 } else { 200 };
+        }
+        let mut target = I420Frame::new(854, 480);
+        Scaler::default().scale(&source, &mut target).unwrap();
+        let row = &target.y[240 * 854..241 * 854];
+        assert!(row[..420].iter().all(|&v| v == 40) && row[434..].iter().all(|&v| v == 200), "edge kept");
+        assert!(target.u.iter().all(|&c| c == 128));
+        // Twice the size exactly: the 2×2 means, as for mitigation.
+        let mut half = I420Frame::new(640, 360);
+        Scaler::default().scale(&source, &mut half).unwrap();
+        assert_eq!(half.y[0], 40);
+        assert_eq!(half.y[639], 200);
     }
 
     #[test]

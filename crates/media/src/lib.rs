@@ -12,7 +12,7 @@ mod rate;
 mod video;
 
 pub use audio::{AudioEncoder, OPUS_FRAME_SAMPLES, OpusError};
-pub use convert::{ConvertError, I420Frame};
+pub use convert::{ConvertError, I420Frame, Scaler};
 pub use decode::{DecodeError, H264Decoder};
 pub use mitigation::{Mitigation, MitigationPolicy, preferred_bps};
 pub use rate::{RateController, RateDecision};

@@ -150,6 +150,9 @@ pub enum PeerRequest {
     GrantSeat { request: String },
     /// A player opens the session's free seats to any viewer who asks (or closes them).
     OpenSeats { open: bool },
+    /// A player shows the picture in an area this large (device pixels): the host encodes
+    /// it no larger than the largest player's area needs, never above the session's size.
+    ViewSize { width: u32, height: u32 },
 }
 
 #[cfg(test)]

@@ -96,6 +96,14 @@ impl ProbeStrip {
         ProbeStrip { cell: self.cell * factor.max(1) }
     }
 
+    /// This strip painted into a picture `painted` pixels wide that is encoded `encoded`
+    /// pixels wide: cells scaled by that ratio (rounded), so that they read at the encoded
+    /// size whatever the ratio.
+    pub fn painted_at(self, painted: u32, encoded: u32) -> ProbeStrip {
+        let encoded = encoded.max(1);
+        ProbeStrip { cell: ((self.cell * painted + encoded / 2) / encoded).max(self.cell) }
+    }
+
     pub fn cell_size(&self) -> u32 {
         self.cell
     }
