@@ -126,6 +126,9 @@ for (const screen of SCREENS) {
         assert.ok(menuIds.includes(action), `${name}: the menu offers "${action}"`);
       }
       assert.equal(menuIds.includes('btn-lock'), !touch, `${name}: "Lock mouse" is ${touch ? 'not ' : ''}offered`);
+      for (const touchOnly of ['btn-trackpad', 'btn-keyboard']) {
+        assert.equal(menuIds.includes(touchOnly), touch, `${name}: "${touchOnly}" is ${touch ? '' : 'not '}offered`);
+      }
       if (shots) await page.screenshot({ path: join(shots, `player-${name}-menu.jpg`), type: 'jpeg', quality: 70 });
       await page.click('#btn-stats');
       await page.waitForTimeout(1200);

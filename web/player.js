@@ -104,6 +104,7 @@ const HID = (() => {
 
 function sendKey(event, down) {
   if (menuOpen()) return; // the keys move around the menu
+  if (event.target === softKeyboard) return; // typed text: see the soft keyboard below
   const usage = HID[event.code];
   if (usage === undefined) return;
   if (event.code !== 'F11' && event.code !== 'F12') event.preventDefault();
@@ -155,6 +156,7 @@ const TOUCH_PHASE = { touchstart: 0, touchmove: 1, touchend: 2, touchcancel: 3 }
 for (const type of Object.keys(TOUCH_PHASE)) {
   video.addEventListener(type, (e) => {
     e.preventDefault();
+    if (trackpad.on) return trackpad[type](e);
     for (const t of e.changedTouches) {
       const [x, y] = normalised(t.clientX, t.clientY);
       send(KIND.touch, (v, o) => {
@@ -164,6 +166,84 @@ for (const type of Object.keys(TOUCH_PHASE)) {
     }
   }, { passive: false });
 }
+
+// Touch as a trackpad (for programs that want a mouse): one finger moves the pointer, a tap
+// clicks, a two-finger tap right-clicks, two fingers dragged scroll, and a finger held still
+// for half a second holds the button down until it lifts (to drag).
+const TAP_MS = 220, TAP_SLOP_PX = 10, HOLD_MS = 500, SPEED = 1.6, WHEEL_PX = 24;
+const mouseButton = (button, down) => send(KIND.mouseButton, (v, o) => { v.setUint8(o, button); v.setUint8(o + 1, down ? 1 : 0); }, 2);
+const trackpad = {
+  on: false,
+  touches: new Map(), // identifier → { x, y, startX, startY }
+  startedAt: 0,
+  fingers: 0, // the most fingers down at once in this gesture
+  moved: false,
+  holding: false,
+  holdTimer: null,
+  scrolled: [0, 0],
+  sent: (stats.trackpad = { moved: [0, 0], clicks: 0, rightClicks: 0, wheel: [0, 0], drags: 0 }),
+  touchstart(e) {
+    if (this.touches.size === 0) {
+      this.startedAt = performance.now();
+      this.fingers = 0;
+      this.moved = false;
+      this.scrolled = [0, 0];
+    }
+    for (const t of e.changedTouches) this.touches.set(t.identifier, { x: t.clientX, y: t.clientY, startX: t.clientX, startY: t.clientY });
+    this.fingers = Math.max(this.fingers, this.touches.size);
+    clearTimeout(this.holdTimer);
+    if (this.touches.size === 1) {
+      this.holdTimer = setTimeout(() => {
+        if (this.moved || this.touches.size !== 1) return;
+        this.holding = true;
+        this.sent.drags++;
+        mouseButton(0, true);
+      }, HOLD_MS);
+    }
+  },
+  touchmove(e) {
+    let dx = 0, dy = 0;
+    for (const t of e.changedTouches) {
+      const known = this.touches.get(t.identifier);
+      if (!known) continue;
+      dx += t.clientX - known.x; dy += t.clientY - known.y;
+      if (Math.hypot(t.clientX - known.startX, t.clientY - known.startY) > TAP_SLOP_PX) this.moved = true;
+      known.x = t.clientX; known.y = t.clientY;
+    }
+    if (this.touches.size >= 2) {
+      // Two fingers: the mean of their movement scrolls, a notch every WHEEL_PX.
+      this.scrolled[0] += dx / this.touches.size; this.scrolled[1] += dy / this.touches.size;
+      const [nx, ny] = this.scrolled.map((d) => Math.trunc(d / WHEEL_PX));
+      if (nx || ny) {
+        this.scrolled[0] -= nx * WHEEL_PX; this.scrolled[1] -= ny * WHEEL_PX;
+        // Content follows the fingers, as on a phone: dragging up scrolls down.
+        send(KIND.wheel, (v, o) => { v.setInt16(o, clamp16(-nx), true); v.setInt16(o + 2, clamp16(-ny), true); }, 4);
+        this.sent.wheel[0] -= nx; this.sent.wheel[1] -= ny;
+      }
+    } else if (this.moved && (dx || dy)) {
+      const scale = SPEED * (window.devicePixelRatio || 1);
+      const [mx, my] = [Math.round(dx * scale), Math.round(dy * scale)];
+      send(KIND.mouseMove, (v, o) => { v.setInt16(o, clamp16(mx), true); v.setInt16(o + 2, clamp16(my), true); }, 4);
+      this.sent.moved[0] += mx; this.sent.moved[1] += my;
+    }
+  },
+  touchend(e) {
+    for (const t of e.changedTouches) this.touches.delete(t.identifier);
+    if (this.touches.size > 0) return;
+    clearTimeout(this.holdTimer);
+    if (this.holding) {
+      this.holding = false;
+      mouseButton(0, false);
+    } else if (!this.moved && performance.now() - this.startedAt < TAP_MS * (this.fingers > 1 ? 1.5 : 1)) {
+      const button = this.fingers > 1 ? 2 : 0;
+      const seq = mouseButton(button, true);
+      mouseButton(button, false);
+      if (seq) pendingClicks.push([seq, performance.now()]);
+      if (button === 2) this.sent.rightClicks++; else this.sent.clicks++;
+    }
+  },
+  touchcancel(e) { this.touchend(e); },
+};
 
 // Gamepads: a full snapshot whenever one changes (standard mapping).
 function sendGamepad(pad, buttons, lt, rt, axes, connected = true) {
@@ -404,6 +484,64 @@ document.getElementById('btn-full').addEventListener('click', () => {
 const lockButton = document.getElementById('btn-lock');
 lockButton.hidden = !matchMedia('(pointer: fine)').matches;
 lockButton.addEventListener('click', () => { closeMenu(); video.requestPointerLock?.(); });
+// On a touch screen: touch as a trackpad or as direct touches (remembered per game; a
+// program driven by a mouse starts as a trackpad), and the screen's keyboard.
+const trackpadButton = document.getElementById('btn-trackpad');
+const keyboardButton = document.getElementById('btn-keyboard');
+const softKeyboard = document.getElementById('soft-keyboard');
+trackpadButton.hidden = keyboardButton.hidden = !touchScreen;
+const touchKey = `cloudplay.touch.${params.get('game') || ''}`;
+function setTrackpad(on) {
+  trackpad.on = on;
+  stats.touchMode = on ? 'trackpad' : 'direct';
+  trackpadButton.textContent = on ? 'Touch: trackpad' : 'Touch: direct';
+}
+async function chooseTouchMode() {
+  const saved = params.get('touch') || localStorage.getItem(touchKey);
+  if (saved) return setTrackpad(saved === 'trackpad');
+  const game = params.get('game');
+  const info = game ? await api(`/api/v1/games/${encodeURIComponent(game)}`, undefined, 'GET').catch(() => null) : null;
+  setTrackpad(!!info?.pointer);
+}
+setTrackpad(false);
+trackpadButton.addEventListener('click', () => {
+  setTrackpad(!trackpad.on);
+  localStorage.setItem(touchKey, stats.touchMode);
+  closeMenu();
+});
+keyboardButton.addEventListener('click', () => { closeMenu(); softKeyboard.focus(); });
+// Characters typed on the screen's keyboard become key presses (US layout, as HID says).
+const TYPED = (() => {
+  const map = { ' ': ['Space', false], '\n': ['Enter', false] };
+  for (let i = 0; i < 26; i++) {
+    const letter = String.fromCharCode(97 + i);
+    map[letter] = ['Key' + letter.toUpperCase(), false];
+    map[letter.toUpperCase()] = ['Key' + letter.toUpperCase(), true];
+  }
+  for (let i = 0; i <= 9; i++) map[String(i)] = ['Digit' + i, false];
+  Object.assign(map, { '-': ['Minus', false], '=': ['Equal', false], ',': ['Comma', false], '.': ['Period', false], '/': ['Slash', false], ';': ['Semicolon', false], "'": ['Quote', false],
+    '!': ['Digit1', true], '?': ['Slash', true], ':': ['Semicolon', true], '"': ['Quote', true], '_': ['Minus', true], '+': ['Equal', true] });
+  return map;
+})();
+function typeKey(code, shift) {
+  const press = (c, down) => sendKey({ code: c, repeat: false, preventDefault() {} }, down);
+  if (shift) press('ShiftLeft', true);
+  press(code, true);
+  press(code, false);
+  if (shift) press('ShiftLeft', false);
+}
+softKeyboard.addEventListener('input', (e) => {
+  if (e.inputType === 'deleteContentBackward') typeKey('Backspace', false);
+  else if (e.inputType === 'insertLineBreak') typeKey('Enter', false);
+  else for (const ch of e.data || '') if (TYPED[ch]) typeKey(...TYPED[ch]);
+  softKeyboard.value = '';
+});
+softKeyboard.addEventListener('keydown', (e) => {
+  // Keys the screen's keyboard sends as keys (Enter, Backspace on some) rather than text.
+  if (e.key === 'Enter' || e.key === 'Backspace') { e.preventDefault(); typeKey(e.key, false); }
+  e.stopPropagation();
+});
+
 document.getElementById('btn-moment').addEventListener('click', async () => {
   closeMenu();
   // The game's whole state now: a friend who opens the link plays from exactly here.
@@ -759,6 +897,7 @@ async function main() {
   seatButton.hidden = !watch || !!channelId;
   openButton.hidden = !!watch;
   await whep(session, !watch);
+  if (touchScreen) chooseTouchMode();
   video.requestVideoFrameCallback(onVideoFrame);
   setInterval(() => updateStats(currentPc).catch(() => {}), 1000); // a closed one has none
   watchConnection(session, !watch, watch && !channelId ? params.get('grant') || undefined : undefined);

@@ -210,7 +210,8 @@ async fn a_spectator_joins_the_game_they_watch() {
 /// the picture takes the largest area, no probe strip, a stream sized for the screen, no
 /// error logged; and a TV's way in (`e2e/navigation.test.mjs`): a gamepad alone, or the
 /// arrows, pick a game, start it and work the player's menu; and a window resized
-/// mid-session (`e2e/resize.test.mjs`): the picture follows within a second.
+/// mid-session (`e2e/resize.test.mjs`): the picture follows within a second; and a phone's
+/// touch as a trackpad and its keyboard (`e2e/trackpad.test.mjs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_player_fits_every_screen_and_a_gamepad_drives_it() {
     let Some(e2e) = e2e_or_skip() else { return };
@@ -219,6 +220,6 @@ async fn the_player_fits_every_screen_and_a_gamepad_drives_it() {
     let server = Server::start(config).await.expect("server starts");
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
-    let scripts = vec!["layout.test.mjs", "navigation.test.mjs", "resize.test.mjs"];
+    let scripts = vec!["layout.test.mjs", "navigation.test.mjs", "resize.test.mjs", "trackpad.test.mjs"];
     run_scripts(e2e, scripts, url, "the layout and navigation browser tests failed").await;
 }

@@ -204,6 +204,8 @@ fn game_info(game: CatalogueGame) -> GameInfo {
         max_players: game.max_players,
         controls: game.controls,
         crossplay_key: game.crossplay_key,
+        pointer: serde_json::from_str::<cloudplay_proto::runtime::RuntimeSpec>(&game.runtime)
+            .is_ok_and(|spec| spec.kind() == "native"),
     }
 }
 

@@ -48,6 +48,7 @@ pub fn catalogue_entry() -> CatalogueEntry {
                 "Join: press anything; empty seats are bots".into(),
             ],
             crossplay_key: Some("neon-cycles".into()),
+            pointer: false,
         },
         create: |seed| Box::new(NeonCycles::new(seed)),
     }

@@ -83,6 +83,7 @@ fn info(id: &str) -> GameInfo {
         max_players: 1,
         controls: Vec::new(),
         crossplay_key: None,
+        pointer: false,
     }
 }
 

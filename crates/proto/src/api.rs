@@ -14,6 +14,10 @@ pub struct GameInfo {
     /// Title key shared with other platforms' entries of the same game (cross-play).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossplay_key: Option<String>,
+    /// The game is driven by a mouse pointer (a native program): on a touch screen the
+    /// player page makes the screen a trackpad by default.
+    #[serde(default)]
+    pub pointer: bool,
 }
 
 /// Stream options a client may ask for when creating a session.
