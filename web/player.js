@@ -473,7 +473,6 @@ navigation({
   back: () => { if (!menuOpen()) return false; closeMenu(); return true; },
   menu: () => {}, // Home, or Start and Select: the pad poll above opens and closes it
 });
-registerServiceWorker();
 
 document.getElementById('btn-full').addEventListener('click', () => {
   closeMenu();
@@ -903,6 +902,9 @@ async function main() {
   watchConnection(session, !watch, watch && !channelId ? params.get('grant') || undefined : undefined);
   video.addEventListener('playing', () => {
     stats.state = 'playing';
+    // The app's worker fetches the page shell: only once the picture plays, so that it
+    // never competes with the first frame.
+    registerServiceWorker();
     overlayTitle.textContent = watch ? 'Watching' : 'Ready';
     overlayText.textContent = watch ? '' : 'Keyboard, mouse, gamepad or touch: press anything to join.';
     startButton.hidden = false;

@@ -16,6 +16,9 @@ self.addEventListener('activate', (event) => {
   event.waitUntil(
     caches.keys()
       .then((names) => Promise.all(names.filter((name) => name !== CACHE).map((name) => caches.delete(name))))
+      // A page's own request starts while the worker boots, not after: the worker adds
+      // no wait to opening a game.
+      .then(() => self.registration.navigationPreload?.enable())
       .then(() => self.clients.claim()),
   );
 });
@@ -26,7 +29,8 @@ self.addEventListener('fetch', (event) => {
     return; // not the shell: the browser fetches it as if there were no worker
   }
   event.respondWith(
-    fetch(event.request)
+    Promise.resolve(event.preloadResponse)
+      .then((preloaded) => preloaded || fetch(event.request))
       .then((response) => {
         if (response.ok) {
           const copy = response.clone();
