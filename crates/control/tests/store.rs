@@ -11,6 +11,23 @@ use cloudplay_control::store::{
 
 const NOW: u64 = 1_800_000_000_000;
 
+/// A session of `tenant` waiting in its queue, as `POST /sessions` stores it first.
+fn queued(tenant: &str, id: String) -> cloudplay_control::store::SessionRecord {
+    cloudplay_control::store::SessionRecord {
+        id,
+        tenant_id: tenant.into(),
+        user_id: None,
+        game_id: "g".into(),
+        host_id: None,
+        state: cloudplay_control::store::SessionState::Queued,
+        options: "{}".into(),
+        idempotency_key: None,
+        created_at_ms: NOW,
+        owner: "guest:abc".into(),
+        public: false,
+    }
+}
+
 fn tenant(id: &str) -> Tenant {
     Tenant {
         id: id.into(),
@@ -115,7 +132,6 @@ async fn a_host_reaches_only_sessions_it_runs_or_just_ended(store: Store) {
 /// Twenty requests at once for one owner: exactly the limit's worth of channels and of
 /// live sessions are made (the check and the insert are one step on both databases).
 async fn per_owner_limits_hold_under_concurrent_requests(store: Store) {
-    use cloudplay_control::store::{SessionRecord, SessionState};
     store.create_tenant(&tenant("acme"), NOW).await.unwrap();
     let cleo = store.create_user("acme", "cleo@acme.io", "password123", "Cleo", false, NOW).await.unwrap();
     store.set_creator("acme", &cleo.id, false, NOW).await.unwrap();
@@ -137,20 +153,7 @@ async fn per_owner_limits_hold_under_concurrent_requests(store: Store) {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let session = SessionRecord {
-                    id: format!("s{i}"),
-                    tenant_id: "acme".into(),
-                    user_id: None,
-                    game_id: "g".into(),
-                    host_id: None,
-                    state: SessionState::Queued,
-                    options: "{}".into(),
-                    idempotency_key: None,
-                    created_at_ms: NOW,
-                    owner: "guest:abc".into(),
-                    public: false,
-                };
-                match store.insert_session(&session, Some(2)).await {
+                match store.insert_session(&queued("acme", format!("s{i}")), Some(2)).await {
                     Ok(()) => true,
                     Err(StoreError::QuotaFull(_)) => false,
                     Err(e) => panic!("{e}"),
@@ -170,7 +173,7 @@ async fn per_owner_limits_hold_under_concurrent_requests(store: Store) {
 /// slot and the session's state are one step), every other is told to wait, and the host
 /// counts only the placed ones.
 async fn a_tenants_share_holds_when_its_players_arrive_at_once(store: Store) {
-    use cloudplay_control::store::{Placing, SessionRecord, SessionState};
+    use cloudplay_control::store::Placing;
     store.create_tenant(&tenant("acme"), NOW).await.unwrap();
     store.create_tenant(&tenant("globex"), NOW).await.unwrap();
     let registration = HostRegistration {
@@ -181,19 +184,6 @@ async fn a_tenants_share_holds_when_its_players_arrive_at_once(store: Store) {
         runtimes: vec![],
     };
     store.register_host(&registration, NOW, 60_000).await.unwrap();
-    let queued = |tenant: &str, id: String| SessionRecord {
-        id,
-        tenant_id: tenant.into(),
-        user_id: None,
-        game_id: "g".into(),
-        host_id: None,
-        state: SessionState::Queued,
-        options: "{}".into(),
-        idempotency_key: None,
-        created_at_ms: NOW,
-        owner: "guest:abc".into(),
-        public: false,
-    };
     store.insert_session(&queued("globex", "waiting".into()), None).await.unwrap();
     for i in 0..12 {
         store.insert_session(&queued("acme", format!("s{i}")), None).await.unwrap();

@@ -466,7 +466,7 @@ impl SessionCore {
             .views
             .values()
             .map(|&(w, h)| (w as f64 / width as f64).min(h as f64 / height as f64))
-            .fold(None, |most: Option<f64>, s| Some(most.map_or(s, |m| m.max(s))))
+            .reduce(f64::max)
             .unwrap_or(1.0)
             .clamp((MIN_VIEW_WIDTH as f64 / width as f64).min(1.0), 1.0);
         let even = |v: f64| ((v.round() as u32) & !1).max(2);

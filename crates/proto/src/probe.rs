@@ -89,13 +89,6 @@ impl ProbeStrip {
         ProbeStrip { cell: (width / 80).max(8) }
     }
 
-    /// This strip with cells `factor` times larger: the strip to paint into a picture
-    /// that will be shrunk by `factor` before encoding, so that it reads as
-    /// [`ProbeStrip::for_width`] of the smaller width.
-    pub fn scaled(self, factor: u32) -> ProbeStrip {
-        ProbeStrip { cell: self.cell * factor.max(1) }
-    }
-
     /// This strip painted into a picture `painted` pixels wide that is encoded `encoded`
     /// pixels wide: cells scaled by that ratio (rounded), so that they read at the encoded
     /// size whatever the ratio.
