@@ -587,6 +587,7 @@ function onSeatMessage(message) {
     case 'seated':
       seated = true;
       showTouchpad();
+      showMicrophone();
       sendViewSize();
       stats.seat = message.slot;
       seatButton.hidden = true;
@@ -631,6 +632,59 @@ openButton.addEventListener('click', () => {
   seatsOpen = !seatsOpen;
   request({ type: 'open_seats', open: seatsOpen });
   openButton.textContent = seatsOpen ? 'Close seats' : 'Open seats';
+});
+
+// ---------------------------------------------------------------- microphone
+// Off until the player turns it on (the browser asks for it then, on that click). It goes
+// as a second Opus track on this connection to the game only; the host takes the noise
+// out unless the player turns that off, so the browser's own suppression stays off.
+const micButton = document.getElementById('btn-mic');
+const noiseButton = document.getElementById('btn-noise');
+const micBadge = document.getElementById('mic-on');
+let micAvailable = false, micTrack = null, micSender = null, noiseSuppression = true;
+stats.microphone = { available: false, on: false, suppression: true };
+
+function showMicrophone() {
+  micButton.hidden = !(micAvailable && seated);
+  noiseButton.hidden = micButton.hidden;
+  micBadge.hidden = !micTrack;
+  micButton.textContent = micTrack ? 'Microphone: on' : 'Microphone: off';
+  noiseButton.textContent = `Noise suppression: ${noiseSuppression ? 'on' : 'off'}`;
+  Object.assign(stats.microphone, { available: micAvailable && seated, on: !!micTrack, suppression: noiseSuppression });
+}
+
+async function microphoneOn() {
+  const media = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, autoGainControl: true, noiseSuppression: false },
+  });
+  micTrack = media.getAudioTracks()[0];
+  micTrack.addEventListener('ended', microphoneOff);
+  await micSender?.replaceTrack(micTrack);
+}
+
+function microphoneOff() {
+  micSender?.replaceTrack(null).catch(() => {});
+  micTrack?.stop();
+  micTrack = null;
+  showMicrophone();
+}
+
+micButton.addEventListener('click', async () => {
+  closeMenu();
+  if (micTrack) return microphoneOff();
+  try {
+    await microphoneOn();
+  } catch (e) {
+    micButton.textContent = 'Microphone: not allowed';
+    return;
+  }
+  showMicrophone();
+});
+noiseButton.addEventListener('click', () => {
+  closeMenu();
+  noiseSuppression = !noiseSuppression;
+  request({ type: 'noise_suppression', on: noiseSuppression });
+  showMicrophone();
 });
 
 // ---------------------------------------------------------------- WHEP
@@ -702,6 +756,9 @@ async function whep(session, player) {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   const videoTransceiver = pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
+  // A player's microphone: a second audio track, silent until the player turns it on.
+  micSender = player ? pc.addTransceiver('audio', { direction: 'sendonly' }).sender : null;
+  if (micSender && micTrack) micSender.replaceTrack(micTrack).catch(() => {});
   const capabilities = RTCRtpReceiver.getCapabilities?.('video');
   if (capabilities && videoTransceiver.setCodecPreferences) {
     const h264 = capabilities.codecs.filter((c) => c.mimeType === 'video/H264');
@@ -724,6 +781,7 @@ async function whep(session, player) {
       try {
         const message = JSON.parse(e.data);
         if (onSeatMessage(message)) return;
+        if (message.type === 'microphone') { micAvailable = true; showMicrophone(); return; }
         if (message.type === 'ended') {
           stats.endedReason = String(message.reason);
           fail(stats.endedReason, 'The game ended');

@@ -339,3 +339,48 @@ async fn sign_up_is_open_by_invite_or_closed_as_the_tenant_decides() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "another tenant's setting is its own");
 }
+
+/// A platform decides whether its players' microphones reach games: its admins only, and
+/// the host of a session started after the switch hears no microphone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_turns_its_players_microphones_off() {
+    let server = Server::start(Config::ephemeral()).await.unwrap();
+    let (app, store) = (server.router.clone(), server.control.store().clone());
+    let admin = store.create_api_key("local", &["admin"], unix_ms()).await.unwrap().1;
+    let acme = Tenant {
+        id: "acme".into(),
+        name: "Acme".into(),
+        brand_color: "#f0f".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 100,
+    };
+    store.create_tenant(&acme, unix_ms()).await.unwrap();
+    let (status, devices, _) = Call::new("GET", "/api/v1/admin/devices").bearer(&admin).send(&app).await;
+    assert_eq!((status, devices), (StatusCode::OK, json!({"microphone": true})), "on by default");
+    let (_, guest, _) =
+        Call::new("POST", "/api/v1/sessions").json(json!({"game": "neon-cycles"})).send(&app).await;
+    let heard = |id: &Value| server.host.session(id.as_str().unwrap()).map(|s| s.microphone);
+    assert_eq!(heard(&guest["session_id"]), Some(true), "{guest}");
+
+    for (body, expected) in [
+        (json!({"microphone": "yes"}), StatusCode::BAD_REQUEST),
+        (json!({"microphone": false, "camera": true}), StatusCode::BAD_REQUEST),
+        (json!({}), StatusCode::BAD_REQUEST),
+    ] {
+        let call = Call::new("PUT", "/api/v1/admin/devices").bearer(&admin).json(body.clone());
+        assert_eq!(call.send(&app).await.0, expected, "{body}");
+    }
+    let off = json!({"microphone": false});
+    let player = Call::new("PUT", "/api/v1/admin/devices").json(off.clone()).send(&app).await.0;
+    assert_eq!(player, StatusCode::FORBIDDEN, "a guest cannot");
+    let (status, body, _) =
+        Call::new("PUT", "/api/v1/admin/devices").bearer(&admin).json(off.clone()).send(&app).await;
+    assert_eq!((status, body), (StatusCode::OK, off));
+    let (_, later, _) = Call::new("POST", "/api/v1/sessions")
+        .json(json!({"game": "neon-cycles", "options": {"width": 640, "height": 360}}))
+        .send(&app)
+        .await;
+    assert_eq!(heard(&later["session_id"]), Some(false), "{later}");
+    // Another platform's switch is its own.
+    assert!(store.devices("acme").await.unwrap().microphone, "acme's players keep theirs");
+}

@@ -223,3 +223,183 @@ async fn the_player_fits_every_screen_and_a_gamepad_drives_it() {
     let scripts = vec!["layout.test.mjs", "navigation.test.mjs", "resize.test.mjs", "trackpad.test.mjs"];
     run_scripts(e2e, scripts, url, "the layout and navigation browser tests failed").await;
 }
+
+/// The microphone into a native game (`e2e/microphone.test.mjs`): Chromium's fake capture
+/// device plays espeak-ng's words in white noise; the game, a jailed recorder of its default
+/// input, keeps what it heard in its player's home. Ann's recording (suppression on) holds
+/// the words with the noise between them at least 10 dB lower than Cid's (suppression
+/// off), the words within 3 dB of his; Bob, playing at the same time, heard silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_game_hears_its_players_voice_cleaned_and_nobody_elses() {
+    let Some(e2e) = e2e_or_skip() else { return };
+    let needed =
+        ["Xvfb", "xterm", "pulseaudio", "parec", "pacat", "pactl", "espeak-ng", "sox", "soxi", "tar"];
+    if let Some(missing) = needed.iter().find(|p| cloudplay_runtime::find_program(p).is_none()) {
+        assert!(std::env::var_os("CI").is_none(), "the microphone test cannot run under CI: no {missing}");
+        eprintln!("SKIPPED the microphone test: no {missing}");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("cloudplay-microphone-{}", std::process::id()));
+    let sound = scratch.join("sound");
+    std::fs::create_dir_all(&sound).unwrap();
+    let config = Config { saves_dir: scratch.join("saves"), ..Config::ephemeral() };
+    let server = Server::start(config).await.expect("server starts");
+    let store = server.control.store().clone();
+    let now = cloudplay_control::unix_ms();
+    let tenant = Tenant {
+        id: "acme".into(),
+        name: "Acme".into(),
+        brand_color: "#00e6ff".into(),
+        logo_url: String::new(),
+        max_rtt_ms: 150,
+    };
+    store.create_tenant(&tenant, now).await.unwrap();
+    let record =
+        "exec parec --raw --format=s16le --rate=48000 --channels=1 --latency-msec=20 > \"$HOME/mic.raw\"";
+    let recorder = CatalogueGame {
+        id: "recorder".into(),
+        title: "Microphone recorder".into(),
+        description: String::new(),
+        art_url: String::new(),
+        runtime: serde_json::json!({ "kind": "native", "command": ["xterm", "-e", "sh", "-c", record] })
+            .to_string(),
+        required_tier: None,
+        max_players: 1,
+        controls: vec![],
+        crossplay_key: None,
+    };
+    store.put_game("acme", &recorder).await.unwrap();
+    let mut users = Vec::new();
+    for name in ["Ann", "Bob", "Cid"] {
+        let email = format!("{}@acme.test", name.to_lowercase());
+        users.push(store.create_user("acme", &email, "password-1", name, false, now).await.unwrap().id);
+    }
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+
+    let dir = sound.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(["--test", "--test-reporter=spec", "microphone.test.mjs"])
+            .current_dir(&e2e)
+            .env("CLOUDPLAY_URL", &url)
+            .env("MIC_DIR", &dir)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "the microphone browser test failed:\n{stdout}\n{stderr}");
+
+    // Each player's home is packed as their session ends.
+    let recording = |user: &str| -> Option<Vec<i16>> {
+        let archive = scratch.join("saves/acme").join(user).join("native/recorder.tar");
+        let out = Command::new("tar").arg("-xOf").arg(&archive).arg("./mic.raw").output().ok()?;
+        out.status
+            .success()
+            .then(|| out.stdout.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let heard = loop {
+        let heard: Vec<_> = users.iter().map(|u| recording(u)).collect();
+        if heard.iter().all(Option::is_some) || std::time::Instant::now() > deadline {
+            break heard;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let speech: Vec<i16> = std::fs::read(sound.join("speech.raw"))
+        .unwrap()
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let [ann, bob, cid] =
+        [0, 1, 2].map(|i| heard[i].clone().unwrap_or_else(|| panic!("no recording of player {i}")));
+
+    let bob_level = level_db(&bob);
+    assert!(
+        bob.len() > 48_000 && bob_level < -70.0,
+        "Bob's game heard silence ({bob_level:.1} dB, {} samples)",
+        bob.len()
+    );
+    let ann = speech_levels(&speech, &ann);
+    let cid = speech_levels(&speech, &cid);
+    println!(
+        "suppression on:  correlation {:.2}, words {:.1} dB, between words {:.1} dB",
+        ann.0, ann.1, ann.2
+    );
+    println!(
+        "suppression off: correlation {:.2}, words {:.1} dB, between words {:.1} dB",
+        cid.0, cid.1, cid.2
+    );
+    assert!(
+        ann.0 > 0.6 && cid.0 > 0.6,
+        "the recordings follow the spoken words ({:.2}, {:.2})",
+        ann.0,
+        cid.0
+    );
+    assert!(cid.2 - ann.2 >= 10.0, "suppression takes 10 dB of noise out ({:.1} → {:.1} dB)", cid.2, ann.2);
+    assert!((cid.1 - ann.1).abs() <= 3.0, "the words keep their level ({:.1} / {:.1} dB)", cid.1, ann.1);
+}
+
+/// Power per 10 ms.
+fn envelope(samples: &[i16]) -> Vec<f64> {
+    samples
+        .chunks_exact(480)
+        .map(|frame| frame.iter().map(|&s| (s as f64 / 32768.0).powi(2)).sum::<f64>() / 480.0)
+        .collect()
+}
+
+fn level_db(samples: &[i16]) -> f64 {
+    let power =
+        samples.iter().map(|&s| (s as f64 / 32768.0).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
+    10.0 * (power + 1e-15).log10()
+}
+
+/// How well `recorded` follows the looped `speech` (the peak correlation of their
+/// envelopes in dB, over every shift), and at that shift, the recording's level in the
+/// words and between them (away from any word).
+fn speech_levels(speech: &[i16], recorded: &[i16]) -> (f64, f64, f64) {
+    let reference: Vec<f64> = envelope(speech).iter().map(|p| 10.0 * (p + 1e-9).log10()).collect();
+    let power = envelope(recorded);
+    // The first second: the page's capture and the game's recorder settle.
+    let recorded: Vec<f64> = power.iter().skip(100).map(|p| 10.0 * (p + 1e-9).log10()).collect();
+    let period = reference.len();
+    let pearson = |shift: usize| {
+        let pairs = recorded.iter().enumerate().map(|(i, &r)| (r, reference[(i + shift) % period]));
+        let n = recorded.len() as f64;
+        let (mut sr, mut sf, mut srr, mut sff, mut srf) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (r, f) in pairs {
+            sr += r;
+            sf += f;
+            srr += r * r;
+            sff += f * f;
+            srf += r * f;
+        }
+        let cov = srf / n - sr / n * sf / n;
+        cov / ((srr / n - (sr / n).powi(2)).sqrt() * (sff / n - (sf / n).powi(2)).sqrt() + 1e-12)
+    };
+    let (shift, correlation) =
+        (0..period).map(|s| (s, pearson(s))).max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0));
+    let loudest = reference.iter().copied().fold(f64::MIN, f64::max);
+    let (mut words, mut gaps) = (Vec::new(), Vec::new());
+    for (i, &p) in power.iter().skip(100).enumerate() {
+        let at = |k: isize| reference[((i + shift) as isize + k).rem_euclid(period as isize) as usize];
+        if at(0) > loudest - 10.0 {
+            words.push(p);
+        } else if (-15..=15).all(|k| at(k) < loudest - 50.0) {
+            gaps.push(p);
+        }
+    }
+    let mean_db = |v: &[f64]| 10.0 * (v.iter().sum::<f64>() / v.len().max(1) as f64 + 1e-15).log10();
+    assert!(
+        words.len() > 50 && gaps.len() > 50,
+        "words and pauses to measure ({} / {})",
+        words.len(),
+        gaps.len()
+    );
+    (correlation, mean_db(&words), mean_db(&gaps))
+}

@@ -146,6 +146,7 @@ fn rest_bodies_get_an_answer_not_a_panic() {
         ("PUT", "/api/v1/admin/tiers/fuzzed".into()),
         ("POST", "/api/v1/admin/api-keys".into()),
         ("PUT", "/api/v1/admin/signup".into()),
+        ("PUT", "/api/v1/admin/devices".into()),
         ("POST", "/api/v1/admin/invites".into()),
         ("POST", "/api/v1/channels".into()),
         ("PUT", "/api/v1/admin/creators/nobody".into()),

@@ -27,6 +27,7 @@ pub fn routes() -> Router<ControlPlane> {
         .route("/api/v1/admin/sessions", get(list_sessions))
         .route("/api/v1/admin/hosts", get(list_hosts))
         .route("/api/v1/admin/signup", put(put_signup))
+        .route("/api/v1/admin/devices", get(get_devices).put(put_devices))
         .route("/api/v1/admin/invites", post(create_invite))
         .route("/api/v1/admin/crossplay", get(list_agreements).post(offer_agreement))
         .route("/api/v1/admin/crossplay/{id}/accept", post(accept_agreement))
@@ -139,6 +140,22 @@ async fn put_signup(
         other => internal(other),
     })?;
     Ok(Json(json!({ "mode": request.mode })).into_response())
+}
+
+/// What the platform's players' devices may bring into a game.
+async fn get_devices(State(control): State<ControlPlane>, Admin(who): Admin) -> Result<Response, ApiError> {
+    let devices = control.store().devices(&who.tenant).await.map_err(internal)?;
+    Ok(Json(devices).into_response())
+}
+
+/// Lets players' microphones into games (or not) from the next session on.
+async fn put_devices(
+    State(control): State<ControlPlane>,
+    Admin(who): Admin,
+    JsonBody(devices): JsonBody<crate::store::Devices>,
+) -> Result<Response, ApiError> {
+    control.store().set_devices(&who.tenant, devices).await.map_err(internal)?;
+    Ok(Json(devices).into_response())
 }
 
 #[derive(Deserialize)]

@@ -53,6 +53,7 @@ pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Res
         save_profile: None,
         cloud_save: None,
         cloud_state: None,
+        microphone: false,
     };
     if let Some(user) = user {
         launch.save_profile = Some(format!("{tenant}/{user}"));
@@ -114,6 +115,14 @@ impl ControlPlane {
         // The player's progress follows them: the newest cloud save goes with the launch.
         let mut launch = launch.clone();
         launch.cloud_save = self.cloud_save_for(&session.tenant_id, &launch).await;
+        // The platform decides whether its players' microphones reach games.
+        launch.microphone = match self.inner.store.devices(&session.tenant_id).await {
+            Ok(devices) => devices.microphone,
+            Err(e) => {
+                warn!(tenant = %session.tenant_id, error = %e, "devices unknown: no microphone");
+                false
+            }
+        };
         let result = match host {
             Some(host) => host.start_session(&session.id, &launch, StoredRequest::of(session).options).await,
             None => Err(StartError::NoCapacity("the chosen host is not reachable".into())),

@@ -63,6 +63,13 @@ pub trait Game: Send {
     /// interleaved samples in `-1.0..=1.0`.
     fn mix_audio(&mut self, out: &mut [f32]);
 
+    /// What the players say into their microphone, as it arrives: 48 kHz mono samples in
+    /// `-1.0..=1.0`, cleaned of noise unless the player turned that off. Games without a
+    /// microphone input ignore it.
+    fn hear(&mut self, samples: &[f32]) {
+        let _ = samples;
+    }
+
     /// Serialises the game state (not the audio voices) for a cloud save.
     fn save_state(&self) -> Vec<u8>;
 

@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod internal;
 pub mod messages;
+pub mod microphone;
 pub mod peers;
 pub mod redundancy;
 pub mod saves;
@@ -213,6 +214,8 @@ pub struct SessionHandle {
     pub tenant: std::sync::OnceLock<String>,
     /// A creator's broadcast (WHIP): pictures come from its publisher, not a game.
     pub broadcast: bool,
+    /// The players' microphone reaches the game (its platform allows it).
+    pub microphone: bool,
 }
 
 /// A relay between this host and another WHIP or WHEP endpoint (a push of a session
@@ -468,6 +471,7 @@ impl Host {
                     seats: Arc::new(Seats::default()),
                     tenant: std::sync::OnceLock::new(),
                     broadcast: false,
+                    microphone: launch.microphone,
                 }),
             );
         }
@@ -586,6 +590,7 @@ impl Host {
             seats: Arc::new(Seats::default()),
             tenant: std::sync::OnceLock::new(),
             broadcast: true,
+            microphone: false,
         });
         {
             let mut sessions =
@@ -736,6 +741,7 @@ impl Host {
             offered,
             desired_bps: None,
             keeps_seats: false,
+            microphone: false,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
@@ -897,6 +903,28 @@ impl Host {
         }
         let _ = writeln!(
             out,
+            "# HELP cloudplay_microphone_seconds A player's microphone over its last 600 packets: from capture in the browser (its RTCP sender reports' clock) to the game's input, and the host's decoding and noise suppression.\n# TYPE cloudplay_microphone_seconds summary"
+        );
+        for session in &sessions {
+            let microphone = session.stats.microphone_summary();
+            for (part, summary) in [("path", microphone.path), ("processing", microphone.processing)] {
+                if summary.samples == 0 {
+                    continue;
+                }
+                for (quantile, us) in
+                    [("0.5", summary.p50_us), ("0.95", summary.p95_us), ("0.99", summary.p99_us)]
+                {
+                    let _ = writeln!(
+                        out,
+                        "cloudplay_microphone_seconds{{session=\"{}\",part=\"{part}\",quantile=\"{quantile}\"}} {:.6}",
+                        session.id,
+                        us as f64 / 1e6
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
             "# HELP cloudplay_session_info Sessions running, by game and runtime.\n# TYPE cloudplay_session_info gauge"
         );
         for session in &sessions {
@@ -927,7 +955,7 @@ impl Host {
             }
         }
         type Read = fn(&SessionStats) -> u64;
-        let gauges: [(&str, &str, Read); 13] = [
+        let gauges: [(&str, &str, Read); 15] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),
@@ -952,6 +980,16 @@ impl Host {
                 "cloudplay_session_view_sizes_refused_total",
                 "Players' view sizes refused: out of range, or sent more than 4 times a second.",
                 |s| SessionStats::count(&s.view_sizes_refused),
+            ),
+            (
+                "cloudplay_session_microphone_packets_total",
+                "Packets of a player's microphone the game heard.",
+                |s| SessionStats::count(&s.microphone_packets),
+            ),
+            (
+                "cloudplay_session_microphone_refused_total",
+                "Microphone packets refused: a viewer's, a second microphone, another player's while one is heard, the platform has it off, or undecodable.",
+                |s| SessionStats::count(&s.microphone_refused),
             ),
             ("cloudplay_session_nacks_received_total", "Video NACKs the session's peers sent.", |s| {
                 SessionStats::count(&s.nacks_received)

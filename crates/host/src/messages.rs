@@ -36,6 +36,18 @@ pub enum SessionCommand {
         width: u32,
         height: u32,
     },
+    /// One Opus packet of a player's microphone; `captured`: when the browser captured it,
+    /// by the browser's clock (from its sender reports), once known.
+    Microphone {
+        peer: PeerId,
+        packet: Arc<[u8]>,
+        captured: Option<std::time::SystemTime>,
+    },
+    /// A player turns noise suppression of its microphone on or off.
+    NoiseSuppression {
+        peer: PeerId,
+        on: bool,
+    },
     /// A broadcast's publisher left (or never connected): the broadcast is over.
     PublisherLeft,
     /// Save the game's whole state now, between ticks, and answer it (empty: the game

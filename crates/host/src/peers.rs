@@ -35,6 +35,11 @@
 //!   within [`SEAT_ASK_VALIDITY`] (or seats a player opened) makes the viewer a player on
 //!   the same connection: a free seat, its input from then on. Only players grant.
 //!
+//! - A player's connection may carry one microphone: the first audio it sends. Its packets
+//!   go to the session (which lets one player's microphone in at a time); anything else
+//!   a peer sends as media — a viewer's microphone, a second one, any microphone where the
+//!   platform has it off — is dropped and counted.
+//!
 //! A broadcast (a creator live by WHIP) is a session whose pictures come from its
 //! publisher peer instead of an encoder; the set forwards them as they are:
 //!
@@ -57,7 +62,7 @@ use cloudplay_proto::{InputMessage, TicketRole};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
-use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tracing::{debug, info, warn};
@@ -127,6 +132,8 @@ pub struct NewPeer {
     /// The peer keeps the session's seats (its ticket says so): it opens them to viewers
     /// and grants them. Other players (lobby members, viewers given a seat) do not.
     pub keeps_seats: bool,
+    /// The session takes its players' microphone.
+    pub microphone: bool,
 }
 
 /// How long a new peer's estimator desires the session's cap: its first probes (at three
@@ -214,10 +221,11 @@ impl PeerSet {
             media_pts: Vec::new(),
             redundancy: Redundancy::default(),
             keyframe_asked: None,
+            microphone: None,
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
-                peer.media_added(mid, kind);
+                peer.media_added(mid, kind, Direction::SendOnly);
             }
         }
     }
@@ -395,6 +403,10 @@ impl PeerSet {
                 peer.tell_session(SessionCommand::ViewSize { peer: id, width, height });
                 false
             }
+            (PeerRequest::NoiseSuppression { on }, TicketRole::Player) => {
+                self.peers[index].tell_session(SessionCommand::NoiseSuppression { peer: id, on });
+                false
+            }
             (PeerRequest::OpenSeats { open }, TicketRole::Player) => {
                 info!(%session, open, "seats opened to viewers who ask");
                 self.peers[index].setup.seats.set_open(open);
@@ -416,6 +428,7 @@ impl PeerSet {
                 info!(peer = viewer.setup.id, session = %viewer.setup.session, slot, "a viewer takes a seat");
                 viewer.setup.role = TicketRole::Player;
                 viewer.setup.slot = slot;
+                viewer.offer_microphone();
                 viewer.tell(&PeerMessage::Seated { slot })
             }
             None => viewer.tell(&PeerMessage::SeatRefused { reason: "every seat is taken".into() }),
@@ -656,6 +669,8 @@ struct Peer {
     redundancy: Redundancy,
     /// When it last asked its session for a keyframe.
     keyframe_asked: Option<Instant>,
+    /// The audio it sends: its microphone.
+    microphone: Option<Mid>,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -754,6 +769,13 @@ impl Peer {
         self.tell_session(SessionCommand::KeyframeRequest);
     }
 
+    /// A player of a session that hears microphones is told it may send one.
+    fn offer_microphone(&mut self) {
+        if self.setup.microphone && self.setup.role == TicketRole::Player {
+            self.tell(&PeerMessage::Microphone);
+        }
+    }
+
     /// Copies went on or off: counted, and the player told.
     fn copies_changed(&mut self, loss_permille: u32) {
         let on = self.redundancy.is_on();
@@ -809,7 +831,8 @@ impl Peer {
                 self.ask_keyframe(counters);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => self.rtc().disconnect(),
-            Event::MediaAdded(added) => self.media_added(added.mid, added.kind),
+            Event::MediaAdded(added) => self.media_added(added.mid, added.kind, added.direction),
+            Event::MediaData(data) => self.heard(data),
             Event::KeyframeRequest(_) => self.ask_keyframe(counters),
             Event::MediaEgressStats(egress) if self.video.is_some_and(|(mid, _)| mid == egress.mid) => {
                 // Cumulative per peer: the session gets what is new since the last report.
@@ -872,6 +895,7 @@ impl Peer {
                 if label == INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
             {
                 self.input_channel = Some(id);
+                self.offer_microphone();
             }
             Event::ChannelOpen(id, label)
                 if label == FAST_INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
@@ -926,7 +950,16 @@ impl Peer {
         }
     }
 
-    fn media_added(&mut self, mid: Mid, kind: MediaKind) {
+    fn media_added(&mut self, mid: Mid, kind: MediaKind, direction: Direction) {
+        // What the browser sends (a publisher's media are forwarded as they come).
+        if direction == Direction::RecvOnly && self.setup.role != TicketRole::Publisher {
+            if kind == MediaKind::Audio && self.microphone.is_none() {
+                self.microphone = Some(mid);
+            } else {
+                debug!(peer = self.setup.id, ?kind, "media from the browser beyond one microphone: dropped");
+            }
+            return;
+        }
         let Some(pt) = self.choose_payload_type(mid, kind) else {
             warn!(peer = self.setup.id, ?kind, "no usable codec offered");
             return;
@@ -938,6 +971,30 @@ impl Peer {
             MediaKind::Video => self.video = Some((mid, pt)),
             MediaKind::Audio => self.audio = Some((mid, pt)),
         }
+    }
+
+    /// Media from the browser: a player's microphone goes to its session (with the time it
+    /// was captured, by the browser's clock, once its sender report came); the rest is
+    /// refused and counted.
+    fn heard(&mut self, data: MediaData) {
+        let stats = &self.setup.stats;
+        let wanted = self.setup.microphone
+            && self.setup.role == TicketRole::Player
+            && Some(data.mid) == self.microphone
+            && data.params.spec().codec == Codec::Opus;
+        if !wanted {
+            stats.microphone_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The report pairs an RTP time with the sender's wall clock; the packet is that far
+        // (in 32-bit RTP time, which wraps) from it.
+        let captured = data.last_sender_info.and_then(|report| {
+            let ahead = (data.time.numer() as u32).wrapping_sub(report.rtp_time.numer() as u32) as i32;
+            let rate = u64::from(data.time.denom().max(1));
+            let offset = Duration::from_micros(u64::from(ahead.unsigned_abs()) * 1_000_000 / rate);
+            if ahead >= 0 { report.ntp_time.checked_add(offset) } else { report.ntp_time.checked_sub(offset) }
+        });
+        self.tell_session(SessionCommand::Microphone { peer: self.setup.id, packet: data.data, captured });
     }
 
     /// H.264 Constrained Baseline with packetization mode 1 when offered (that is what

@@ -56,6 +56,7 @@ impl Ring {
 pub struct StageSummary {
     pub samples: usize,
     pub p50_us: u32,
+    pub p95_us: u32,
     pub p99_us: u32,
     pub max_us: u32,
 }
@@ -94,6 +95,23 @@ pub struct SessionStats {
     pub encoded_width: AtomicU64,
     /// Players' view sizes refused: out of range, or sent too often.
     pub view_sizes_refused: AtomicU64,
+    /// Microphone packets handed to the game, and those refused: from a viewer, a second
+    /// microphone, a platform without the microphone, or packets that do not decode.
+    pub microphone_packets: AtomicU64,
+    pub microphone_refused: AtomicU64,
+    /// The microphone's path: capture in the browser (its sender report's clock) to the
+    /// samples handed to the game, and the host's share of it (decoding and suppression).
+    microphone: Mutex<[Ring; 2]>,
+}
+
+/// The microphone's two timings ([`SessionStats::record_microphone`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MicrophoneSummary {
+    /// Capture in the browser to the game's input (only once the browser's first sender
+    /// report came; on one machine, or with synchronised clocks).
+    pub path: StageSummary,
+    /// Decoding and noise suppression on the host.
+    pub processing: StageSummary,
 }
 
 impl Default for SessionStats {
@@ -118,6 +136,9 @@ impl Default for SessionStats {
             copies_sent: AtomicU64::new(0),
             encoded_width: AtomicU64::new(0),
             view_sizes_refused: AtomicU64::new(0),
+            microphone_packets: AtomicU64::new(0),
+            microphone_refused: AtomicU64::new(0),
+            microphone: Mutex::new([ring(), ring()]),
         }
     }
 }
@@ -138,6 +159,26 @@ impl SessionStats {
         percentiles(&mut samples)
     }
 
+    /// One microphone packet handed to the game: its `path` from capture (when known) and
+    /// the host's `processing` of it.
+    pub fn record_microphone(&self, path: Option<Duration>, processing: Duration) {
+        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+        if let Ok(mut rings) = self.microphone.lock() {
+            if let Some(path) = path {
+                rings[0].push(us(path));
+            }
+            rings[1].push(us(processing));
+        }
+    }
+
+    pub fn microphone_summary(&self) -> MicrophoneSummary {
+        let Ok(rings) = self.microphone.lock() else { return MicrophoneSummary::default() };
+        let mut path = rings[0].samples_us[..rings[0].len].to_vec();
+        let mut processing = rings[1].samples_us[..rings[1].len].to_vec();
+        drop(rings);
+        MicrophoneSummary { path: percentiles(&mut path), processing: percentiles(&mut processing) }
+    }
+
     pub fn count(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -153,6 +194,7 @@ pub fn percentiles(samples: &mut [u32]) -> StageSummary {
     StageSummary {
         samples: samples.len(),
         p50_us: at(0.5),
+        p95_us: at(0.95),
         p99_us: at(0.99),
         max_us: samples[samples.len() - 1],
     }

@@ -29,6 +29,8 @@
 //! - The probe strip reports an input only once a tick applied it.
 //! - With in-game saves kept, the game's save is read every [`CoreSetup::in_game_saves`]
 //!   and once more as the session ends, and handed out ([`CoreOutput::InGameSave`]).
+//! - A player's microphone packets are decoded, cleaned and handed to the game as they
+//!   arrive, one player at a time ([`crate::microphone`]); they never wait for a tick.
 //! - Run-ahead *n* (emulated games): each tick runs the game, saves its state, runs *n*
 //!   frames further with the inputs held, keeps that picture, and loads the state back —
 //!   the picture shows the game *n* frames ahead, hiding *n* frames of its own input lag,
@@ -51,6 +53,7 @@ use tracing::{debug, info, warn};
 pub use cloudplay_game::TICK_RATE;
 
 use crate::messages::{AudioPacket, PeerId, SessionCommand, VideoPacket};
+use crate::microphone::SessionMicrophone;
 use crate::stats::{SessionStats, Stage, monotonic_us};
 
 /// Shortest time between two forced keyframes; more would flood a struggling link.
@@ -197,6 +200,7 @@ pub struct SessionCore {
     next_save_read: Instant,
     /// The last in-game save was read on the way out.
     saves_closed: bool,
+    microphone: SessionMicrophone,
 }
 
 impl SessionCore {
@@ -261,6 +265,7 @@ impl SessionCore {
             in_game_saves: setup.in_game_saves,
             next_save_read: setup.in_game_saves.map_or(now, |every| now + every),
             saves_closed: setup.in_game_saves.is_none(),
+            microphone: SessionMicrophone::default(),
         })
     }
 
@@ -288,6 +293,7 @@ impl SessionCore {
                 self.keyframe_wanted = true;
             }
             SessionCommand::PeerLeft { peer } => {
+                self.microphone.left(peer);
                 self.peers = self.peers.saturating_sub(1);
                 self.estimates.remove(&peer);
                 if self.views.remove(&peer).is_some() {
@@ -302,6 +308,19 @@ impl SessionCore {
                 self.views.insert(peer, (width, height));
                 self.follow_views();
             }
+            SessionCommand::Microphone { peer, packet, captured } => {
+                let started = (self.stopwatch)();
+                let Some(samples) = self.microphone.hear(now, peer, &packet, &self.stats) else { return };
+                self.game.hear(samples);
+                let done = (self.stopwatch)();
+                // The wall clock at `done`, reckoned as the probe's capture times are.
+                let wall = std::time::UNIX_EPOCH
+                    + Duration::from_millis(self.unix_ms_at_start)
+                    + done.saturating_duration_since(self.started);
+                let path = captured.and_then(|at| wall.duration_since(at).ok());
+                self.stats.record_microphone(path, done.saturating_duration_since(started));
+            }
+            SessionCommand::NoiseSuppression { peer, on } => self.microphone.set_suppression(peer, on),
             SessionCommand::SaveState(reply) => {
                 let _ = reply.send(self.game.save_state());
             }

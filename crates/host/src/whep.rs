@@ -331,6 +331,7 @@ fn accept_viewer_or_player(
         offered: Vec::new(),
         desired_bps: Some(desired_bps),
         keeps_seats: claims.seats && claims.role == TicketRole::Player,
+        microphone: session.microphone,
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -426,6 +427,7 @@ fn accept_publisher(
         offered: Vec::new(),
         desired_bps: None,
         keeps_seats: false,
+        microphone: false,
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

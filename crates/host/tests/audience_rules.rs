@@ -131,6 +131,7 @@ impl Broadcast {
                 offered: Vec::new(),
                 desired_bps: None,
                 keeps_seats: role == TicketRole::Player && self.clients.is_empty(),
+                microphone: true,
             },
         );
         self.clients.push(Client {

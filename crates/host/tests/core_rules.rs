@@ -423,3 +423,54 @@ fn the_picture_follows_the_players_screens_within_the_games_size() {
     let sizes: Vec<_> = decoded_since(&h, since).into_iter().map(|(size, _)| size).collect();
     assert_eq!(sizes.last(), Some(&(426, 240)), "half of the view");
 }
+
+/// 20 ms of a tone as a browser's microphone sends it.
+fn microphone_packet() -> std::sync::Arc<[u8]> {
+    let mut encoder = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Voip).unwrap();
+    let tone: Vec<f32> = (0..960).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+    let mut packet = vec![0u8; 1500];
+    let len = encoder.encode(&tone, 960, &mut packet).unwrap();
+    packet[..len].into()
+}
+
+#[test]
+fn one_players_microphone_is_heard_at_a_time_until_they_fall_silent_or_leave() {
+    use cloudplay_host::microphone::MICROPHONE_HOLD;
+    let mut h = Harness::new(Schedule::FixedTick, 60, LONG);
+    let packet = microphone_packet();
+    let refused = |h: &Harness| h.stats.microphone_refused.load(std::sync::atomic::Ordering::Relaxed);
+    let heard = |h: &Harness| h.seen.lock().unwrap().heard;
+    let speak = |h: &mut Harness, peer: u64, packets: usize| {
+        for _ in 0..packets {
+            h.send(SessionCommand::Microphone { peer, packet: packet.clone(), captured: None });
+            let next = h.now + Duration::from_millis(20);
+            h.run_until(next);
+        }
+    };
+    for peer in [1, 2] {
+        h.send(SessionCommand::PeerJoined { peer });
+    }
+    speak(&mut h, 1, 10);
+    let first = heard(&h);
+    // Cleaned in whole 10 ms frames: all but the last half frame at most.
+    assert!(first >= 9 * 960, "the first player is heard as they speak: {first} samples");
+    speak(&mut h, 2, 5);
+    assert_eq!(heard(&h), first, "another player is not heard meanwhile");
+    assert_eq!(refused(&h), 5, "and counted");
+    // The first player falls silent: the microphone is free after the hold.
+    let later = h.now + MICROPHONE_HOLD;
+    h.run_until(later);
+    speak(&mut h, 2, 5);
+    assert!(heard(&h) >= first + 4 * 960, "the second player is heard");
+    // Leaving frees it at once.
+    h.send(SessionCommand::PeerLeft { peer: 2 });
+    let before = heard(&h);
+    speak(&mut h, 1, 5);
+    assert!(heard(&h) >= before + 4 * 960, "the first player is heard again");
+    // Noise suppression off for a player: their samples pass without waiting for a frame.
+    h.send(SessionCommand::NoiseSuppression { peer: 1, on: false });
+    let before = heard(&h);
+    speak(&mut h, 1, 1);
+    assert!(heard(&h) >= before + 960, "unsuppressed samples are handed on whole");
+    assert!(h.stats.microphone_summary().processing.samples >= 20, "each packet's processing is timed");
+}

@@ -53,6 +53,8 @@ struct Net {
     /// Every datagram the host sent (when, how many bytes), while logging.
     sent: Option<Vec<(Instant, usize)>>,
     video_mid: str0m::media::Mid,
+    /// The client's microphone tracks.
+    microphones: Vec<str0m::media::Mid>,
 }
 
 /// Random loss of RTP packets (RTCP, STUN and DTLS pass), from a fixed seed.
@@ -90,6 +92,22 @@ fn net_with(role: TicketRole, desired: Option<u64>) -> Net {
 /// With `later`: the bitrate the peer desires after its first probes (whep.rs hands it what
 /// the picture prefers), `desired` being the session's cap.
 fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> Net {
+    build(role, desired, later, 0, true)
+}
+
+/// A client that sends `microphones` audio tracks (a browser's player sends one), to a
+/// session that takes them if `allowed`.
+fn net_speaking(role: TicketRole, microphones: usize, allowed: bool) -> Net {
+    build(role, None, None, microphones, allowed)
+}
+
+fn build(
+    role: TicketRole,
+    desired: Option<u64>,
+    later: Option<u64>,
+    microphones: usize,
+    allowed: bool,
+) -> Net {
     let now = Instant::now();
     let (host_addr, client_addr): (SocketAddr, SocketAddr) = (HOST.parse().unwrap(), CLIENT.parse().unwrap());
     let mut client = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(now);
@@ -97,6 +115,9 @@ fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> N
     let mut change = client.sdp_api();
     let video_mid = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    let microphones: Vec<_> = (0..microphones)
+        .map(|_| change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None))
+        .collect();
     change.add_channel("input".into());
     change.add_channel_with_config(ChannelConfig {
         label: "input-fast".into(),
@@ -142,6 +163,7 @@ fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> N
             offered: Vec::new(),
             desired_bps: later,
             keeps_seats: role == TicketRole::Player,
+            microphone: allowed,
         },
     );
     Net {
@@ -164,6 +186,7 @@ fn net_desiring(role: TicketRole, desired: Option<u64>, later: Option<u64>) -> N
         count_rtp: None,
         sent: None,
         video_mid,
+        microphones,
     }
 }
 
@@ -252,6 +275,28 @@ impl Net {
 
     fn commands(&self) -> Vec<SessionCommand> {
         self.session.try_iter().collect()
+    }
+
+    /// 20 ms Opus packets on each microphone track, for `ms`.
+    fn speak(&mut self, ms: u64) {
+        let mut encoder = opus_rs::OpusEncoder::new(48_000, 1, opus_rs::Application::Voip).unwrap();
+        let mut packet = vec![0u8; 1500];
+        let tone: Vec<f32> = (0..960).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+        for n in 0..ms / 20 {
+            let len = encoder.encode(&tone, 960, &mut packet).unwrap();
+            for mid in self.microphones.clone() {
+                let writer = self.client.writer(mid).unwrap();
+                let pt = writer.payload_params().next().unwrap().pt();
+                let time = str0m::media::MediaTime::new(n * 960, str0m::media::Frequency::FORTY_EIGHT_KHZ);
+                writer.write(pt, self.now, time, packet[..len].to_vec()).unwrap();
+            }
+            let until = self.now + Duration::from_millis(20);
+            self.run_until(until);
+        }
+    }
+
+    fn microphone_packets(&self) -> usize {
+        self.commands().iter().filter(|c| matches!(c, SessionCommand::Microphone { peer: 1, .. })).count()
     }
 
     fn send_input(&mut self, seq: u32) {
@@ -685,4 +730,45 @@ fn after_its_first_probes_a_peer_probes_within_what_the_picture_prefers() {
     // Twice 5.5 Mbit/s for 15 ms is 20.7 kB, and a frame may go beside it.
     assert!(preferred <= 32_000, "{preferred} bytes in 20 ms");
     assert!(at_the_cap > 2 * preferred, "the cap's probes are the larger: {at_the_cap} against {preferred}");
+}
+
+#[test]
+fn a_players_microphone_reaches_the_session_and_nobody_elses_does() {
+    // A player's one microphone: every packet goes to the session.
+    let mut net = net_speaking(TicketRole::Player, 1, true);
+    net.connect();
+    assert!(
+        net.messages.iter().any(|m| m == r#"{"type":"microphone"}"#),
+        "the player is offered the microphone"
+    );
+    net.commands();
+    net.speak(400);
+    assert!(net.microphone_packets() >= 18, "the player's packets reach the session");
+    assert_eq!(net.stats.microphone_refused.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // A second microphone on one connection: only the first is heard.
+    let mut net = net_speaking(TicketRole::Player, 2, true);
+    net.connect();
+    net.commands();
+    net.speak(400);
+    let heard = net.microphone_packets();
+    assert!((18..=20).contains(&heard), "one microphone heard ({heard} packets)");
+    assert!(
+        net.stats.microphone_refused.load(std::sync::atomic::Ordering::Relaxed) >= 18,
+        "the second refused"
+    );
+
+    // A viewer's microphone, and a player's where the platform has it off: refused, counted.
+    for (role, allowed) in [(TicketRole::Viewer, true), (TicketRole::Player, false)] {
+        let mut net = net_speaking(role, 1, allowed);
+        net.connect();
+        assert!(!net.messages.iter().any(|m| m.contains("microphone")), "{role:?}: no microphone offered");
+        net.commands();
+        net.speak(400);
+        assert_eq!(net.microphone_packets(), 0, "{role:?}, allowed {allowed}: nothing reaches the session");
+        assert!(
+            net.stats.microphone_refused.load(std::sync::atomic::Ordering::Relaxed) >= 18,
+            "and it is counted"
+        );
+    }
 }

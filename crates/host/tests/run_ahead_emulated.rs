@@ -74,6 +74,7 @@ fn frames_to_react(runtimes: &Runtimes, content: &str, run_ahead: u8) -> usize {
         save_profile: None,
         cloud_save: None,
         cloud_state: None,
+        microphone: false,
     };
     let options = SessionOptions { width: WIDTH, height: HEIGHT, ..SessionOptions::default() };
     let game = runtimes.start(&launch, &options, 1).expect("nestopia runs our program");

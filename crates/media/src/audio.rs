@@ -12,7 +12,7 @@ const MAX_PACKET: usize = 1500;
 
 #[derive(Debug, Error)]
 #[error("opus: {0}")]
-pub struct OpusError(&'static str);
+pub struct OpusError(pub(crate) &'static str);
 
 pub struct AudioEncoder {
     encoder: OpusEncoder,

@@ -138,6 +138,9 @@ pub enum PeerMessage {
     /// To a player: its path loses so much (`loss_permille` as last reported) that each
     /// media packet now goes twice, at half the picture's bitrate; or no longer (`on` false).
     Copies { on: bool, loss_permille: u32 },
+    /// To a player: the game hears your microphone if you turn it on (the platform allows
+    /// it); sent as the channel opens, or as a viewer is seated.
+    Microphone,
 }
 
 /// What a browser may ask of the host on the input channel (JSON text).
@@ -153,6 +156,8 @@ pub enum PeerRequest {
     /// A player shows the picture in an area this large (device pixels): the host encodes
     /// it no larger than the largest player's area needs, never above the session's size.
     ViewSize { width: u32, height: u32 },
+    /// A player turns the host's noise suppression of its microphone on (the default) or off.
+    NoiseSuppression { on: bool },
 }
 
 #[cfg(test)]

@@ -125,6 +125,10 @@ pub struct GameLaunch {
     /// or a moment someone captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_state: Option<CloudSave>,
+    /// The players' microphone reaches the game (the platform allows it). Without it the
+    /// host decodes no microphone and the game has no input device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub microphone: bool,
 }
 
 /// One version of a cloud save, as the control plane hands it to a host.
@@ -163,6 +167,7 @@ impl GameLaunch {
             save_profile: None,
             cloud_save: None,
             cloud_state: None,
+            microphone: false,
         }
     }
 

@@ -321,6 +321,7 @@ impl Runtimes {
                 let game = NativeGame::start(native::NativeSetup {
                     home,
                     audio: native::audio_available(),
+                    microphone: launch.microphone,
                     command,
                     width: options.width,
                     height: options.height,

@@ -67,6 +67,7 @@ fn launch(core: &str, content: &str, profile: Option<&str>) -> GameLaunch {
         save_profile: profile.map(str::to_string),
         cloud_save: None,
         cloud_state: None,
+        microphone: false,
     }
 }
 

@@ -32,6 +32,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         home_quota: 64 << 20,
         home: NativeHome::Scratch,
         audio: false,
+        microphone: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -163,6 +164,8 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
     let _ = std::fs::remove_dir_all(&home);
     let command: Vec<String> =
         ["sh", "-c", "env > \"$HOME/env.txt\"; exec xterm"].iter().map(|s| s.to_string()).collect();
+    // A busy host's descriptors: those passed to the home's keeper are numbered 10 and up.
+    let _busy: Vec<std::fs::File> = (0..16).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
     let game = NativeGame::start(NativeSetup {
         command: &command,
         width: 320,
@@ -173,6 +176,7 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         home_quota: 64 << 20,
         home: NativeHome::Persistent(home.clone()),
         audio: false,
+        microphone: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -215,6 +219,7 @@ fn a_programs_sound_reaches_the_session() {
         home_quota: 64 << 20,
         home: NativeHome::Scratch,
         audio: true,
+        microphone: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -284,6 +289,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
         home_quota: 64 << 20,
         home: NativeHome::Persistent(home.clone()),
         audio: false,
+        microphone: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -331,6 +337,7 @@ fn start_at_home(script: &str, home: &Path, quota: u64) -> NativeGame {
         home_quota: quota,
         home: NativeHome::Persistent(home.to_path_buf()),
         audio: false,
+        microphone: false,
         jail: Some(JailLimits { memory: 512 << 20, ..JailLimits::default() }),
         network: None,
     })

@@ -510,6 +510,7 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
             save_profile: None,
             cloud_save: None,
             cloud_state: None,
+            microphone: false,
         };
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..sessions)

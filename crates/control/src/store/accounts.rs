@@ -302,6 +302,30 @@ impl Store {
         Ok(row.try_get("signup")?)
     }
 
+    /// What `tenant_id`'s players' devices may bring into a game.
+    pub async fn devices(&self, tenant_id: &str) -> Result<Devices, StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let row = sqlx::query("SELECT microphone FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(Devices { microphone: row.try_get::<i64, _>("microphone")? != 0 })
+    }
+
+    pub async fn set_devices(&self, tenant_id: &str, devices: Devices) -> Result<(), StoreError> {
+        let mut conn = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE tenants SET microphone = $1 WHERE id = $2")
+            .bind(devices.microphone as i64)
+            .bind(tenant_id)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     pub async fn set_signup_mode(&self, tenant_id: &str, mode: &str) -> Result<(), StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
         if !["open", "invite", "closed"].contains(&mode) {
@@ -381,4 +405,12 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// What a platform lets its players' devices bring into a game.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    /// A player may turn their microphone on, and the game hears it (default on).
+    pub microphone: bool,
 }

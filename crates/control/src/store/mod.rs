@@ -16,6 +16,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 use thiserror::Error;
 
+pub use accounts::Devices;
 pub use channels::{Channel, MAX_CHANNELS_PER_CREATOR};
 pub use crossplay::{Agreement, AgreementState};
 pub use lobbies::{Lobby, LobbyMember, LobbyState};
@@ -58,6 +59,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (15, "channels", include_str!("../../migrations/0015_channels.sql")),
     (17, "moment quotas", include_str!("../../migrations/0017_moment_quotas.sql")),
     (18, "session ends", include_str!("../../migrations/0018_session_ends.sql")),
+    (19, "devices", include_str!("../../migrations/0019_devices.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has

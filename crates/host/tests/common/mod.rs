@@ -20,6 +20,8 @@ use cloudplay_proto::{InputEvent, InputMessage, ProbeData, ProbeStrip};
 pub struct Seen {
     pub ticks: Vec<usize>,
     pub rendered: Vec<u32>,
+    /// Microphone samples the game heard.
+    pub heard: usize,
 }
 
 /// A game that counts its ticks and shows their number as a shade. With `lag`, it reacts
@@ -59,6 +61,9 @@ impl Game for Counter {
     }
     fn mix_audio(&mut self, out: &mut [f32]) {
         out.fill(0.0);
+    }
+    fn hear(&mut self, samples: &[f32]) {
+        self.seen.lock().unwrap().heard += samples.len();
     }
     fn save_state(&self) -> Vec<u8> {
         [self.shade as u32, self.pending, self.reacted].iter().flat_map(|v| v.to_le_bytes()).collect()

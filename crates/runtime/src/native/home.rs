@@ -35,7 +35,8 @@ const LEGACY_INSIDE: &str = "/run/cloudplay-old-home";
 /// How long the program and the keeper get to end and pack the home once asked.
 pub const SAVE_GRACE: Duration = Duration::from_secs(5);
 
-/// The keeper: `sh -c KEEPER keeper RESTORE_FD OUT_FD CONTROL_FD PROGRAM ARGS…`. The
+/// The keeper: `bash -c KEEPER keeper RESTORE_FD OUT_FD CONTROL_FD PROGRAM ARGS…` (bash, not
+/// sh: dash redirects only descriptors 0–9). The
 /// program gets none of the three descriptors; EOF on the control pipe ends it (TERM,
 /// then KILL 2 s later); the home is packed after it ends, and the keeper exits with the
 /// program's status.

@@ -6,7 +6,8 @@
 //! program in its own process group with resource limits, killed with the whole group and
 //! reaped when the session ends; frames captured from the root window through MIT-SHM
 //! (x11rb), keyboard and mouse injected with XTest; and, where PulseAudio is installed, a
-//! sound server of the session's own whose output is recorded into the session's audio.
+//! sound server of the session's own whose output is recorded into the session's audio
+//! and whose default input is what the players say into their microphone.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -56,6 +57,8 @@ pub struct NativeSetup<'a> {
     pub home_quota: u64,
     /// Give the program a sound server of its own and stream what it plays.
     pub audio: bool,
+    /// With `audio`: the players' microphone is the server's default input.
+    pub microphone: bool,
     /// Run the program in a jail with these limits (`None`: with the host's rights).
     pub jail: Option<JailLimits>,
     /// Whether the jailed program may use the network: public addresses, and these
@@ -368,7 +371,9 @@ fn start_program(
     let (kept_home, mut command) = match &setup.home {
         NativeHome::Persistent(dir) => {
             let (kept, args) = KeptHome::prepare(dir, setup.home_quota, &mut jail, setup.command)?;
-            (Some(kept), jail.command(Path::new("sh"), &args)?)
+            // bash: the descriptors passed in may be numbered 10 and up (a busy host), which
+            // dash cannot redirect.
+            (Some(kept), jail.command(Path::new("bash"), &args)?)
         }
         NativeHome::Scratch => (None, jail.command(program, &setup.command[1..])?),
     };
@@ -459,7 +464,7 @@ impl NativeGame {
         }
 
         let audio = if setup.audio {
-            match SessionAudio::start(auth_file.with_extension("pulse")) {
+            match SessionAudio::start(auth_file.with_extension("pulse"), setup.microphone) {
                 Ok(audio) => Some(audio),
                 Err(e) => {
                     warn!(error = %e, "native game without sound");
@@ -705,6 +710,12 @@ impl Game for NativeGame {
             }
         }
         out[taken..].fill(0.0);
+    }
+
+    fn hear(&mut self, samples: &[f32]) {
+        if let Some(audio) = &mut self.audio {
+            audio.hear(samples);
+        }
     }
 
     fn save_state(&self) -> Vec<u8> {
