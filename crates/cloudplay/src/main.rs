@@ -143,6 +143,10 @@ enum Command {
         /// native viewer's decoded frame, and the start of watching.
         #[arg(long)]
         ingest: bool,
+        /// Measure a player's microphone on the host instead: decoding and noise
+        /// suppression (per packet, share of a core), and the sound server's hop.
+        #[arg(long)]
+        microphone: bool,
         /// With --runtimes: also run this many sessions of each runtime at once.
         #[arg(long, value_delimiter = ',')]
         sessions: Vec<usize>,
@@ -323,6 +327,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(cloudplay::bench::network(seconds, size, &keys))
         }
         Command::Bench { seconds, ingest: true, .. } => runtime.block_on(cloudplay::bench::ingest(seconds)),
+        Command::Bench { seconds, microphone: true, .. } => cloudplay::bench::microphone(seconds),
         Command::Bench { seconds, sizes, viewers, .. } if !viewers.is_empty() => {
             let size = cloudplay::bench::parse_size(sizes.first().map_or("1280x720", String::as_str))?;
             runtime.block_on(cloudplay::bench::viewers(seconds, size, &viewers))

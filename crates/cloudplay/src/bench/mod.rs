@@ -10,7 +10,9 @@ use cloudplay_host::Host;
 use cloudplay_host::stats::{Stage, StageSummary, percentiles};
 
 mod audience;
+mod microphone;
 pub use audience::{ingest, viewers};
+pub use microphone::microphone;
 
 use crate::app::Server;
 use crate::client::{StreamClient, create_guest_session, guest_headers, http_request, session_metric};

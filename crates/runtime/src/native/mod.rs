@@ -35,7 +35,7 @@ mod keys;
 
 use crate::sandbox::{Ending, Jail, JailGuard, JailLimits};
 use audio::SessionAudio;
-pub use audio::audio_available;
+pub use audio::{audio_available, microphone_hop};
 use cloudplay_proto::cidr::Cidr;
 use home::KeptHome;
 pub use home::{JAIL_HOME, archive_of};
@@ -700,6 +700,9 @@ impl Game for NativeGame {
     }
 
     fn mix_audio(&mut self, out: &mut [f32]) {
+        if let Some(audio) = &mut self.audio {
+            audio.keep_microphone_flowing();
+        }
         let mut taken = 0;
         if let Some(audio) = &self.audio
             && let Ok(mut samples) = audio.samples.lock()
