@@ -634,6 +634,33 @@ openButton.addEventListener('click', () => {
   openButton.textContent = seatsOpen ? 'Close seats' : 'Open seats';
 });
 
+// ---------------------------------------------------------------- rumble
+// The game's rumble for this seat, on every pad this page reads (their vibration motors,
+// strong and weak), and on a phone's own while its touch pad plays. The motors hold until
+// the game changes them; an effect lasts a second, so it is renewed while they are on.
+stats.rumble = { strong: 0, weak: 0, effects: 0 };
+let rumbleTimer = null;
+function rumble(strong, weak) {
+  Object.assign(stats.rumble, { strong, weak });
+  clearInterval(rumbleTimer);
+  rumbleTimer = null;
+  const on = strong > 0 || weak > 0;
+  const play = () => {
+    for (const pad of navigator.getGamepads?.() || []) {
+      const actuator = pad?.vibrationActuator;
+      if (!actuator) continue;
+      stats.rumble.effects++;
+      const done = on
+        ? actuator.playEffect?.('dual-rumble', { duration: 1000, strongMagnitude: strong / 65535, weakMagnitude: weak / 65535 })
+        : actuator.reset?.();
+      done?.catch?.(() => {});
+    }
+    if (document.body.classList.contains('touch')) navigator.vibrate?.(on ? 1000 : 0);
+  };
+  play();
+  if (on) rumbleTimer = setInterval(play, 900);
+}
+
 // ---------------------------------------------------------------- microphone
 // Off until the player turns it on (the browser asks for it then, on that click). It goes
 // as a second Opus track on this connection to the game only; the host takes the noise
@@ -782,6 +809,7 @@ async function whep(session, player) {
         const message = JSON.parse(e.data);
         if (onSeatMessage(message)) return;
         if (message.type === 'microphone') { micAvailable = true; showMicrophone(); return; }
+        if (message.type === 'rumble') { rumble(message.strong, message.weak); return; }
         if (message.type === 'ended') {
           stats.endedReason = String(message.reason);
           fail(stats.endedReason, 'The game ended');

@@ -403,3 +403,40 @@ fn speech_levels(speech: &[i16], recorded: &[i16]) -> (f64, f64, f64) {
     );
     (correlation, mean_db(&words), mean_db(&gaps))
 }
+
+/// Rumble (`e2e/rumble.test.mjs`): a homebrew libretro core, built here from C
+/// (`tests/data/rumble_core.c`), runs its motors while RetroPad A is held; the page plays
+/// them on the player's pad through the jailed worker, the host and the input channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cores_rumble_reaches_the_players_pad() {
+    let Some(e2e) = e2e_or_skip() else { return };
+    let scratch = std::env::temp_dir().join(format!("cloudplay-rumble-{}", std::process::id()));
+    std::fs::create_dir_all(scratch.join("cores")).unwrap();
+    std::fs::write(scratch.join("rumble.bin"), b"content").unwrap();
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(scratch.join("cores/rumble_libretro.so"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rumble_core.c"))
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(built.success(), "the rumble core builds");
+    let catalogue = r#"
+        [[game]]
+        id = "rumble-pad"
+        title = "Rumble Pad"
+        runtime = { kind = "libretro", core = "rumble", content = "rumble.bin" }
+    "#;
+    std::fs::write(scratch.join("catalogue.toml"), catalogue).unwrap();
+    let config = Config {
+        catalogue: Some(scratch.join("catalogue.toml")),
+        cores_dir: scratch.join("cores"),
+        content_dir: scratch.clone(),
+        libretro_worker: Some(env!("CARGO_BIN_EXE_cloudplay").into()),
+        ..Config::ephemeral()
+    };
+    let server = Server::start(config).await.expect("server starts");
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+    run_script(e2e, "rumble.test.mjs", url, "the rumble browser test failed").await;
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -70,6 +70,12 @@ pub trait Game: Send {
         let _ = samples;
     }
 
+    /// Each player's rumble (strong and weak motor, 0–65535) when it changed since the last
+    /// call, after a step; `None` while it did not, and for games without rumble.
+    fn rumble(&mut self) -> Option<[[u16; 2]; MAX_PLAYERS as usize]> {
+        None
+    }
+
     /// Serialises the game state (not the audio voices) for a cloud save.
     fn save_state(&self) -> Vec<u8>;
 

@@ -28,6 +28,11 @@ pub enum DriverCommand {
         session: Arc<str>,
         audio: AudioPacket,
     },
+    /// The game's rumble changed: each seat's players are told theirs.
+    Rumble {
+        session: Arc<str>,
+        rumble: [[u16; 2]; cloudplay_game::MAX_PLAYERS as usize],
+    },
     /// The session ended; `reason` (the game stopped by itself) is sent to its players
     /// on the input channel before they are disconnected.
     EndSession {
@@ -82,6 +87,7 @@ fn handle(peers: &mut PeerSet, command: DriverCommand) {
         DriverCommand::RemovePeer(id) => peers.remove_peer(id),
         DriverCommand::Video { session, video } => peers.video(&session, video),
         DriverCommand::Audio { session, audio } => peers.audio(&session, &audio),
+        DriverCommand::Rumble { session, rumble } => peers.rumble(&session, &rumble),
         DriverCommand::EndSession { session, reason } => {
             peers.end_session(Instant::now(), &session, reason.as_deref());
         }

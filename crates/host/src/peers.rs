@@ -222,6 +222,7 @@ impl PeerSet {
             redundancy: Redundancy::default(),
             keyframe_asked: None,
             microphone: None,
+            rumble: [0, 0],
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -248,6 +249,18 @@ impl PeerSet {
     pub fn audio(&mut self, session: &str, audio: &AudioPacket) {
         for peer in self.peers.iter_mut().filter(|p| &*p.setup.session == session) {
             peer.write_audio(audio);
+        }
+    }
+
+    /// The game's rumble changed: each player of `session` hears its own seat's, if it
+    /// changed for them (a viewer seated later hears it from the next change).
+    pub fn rumble(&mut self, session: &str, rumble: &[[u16; 2]; cloudplay_game::MAX_PLAYERS as usize]) {
+        for peer in self.peers.iter_mut().filter(|p| &*p.setup.session == session) {
+            let Some(&[strong, weak]) = rumble.get(peer.setup.slot as usize) else { continue };
+            if peer.setup.role == TicketRole::Player && peer.rumble != [strong, weak] {
+                peer.rumble = [strong, weak];
+                peer.tell(&PeerMessage::Rumble { strong, weak });
+            }
         }
     }
 
@@ -671,6 +684,8 @@ struct Peer {
     keyframe_asked: Option<Instant>,
     /// The audio it sends: its microphone.
     microphone: Option<Mid>,
+    /// Its seat's rumble as it was last told.
+    rumble: [u16; 2],
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.

@@ -112,6 +112,9 @@ pub fn run_session(setup: SessionSetup) {
             CoreOutput::Audio(audio) => {
                 let _ = driver.try_send(DriverCommand::Audio { session: id.clone(), audio });
             }
+            CoreOutput::Rumble(rumble) => {
+                let _ = driver.try_send(DriverCommand::Rumble { session: id.clone(), rumble });
+            }
             // The keeper writes and commits it; while it is behind, the newest read waits
             // here (it carries the same progress and more).
             CoreOutput::InGameSave(save) => {

@@ -31,6 +31,7 @@
 //!   and once more as the session ends, and handed out ([`CoreOutput::InGameSave`]).
 //! - A player's microphone packets are decoded, cleaned and handed to the game as they
 //!   arrive, one player at a time ([`crate::microphone`]); they never wait for a tick.
+//! - The game's rumble goes out as it changes, after the step that changed it.
 //! - Run-ahead *n* (emulated games): each tick runs the game, saves its state, runs *n*
 //!   frames further with the inputs held, keeps that picture, and loads the state back —
 //!   the picture shows the game *n* frames ahead, hiding *n* frames of its own input lag,
@@ -112,6 +113,8 @@ pub enum CoreOutput {
     Audio(AudioPacket),
     /// The game's in-game save as it is now, for the host to keep (it may be unchanged).
     InGameSave(Vec<u8>),
+    /// Each seat's rumble changed (strong and weak motor, 0–65535): for its players' pads.
+    Rumble([[u16; 2]; cloudplay_game::MAX_PLAYERS as usize]),
     /// The session is over; the reason is for the players, when the game ended by itself.
     Ended(Option<Arc<str>>),
     /// Nothing to do before this moment (unless an input arrives first).
@@ -541,6 +544,9 @@ impl SessionCore {
             return;
         }
         self.game.mix_audio(&mut self.tick_audio);
+        if let Some(rumble) = self.game.rumble() {
+            self.outputs.push_back(CoreOutput::Rumble(rumble));
+        }
         if self.run_ahead > 0 && self.peers > 0 && !self.ahead_inside {
             self.render_ahead();
         }

@@ -772,3 +772,33 @@ fn a_players_microphone_reaches_the_session_and_nobody_elses_does() {
         );
     }
 }
+
+#[test]
+fn a_seats_rumble_reaches_its_player_once_per_change_and_no_viewer() {
+    let mut net = net(TicketRole::Player);
+    net.connect();
+    let rumbles =
+        |net: &Net| net.messages.iter().filter(|m| m.contains("rumble")).cloned().collect::<Vec<_>>();
+    let mut state = [[0u16; 2]; 4];
+    state[0] = [65_535, 32_768];
+    state[1] = [7, 7]; // another seat's
+    for _ in 0..3 {
+        net.set.rumble("s", &state);
+        net.set.rumble("other", &[[1, 1]; 4]);
+        let until = net.now + Duration::from_millis(20);
+        net.run_until(until);
+    }
+    assert_eq!(rumbles(&net), [r#"{"type":"rumble","strong":65535,"weak":32768}"#], "its seat's, once");
+    state[0] = [0, 0];
+    net.set.rumble("s", &state);
+    let until = net.now + Duration::from_millis(20);
+    net.run_until(until);
+    assert_eq!(rumbles(&net).last().map(String::as_str), Some(r#"{"type":"rumble","strong":0,"weak":0}"#));
+
+    let mut viewer = net_speaking(TicketRole::Viewer, 0, true);
+    viewer.connect();
+    viewer.set.rumble("s", &[[65_535, 65_535]; 4]);
+    let until = viewer.now + Duration::from_millis(20);
+    viewer.run_until(until);
+    assert!(rumbles(&viewer).is_empty(), "a viewer's pad never rumbles");
+}

@@ -138,6 +138,9 @@ pub enum PeerMessage {
     /// To a player: its path loses so much (`loss_permille` as last reported) that each
     /// media packet now goes twice, at half the picture's bitrate; or no longer (`on` false).
     Copies { on: bool, loss_permille: u32 },
+    /// To a player: your seat's rumble changed; the motors' strengths (0–65535) hold until
+    /// the next such message.
+    Rumble { strong: u16, weak: u16 },
     /// To a player: the game hears your microphone if you turn it on (the platform allows
     /// it); sent as the channel opens, or as a viewer is seated.
     Microphone,

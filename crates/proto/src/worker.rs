@@ -183,33 +183,47 @@ pub struct SteppedPicture<'a> {
     pub rgba: &'a [u8],
 }
 
+/// Each player's rumble motors (strong, weak), 0–65535.
+pub type RumbleState = [[u16; 2]; crate::input::MAX_PLAYERS as usize];
+
+/// Bytes of a [`RumbleState`] on the wire.
+const RUMBLE_LEN: usize = crate::input::MAX_PLAYERS as usize * 4;
+
 /// A worker's answer to a step.
 #[derive(Debug, PartialEq)]
 pub struct Stepped<'a> {
     pub picture: Option<SteppedPicture<'a>>,
+    /// The players' rumble, when it changed in this step.
+    pub rumble: Option<RumbleState>,
     /// Interleaved stereo f32 samples, little-endian (a trailing partial sample is ignored).
     pub audio: &'a [u8],
     pub shut_down: bool,
 }
 
 impl<'a> Stepped<'a> {
-    /// The payload in parts, ready to be written after its [`header`].
-    pub fn parts(&self) -> ([u8; 13], &'a [u8], &'a [u8]) {
-        let mut head = [0u8; 13];
-        head[0] = self.picture.is_some() as u8 | (self.shut_down as u8) << 1;
+    /// The payload in parts, ready to be written after its [`header`]: flags, the
+    /// picture's size (when there is a picture), the rumble (when it changed); the picture;
+    /// the sound. Write `head[..head_len]`.
+    pub fn parts(&self) -> ([u8; 13 + RUMBLE_LEN], usize, &'a [u8], &'a [u8]) {
+        let mut head = [0u8; 13 + RUMBLE_LEN];
+        head[0] =
+            self.picture.is_some() as u8 | (self.shut_down as u8) << 1 | (self.rumble.is_some() as u8) << 2;
+        let mut len = 1;
         let mut rgba: &[u8] = &[];
         if let Some(picture) = &self.picture {
             head[1..5].copy_from_slice(&picture.width.to_le_bytes());
             head[5..9].copy_from_slice(&picture.height.to_le_bytes());
-            head[9..].copy_from_slice(&picture.aspect.to_le_bytes());
+            head[9..13].copy_from_slice(&picture.aspect.to_le_bytes());
             rgba = picture.rgba;
+            len = 13;
         }
-        (head, rgba, self.audio)
-    }
-
-    /// The bytes of [`Stepped::parts`] that carry something (the flags alone without a picture).
-    pub fn head_len(&self) -> usize {
-        if self.picture.is_some() { 13 } else { 1 }
+        if let Some(rumble) = &self.rumble {
+            for motor in rumble.iter().flatten() {
+                head[len..len + 2].copy_from_slice(&motor.to_le_bytes());
+                len += 2;
+            }
+        }
+        (head, len, rgba, self.audio)
     }
 
     /// Reads a worker's answer; `None` for anything malformed.
@@ -217,6 +231,7 @@ impl<'a> Stepped<'a> {
         let flags = *payload.first()?;
         let mut rest = &payload[1..];
         let mut picture = None;
+        let mut size = None;
         if flags & 1 != 0 {
             let field = |at: usize| rest.get(at..at + 4).map(|b| [b[0], b[1], b[2], b[3]]);
             let (width, height) = (u32::from_le_bytes(field(0)?), u32::from_le_bytes(field(4)?));
@@ -227,12 +242,26 @@ impl<'a> Stepped<'a> {
             if !valid {
                 return None;
             }
-            let end = 12 + width as usize * height as usize * 4; // at most 12 + 64 MiB
-            let rgba = rest.get(12..end)?;
-            picture = Some(SteppedPicture { width, height, aspect, rgba });
-            rest = &rest[end..];
+            size = Some((width, height, aspect));
+            rest = &rest[12..];
         }
-        Some(Stepped { picture, audio: rest, shut_down: flags & 2 != 0 })
+        let mut rumble = None;
+        if flags & 4 != 0 {
+            let block = rest.get(..RUMBLE_LEN)?;
+            let mut state = RumbleState::default();
+            for (motor, bytes) in state.iter_mut().flatten().zip(block.chunks_exact(2)) {
+                *motor = u16::from_le_bytes([bytes[0], bytes[1]]);
+            }
+            rumble = Some(state);
+            rest = &rest[RUMBLE_LEN..];
+        }
+        if let Some((width, height, aspect)) = size {
+            let len = width as usize * height as usize * 4; // at most 64 MiB
+            let rgba = rest.get(..len)?;
+            picture = Some(SteppedPicture { width, height, aspect, rgba });
+            rest = &rest[len..];
+        }
+        Some(Stepped { picture, rumble, audio: rest, shut_down: flags & 2 != 0 })
     }
 }
 
@@ -299,18 +328,18 @@ mod tests {
     fn stepped_answers_round_trip() {
         let rgba = [9u8; 2 * 3 * 4];
         let audio = [1u8; 16];
-        let stepped = Stepped {
-            picture: Some(SteppedPicture { width: 2, height: 3, aspect: 1.5, rgba: &rgba }),
-            audio: &audio,
-            shut_down: true,
-        };
-        let (head, picture, sound) = stepped.parts();
-        let payload = [&head[..stepped.head_len()], picture, sound].concat();
-        assert_eq!(Stepped::parse(&payload), Some(stepped));
-        let quiet = Stepped { picture: None, audio: &audio, shut_down: false };
-        let (head, picture, sound) = quiet.parts();
-        let payload = [&head[..quiet.head_len()], picture, sound].concat();
-        assert_eq!(Stepped::parse(&payload), Some(quiet));
+        let rumble = Some([[65_535, 0], [0, 0], [0, 1], [2, 3]]);
+        for (picture, rumble) in [(true, None), (true, rumble), (false, None), (false, rumble)] {
+            let stepped = Stepped {
+                picture: picture.then_some(SteppedPicture { width: 2, height: 3, aspect: 1.5, rgba: &rgba }),
+                rumble,
+                audio: &audio,
+                shut_down: picture,
+            };
+            let (head, len, picture, sound) = stepped.parts();
+            let payload = [&head[..len], picture, sound].concat();
+            assert_eq!(Stepped::parse(&payload), Some(stepped));
+        }
     }
 
     #[test]

@@ -143,16 +143,16 @@ pub fn serve_worker(input: impl Read, output: impl Write) -> i32 {
                 }
                 audio_bytes.clear();
                 audio_bytes.extend(audio.iter().flat_map(|s| s.to_le_bytes()));
-                let mut stepped = Stepped { picture: None, audio: &audio_bytes, shut_down };
+                let mut stepped =
+                    Stepped { picture: None, rumble: game.rumble(), audio: &audio_bytes, shut_down };
                 if game.frames_produced() != frames_sent {
                     frames_sent = game.frames_produced();
                     let (rgba, width, height) = game.picture();
                     let aspect = game.aspect_ratio();
                     stepped.picture = Some(worker::SteppedPicture { width, height, aspect, rgba });
                 }
-                let (head, picture, sound) = stepped.parts();
-                let written =
-                    write_message(&mut output, Kind::Stepped, &[&head[..stepped.head_len()], picture, sound]);
+                let (head, len, picture, sound) = stepped.parts();
+                let written = write_message(&mut output, Kind::Stepped, &[&head[..len], picture, sound]);
                 if !state.is_empty() && game.load_state(&state).is_err() {
                     return 3; // the core cannot go back: the host reports the worker's end
                 }
@@ -215,6 +215,8 @@ pub struct LibretroProcess {
     aspect: f32,
     produced_at: Option<Instant>,
     audio: Vec<f32>,
+    /// The players' rumble as the worker last said it changed, not yet asked for.
+    rumble: Option<cloudplay_proto::worker::RumbleState>,
     status: GameStatus,
 }
 
@@ -289,6 +291,7 @@ impl LibretroProcess {
             aspect: 1.0,
             produced_at: None,
             audio: Vec::with_capacity(AUDIO_FRAMES_PER_TICK * AUDIO_CHANNELS),
+            rumble: None,
             status: GameStatus::Running,
         };
         let init_json = serde_json::to_vec(init).map_err(|e| RuntimeError::Io(e.to_string()))?;
@@ -375,6 +378,9 @@ impl LibretroProcess {
         if stepped.shut_down {
             self.status = GameStatus::Exited(format!("{} shut down", self.core_name));
         }
+        if stepped.rumble.is_some() {
+            self.rumble = stepped.rumble;
+        }
         Some(())
     }
 }
@@ -404,6 +410,10 @@ impl Game for LibretroProcess {
             }
         }
         self.pads = payload;
+    }
+
+    fn rumble(&mut self) -> Option<cloudplay_proto::worker::RumbleState> {
+        self.rumble.take()
     }
 
     fn render(&self, frame: &mut Frame) {

@@ -437,7 +437,7 @@ fn drive_session(
                 }
                 samples.frames += 1;
             }
-            CoreOutput::Audio(_) | CoreOutput::InGameSave(_) => {}
+            CoreOutput::Audio(_) | CoreOutput::InGameSave(_) | CoreOutput::Rumble(_) => {}
             CoreOutput::Ended(reason) => anyhow::bail!("the session ended: {reason:?}"),
             CoreOutput::Timeout(at) => {
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));

@@ -21,6 +21,7 @@ pub(crate) mod env {
     pub const GET_SYSTEM_DIRECTORY: c_uint = 9;
     pub const SET_PIXEL_FORMAT: c_uint = 10;
     pub const SET_INPUT_DESCRIPTORS: c_uint = 11;
+    pub const GET_RUMBLE_INTERFACE: c_uint = 23;
     pub const GET_VARIABLE: c_uint = 15;
     pub const SET_VARIABLES: c_uint = 16;
     pub const GET_VARIABLE_UPDATE: c_uint = 17;
@@ -36,6 +37,12 @@ pub(crate) mod env {
     pub const GET_AUDIO_VIDEO_ENABLE: c_uint = 47;
     pub const GET_INPUT_BITMASKS: c_uint = 51;
     pub const GET_CORE_OPTIONS_VERSION: c_uint = 52;
+}
+
+/// `retro_rumble_interface`: the core sets a port's strong (0) or weak (1) motor.
+#[repr(C)]
+pub(crate) struct RumbleInterface {
+    pub(crate) set_rumble_state: unsafe extern "C" fn(port: c_uint, effect: c_uint, strength: u16) -> bool,
 }
 
 #[repr(C)]

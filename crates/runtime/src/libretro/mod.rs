@@ -73,6 +73,9 @@ struct Frontend {
     save_dir: CString,
     av: SystemAvInfo,
     shutdown_requested: bool,
+    /// Each port's motors (strong, weak) as the core set them, and as last reported.
+    rumble: [[u16; 2]; MAX_PLAYERS as usize],
+    rumble_reported: [[u16; 2]; MAX_PLAYERS as usize],
 }
 
 thread_local! {
@@ -89,6 +92,19 @@ fn with_frontend<R>(default: R, f: impl FnOnce(&mut Frontend) -> R) -> R {
     // duration of a call into the core on this thread; callbacks run inside that call,
     // and nothing else holds a reference to the frontend meanwhile.
     f(unsafe { &mut *pointer })
+}
+
+/// The core's rumble interface: a port's strong (0) or weak (1) motor.
+unsafe extern "C" fn set_rumble_state(port: c_uint, effect: c_uint, strength: u16) -> bool {
+    with_frontend(false, |frontend| {
+        match frontend.rumble.get_mut(port as usize).and_then(|motors| motors.get_mut(effect as usize)) {
+            Some(motor) => {
+                *motor = strength;
+                true
+            }
+            None => false,
+        }
+    })
 }
 
 unsafe extern "C" fn environment(command: c_uint, data: *mut c_void) -> bool {
@@ -109,6 +125,10 @@ impl Frontend {
             match command {
                 env::GET_CAN_DUPE | env::GET_INPUT_BITMASKS => {
                     *(data as *mut bool) = true;
+                    true
+                }
+                env::GET_RUMBLE_INTERFACE => {
+                    *(data as *mut RumbleInterface) = RumbleInterface { set_rumble_state };
                     true
                 }
                 env::GET_OVERSCAN => {
@@ -405,6 +425,8 @@ impl LibretroGame {
             save_dir,
             av: SystemAvInfo::default(),
             shutdown_requested: false,
+            rumble: Default::default(),
+            rumble_reported: Default::default(),
         });
         let core_name =
             setup.core_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -572,6 +594,14 @@ impl Game for LibretroGame {
         }
     }
 
+    fn rumble(&mut self) -> Option<[[u16; 2]; MAX_PLAYERS as usize]> {
+        let frontend = &mut self.frontend;
+        (frontend.rumble != frontend.rumble_reported).then(|| {
+            frontend.rumble_reported = frontend.rumble;
+            frontend.rumble
+        })
+    }
+
     fn render(&self, frame: &mut Frame) {
         let (picture, width, height) = self.picture();
         scale_into(picture, width, height, self.aspect_ratio(), frame);
@@ -708,6 +738,8 @@ mod tests {
             save_dir: CString::default(),
             av: SystemAvInfo::default(),
             shutdown_requested: false,
+            rumble: Default::default(),
+            rumble_reported: Default::default(),
         }
     }
 
