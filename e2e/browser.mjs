@@ -30,10 +30,10 @@ export async function launch(extraArgs = [], device = {}) {
   return context;
 }
 
-/// Waits until `predicate(stats)` (run in the page) is true, or throws after `ms`.
-export async function waitForStats(page, predicate, ms, what) {
+/// Waits until `predicate(arg)` (run in the page) is true, or throws after `ms`.
+export async function waitForStats(page, predicate, ms, what, arg = null) {
   try {
-    await page.waitForFunction(predicate, null, { timeout: ms, polling: 50 });
+    await page.waitForFunction(predicate, arg, { timeout: ms, polling: 50 });
   } catch (e) {
     const stats = await page.evaluate(() => window.cloudplayStats).catch(() => null);
     throw new Error(`timed out waiting for ${what}; stats: ${JSON.stringify(stats)}`);

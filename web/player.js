@@ -588,6 +588,7 @@ function onSeatMessage(message) {
       seated = true;
       showTouchpad();
       showMicrophone();
+      showClipboard();
       sendViewSize();
       stats.seat = message.slot;
       seatButton.hidden = true;
@@ -633,6 +634,58 @@ openButton.addEventListener('click', () => {
   request({ type: 'open_seats', open: seatsOpen });
   openButton.textContent = seatsOpen ? 'Close seats' : 'Open seats';
 });
+
+// ---------------------------------------------------------------- clipboard
+// For native programs: the menu pastes this device's clipboard into the game's and copies
+// the game's into this device's, each on the player's click (the browser may ask first),
+// text only, at most 64 KiB.
+const pasteButton = document.getElementById('btn-paste');
+const copyButton = document.getElementById('btn-copy');
+const MAX_CLIPBOARD = 64 * 1024;
+let clipboardAvailable = false;
+stats.clipboard = { available: false, pasted: 0, copied: null, error: null };
+
+function showClipboard() {
+  pasteButton.hidden = copyButton.hidden = !(clipboardAvailable && seated);
+  stats.clipboard.available = clipboardAvailable && seated;
+}
+
+function notice(text) {
+  overlay.classList.remove('hidden');
+  overlayTitle.textContent = text;
+  overlayText.textContent = '';
+  setTimeout(() => { if (overlayTitle.textContent === text) overlay.classList.add('hidden'); }, 1500);
+}
+
+pasteButton.addEventListener('click', async () => {
+  closeMenu();
+  let text;
+  try {
+    text = await navigator.clipboard.readText();
+  } catch {
+    stats.clipboard.error = 'not allowed';
+    return notice('The browser did not allow reading the clipboard');
+  }
+  if (new TextEncoder().encode(text).length > MAX_CLIPBOARD) {
+    stats.clipboard.error = 'too long';
+    return notice('The clipboard holds more than 64 KiB of text');
+  }
+  request({ type: 'paste', text });
+  stats.clipboard.pasted++;
+  notice('Pasted into the game');
+});
+copyButton.addEventListener('click', () => { closeMenu(); request({ type: 'copy' }); });
+
+async function copied(text) {
+  stats.clipboard.copied = text;
+  try {
+    await navigator.clipboard.writeText(text);
+    notice(text ? 'Copied from the game' : 'The game\'s clipboard is empty');
+  } catch {
+    stats.clipboard.error = 'not allowed';
+    notice('The browser did not allow writing the clipboard');
+  }
+}
 
 // ---------------------------------------------------------------- rumble
 // The game's rumble for this seat, on every pad this page reads (their vibration motors,
@@ -808,7 +861,14 @@ async function whep(session, player) {
       try {
         const message = JSON.parse(e.data);
         if (onSeatMessage(message)) return;
-        if (message.type === 'microphone') { micAvailable = true; showMicrophone(); return; }
+        if (message.type === 'devices') {
+          micAvailable = !!message.microphone;
+          clipboardAvailable = !!message.clipboard;
+          showMicrophone();
+          showClipboard();
+          return;
+        }
+        if (message.type === 'copied') { copied(String(message.text)); return; }
         if (message.type === 'rumble') { rumble(message.strong, message.weak); return; }
         if (message.type === 'ended') {
           stats.endedReason = String(message.reason);

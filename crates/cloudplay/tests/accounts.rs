@@ -356,7 +356,11 @@ async fn a_platform_turns_its_players_microphones_off() {
     };
     store.create_tenant(&acme, unix_ms()).await.unwrap();
     let (status, devices, _) = Call::new("GET", "/api/v1/admin/devices").bearer(&admin).send(&app).await;
-    assert_eq!((status, devices), (StatusCode::OK, json!({"microphone": true})), "on by default");
+    assert_eq!(
+        (status, devices),
+        (StatusCode::OK, json!({"microphone": true, "clipboard": true})),
+        "on by default"
+    );
     let (_, guest, _) =
         Call::new("POST", "/api/v1/sessions").json(json!({"game": "neon-cycles"})).send(&app).await;
     let heard = |id: &Value| server.host.session(id.as_str().unwrap()).map(|s| s.microphone);
@@ -375,7 +379,11 @@ async fn a_platform_turns_its_players_microphones_off() {
     assert_eq!(player, StatusCode::FORBIDDEN, "a guest cannot");
     let (status, body, _) =
         Call::new("PUT", "/api/v1/admin/devices").bearer(&admin).json(off.clone()).send(&app).await;
-    assert_eq!((status, body), (StatusCode::OK, off));
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"microphone": false, "clipboard": true})),
+        "only what is named"
+    );
     let (_, later, _) = Call::new("POST", "/api/v1/sessions")
         .json(json!({"game": "neon-cycles", "options": {"width": 640, "height": 360}}))
         .send(&app)

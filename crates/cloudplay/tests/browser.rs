@@ -440,3 +440,35 @@ async fn a_cores_rumble_reaches_the_players_pad() {
     run_script(e2e, "rumble.test.mjs", url, "the rumble browser test failed").await;
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// The clipboard of a native game (`e2e/clipboard.test.mjs`): a jailed program that sets
+/// and reads its X clipboard (with `xclip`); the player copies from it, pastes into it and
+/// copies its answer back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_copies_from_a_native_game_and_pastes_into_it() {
+    let Some(e2e) = e2e_or_skip() else { return };
+    if let Some(missing) =
+        ["Xvfb", "xterm", "xclip"].iter().find(|p| cloudplay_runtime::find_program(p).is_none())
+    {
+        assert!(std::env::var_os("CI").is_none(), "the clipboard test cannot run under CI: no {missing}");
+        eprintln!("SKIPPED the clipboard test: no {missing}");
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("cloudplay-clipboard-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let game = "printf 'from the game' | xclip -selection clipboard -i; \
+        while :; do t=$(xclip -o -selection clipboard 2>/dev/null); \
+        case \"$t\" in 'from the player'*) printf 'game heard: %s' \"$t\" | xclip -selection clipboard -i;; esac; \
+        sleep 0.2; done";
+    let catalogue = format!(
+        "[[game]]\nid = \"clipboard-game\"\ntitle = \"Clipboard\"\nruntime = {{ kind = \"native\", command = {} }}\n",
+        serde_json::json!(["xterm", "-e", "sh", "-c", game])
+    );
+    std::fs::write(scratch.join("catalogue.toml"), catalogue).unwrap();
+    let config = Config { catalogue: Some(scratch.join("catalogue.toml")), ..Config::ephemeral() };
+    let server = Server::start(config).await.expect("server starts");
+    let url = format!("http://{}", server.http_addr);
+    tokio::spawn(server.run(std::future::pending()));
+    run_script(e2e, "clipboard.test.mjs", url, "the clipboard browser test failed").await;
+    let _ = std::fs::remove_dir_all(&scratch);
+}

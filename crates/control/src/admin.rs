@@ -148,13 +148,28 @@ async fn get_devices(State(control): State<ControlPlane>, Admin(who): Admin) -> 
     Ok(Json(devices).into_response())
 }
 
-/// Lets players' microphones into games (or not) from the next session on.
+/// A change of what players' devices may bring into a game: the settings named change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesChange {
+    microphone: Option<bool>,
+    clipboard: Option<bool>,
+}
+
+/// Lets players' microphones and clipboards into games (or not) from the next session on.
 async fn put_devices(
     State(control): State<ControlPlane>,
     Admin(who): Admin,
-    JsonBody(devices): JsonBody<crate::store::Devices>,
+    JsonBody(change): JsonBody<DevicesChange>,
 ) -> Result<Response, ApiError> {
-    control.store().set_devices(&who.tenant, devices).await.map_err(internal)?;
+    if change.microphone.is_none() && change.clipboard.is_none() {
+        return Err(ApiError::bad_request("name microphone, clipboard or both"));
+    }
+    let store = control.store();
+    let mut devices = store.devices(&who.tenant).await.map_err(internal)?;
+    devices.microphone = change.microphone.unwrap_or(devices.microphone);
+    devices.clipboard = change.clipboard.unwrap_or(devices.clipboard);
+    store.set_devices(&who.tenant, devices).await.map_err(internal)?;
     Ok(Json(devices).into_response())
 }
 

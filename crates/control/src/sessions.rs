@@ -54,6 +54,7 @@ pub fn launch_for(game: &CatalogueGame, tenant: &str, user: Option<&str>) -> Res
         cloud_save: None,
         cloud_state: None,
         microphone: false,
+        clipboard: false,
     };
     if let Some(user) = user {
         launch.save_profile = Some(format!("{tenant}/{user}"));
@@ -115,12 +116,12 @@ impl ControlPlane {
         // The player's progress follows them: the newest cloud save goes with the launch.
         let mut launch = launch.clone();
         launch.cloud_save = self.cloud_save_for(&session.tenant_id, &launch).await;
-        // The platform decides whether its players' microphones reach games.
-        launch.microphone = match self.inner.store.devices(&session.tenant_id).await {
-            Ok(devices) => devices.microphone,
+        // The platform decides whether its players' microphones and clipboards reach games.
+        (launch.microphone, launch.clipboard) = match self.inner.store.devices(&session.tenant_id).await {
+            Ok(devices) => (devices.microphone, devices.clipboard),
             Err(e) => {
-                warn!(tenant = %session.tenant_id, error = %e, "devices unknown: no microphone");
-                false
+                warn!(tenant = %session.tenant_id, error = %e, "devices unknown: no microphone or clipboard");
+                (false, false)
             }
         };
         let result = match host {

@@ -70,6 +70,25 @@ pub trait Game: Send {
         let _ = samples;
     }
 
+    /// Whether the game has a clipboard the player may paste into and copy from (native
+    /// programs' X clipboard).
+    fn has_clipboard(&self) -> bool {
+        false
+    }
+
+    /// The player pastes `text` (checked, at most 64 KiB): the game's clipboard holds it.
+    fn set_clipboard(&mut self, text: String) {
+        let _ = text;
+    }
+
+    /// The player asks for the game's clipboard; it comes later from [`Game::clipboard`].
+    fn request_clipboard(&mut self) {}
+
+    /// The game's clipboard as asked for, once read (empty when it had none).
+    fn clipboard(&mut self) -> Option<String> {
+        None
+    }
+
     /// Each player's rumble (strong and weak motor, 0–65535) when it changed since the last
     /// call, after a step; `None` while it did not, and for games without rumble.
     fn rumble(&mut self) -> Option<[[u16; 2]; MAX_PLAYERS as usize]> {

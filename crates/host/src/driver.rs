@@ -28,6 +28,11 @@ pub enum DriverCommand {
         session: Arc<str>,
         audio: AudioPacket,
     },
+    /// The game's clipboard, for the player who asked.
+    Copied {
+        peer: PeerId,
+        text: String,
+    },
     /// The game's rumble changed: each seat's players are told theirs.
     Rumble {
         session: Arc<str>,
@@ -88,6 +93,7 @@ fn handle(peers: &mut PeerSet, command: DriverCommand) {
         DriverCommand::Video { session, video } => peers.video(&session, video),
         DriverCommand::Audio { session, audio } => peers.audio(&session, &audio),
         DriverCommand::Rumble { session, rumble } => peers.rumble(&session, &rumble),
+        DriverCommand::Copied { peer, text } => peers.copied(peer, text),
         DriverCommand::EndSession { session, reason } => {
             peers.end_session(Instant::now(), &session, reason.as_deref());
         }

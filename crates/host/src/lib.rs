@@ -216,6 +216,9 @@ pub struct SessionHandle {
     pub broadcast: bool,
     /// The players' microphone reaches the game (its platform allows it).
     pub microphone: bool,
+    /// The players may paste into the game's clipboard and copy from it (a native game,
+    /// its platform allows it).
+    pub clipboard: bool,
 }
 
 /// A relay between this host and another WHIP or WHEP endpoint (a push of a session
@@ -472,6 +475,7 @@ impl Host {
                     tenant: std::sync::OnceLock::new(),
                     broadcast: false,
                     microphone: launch.microphone,
+                    clipboard: launch.clipboard && kind == "native",
                 }),
             );
         }
@@ -591,6 +595,7 @@ impl Host {
             tenant: std::sync::OnceLock::new(),
             broadcast: true,
             microphone: false,
+            clipboard: false,
         });
         {
             let mut sessions =
@@ -742,6 +747,7 @@ impl Host {
             desired_bps: None,
             keeps_seats: false,
             microphone: false,
+            clipboard: false,
         };
         if self.inner.peers.try_send(DriverCommand::AddPeer(Box::new(peer))).is_err() {
             return Err(refused("the host is overloaded; retry shortly".into()));
@@ -955,7 +961,7 @@ impl Host {
             }
         }
         type Read = fn(&SessionStats) -> u64;
-        let gauges: [(&str, &str, Read); 15] = [
+        let gauges: [(&str, &str, Read); 16] = [
             ("cloudplay_session_frames_encoded_total", "Frames encoded.", |s| {
                 SessionStats::count(&s.frames_encoded)
             }),
@@ -990,6 +996,11 @@ impl Host {
                 "cloudplay_session_microphone_refused_total",
                 "Microphone packets refused: a viewer's, a second microphone, another player's while one is heard, the platform has it off, or undecodable.",
                 |s| SessionStats::count(&s.microphone_refused),
+            ),
+            (
+                "cloudplay_session_clipboard_refused_total",
+                "Pastes and copies refused: a viewer's, over 64 KiB, too often, or the game has no clipboard.",
+                |s| SessionStats::count(&s.clipboard_refused),
             ),
             ("cloudplay_session_nacks_received_total", "Video NACKs the session's peers sent.", |s| {
                 SessionStats::count(&s.nacks_received)

@@ -48,6 +48,15 @@ pub enum SessionCommand {
         peer: PeerId,
         on: bool,
     },
+    /// A player pastes text into the game's clipboard (checked).
+    Paste {
+        peer: PeerId,
+        text: String,
+    },
+    /// A player asks for the game's clipboard.
+    Copy {
+        peer: PeerId,
+    },
     /// A broadcast's publisher left (or never connected): the broadcast is over.
     PublisherLeft,
     /// Save the game's whole state now, between ticks, and answer it (empty: the game

@@ -40,6 +40,11 @@
 //!   a peer sends as media — a viewer's microphone, a second one, any microphone where the
 //!   platform has it off — is dropped and counted.
 //!
+//! - A player may paste text into the game's clipboard and ask for the game's, where the
+//!   session's game has one and the platform allows it: at most [`MAX_CLIPBOARD`] bytes,
+//!   one request per [`CLIPBOARD_INTERVAL`]; a viewer's, an oversized or a too frequent one
+//!   is refused and counted. The game's text goes to the player who asked, nobody else.
+//!
 //! A broadcast (a creator live by WHIP) is a session whose pictures come from its
 //! publisher peer instead of an encoder; the set forwards them as they are:
 //!
@@ -104,6 +109,14 @@ const MIN_VIEW_SIDE: u32 = 16;
 const MAX_VIEW_SIDE: u32 = 16_384;
 /// How long the players may take to grant a viewer's ask.
 pub const SEAT_ASK_VALIDITY: Duration = Duration::from_secs(60);
+/// The longest request a peer may send as text on its input channel, but for a paste.
+const MAX_REQUEST: usize = 256;
+/// The longest paste message (its text is at most `MAX_CLIPBOARD` bytes once decoded).
+const MAX_PASTE_MESSAGE: usize = 192 * 1024;
+/// The most text that crosses the clipboard, either way (bytes of UTF-8).
+pub const MAX_CLIPBOARD: usize = 64 * 1024;
+/// A player's paste or copy is taken at most this often.
+pub const CLIPBOARD_INTERVAL: Duration = Duration::from_millis(250);
 /// Requests (text messages) a peer may have waiting between two rounds.
 const MAX_PENDING_REQUESTS: usize = 4;
 
@@ -134,6 +147,8 @@ pub struct NewPeer {
     pub keeps_seats: bool,
     /// The session takes its players' microphone.
     pub microphone: bool,
+    /// The session's game takes its players' paste and gives them its clipboard.
+    pub clipboard: bool,
 }
 
 /// How long a new peer's estimator desires the session's cap: its first probes (at three
@@ -223,6 +238,7 @@ impl PeerSet {
             keyframe_asked: None,
             microphone: None,
             rumble: [0, 0],
+            clipboard_at: None,
         });
         if let Some(peer) = self.peers.last_mut() {
             for (mid, kind) in std::mem::take(&mut peer.setup.offered) {
@@ -261,6 +277,13 @@ impl PeerSet {
                 peer.rumble = [strong, weak];
                 peer.tell(&PeerMessage::Rumble { strong, weak });
             }
+        }
+    }
+
+    /// The game's clipboard, for the player who asked for it.
+    pub fn copied(&mut self, peer: PeerId, text: String) {
+        if let Some(peer) = self.peers.iter_mut().find(|p| p.setup.id == peer) {
+            peer.tell(&PeerMessage::Copied { text });
         }
     }
 
@@ -416,6 +439,27 @@ impl PeerSet {
                 peer.tell_session(SessionCommand::ViewSize { peer: id, width, height });
                 false
             }
+            (request @ (PeerRequest::Paste { .. } | PeerRequest::Copy), role) => {
+                let peer = &mut self.peers[index];
+                let too_soon = peer
+                    .clipboard_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < CLIPBOARD_INTERVAL);
+                let allowed = peer.setup.clipboard && role == TicketRole::Player && !too_soon;
+                let command = match request {
+                    PeerRequest::Paste { text } if allowed && text.len() <= MAX_CLIPBOARD => {
+                        SessionCommand::Paste { peer: id, text }
+                    }
+                    PeerRequest::Copy if allowed => SessionCommand::Copy { peer: id },
+                    _ => {
+                        debug!(peer = id, ?role, too_soon, "clipboard request refused");
+                        peer.setup.stats.clipboard_refused.fetch_add(1, Ordering::Relaxed);
+                        return false;
+                    }
+                };
+                peer.clipboard_at = Some(now);
+                peer.tell_session(command);
+                false
+            }
             (PeerRequest::NoiseSuppression { on }, TicketRole::Player) => {
                 self.peers[index].tell_session(SessionCommand::NoiseSuppression { peer: id, on });
                 false
@@ -441,7 +485,7 @@ impl PeerSet {
                 info!(peer = viewer.setup.id, session = %viewer.setup.session, slot, "a viewer takes a seat");
                 viewer.setup.role = TicketRole::Player;
                 viewer.setup.slot = slot;
-                viewer.offer_microphone();
+                viewer.offer_devices();
                 viewer.tell(&PeerMessage::Seated { slot })
             }
             None => viewer.tell(&PeerMessage::SeatRefused { reason: "every seat is taken".into() }),
@@ -686,6 +730,8 @@ struct Peer {
     microphone: Option<Mid>,
     /// Its seat's rumble as it was last told.
     rumble: [u16; 2],
+    /// When it last pasted or copied.
+    clipboard_at: Option<Instant>,
 }
 
 /// When a publisher was last asked for a keyframe, and whether viewers wait for one.
@@ -784,10 +830,11 @@ impl Peer {
         self.tell_session(SessionCommand::KeyframeRequest);
     }
 
-    /// A player of a session that hears microphones is told it may send one.
-    fn offer_microphone(&mut self) {
-        if self.setup.microphone && self.setup.role == TicketRole::Player {
-            self.tell(&PeerMessage::Microphone);
+    /// A player is told what its devices may bring into the game (if anything).
+    fn offer_devices(&mut self) {
+        let (microphone, clipboard) = (self.setup.microphone, self.setup.clipboard);
+        if (microphone || clipboard) && self.setup.role == TicketRole::Player {
+            self.tell(&PeerMessage::Devices { microphone, clipboard });
         }
     }
 
@@ -910,7 +957,7 @@ impl Peer {
                 if label == INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
             {
                 self.input_channel = Some(id);
-                self.offer_microphone();
+                self.offer_devices();
             }
             Event::ChannelOpen(id, label)
                 if label == FAST_INPUT_CHANNEL_LABEL && self.setup.role != TicketRole::Publisher =>
@@ -918,11 +965,16 @@ impl Peer {
                 self.fast_input_channel = Some(id);
             }
             Event::ChannelData(data) if !data.binary && Some(data.id) == self.input_channel => {
-                // Requests are small JSON texts; anything else is dropped and counted.
-                let request =
-                    (data.data.len() <= 256).then(|| serde_json::from_slice::<PeerRequest>(&data.data));
+                // Requests are small JSON texts, but for a paste; anything else is dropped
+                // and counted.
+                let request = (data.data.len() <= MAX_PASTE_MESSAGE)
+                    .then(|| serde_json::from_slice::<PeerRequest>(&data.data));
                 match request {
-                    Some(Ok(request)) if self.requests.len() < MAX_PENDING_REQUESTS => {
+                    Some(Ok(request))
+                        if (data.data.len() <= MAX_REQUEST
+                            || matches!(request, PeerRequest::Paste { .. }))
+                            && self.requests.len() < MAX_PENDING_REQUESTS =>
+                    {
                         self.requests.push(request)
                     }
                     _ => {

@@ -112,6 +112,9 @@ pub fn run_session(setup: SessionSetup) {
             CoreOutput::Audio(audio) => {
                 let _ = driver.try_send(DriverCommand::Audio { session: id.clone(), audio });
             }
+            CoreOutput::Copied { peer, text } => {
+                let _ = driver.try_send(DriverCommand::Copied { peer, text });
+            }
             CoreOutput::Rumble(rumble) => {
                 let _ = driver.try_send(DriverCommand::Rumble { session: id.clone(), rumble });
             }

@@ -99,6 +99,8 @@ pub struct SessionStats {
     /// microphone, a platform without the microphone, or packets that do not decode.
     pub microphone_packets: AtomicU64,
     pub microphone_refused: AtomicU64,
+    /// Pastes and copies refused: a viewer's, too large, too often, or no clipboard here.
+    pub clipboard_refused: AtomicU64,
     /// The microphone's path: capture in the browser (its sender report's clock) to the
     /// samples handed to the game, and the host's share of it (decoding and suppression).
     microphone: Mutex<[Ring; 2]>,
@@ -138,6 +140,7 @@ impl Default for SessionStats {
             view_sizes_refused: AtomicU64::new(0),
             microphone_packets: AtomicU64::new(0),
             microphone_refused: AtomicU64::new(0),
+            clipboard_refused: AtomicU64::new(0),
             microphone: Mutex::new([ring(), ring()]),
         }
     }

@@ -113,6 +113,8 @@ pub enum CoreOutput {
     Audio(AudioPacket),
     /// The game's in-game save as it is now, for the host to keep (it may be unchanged).
     InGameSave(Vec<u8>),
+    /// The game's clipboard, for the player who asked.
+    Copied { peer: PeerId, text: String },
     /// Each seat's rumble changed (strong and weak motor, 0–65535): for its players' pads.
     Rumble([[u16; 2]; cloudplay_game::MAX_PLAYERS as usize]),
     /// The session is over; the reason is for the players, when the game ended by itself.
@@ -204,6 +206,8 @@ pub struct SessionCore {
     /// The last in-game save was read on the way out.
     saves_closed: bool,
     microphone: SessionMicrophone,
+    /// The player who asked for the game's clipboard, until it is read.
+    copy_for: Option<PeerId>,
 }
 
 impl SessionCore {
@@ -269,6 +273,7 @@ impl SessionCore {
             next_save_read: setup.in_game_saves.map_or(now, |every| now + every),
             saves_closed: setup.in_game_saves.is_none(),
             microphone: SessionMicrophone::default(),
+            copy_for: None,
         })
     }
 
@@ -324,6 +329,11 @@ impl SessionCore {
                 self.stats.record_microphone(path, done.saturating_duration_since(started));
             }
             SessionCommand::NoiseSuppression { peer, on } => self.microphone.set_suppression(peer, on),
+            SessionCommand::Paste { text, .. } => self.game.set_clipboard(text),
+            SessionCommand::Copy { peer } => {
+                self.copy_for = Some(peer);
+                self.game.request_clipboard();
+            }
             SessionCommand::SaveState(reply) => {
                 let _ = reply.send(self.game.save_state());
             }
@@ -546,6 +556,11 @@ impl SessionCore {
         self.game.mix_audio(&mut self.tick_audio);
         if let Some(rumble) = self.game.rumble() {
             self.outputs.push_back(CoreOutput::Rumble(rumble));
+        }
+        if let Some(text) = self.game.clipboard()
+            && let Some(peer) = self.copy_for.take()
+        {
+            self.outputs.push_back(CoreOutput::Copied { peer, text });
         }
         if self.run_ahead > 0 && self.peers > 0 && !self.ahead_inside {
             self.render_ahead();

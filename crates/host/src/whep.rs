@@ -332,6 +332,7 @@ fn accept_viewer_or_player(
         desired_bps: Some(desired_bps),
         keeps_seats: claims.seats && claims.role == TicketRole::Player,
         microphone: session.microphone,
+        clipboard: session.clipboard,
     };
     let response =
         admit(host, peer, answer.to_sdp_string(), "whep", &claims.ten).inspect_err(|_| release())?;
@@ -428,6 +429,7 @@ fn accept_publisher(
         desired_bps: None,
         keeps_seats: false,
         microphone: false,
+        clipboard: false,
     };
     let response = admit(host, peer, answer.to_sdp_string(), "ingest", &claims.ten).inspect_err(|_| {
         end();

@@ -132,6 +132,7 @@ impl Broadcast {
                 desired_bps: None,
                 keeps_seats: role == TicketRole::Player && self.clients.is_empty(),
                 microphone: true,
+                clipboard: false,
             },
         );
         self.clients.push(Client {

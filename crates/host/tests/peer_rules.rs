@@ -164,6 +164,7 @@ fn build(
             desired_bps: later,
             keeps_seats: role == TicketRole::Player,
             microphone: allowed,
+            clipboard: allowed,
         },
     );
     Net {
@@ -191,43 +192,46 @@ fn build(
 }
 
 impl Net {
+    /// Hands the host's datagrams to the client until the host waits; its next timeout.
+    fn drain_host(&mut self) -> Instant {
+        loop {
+            match self.set.poll_output(self.now) {
+                PeerOutput::Transmit(t) => {
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.push((self.now, t.contents.len()));
+                    }
+                    if let Some(counts) = self.count_rtp.as_mut()
+                        && is_rtp(&t.contents)
+                    {
+                        *counts.entry(t.contents[1] & 0x7f).or_default() += 1;
+                    }
+                    let lost = self.loss.as_mut().is_some_and(|loss| loss.drops(&t.contents));
+                    if self.client_alive && !lost {
+                        let contents = t.contents.as_ref().try_into().unwrap();
+                        let receive = Receive {
+                            proto: Protocol::Udp,
+                            source: self.host_addr,
+                            destination: self.client_addr,
+                            contents,
+                        };
+                        self.client.handle_input(Input::Receive(self.now, receive)).unwrap();
+                    }
+                }
+                PeerOutput::Timeout(at) => return at,
+            }
+        }
+    }
+
     /// Moves datagrams both ways and time forward to the next timer, until `until`.
     fn run_until(&mut self, until: Instant) {
         for _ in 0..100_000 {
-            let mut next = until;
-            loop {
-                match self.set.poll_output(self.now) {
-                    PeerOutput::Transmit(t) => {
-                        if let Some(sent) = self.sent.as_mut() {
-                            sent.push((self.now, t.contents.len()));
-                        }
-                        if let Some(counts) = self.count_rtp.as_mut()
-                            && is_rtp(&t.contents)
-                        {
-                            *counts.entry(t.contents[1] & 0x7f).or_default() += 1;
-                        }
-                        let lost = self.loss.as_mut().is_some_and(|loss| loss.drops(&t.contents));
-                        if self.client_alive && !lost {
-                            let contents = t.contents.as_ref().try_into().unwrap();
-                            let receive = Receive {
-                                proto: Protocol::Udp,
-                                source: self.host_addr,
-                                destination: self.client_addr,
-                                contents,
-                            };
-                            self.client.handle_input(Input::Receive(self.now, receive)).unwrap();
-                        }
-                    }
-                    PeerOutput::Timeout(at) => {
-                        next = next.min(at);
-                        break;
-                    }
-                }
-            }
+            let mut next = until.min(self.drain_host());
             while self.client_alive && self.client.is_alive() {
                 match self.client.poll_output().unwrap() {
                     Output::Transmit(t) => {
+                        // The host takes each datagram as it comes, as its socket would.
                         self.set.receive(self.now, self.client_addr, &t.contents);
+                        next = next.min(self.drain_host());
                     }
                     Output::Event(event) => self.client_event(event),
                     Output::Timeout(at) => {
@@ -738,7 +742,7 @@ fn a_players_microphone_reaches_the_session_and_nobody_elses_does() {
     let mut net = net_speaking(TicketRole::Player, 1, true);
     net.connect();
     assert!(
-        net.messages.iter().any(|m| m == r#"{"type":"microphone"}"#),
+        net.messages.iter().any(|m| m == r#"{"type":"devices","microphone":true,"clipboard":true}"#),
         "the player is offered the microphone"
     );
     net.commands();
@@ -801,4 +805,56 @@ fn a_seats_rumble_reaches_its_player_once_per_change_and_no_viewer() {
     let until = viewer.now + Duration::from_millis(20);
     viewer.run_until(until);
     assert!(rumbles(&viewer).is_empty(), "a viewer's pad never rumbles");
+}
+
+#[test]
+fn pastes_and_copies_are_checked_and_counted() {
+    let refused = |net: &Net| net.stats.clipboard_refused.load(std::sync::atomic::Ordering::Relaxed);
+    let say = |net: &mut Net, text: &str, wait_ms: u64| {
+        let id = net.input_channel.unwrap();
+        net.client.channel(id).unwrap().write(false, text.as_bytes()).unwrap();
+        let until = net.now + Duration::from_millis(wait_ms);
+        net.run_until(until);
+    };
+    let pastes = |commands: &[SessionCommand]| {
+        commands
+            .iter()
+            .filter(|c| matches!(c, SessionCommand::Paste { .. } | SessionCommand::Copy { .. }))
+            .count()
+    };
+    let mut net = net_speaking(TicketRole::Player, 0, true);
+    net.connect();
+    net.commands();
+    let paste = serde_json::json!({"type": "paste", "text": "héllo ✓"}).to_string();
+    say(&mut net, &paste, 300);
+    say(&mut net, r#"{"type":"copy"}"#, 10);
+    say(&mut net, r#"{"type":"copy"}"#, 300); // too soon after the one before
+    let long = serde_json::json!({"type": "paste", "text": "x".repeat(64 * 1024 + 1)}).to_string();
+    say(&mut net, &long, 300);
+    let commands = net.commands();
+    assert!(
+        commands.iter().any(|c| matches!(c, SessionCommand::Paste { peer: 1, text } if text == "héllo ✓")),
+        "{commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| matches!(c, SessionCommand::PeerLeft { .. })),
+        "the peer stays: {commands:?}"
+    );
+    assert_eq!(pastes(&commands), 2, "the paste and the first copy: {commands:?}");
+    assert_eq!(refused(&net), 2, "the copy too soon and the paste too long");
+    // Any other request that long is malformed.
+    let padded = format!(r#"{{"type":"open_seats","open":true{}}}"#, " ".repeat(300));
+    say(&mut net, &padded, 50);
+    assert!(net.counters.input_malformed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // A viewer's, and a player's where the game has no clipboard: refused.
+    for (role, allowed) in [(TicketRole::Viewer, true), (TicketRole::Player, false)] {
+        let mut net = net_speaking(role, 0, allowed);
+        net.connect();
+        net.commands();
+        say(&mut net, &paste, 300);
+        say(&mut net, r#"{"type":"copy"}"#, 300);
+        assert_eq!(pastes(&net.commands()), 0, "{role:?}, allowed {allowed}");
+        assert_eq!(refused(&net), 2, "{role:?}, allowed {allowed}");
+    }
 }

@@ -75,6 +75,7 @@ fn frames_to_react(runtimes: &Runtimes, content: &str, run_ahead: u8) -> usize {
         cloud_save: None,
         cloud_state: None,
         microphone: false,
+        clipboard: false,
     };
     let options = SessionOptions { width: WIDTH, height: HEIGHT, ..SessionOptions::default() };
     let game = runtimes.start(&launch, &options, 1).expect("nestopia runs our program");

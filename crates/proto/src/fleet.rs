@@ -141,9 +141,11 @@ pub enum PeerMessage {
     /// To a player: your seat's rumble changed; the motors' strengths (0–65535) hold until
     /// the next such message.
     Rumble { strong: u16, weak: u16 },
-    /// To a player: the game hears your microphone if you turn it on (the platform allows
-    /// it); sent as the channel opens, or as a viewer is seated.
-    Microphone,
+    /// To a player, as the channel opens or as a viewer is seated: what its devices may
+    /// bring into this game (the platform allows it, and the game can take it).
+    Devices { microphone: bool, clipboard: bool },
+    /// To a player who asked ([`PeerRequest::Copy`]): the game's clipboard (empty if none).
+    Copied { text: String },
 }
 
 /// What a browser may ask of the host on the input channel (JSON text).
@@ -161,6 +163,10 @@ pub enum PeerRequest {
     ViewSize { width: u32, height: u32 },
     /// A player turns the host's noise suppression of its microphone on (the default) or off.
     NoiseSuppression { on: bool },
+    /// A player pastes text into the game's clipboard (at most 64 KiB of UTF-8).
+    Paste { text: String },
+    /// A player asks for the game's clipboard ([`PeerMessage::Copied`]).
+    Copy,
 }
 
 #[cfg(test)]

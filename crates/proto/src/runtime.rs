@@ -129,6 +129,10 @@ pub struct GameLaunch {
     /// host decodes no microphone and the game has no input device.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub microphone: bool,
+    /// The player may paste into the game's clipboard and copy from it (native programs;
+    /// the platform allows it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clipboard: bool,
 }
 
 /// One version of a cloud save, as the control plane hands it to a host.
@@ -168,6 +172,7 @@ impl GameLaunch {
             cloud_save: None,
             cloud_state: None,
             microphone: false,
+            clipboard: false,
         }
     }
 

@@ -322,6 +322,7 @@ impl Runtimes {
                     home,
                     audio: native::audio_available(),
                     microphone: launch.microphone,
+                    clipboard: launch.clipboard,
                     command,
                     width: options.width,
                     height: options.height,

@@ -68,6 +68,7 @@ fn launch(core: &str, content: &str, profile: Option<&str>) -> GameLaunch {
         cloud_save: None,
         cloud_state: None,
         microphone: false,
+        clipboard: false,
     }
 }
 

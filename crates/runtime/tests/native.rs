@@ -33,6 +33,7 @@ fn start(command: &[&str], timeout: Duration) -> Result<NativeGame, RuntimeError
         home: NativeHome::Scratch,
         audio: false,
         microphone: false,
+        clipboard: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -177,6 +178,7 @@ fn a_program_gets_a_clean_environment_and_its_players_home() {
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         microphone: false,
+        clipboard: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -220,6 +222,7 @@ fn a_programs_sound_reaches_the_session() {
         home: NativeHome::Scratch,
         audio: true,
         microphone: false,
+        clipboard: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -290,6 +293,7 @@ fn a_hostile_program_finds_nothing_and_does_not_outlive_its_session() {
         home: NativeHome::Persistent(home.clone()),
         audio: false,
         microphone: false,
+        clipboard: false,
         jail: Some(JailLimits::default()),
         network: None,
     })
@@ -338,6 +342,7 @@ fn start_at_home(script: &str, home: &Path, quota: u64) -> NativeGame {
         home: NativeHome::Persistent(home.to_path_buf()),
         audio: false,
         microphone: false,
+        clipboard: false,
         jail: Some(JailLimits { memory: 512 << 20, ..JailLimits::default() }),
         network: None,
     })

@@ -437,7 +437,10 @@ fn drive_session(
                 }
                 samples.frames += 1;
             }
-            CoreOutput::Audio(_) | CoreOutput::InGameSave(_) | CoreOutput::Rumble(_) => {}
+            CoreOutput::Audio(_)
+            | CoreOutput::InGameSave(_)
+            | CoreOutput::Rumble(_)
+            | CoreOutput::Copied { .. } => {}
             CoreOutput::Ended(reason) => anyhow::bail!("the session ended: {reason:?}"),
             CoreOutput::Timeout(at) => {
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -513,6 +516,7 @@ pub fn runtimes(config: &Config, seconds: u64, size: (u32, u32), concurrent: &[u
             cloud_save: None,
             cloud_state: None,
             microphone: false,
+            clipboard: false,
         };
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..sessions)

@@ -305,18 +305,22 @@ impl Store {
     /// What `tenant_id`'s players' devices may bring into a game.
     pub async fn devices(&self, tenant_id: &str) -> Result<Devices, StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
-        let row = sqlx::query("SELECT microphone FROM tenants WHERE id = $1")
+        let row = sqlx::query("SELECT microphone, clipboard FROM tenants WHERE id = $1")
             .bind(tenant_id)
             .fetch_optional(&mut *conn)
             .await?
             .ok_or(StoreError::NotFound)?;
-        Ok(Devices { microphone: row.try_get::<i64, _>("microphone")? != 0 })
+        Ok(Devices {
+            microphone: row.try_get::<i64, _>("microphone")? != 0,
+            clipboard: row.try_get::<i64, _>("clipboard")? != 0,
+        })
     }
 
     pub async fn set_devices(&self, tenant_id: &str, devices: Devices) -> Result<(), StoreError> {
         let mut conn = self.scoped(tenant_id).await?;
-        let done = sqlx::query("UPDATE tenants SET microphone = $1 WHERE id = $2")
+        let done = sqlx::query("UPDATE tenants SET microphone = $1, clipboard = $2 WHERE id = $3")
             .bind(devices.microphone as i64)
+            .bind(devices.clipboard as i64)
             .bind(tenant_id)
             .execute(&mut *conn)
             .await?;
@@ -413,4 +417,6 @@ impl Store {
 pub struct Devices {
     /// A player may turn their microphone on, and the game hears it (default on).
     pub microphone: bool,
+    /// A player may paste into a native game's clipboard and copy from it (default on).
+    pub clipboard: bool,
 }

@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (17, "moment quotas", include_str!("../../migrations/0017_moment_quotas.sql")),
     (18, "session ends", include_str!("../../migrations/0018_session_ends.sql")),
     (19, "devices", include_str!("../../migrations/0019_devices.sql")),
+    (20, "clipboard", include_str!("../../migrations/0020_clipboard.sql")),
 ];
 
 /// Migrations of one database only: (version, name, SQL on PostgreSQL); SQLite, which has

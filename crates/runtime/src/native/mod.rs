@@ -30,12 +30,15 @@ use x11rb::rust_connection::{DefaultStream, RustConnection};
 use crate::RuntimeError;
 
 mod audio;
+mod clipboard;
 mod home;
 mod keys;
 
 use crate::sandbox::{Ending, Jail, JailGuard, JailLimits};
 use audio::SessionAudio;
 pub use audio::{audio_available, microphone_hop};
+use clipboard::Clipboard;
+pub use clipboard::MAX_CLIPBOARD;
 use cloudplay_proto::cidr::Cidr;
 use home::KeptHome;
 pub use home::{JAIL_HOME, archive_of};
@@ -59,6 +62,8 @@ pub struct NativeSetup<'a> {
     pub audio: bool,
     /// With `audio`: the players' microphone is the server's default input.
     pub microphone: bool,
+    /// The player may paste into the display's clipboard and copy from it.
+    pub clipboard: bool,
     /// Run the program in a jail with these limits (`None`: with the host's rights).
     pub jail: Option<JailLimits>,
     /// Whether the jailed program may use the network: public addresses, and these
@@ -197,6 +202,8 @@ pub struct NativeGame {
     /// A jailed player's home, packed up when the program ends.
     kept_home: Option<KeptHome>,
     audio: Option<SessionAudio>,
+    /// The display's clipboard, for the player (with `clipboard`).
+    clipboard: Option<Clipboard>,
     // Dropped last: the program first, then its display.
     program: Supervised,
     display: Supervised,
@@ -442,15 +449,18 @@ impl NativeGame {
     ) -> Result<NativeGame, RuntimeError> {
         let deadline = Instant::now() + setup.startup_timeout;
         let (display, number) = start_display(setup, auth_file)?;
-        let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{number}")).map_err(x_error)?;
-        let (stream, _) = DefaultStream::from_unix_stream(stream).map_err(x_error)?;
-        let connection = RustConnection::connect_to_stream_with_auth_info(
-            stream,
-            0,
-            b"MIT-MAGIC-COOKIE-1".to_vec(),
-            cookie.to_vec(),
-        )
-        .map_err(x_error)?;
+        let connect = || -> Result<RustConnection, RuntimeError> {
+            let stream = UnixStream::connect(format!("/tmp/.X11-unix/X{number}")).map_err(x_error)?;
+            let (stream, _) = DefaultStream::from_unix_stream(stream).map_err(x_error)?;
+            RustConnection::connect_to_stream_with_auth_info(
+                stream,
+                0,
+                b"MIT-MAGIC-COOKIE-1".to_vec(),
+                cookie.to_vec(),
+            )
+            .map_err(x_error)
+        };
+        let connection = connect()?;
         let screen = &connection.setup().roots[0];
         let (root, width, height) = (screen.root, screen.width_in_pixels, screen.height_in_pixels);
         let keycodes = keyboard_map(&connection).map_err(x_error)?;
@@ -462,6 +472,7 @@ impl NativeGame {
         if shared.is_none() {
             warn!("MIT-SHM unavailable: capturing through the X socket (slower)");
         }
+        let clipboard = if setup.clipboard { Clipboard::start(connect()?, root) } else { None };
 
         let audio = if setup.audio {
             match SessionAudio::start(auth_file.with_extension("pulse"), setup.microphone) {
@@ -518,6 +529,7 @@ impl NativeGame {
             scratch_home: None,
             kept_home,
             audio,
+            clipboard,
             program,
             display,
             auth_file: auth_file.to_path_buf(),
@@ -719,6 +731,26 @@ impl Game for NativeGame {
         if let Some(audio) = &mut self.audio {
             audio.hear(samples);
         }
+    }
+
+    fn has_clipboard(&self) -> bool {
+        self.clipboard.is_some()
+    }
+
+    fn set_clipboard(&mut self, text: String) {
+        if let Some(clipboard) = &self.clipboard {
+            clipboard.set(text);
+        }
+    }
+
+    fn request_clipboard(&mut self) {
+        if let Some(clipboard) = &self.clipboard {
+            clipboard.ask();
+        }
+    }
+
+    fn clipboard(&mut self) -> Option<String> {
+        self.clipboard.as_ref()?.take_read()
     }
 
     fn save_state(&self) -> Vec<u8> {
