@@ -485,8 +485,9 @@ impl PeerSet {
                 info!(peer = viewer.setup.id, session = %viewer.setup.session, slot, "a viewer takes a seat");
                 viewer.setup.role = TicketRole::Player;
                 viewer.setup.slot = slot;
+                let told = viewer.tell(&PeerMessage::Seated { slot });
                 viewer.offer_devices();
-                viewer.tell(&PeerMessage::Seated { slot })
+                told
             }
             None => viewer.tell(&PeerMessage::SeatRefused { reason: "every seat is taken".into() }),
         }

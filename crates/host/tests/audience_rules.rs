@@ -131,7 +131,8 @@ impl Broadcast {
                 offered: Vec::new(),
                 desired_bps: None,
                 keeps_seats: role == TicketRole::Player && self.clients.is_empty(),
-                microphone: true,
+                // What devices may bring is the peer rules' subject (peer_rules.rs).
+                microphone: false,
                 clipboard: false,
             },
         );
