@@ -292,6 +292,8 @@ async fn sign_up_is_open_by_invite_or_closed_as_the_tenant_decides() {
         for (method, uri, body) in [
             ("PUT", "/api/v1/admin/signup", json!({"mode": "closed"})),
             ("POST", "/api/v1/admin/invites", json!({})),
+            ("GET", "/api/v1/admin/devices", Value::Null),
+            ("PUT", "/api/v1/admin/devices", json!({"microphone": false})),
         ] {
             let mut call = Call::new(method, uri).json(body);
             if let Some(token) = who {

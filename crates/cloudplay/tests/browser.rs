@@ -16,12 +16,24 @@ async fn run_script(e2e: PathBuf, script: &'static str, url: String, what: &str)
 }
 
 async fn run_scripts(e2e: PathBuf, scripts: Vec<&'static str>, url: String, what: &str) {
+    run_scripts_with(e2e, scripts, url, Vec::new(), what).await
+}
+
+/// As [`run_scripts`], with more variables in the scripts' environment.
+async fn run_scripts_with(
+    e2e: PathBuf,
+    scripts: Vec<&'static str>,
+    url: String,
+    env: Vec<(&'static str, PathBuf)>,
+    what: &str,
+) {
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .args(["--test", "--test-reporter=spec"])
             .args(scripts)
             .current_dir(&e2e)
             .env("CLOUDPLAY_URL", &url)
+            .envs(env)
             .output()
             .expect("node runs")
     })
@@ -277,22 +289,8 @@ async fn a_native_game_hears_its_players_voice_cleaned_and_nobody_elses() {
     let url = format!("http://{}", server.http_addr);
     tokio::spawn(server.run(std::future::pending()));
 
-    let dir = sound.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "microphone.test.mjs"])
-            .current_dir(&e2e)
-            .env("CLOUDPLAY_URL", &url)
-            .env("MIC_DIR", &dir)
-            .output()
-            .expect("node runs")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}\n{stderr}");
-    assert!(output.status.success(), "the microphone browser test failed:\n{stdout}\n{stderr}");
+    let env = vec![("MIC_DIR", sound.clone())];
+    run_scripts_with(e2e, vec!["microphone.test.mjs"], url, env, "the microphone browser test failed").await;
 
     // Each player's home is packed as their session ends.
     let recording = |user: &str| -> Option<Vec<i16>> {
